@@ -1,0 +1,217 @@
+"""Merge per-procedure EgoExOR files and ``splits.h5`` into one file: ``egoexor-merge-h5``.
+
+Same result as the reference ``data/utils/merge_h5.py``: metadata from the first input, takes
+copied by HDF5 object copy (dtype, compression, chunking and attributes preserved byte for byte),
+the first file wins on a duplicate take (with a warning), ``splits/`` copied verbatim (an empty
+``splits/`` group without a splits file). Paths are joined to ``--data_dir`` unless absolute.
+
+Unlike the reference it checks every input before writing anything (a missing, non-HDF5 or
+wrong-layout file is a one-line error and exit code 2), refuses to replace an existing output
+without ``--overwrite``, writes to a temporary file renamed only on success (a failed or
+interrupted merge leaves nothing at the output path), and checks the split rows against the merged
+takes: rows pointing at a missing take or frame are reported, or are an error with ``--strict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from egoexor.atomic import atomic_output
+from egoexor.data import layout
+from egoexor.data.layout import TakeKey
+
+#: Depth of a take group below ``data/``: data/<surgery_type>/<procedure_id>/take/<take_id>.
+_TAKE_DEPTH = 4
+
+
+class MergeError(Exception):
+    """A user error (bad input, existing output, dangling split rows with strict): exit code 2."""
+
+
+@dataclass
+class MergeSummary:
+    output: Path
+    takes: int = 0
+    frames: int = 0
+    skipped_takes: list[str] = field(default_factory=list)
+    split_sizes: dict[str, int] = field(default_factory=dict)
+    dangling_rows: dict[str, int] = field(default_factory=dict)
+    bytes: int = 0
+
+    def lines(self) -> list[str]:
+        out = [f"wrote {self.output}: {self.takes} takes, {self.frames} frames, {self.bytes / 1e6:.1f} MB"]
+        if self.split_sizes:
+            sizes = ", ".join(f"{name} {n}" for name, n in self.split_sizes.items())
+            out.append(f"splits: {sizes}")
+        else:
+            out.append("splits: none (empty splits/ group; pass --splits_file to add them)")
+        for name, n in self.dangling_rows.items():
+            out.append(f"warning: splits/{name}: {n} row(s) point at a take or frame not in the merged data")
+        for take in self.skipped_takes:
+            out.append(f"warning: skipped duplicate take {take} (the first file's copy was kept)")
+        return out
+
+
+def _check_input(path: Path) -> dict[TakeKey, int]:
+    """Check one per-procedure file; return its takes with their frame counts."""
+    if not path.is_file():
+        raise MergeError(f"{path}: no such file")
+    if not h5py.is_hdf5(path):
+        raise MergeError(f"{path}: not an HDF5 file")
+    try:
+        with h5py.File(path, "r") as h5:
+            layout.check_layout(h5)
+            return {key: layout.take_frame_count(take) for key, take in layout.iter_takes(h5)}
+    except layout.LayoutError as error:
+        raise MergeError(f"{error} (not an EgoExOR per-procedure file)") from error
+    except OSError as error:
+        raise MergeError(f"{path}: cannot read: {error}") from error
+
+
+def _read_split_rows(path: Path) -> dict[str, np.ndarray]:
+    """Check the splits file and return its rows per split."""
+    if not path.is_file():
+        raise MergeError(f"{path}: no such file")
+    if not h5py.is_hdf5(path):
+        raise MergeError(f"{path}: not an HDF5 file")
+    with h5py.File(path, "r") as h5:
+        if not isinstance(h5.get(layout.SPLITS), h5py.Group):
+            raise MergeError(f"{path}: no '{layout.SPLITS}/' group: not an EgoExOR splits file")
+        try:
+            return {name: layout.read_split(h5, name) for name in h5[layout.SPLITS]}
+        except layout.LayoutError as error:
+            raise MergeError(str(error)) from error
+
+
+def _dangling(rows: np.ndarray, frames: dict[TakeKey, int]) -> int:
+    """Rows whose take is not merged or whose frame is beyond the take's end."""
+    count = 0
+    for row in rows:
+        key = TakeKey(str(row["surgery_type"]), int(row["procedure_id"]), int(row["take_id"]))
+        count += not 0 <= int(row["frame_id"]) < frames.get(key, 0)
+    return count
+
+
+def _merge_group(source: h5py.Group, target: h5py.Group, depth: int, summary: MergeSummary, bar: tqdm) -> None:
+    """Copy ``source``'s children into ``target``; takes one by one, the first copy of anything wins."""
+    for name, child in source.items():
+        if depth + 1 == _TAKE_DEPTH:
+            if name in target:
+                summary.skipped_takes.append(child.name)
+            else:
+                source.copy(child, target, name=name)
+            bar.update()
+        elif name not in target and not isinstance(child, h5py.Group):
+            source.copy(child, target, name=name)
+        elif isinstance(child, h5py.Group) and isinstance(target.get(name), (h5py.Group, type(None))):
+            created = name not in target
+            group = target.require_group(name)
+            if created:
+                group.attrs.update(child.attrs)
+            _merge_group(child, group, depth + 1, summary, bar)
+
+
+def merge_files(
+    input_files: Sequence[str | os.PathLike],
+    splits_file: str | os.PathLike | None,
+    output_file: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    strict: bool = False,
+    progress: bool = False,
+) -> MergeSummary:
+    """Merge per-procedure files (in order; the first wins) and a splits file into ``output_file``.
+
+    Raises :class:`MergeError` before writing anything on a bad input, an existing output without
+    ``overwrite``, or dangling split rows with ``strict``.
+    """
+    inputs = [Path(p) for p in input_files]
+    output = Path(output_file)
+    if not inputs:
+        raise MergeError("no input files given")
+    if output.exists() and not overwrite:
+        raise MergeError(f"{output}: already exists (pass --overwrite to replace it)")
+    frames: dict[TakeKey, int] = {}
+    n_copies = 0
+    for path in inputs:
+        takes = _check_input(path)
+        n_copies += len(takes)
+        for key, n in takes.items():
+            frames.setdefault(key, n)
+    splits = _read_split_rows(Path(splits_file)) if splits_file is not None else {}
+    summary = MergeSummary(output, takes=len(frames), frames=sum(frames.values()))
+    summary.split_sizes = {name: len(rows) for name, rows in splits.items()}
+    summary.dangling_rows = {name: n for name, rows in splits.items() if (n := _dangling(rows, frames))}
+    if strict and summary.dangling_rows:
+        counts = ", ".join(f"{n} in {name}" for name, n in summary.dangling_rows.items())
+        raise MergeError(f"{splits_file}: split rows point at takes or frames missing from the inputs ({counts})")
+
+    with atomic_output(output) as temporary, h5py.File(temporary, "w") as out:
+        with tqdm(total=n_copies, desc="merging", unit="take", disable=not progress) as bar:
+            for index, path in enumerate(inputs):
+                with h5py.File(path, "r") as source:
+                    if index == 0:
+                        source.copy(source[layout.METADATA], out, name=layout.METADATA)
+                    _merge_group(source[layout.DATA], out.require_group(layout.DATA), 0, summary, bar)
+        if splits_file is None:
+            out.create_group(layout.SPLITS)
+        else:
+            with h5py.File(splits_file, "r") as source:
+                source.copy(source[layout.SPLITS], out, name=layout.SPLITS)
+    summary.bytes = output.stat().st_size
+    return summary
+
+
+def _resolve(data_dir: str, name: str) -> Path:
+    path = Path(name)
+    return path if path.is_absolute() else Path(data_dir) / path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="egoexor-merge-h5",
+        description="Merge per-procedure EgoExOR HDF5 files and splits.h5 into one file. "
+        "Relative paths are taken inside --data_dir.",
+    )
+    parser.add_argument("--data_dir", required=True, help="folder holding the downloaded files")
+    parser.add_argument("--input_files", nargs="+", required=True,
+                        help="per-procedure files (miss_1.h5 ...), in order: on a duplicate take the first wins")
+    parser.add_argument("--splits_file", default=None,
+                        help="splits.h5 whose splits/ group is copied in (without it splits/ stays empty)")
+    parser.add_argument("--output_file", required=True, help="merged file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail if a split row points at a take or frame missing from the merged data")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        summary = merge_files(
+            [_resolve(args.data_dir, name) for name in args.input_files],
+            _resolve(args.data_dir, args.splits_file) if args.splits_file else None,
+            _resolve(args.data_dir, args.output_file),
+            overwrite=args.overwrite,
+            strict=args.strict,
+            progress=not args.quiet,
+        )
+    except MergeError as error:
+        print(f"egoexor-merge-h5: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"egoexor-merge-h5: error: {error}", file=sys.stderr)
+        return 1
+    for line in summary.lines():
+        print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

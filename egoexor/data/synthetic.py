@@ -1,0 +1,443 @@
+"""Synthetic EgoExOR data in the released layout, with a signal a small model can learn.
+
+Used by the tests, the demo and the benchmarks, since the real dataset cannot be downloaded here.
+Files look like the released ones (``miss_1.h5``, ``ultrasound_1.h5``, ..., ``splits.h5``): the same
+groups, dtypes, attributes, gzip + per-frame chunking, raw camelCase/typo spellings in
+``rel_annotations`` and raw vocabulary ids in ``scene_graph``, and the real quirks:
+
+* frames with no annotation group (:attr:`TakeSpec.unannotated`);
+* all-black camera frames (:attr:`TakeSpec.black`; ``"*"`` blanks every camera of a frame);
+* a take with no ego sources and no gaze/hand groups, a ``blank`` camera, a take with no audio;
+* gaze rows in shuffled source-id order, more gaze rows than ego cameras, invalid gaze ``(-1, -1)``
+  and NaN gaze, NaN/+inf/>1 m gaze depth, partly-NaN and all-NaN hand rows;
+* the ultrasound screen in the middle of the camera axis; source names stored as bytes.
+
+The learnable signal: every frame shows one of K template scene graphs. The template tints every
+camera (a per-template colour) and places a bright square at a per-template spot; the gaze and the
+hands of every ego device point at that spot, the audio carries a per-template tone and the point
+cloud a per-template cluster. So image -> scene graph is learnable; the other modalities agree.
+
+``python -m egoexor.data.synthetic --out DIR --profile tiny|realistic --seed S``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from egoexor import vocab
+from egoexor.atomic import atomic_output
+from egoexor.data import layout
+from egoexor.data.layout import TakeKey
+from egoexor.scene_graph import Triplet
+
+#: Canonical name -> raw spellings found in the released files (the first is the usual one).
+_RAW_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "anesthetist": ("anaesthetist",),
+    "microscope": ("microcope",),
+    "operating_table": ("operating_table", "operation_table"),
+    "closeto": ("closeTo",),
+    "lyingon": ("lyingOn",),
+    "looking": ("looking", "checking"),
+    "anaesthetising": ("anesthasing",),
+}
+_PEOPLE = ("head_surgeon", "assistant", "circulator", "anesthetist", "patient")
+_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+_GZIP_LEVEL = 4
+
+
+@dataclass(frozen=True)
+class TakeSpec:
+    """One synthetic take and the quirks it carries."""
+
+    key: TakeKey
+    sources: tuple[str, ...]
+    n_frames: int
+    height: int
+    width: int
+    #: Ego devices with gaze/depth/hand rows, in row order; empty: no such groups at all.
+    gaze_sources: tuple[str, ...] = ()
+    audio: bool = True
+    #: Points per cloud; 0: no point_cloud group.
+    n_points: int = 0
+    unannotated: tuple[int, ...] = ()
+    black: tuple[tuple[int, str], ...] = ()
+    #: Write the ``source_i`` attributes as bytes (the released files mix both).
+    sources_as_bytes: bool = False
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A set of takes plus per-modality sizes."""
+
+    name: str
+    takes: tuple[TakeSpec, ...]
+    snippet_samples: int
+    n_templates: int
+    noise_sigma: float
+
+    def files(self) -> dict[str, list[TakeSpec]]:
+        """Per-procedure file name -> its takes (``miss_1.h5``, ``ultrasound_1.h5``, ...)."""
+        out: dict[str, list[TakeSpec]] = {}
+        for take in self.takes:
+            out.setdefault(f"{take.key.surgery_type.lower()}_{take.key.procedure_id}.h5", []).append(take)
+        return out
+
+
+_EGO4 = ("head_surgeon", "assistant", "circulator", "anesthetist")
+
+
+def _tiny() -> Profile:
+    return Profile(
+        name="tiny",
+        takes=(
+            TakeSpec(
+                TakeKey("MISS", 1, 1), (*_EGO4, "or_light", "microscope", "external_1", "external_2", "external_3",
+                                        "simstation"),
+                n_frames=48, height=24, width=32,
+                gaze_sources=("anesthetist", "head_surgeon", "circulator", "assistant"), n_points=64,
+                unannotated=(2, 29), black=((1, "assistant"), (2, "external_2")), sources_as_bytes=True,
+            ),
+            TakeSpec(
+                TakeKey("MISS", 1, 2), ("or_light", "external_1", "blank"),
+                n_frames=24, height=24, width=32, n_points=48, unannotated=(5,),
+            ),
+            TakeSpec(
+                TakeKey("MISS", 2, 1), ("head_surgeon", "assistant", "circulator", "or_light", "microscope",
+                                        "external_1", "external_2"),
+                n_frames=40, height=32, width=24,
+                gaze_sources=("circulator", "anesthetist", "assistant", "head_surgeon"), n_points=80,
+                unannotated=(7,), black=((0, "head_surgeon"),),
+            ),
+            TakeSpec(
+                TakeKey("Ultrasound", 1, 1), ("head_surgeon", "assistant", "external_1", "ultrasound", "external_2"),
+                n_frames=48, height=24, width=32, gaze_sources=("assistant", "head_surgeon"), audio=False,
+                n_points=32, unannotated=(11,), black=((3, "*"),),
+            ),
+        ),
+        snippet_samples=480,
+        n_templates=6,
+        noise_sigma=4.0,
+    )  # fmt: skip
+
+
+def _realistic() -> Profile:
+    exo6 = ("or_light", "microscope", "external_1", "external_2", "external_3", "simstation")
+    size = {"height": 336, "width": 336}
+    return Profile(
+        name="realistic",
+        takes=(
+            TakeSpec(
+                TakeKey("MISS", 1, 1), (*_EGO4, *exo6), n_frames=120, **size,
+                gaze_sources=("anesthetist", "head_surgeon", "circulator", "assistant"), n_points=8192,
+                unannotated=(2, 61), black=((1, "assistant"), (2, "external_2")), sources_as_bytes=True,
+            ),
+            TakeSpec(
+                TakeKey("MISS", 1, 2), ("or_light", "microscope", "external_1", "blank", "external_2", "external_3",
+                                        "simstation"),
+                n_frames=60, **size, n_points=8192, unannotated=(5,),
+            ),
+            TakeSpec(
+                TakeKey("Ultrasound", 1, 1), (*_EGO4, "external_1", "external_2", "ultrasound", "external_3",
+                                              "or_light", "simstation"),
+                n_frames=120, **size, gaze_sources=("assistant", "head_surgeon", "anesthetist", "circulator"),
+                audio=False, n_points=8192, unannotated=(11,), black=((3, "*"),),
+            ),
+        ),
+        snippet_samples=layout.AUDIO_SAMPLE_RATE,
+        n_templates=8,
+        noise_sigma=1.0,  # with the smooth backgrounds: gzip ratio ~1.8x, like camera frames
+    )  # fmt: skip
+
+
+PROFILES = {"tiny": _tiny, "realistic": _realistic}
+
+
+@dataclass
+class SyntheticDataset:
+    """What :func:`generate` wrote, with the ground truth the tests check against."""
+
+    directory: Path
+    files: list[Path]
+    splits_file: Path
+    profile: Profile
+    templates: list[list[Triplet]]
+    #: Template index of every frame of every take.
+    frame_templates: dict[TakeKey, np.ndarray] = field(default_factory=dict)
+    #: Template screen position (u, v) in 0-1 of every template.
+    hotspots: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+
+
+def make_templates(rng: np.random.Generator, n_templates: int) -> list[list[Triplet]]:
+    """K distinct scene graphs of 2-5 triplets, one predicate per ordered pair."""
+    templates: list[list[Triplet]] = []
+    while len(templates) < n_templates:
+        n = int(rng.integers(2, 6))
+        triplets: list[Triplet] = []
+        while len(triplets) < n:
+            subject = str(rng.choice(_PEOPLE))
+            obj = str(rng.choice(vocab.ENTITIES))
+            if obj == subject or any((t.subject, t.object) == (subject, obj) for t in triplets):
+                continue
+            triplets.append(Triplet(subject, obj, str(rng.choice(vocab.PREDICATES))))
+        if all(set(triplets) != set(t) for t in templates):
+            templates.append(triplets)
+    return templates
+
+
+def raw_spelling(name: str, rng: np.random.Generator) -> str:
+    """A spelling of a canonical name as it appears in the released files."""
+    spellings = _RAW_SPELLINGS.get(name, (name,))
+    return spellings[int(rng.integers(len(spellings)))]
+
+
+def _write_metadata(h5: h5py.File) -> None:
+    tables = {layout.ENTITY_VOCAB: vocab.RAW_ENTITY_VOCAB, layout.RELATION_VOCAB: vocab.RAW_RELATION_VOCAB}
+    for path, names in tables.items():
+        h5.create_dataset(path, data=np.array([(name, i) for i, name in enumerate(names)], dtype=layout.VOCAB_DTYPE))
+    table = np.array(list(vocab.SOURCES.items()), dtype=layout.VOCAB_DTYPE)
+    h5.create_dataset(layout.SOURCE_TABLE, data=table)
+    info = h5.require_group(layout.DATASET_INFO)
+    info.attrs["version"] = "synthetic-1.0"
+    info.attrs["creation_date"] = "2025-05-01"
+    info.attrs["title"] = "EgoExOR (synthetic, egoexor.data.synthetic)"
+
+
+def _dataset(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: object) -> h5py.Dataset:
+    """A gzip-compressed dataset chunked one frame at a time, like the released files."""
+    return group.create_dataset(
+        name, shape=shape, dtype=dtype, chunks=(1, *shape[1:]), compression="gzip", compression_opts=_GZIP_LEVEL
+    )
+
+
+class _TakeWriter:
+    """Writes one take frame by frame so that memory stays bounded at the realistic size."""
+
+    def __init__(self, spec: TakeSpec, profile: Profile, palette: np.ndarray, hotspots: np.ndarray, rng) -> None:
+        self.spec, self.profile, self.palette, self.hotspots, self.rng = spec, profile, palette, hotspots, rng
+        yy, xx = np.mgrid[0 : spec.height, 0 : spec.width]
+        # A per-camera smooth background, so cameras differ and images are not flat colour.
+        self.backgrounds = [
+            (60 + 50 * np.sin(xx / (spec.width / 8 + c) + c) + 40 * np.cos(yy / (spec.height / 6 + c)))[..., None]
+            * np.ones(3)
+            for c in range(len(spec.sources))
+        ]
+
+    def image(self, template: int, camera: int) -> np.ndarray:
+        spec = self.spec
+        img = 0.5 * self.backgrounds[camera] + 0.5 * self.palette[template]
+        side = max(2, min(spec.height, spec.width) // 4)
+        u, v = self.hotspots[template]
+        x0 = int(u * spec.width) - side // 2
+        y0 = int(v * spec.height) - side // 2
+        img[max(y0, 0) : y0 + side, max(x0, 0) : x0 + side] = 255 - self.palette[template]
+        img += self.rng.standard_normal(img.shape, dtype=np.float32) * self.profile.noise_sigma
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+    def write(self, group: h5py.Group, templates: list[list[Triplet]], frame_templates: np.ndarray) -> None:
+        spec = self.spec
+        sources = group.create_group(layout.SOURCES_GROUP)
+        sources.attrs["source_count"] = len(spec.sources)
+        for i, name in enumerate(spec.sources):
+            sources.attrs[f"source_{i}"] = np.bytes_(name) if spec.sources_as_bytes else name
+        n_frames, n_cams = spec.n_frames, len(spec.sources)
+        rgb = _dataset(group, layout.RGB, (n_frames, n_cams, spec.height, spec.width, 3), np.uint8)
+        black = {(f, s) for f, s in spec.black}
+        for frame in range(n_frames):
+            stack = np.zeros((n_cams, spec.height, spec.width, 3), np.uint8)
+            for camera, name in enumerate(spec.sources):
+                if name != vocab.BLANK_SOURCE and (frame, name) not in black and (frame, "*") not in black:
+                    stack[camera] = self.image(frame_templates[frame], camera)
+            rgb[frame] = stack
+        if spec.gaze_sources:
+            self._write_ego(group, frame_templates)
+        if spec.audio:
+            self._write_audio(group, frame_templates)
+        if spec.n_points:
+            self._write_point_cloud(group, frame_templates)
+        self._write_annotations(group, templates, frame_templates)
+
+    def _write_ego(self, group: h5py.Group, frame_templates: np.ndarray) -> None:
+        spec, rng = self.spec, self.rng
+        n_frames, n_rows = spec.n_frames, len(spec.gaze_sources)
+        ids = np.array([vocab.SOURCES[s] for s in spec.gaze_sources], np.float32)
+        spot = self.hotspots[frame_templates] * np.array([spec.width, spec.height], np.float32)  # [F, 2] px
+        gaze = np.empty((n_frames, n_rows, 3), np.float32)
+        gaze[:, :, 0] = ids
+        gaze[:, :, 1:] = spot[:, None, :] + rng.normal(0, 0.5, (n_frames, n_rows, 2))
+        invalid = rng.random((n_frames, n_rows)) < 0.05
+        invalid[0, min(1, n_rows - 1)] = True
+        gaze[invalid, 1:] = -1.0
+        gaze[min(1, n_frames - 1), 0, 1] = np.nan
+        depth = rng.uniform(0.3, 1.5, (n_frames, n_rows)).astype(np.float32)
+        depth[invalid] = 1.0
+        depth[0, 0] = np.nan
+        if n_rows > 1:
+            depth[0, 1] = np.inf
+        if n_rows > 2:
+            depth[0, 2] = 1.7
+        # Hands: 8 (x, y) points per row (LW, LP, RW, RP and their normal tips) around the spot.
+        offsets = np.array([-4, 3, -3, 1, 4, 3, 3, 1, -5, 5, -4, 2, 5, 5, 4, 2], np.float32)
+        hands = np.empty((n_frames, n_rows, 17), np.float32)
+        hands[:, :, 0] = ids
+        hands[:, :, 1:] = np.tile(spot, 8)[:, None, :] + offsets + rng.normal(0, 0.5, (n_frames, n_rows, 16))
+        partly = rng.random((n_frames, n_rows)) < 0.1
+        partly[0, 0] = True
+        hands[partly, 1:9] = np.nan  # the left hand is not tracked
+        hands[min(1, n_frames - 1), n_rows - 1, 1:] = np.nan
+        for path, data in ((layout.GAZE, gaze), (layout.GAZE_DEPTH, depth), (layout.HANDS, hands)):
+            _dataset(group, path, data.shape, np.float32)[...] = data
+
+    def _write_audio(self, group: h5py.Group, frame_templates: np.ndarray) -> None:
+        spec, snippet = self.spec, self.profile.snippet_samples
+        hop = max(1, snippet // layout.FPS)
+        total = hop * spec.n_frames + snippet
+        t = np.arange(total, dtype=np.float32) / snippet  # seconds, in snippet units
+        # The tone of the frame whose hop a sample falls in, plus microphone noise.
+        frequency = 20.0 + 15.0 * frame_templates[np.minimum(np.arange(total) // hop, spec.n_frames - 1)]
+        mono = 0.3 * np.sin(2 * np.pi * frequency * t) + 0.02 * self.rng.standard_normal(total, dtype=np.float32)
+        waveform = np.stack([mono, 0.8 * mono], axis=1).astype(np.float32)
+        group.create_dataset(layout.AUDIO_WAVEFORM, data=waveform, compression="gzip", compression_opts=_GZIP_LEVEL)
+        snippets = _dataset(group, layout.AUDIO_SNIPPETS, (spec.n_frames, snippet, 2), np.float32)
+        for frame in range(spec.n_frames):
+            snippets[frame] = waveform[frame * hop : frame * hop + snippet]
+
+    def _write_point_cloud(self, group: h5py.Group, frame_templates: np.ndarray) -> None:
+        spec, rng, n = self.spec, self.rng, self.spec.n_points
+        coords = _dataset(group, layout.POINT_COORDINATES, (spec.n_frames, n, 3), np.float32)
+        colors = _dataset(group, layout.POINT_COLORS, (spec.n_frames, n, 3), np.float32)
+        cluster = n // 4
+        for frame in range(spec.n_frames):
+            template = frame_templates[frame]
+            xyz = rng.uniform([-3, -3, 0], [3, 3, 2.5], (n, 3)).astype(np.float32)  # the room, metres
+            centre = np.array([*(self.hotspots[template] * 4 - 2), 1.0], np.float32)
+            xyz[:cluster] = centre + rng.normal(0, 0.1, (cluster, 3))
+            rgb = rng.uniform(0, 1, (n, 3)).astype(np.float32)
+            rgb[:cluster] = self.palette[template] / 255.0
+            coords[frame], colors[frame] = xyz, rgb
+
+    def _write_annotations(self, group: h5py.Group, templates, frame_templates: np.ndarray) -> None:
+        rng = self.rng
+        raw_entity_ids = {name: i for i, name in enumerate(vocab.RAW_ENTITY_VOCAB)}
+        raw_relation_ids = {name: i for i, name in enumerate(vocab.RAW_RELATION_VOCAB)}
+        annotations = group.create_group(layout.ANNOTATIONS)
+        for frame in range(self.spec.n_frames):
+            if frame in self.spec.unannotated:
+                continue
+            rows = [
+                (raw_spelling(t.subject, rng), raw_spelling(t.predicate, rng), raw_spelling(t.object, rng))
+                for t in templates[frame_templates[frame]]
+            ]
+            ids = [(raw_entity_ids[s], raw_relation_ids[p], raw_entity_ids[o]) for s, p, o in rows]
+            frame_group = annotations.create_group(f"frame_{frame}")
+            encoded = np.array([[part.encode() for part in row] for row in rows], dtype=layout.REL_ANNOTATION_DTYPE)
+            frame_group.create_dataset(layout.REL_ANNOTATIONS, data=encoded)
+            frame_group.create_dataset(layout.SCENE_GRAPH, data=np.array(ids, np.float32))
+
+
+def _write_atomically(path: Path, write: Callable[[h5py.File], None]) -> None:
+    """Write an HDF5 file through a temporary file, renamed only on success."""
+    with atomic_output(path) as temporary, h5py.File(temporary, "w") as h5:
+        write(h5)
+
+
+def _split_rows(profile: Profile, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    rows: dict[str, list[tuple[str, int, int, int]]] = {name: [] for name in layout.SPLIT_NAMES}
+    for take in profile.takes:
+        choice = rng.choice(len(layout.SPLIT_NAMES), size=take.n_frames, p=_SPLIT_FRACTIONS)
+        choice[: len(layout.SPLIT_NAMES)] = np.arange(len(layout.SPLIT_NAMES))  # every split sees every take
+        for frame, split in enumerate(choice):
+            k = take.key
+            rows[layout.SPLIT_NAMES[split]].append((k.surgery_type, k.procedure_id, k.take_id, frame))
+    return {name: np.array(r, dtype=layout.SPLIT_DTYPE) for name, r in rows.items()}
+
+
+def write_splits(path: Path, splits: dict[str, np.ndarray]) -> None:
+    """Write a ``splits.h5`` (group ``splits/`` with one compound dataset per split)."""
+
+    def write(h5: h5py.File) -> None:
+        for name, rows in splits.items():
+            h5.create_dataset(f"{layout.SPLITS}/{name}", data=rows, compression="gzip")
+
+    _write_atomically(path, write)
+
+
+def generate(
+    out: str | os.PathLike,
+    profile: str | Profile = "tiny",
+    seed: int = 0,
+    n_frames: int | None = None,
+    progress: bool = False,
+) -> SyntheticDataset:
+    """Write a synthetic dataset (per-procedure files + ``splits.h5``) into ``out``.
+
+    ``n_frames`` overrides every take's frame count (quirk frames beyond it are dropped).
+    The same seed gives the same data.
+    """
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        profile = PROFILES[profile]()
+    if n_frames is not None:
+        if n_frames < len(layout.SPLIT_NAMES):
+            raise ValueError(f"n_frames must be at least {len(layout.SPLIT_NAMES)}, got {n_frames}")
+        profile = replace(profile, takes=tuple(replace(t, n_frames=n_frames) for t in profile.takes))
+    directory = Path(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    templates = make_templates(rng, profile.n_templates)
+    palette = rng.uniform(30, 225, (profile.n_templates, 3)).astype(np.float32)
+    hotspots = rng.uniform(0.2, 0.8, (profile.n_templates, 2)).astype(np.float32)
+    dataset = SyntheticDataset(directory, [], directory / "splits.h5", profile, templates, hotspots=hotspots)
+    takes = tqdm(total=len(profile.takes), desc=f"synthetic {profile.name}", unit="take", disable=not progress)
+    for file_name, specs in profile.files().items():
+
+        def write(h5: h5py.File, specs: Sequence[TakeSpec] = specs) -> None:
+            _write_metadata(h5)
+            for spec in specs:
+                frame_templates = rng.integers(0, profile.n_templates, spec.n_frames)
+                dataset.frame_templates[spec.key] = frame_templates
+                writer = _TakeWriter(spec, profile, palette, hotspots, rng)
+                writer.write(h5.create_group(spec.key.path), templates, frame_templates)
+                takes.update()
+
+        _write_atomically(directory / file_name, write)
+        dataset.files.append(directory / file_name)
+    takes.close()
+    write_splits(dataset.splits_file, _split_rows(profile, rng))
+    return dataset
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m egoexor.data.synthetic",
+        description="Write a synthetic EgoExOR dataset (per-procedure HDF5 files + splits.h5) in the released layout.",
+    )
+    parser.add_argument("--out", required=True, help="output folder (created if needed; files in it are replaced)")
+    parser.add_argument(
+        "--profile", choices=sorted(PROFILES), default="tiny",
+        help="tiny: small images, seconds; realistic: 336x336 cameras, 48 kHz audio, 8192-point clouds, ~1 GB",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same data")
+    parser.add_argument("--frames", type=int, default=None, help="override the number of frames of every take")
+    args = parser.parse_args(argv)
+    try:
+        dataset = generate(args.out, args.profile, args.seed, args.frames, progress=True)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path in [*dataset.files, dataset.splits_file]:
+        print(f"{path}  {path.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
