@@ -165,3 +165,19 @@ def lookup_robust(name: str, *, as_predicate: bool) -> str | None:
 def label_file_text(labels: tuple[str, ...]) -> str:
     """Contents of ``classes.txt`` / ``relationships.txt``: one name a line, no trailing newline."""
     return "\n".join(labels)
+
+
+def write_label_files(directory: str) -> None:
+    """Write ``classes.txt`` and ``relationships.txt`` (the reference's label files) into a folder."""
+    from pathlib import Path
+
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "classes.txt").write_text(label_file_text(ENTITY_LABELS))
+    (folder / "relationships.txt").write_text(label_file_text(RELATION_LABELS))
+
+
+if __name__ == "__main__":  # python -m egoexor.vocab DIR: regenerate the shipped label files
+    import sys
+
+    write_label_files(sys.argv[1] if len(sys.argv) > 1 else "data")

@@ -86,8 +86,8 @@ def _read_split_rows(path: Path) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as h5:
         if not isinstance(h5.get(layout.SPLITS), h5py.Group):
             raise MergeError(f"{path}: no '{layout.SPLITS}/' group: not an EgoExOR splits file")
-        try:
-            return {name: layout.read_split(h5, name) for name in h5[layout.SPLITS]}
+        try:  # other datasets in splits/ are copied verbatim but not checked
+            return {name: layout.read_split(h5, name) for name in layout.SPLIT_NAMES if name in h5[layout.SPLITS]}
         except layout.LayoutError as error:
             raise MergeError(str(error)) from error
 

@@ -136,19 +136,19 @@ def _realistic() -> Profile:
         name="realistic",
         takes=(
             TakeSpec(
-                TakeKey("MISS", 1, 1), (*_EGO4, *exo6), n_frames=120, **size,
+                TakeKey("MISS", 1, 1), (*_EGO4, *exo6), n_frames=200, **size,
                 gaze_sources=("anesthetist", "head_surgeon", "circulator", "assistant"), n_points=8192,
                 unannotated=(2, 61), black=((1, "assistant"), (2, "external_2")), sources_as_bytes=True,
             ),
             TakeSpec(
                 TakeKey("MISS", 1, 2), ("or_light", "microscope", "external_1", "blank", "external_2", "external_3",
                                         "simstation"),
-                n_frames=60, **size, n_points=8192, unannotated=(5,),
+                n_frames=100, **size, n_points=8192, unannotated=(5,),
             ),
             TakeSpec(
                 TakeKey("Ultrasound", 1, 1), (*_EGO4, "external_1", "external_2", "ultrasound", "external_3",
                                               "or_light", "simstation"),
-                n_frames=120, **size, gaze_sources=("assistant", "head_surgeon", "anesthetist", "circulator"),
+                n_frames=200, **size, gaze_sources=("assistant", "head_surgeon", "anesthetist", "circulator"),
                 audio=False, n_points=8192, unannotated=(11,), black=((3, "*"),),
             ),
         ),
@@ -365,7 +365,7 @@ def write_splits(path: Path, splits: dict[str, np.ndarray]) -> None:
 
     def write(h5: h5py.File) -> None:
         for name, rows in splits.items():
-            h5.create_dataset(f"{layout.SPLITS}/{name}", data=rows, compression="gzip")
+            h5.create_dataset(f"{layout.SPLITS}/{name}", data=rows.astype(layout.SPLIT_DTYPE), compression="gzip")
 
     _write_atomically(path, write)
 

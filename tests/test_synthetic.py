@@ -1,0 +1,201 @@
+"""The synthetic generator writes the released layout, its quirks, and a learnable signal."""
+
+import h5py
+import numpy as np
+import pytest
+
+from egoexor import vocab
+from egoexor.data import layout
+from egoexor.data.layout import TakeKey
+from egoexor.data.synthetic import generate, main
+from egoexor.scene_graph import triplets_from_annotation
+
+MISS_FULL = TakeKey("MISS", 1, 1)
+EXO_ONLY = TakeKey("MISS", 1, 2)
+MORE_GAZE_ROWS = TakeKey("MISS", 2, 1)
+ULTRASOUND = TakeKey("Ultrasound", 1, 1)
+
+
+def open_take(dataset, key):
+    name = f"{key.surgery_type.lower()}_{key.procedure_id}.h5"
+    h5 = h5py.File(dataset.directory / name, "r")
+    return h5, h5[key.path]
+
+
+def test_files_and_metadata(tiny_dataset):
+    assert sorted(p.name for p in tiny_dataset.files) == ["miss_1.h5", "miss_2.h5", "ultrasound_1.h5"]
+    with h5py.File(tiny_dataset.files[0], "r") as h5:
+        assert layout.check_layout(h5) == 2
+        entity = h5[layout.ENTITY_VOCAB][()]
+        assert entity.dtype.names == ("name", "id") and len(entity) == 37
+        assert [layout.decode(n) for n in entity["name"]] == list(vocab.RAW_ENTITY_VOCAB)
+        assert len(h5[layout.RELATION_VOCAB]) == 23
+        sources = {layout.decode(n): int(i) for n, i in h5[layout.SOURCE_TABLE][()]}
+        assert sources == vocab.SOURCES
+        assert set(h5[layout.DATASET_INFO].attrs) == {"version", "creation_date", "title"}
+
+
+def test_datasets_have_released_dtypes_compression_and_per_frame_chunks(tiny_dataset):
+    h5, take = open_take(tiny_dataset, MISS_FULL)
+    with h5:
+        expected = {layout.RGB: np.uint8, layout.GAZE: np.float32, layout.GAZE_DEPTH: np.float32,
+                    layout.HANDS: np.float32, layout.AUDIO_SNIPPETS: np.float32,
+                    layout.POINT_COORDINATES: np.float32, layout.POINT_COLORS: np.float32}
+        for path, dtype in expected.items():
+            dataset = take[path]
+            assert dataset.dtype == dtype, path
+            assert dataset.compression == "gzip", path
+            assert dataset.chunks == (1, *dataset.shape[1:]), path
+        assert take[layout.RGB].shape == (48, 10, 24, 32, 3)
+        assert take[layout.GAZE].shape == (48, 4, 3) and take[layout.HANDS].shape == (48, 4, 17)
+        assert take[layout.AUDIO_WAVEFORM].ndim == 2 and take[layout.AUDIO_WAVEFORM].shape[1] == 2
+        rel = take["annotations/frame_0/rel_annotations"]
+        assert rel.dtype == object and rel.shape[1] == 3 and isinstance(rel[0, 0], bytes)
+        assert take["annotations/frame_0/scene_graph"].dtype == np.float32
+
+
+def test_source_attributes_as_bytes_and_str(tiny_dataset):
+    h5, take = open_take(tiny_dataset, MISS_FULL)
+    with h5:
+        assert isinstance(take["sources"].attrs["source_0"], bytes)
+        assert layout.take_sources(take)[:4] == ["head_surgeon", "assistant", "circulator", "anesthetist"]
+    h5, take = open_take(tiny_dataset, ULTRASOUND)
+    with h5:
+        assert isinstance(take["sources"].attrs["source_0"], str)
+        # the ultrasound screen sits in the middle of the camera axis
+        assert layout.take_sources(take) == ["head_surgeon", "assistant", "external_1", "ultrasound", "external_2"]
+
+
+def test_quirks(tiny_dataset):
+    h5, take = open_take(tiny_dataset, MISS_FULL)
+    with h5:
+        assert "frame_2" not in take["annotations"] and "frame_29" not in take["annotations"]
+        assert "frame_3" in take["annotations"]
+        rgb = take[layout.RGB]
+        assert not rgb[1, 1].any()  # assistant black in frame 1
+        assert not rgb[2, 7].any()  # external_2 black in frame 2
+        assert rgb[1, 0].any() and rgb[2, 6].any()
+        gaze = take[layout.GAZE][()]
+        ids = gaze[0, :, 0].astype(int).tolist()
+        assert ids == [4, 1, 3, 2]  # rows in shuffled source-id order
+        assert (gaze[0, 1, 1:] == -1).all()  # invalid gaze
+        assert np.isnan(gaze[1, 0, 1])
+        depth = take[layout.GAZE_DEPTH][()]
+        assert np.isnan(depth[0, 0]) and np.isposinf(depth[0, 1]) and depth[0, 2] == pytest.approx(1.7)
+        hands = take[layout.HANDS][()]
+        assert np.isnan(hands[0, 0, 1:9]).all() and not np.isnan(hands[0, 0, 9:]).any()  # partly NaN
+        assert np.isnan(hands[1, 3, 1:]).all()
+        assert (hands[:, :, 0] == gaze[:, :, 0]).all()
+    h5, take = open_take(tiny_dataset, EXO_ONLY)
+    with h5:
+        assert layout.take_sources(take) == ["or_light", "external_1", "blank"]
+        assert not any(g in take for g in ("eye_gaze", "eye_gaze_depth", "hand_tracking"))
+        assert not take[layout.RGB][:, 2].any()  # the blank camera
+    h5, take = open_take(tiny_dataset, MORE_GAZE_ROWS)
+    with h5:
+        ego_cameras = [s for s in layout.take_sources(take) if s in vocab.EGO_SOURCES]
+        assert len(ego_cameras) == 3 and take[layout.GAZE].shape[1] == 4
+        assert take[layout.RGB].shape[2:4] == (32, 24)  # taller than wide
+    h5, take = open_take(tiny_dataset, ULTRASOUND)
+    with h5:
+        assert "audio" not in take
+        assert not take[layout.RGB][3].any()  # every camera black in frame 3
+
+
+def test_annotations_use_raw_spellings_consistent_with_ids_and_templates(tiny_dataset):
+    raw_spellings = set()
+    for key, frame_templates in tiny_dataset.frame_templates.items():
+        h5, take = open_take(tiny_dataset, key)
+        with h5:
+            for name, group in take["annotations"].items():
+                frame = int(name.removeprefix("frame_"))
+                rows = group["rel_annotations"][()]
+                ids = group["scene_graph"][()].astype(int)
+                for (s, p, o), (si, pi, oi) in zip(rows, ids, strict=True):
+                    assert vocab.RAW_ENTITY_VOCAB[si] == s.decode() and vocab.RAW_ENTITY_VOCAB[oi] == o.decode()
+                    assert vocab.RAW_RELATION_VOCAB[pi] == p.decode()
+                    raw_spellings.update((s.decode(), p.decode(), o.decode()))
+                expected = tiny_dataset.templates[frame_templates[frame]]
+                assert triplets_from_annotation(rows) == expected
+    assert raw_spellings & {"closeTo", "lyingOn", "anaesthetist", "operation_table", "checking", "anesthasing",
+                            "microcope"}
+
+
+def test_splits_cover_every_frame_once(tiny_dataset):
+    with h5py.File(tiny_dataset.splits_file, "r") as h5:
+        assert set(h5["splits"]) == set(layout.SPLIT_NAMES)
+        rows = {name: layout.read_split(h5, name) for name in layout.SPLIT_NAMES}
+        assert h5["splits/train"].dtype == layout.SPLIT_DTYPE
+    seen = [(r["surgery_type"], int(r["procedure_id"]), int(r["take_id"]), int(r["frame_id"]))
+            for split in rows.values() for r in split]
+    total = sum(t.n_frames for t in tiny_dataset.profile.takes)
+    assert len(seen) == len(set(seen)) == total
+    assert all(len(split) > 0 for split in rows.values())
+
+
+def test_same_seed_same_data(tmp_path):
+    a = generate(tmp_path / "a", "tiny", seed=3, n_frames=6)
+    b = generate(tmp_path / "b", "tiny", seed=3, n_frames=6)
+    c = generate(tmp_path / "c", "tiny", seed=4, n_frames=6)
+    with h5py.File(a.files[0], "r") as fa, h5py.File(b.files[0], "r") as fb, h5py.File(c.files[0], "r") as fc:
+        path = MISS_FULL.path + "/" + layout.RGB
+        assert np.array_equal(fa[path][()], fb[path][()])
+        assert not np.array_equal(fa[path][()], fc[path][()])
+
+
+def test_the_scene_graph_is_learnable_from_the_images(tiny_dataset):
+    """A nearest-centroid classifier on mean camera colour recovers the template on held-out frames."""
+    features, labels = [], []
+    for key, frame_templates in tiny_dataset.frame_templates.items():
+        h5, take = open_take(tiny_dataset, key)
+        with h5:
+            rgb = take[layout.RGB][()].astype(np.float32)
+        for frame, template in enumerate(frame_templates):
+            visible = [cam for cam in rgb[frame] if cam.any()]
+            if visible:
+                features.append(np.mean([cam.mean(axis=(0, 1)) for cam in visible], axis=0))
+                labels.append(template)
+    features, labels = np.array(features), np.array(labels)
+    train = np.arange(len(labels)) % 2 == 0
+    centroids = np.array([features[train & (labels == k)].mean(axis=0) for k in range(len(tiny_dataset.templates))])
+    predicted = np.argmin(((features[~train, None] - centroids) ** 2).sum(-1), axis=1)
+    assert (predicted == labels[~train]).mean() > 0.95
+
+
+def test_gaze_and_hands_point_at_the_template_spot(tiny_dataset):
+    h5, take = open_take(tiny_dataset, MISS_FULL)
+    with h5:
+        gaze = take[layout.GAZE][()]
+        hands = take[layout.HANDS][()]
+    templates = tiny_dataset.frame_templates[MISS_FULL]
+    spot = tiny_dataset.hotspots[templates] * np.array([32, 24])
+    valid = gaze[:, :, 1] >= 0
+    distance = np.linalg.norm(gaze[:, :, 1:] - spot[:, None], axis=-1)
+    assert np.nanmax(distance[valid]) < 4
+    points = hands[:, :, 1:].reshape(48, 4, 8, 2)
+    tracked = ~np.isnan(points).all(axis=(2, 3))
+    hand_centre = np.nanmean(points[tracked], axis=1)
+    spots = np.broadcast_to(spot[:, None], (48, 4, 2))[tracked]
+    assert np.linalg.norm(hand_centre - spots, axis=-1).max() < 8
+
+
+def test_realistic_profile_sizes_and_gzip_ratio(tmp_path):
+    dataset = generate(tmp_path, "realistic", seed=0, n_frames=3)
+    with h5py.File(tmp_path / "miss_1.h5", "r") as h5:
+        take = h5[MISS_FULL.path]
+        rgb = take[layout.RGB]
+        assert rgb.shape == (3, 10, 336, 336, 3)
+        ratio = rgb.size / rgb.id.get_storage_size()
+        assert 1.5 <= ratio <= 3.0, ratio  # camera-like, not the 100x of flat colours
+        assert take[layout.AUDIO_SNIPPETS].shape == (3, 48_000, 2)
+        assert take[layout.POINT_COORDINATES].shape == (3, 8192, 3)
+    cams = {t.key: len(t.sources) for t in dataset.profile.takes}
+    assert cams[MISS_FULL] == 10
+
+
+def test_cli(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--profile", "tiny", "--seed", "1", "--frames", "4"]) == 0
+    assert (tmp_path / "splits.h5").is_file() and (tmp_path / "miss_1.h5").is_file()
+    assert main(["--out", str(tmp_path), "--frames", "1"]) == 2
+    assert "n_frames must be at least 3" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".*.tmp"))
