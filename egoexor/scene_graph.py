@@ -27,6 +27,7 @@ Parsing never raises.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import Literal, NamedTuple
@@ -106,8 +107,13 @@ def split_fields(text: str, mode: ParseMode = "reference") -> list[tuple[str, st
     return fields
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def resolve(subject: str, obj: str, predicate: str, mode: ParseMode = "reference") -> Triplet | None:
-    """Map raw field strings to canonical names, or ``None`` when the reference would drop them."""
+    """Map raw field strings to canonical names, or ``None`` when the reference would drop them.
+
+    Memoised (bounded): an evaluation repeats a few thousand field strings over and over, and name
+    lookup is most of the parsing time.
+    """
     if mode == "reference":
         names = (
             vocab.lookup_reference(subject.replace(" ", "_")),
@@ -129,10 +135,6 @@ def parse(text: str, mode: ParseMode = "reference") -> list[Triplet]:
     """Triplets of a generated or ground-truth answer, in text order (see the module docstring)."""
     if mode not in PARSE_MODES:
         raise ValueError(f"unknown parse mode {mode!r}; choose one of {', '.join(PARSE_MODES)}")
-    triplets = []
-    for fields in split_fields(text, mode):
-        triplet = resolve(*fields, mode=mode)
-        if triplet is None or (mode == "robust" and triplet in triplets):
-            continue
-        triplets.append(triplet)
-    return triplets
+    resolved = (resolve(*fields, mode) for fields in split_fields(text, mode))
+    triplets = [triplet for triplet in resolved if triplet is not None]
+    return list(dict.fromkeys(triplets)) if mode == "robust" else triplets

@@ -20,3 +20,39 @@ def merged_file(tiny_dataset: SyntheticDataset, tmp_path_factory: pytest.TempPat
     output = tmp_path_factory.mktemp("merged") / "egoexor.h5"
     merge_files(tiny_dataset.files, tiny_dataset.splits_file, output)
     return output
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from egoexor.data.tokenizer import save_tiny_tokenizer
+
+    return save_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir: Path):
+    from egoexor.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def clap_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from egoexor.data.audio import save_tiny_clap
+
+    return save_tiny_clap(tmp_path_factory.mktemp("clap"))
+
+
+@pytest.fixture(scope="session")
+def sample_files(merged_file: Path, tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Sample JSON files of every split (2 permutations for train), written by the CLI."""
+    from egoexor.data.make_samples import main, samples_file_name
+
+    out = tmp_path_factory.mktemp("samples")
+    files = {}
+    for split, n in (("train", 2), ("validation", 1), ("test", 1)):
+        argv = ["--hdf5", str(merged_file), "--split", split, "--n-permutations", str(n), "--out", str(out),
+                "--tokenizer", str(tokenizer_dir)]  # fmt: skip
+        assert main(argv) == 0
+        files[split] = out / samples_file_name(split, n, 0.0)
+    return files

@@ -104,7 +104,7 @@ def _dangling(rows: np.ndarray, frames: dict[TakeKey, int]) -> int:
 def _merge_group(source: h5py.Group, target: h5py.Group, depth: int, summary: MergeSummary, bar: tqdm) -> None:
     """Copy ``source``'s children into ``target``; takes one by one, the first copy of anything wins."""
     for name, child in source.items():
-        if depth + 1 == _TAKE_DEPTH:
+        if depth + 1 == _TAKE_DEPTH and source.name.endswith(f"/{layout.TAKE}"):
             if name in target:
                 summary.skipped_takes.append(child.name)
             else:

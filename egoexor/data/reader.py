@@ -12,6 +12,7 @@ to DataLoader workers.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,13 @@ from egoexor import vocab
 from egoexor.data import layout
 from egoexor.data.layout import TakeKey
 from egoexor.scene_graph import Triplet, triplets_from_annotation
+
+#: What :meth:`EgoExorReader.read` can read, and the datasets behind each name.
+FIELDS: tuple[str, ...] = ("rgb", "gaze", "gaze_depth", "hands", "audio", "point_cloud", "annotations")
+_FIELD_OF_PATH = {
+    layout.RGB: "rgb", layout.GAZE: "gaze", layout.GAZE_DEPTH: "gaze_depth", layout.HANDS: "hands",
+    layout.AUDIO_SNIPPETS: "audio", layout.POINT_COORDINATES: "point_cloud", layout.POINT_COLORS: "point_cloud",
+}  # fmt: skip
 
 
 class ReadError(LookupError):
@@ -107,15 +115,19 @@ class EgoExorReader:
     def frame_count(self, key: TakeKey) -> int:
         return layout.take_frame_count(self.take(key))
 
-    def read(self, key: TakeKey, frame: int) -> Timepoint:
-        """All modalities of one frame."""
+    def read(self, key: TakeKey, frame: int, fields: Collection[str] = FIELDS) -> Timepoint:
+        """The modalities of one frame; those not in ``fields`` are not read and stay ``None``."""
+        unknown = set(fields) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; choose from {', '.join(FIELDS)}")
         take = self.take(key)
         n_frames = layout.take_frame_count(take)
         if not 0 <= frame < n_frames:
             raise ReadError(f"{self.path}: {key.path}: frame {frame} out of range (take has {n_frames} frames)")
 
         def row(path: str) -> np.ndarray | None:
-            return take[path][frame] if path in take else None
+            wanted = _FIELD_OF_PATH[path] in fields
+            return take[path][frame] if wanted and path in take else None
 
         try:
             annotation = layout.annotation_path(frame) + "/" + layout.REL_ANNOTATIONS
@@ -130,7 +142,11 @@ class EgoExorReader:
                 audio=row(layout.AUDIO_SNIPPETS),
                 point_coordinates=row(layout.POINT_COORDINATES),
                 point_colors=row(layout.POINT_COLORS),
-                annotations=triplets_from_annotation(take[annotation][()]) if annotation in take else None,
+                annotations=(
+                    triplets_from_annotation(take[annotation][()])
+                    if "annotations" in fields and annotation in take
+                    else None
+                ),
             )
         except (OSError, KeyError, ValueError) as error:
             raise ReadError(f"{self.path}: {key.path}: frame {frame}: {error}") from error

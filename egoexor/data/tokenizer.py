@@ -1,0 +1,75 @@
+"""Tokenizers: the LLM's own for real runs, a small LLaMA-style one built locally for tests and the demo.
+
+The local tokenizer behaves like LLaMA's where it matters here: byte-fallback BPE, ``▁`` marks a
+word start and is prepended to the text, ``<unk>``/``<s>``/``</s>`` are ids 0/1/2 and BOS is added.
+It is trained on the prompt, the system text and every answer form of the vocabulary, so answers
+tokenize into a few dozen pieces as they do with the real tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerBase
+
+from egoexor import vocab
+from egoexor.prompt import HUMAN_TURN, ROLES, SYSTEM
+
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
+_BYTE_TOKENS = tuple(f"<0x{i:02X}>" for i in range(256))
+
+
+def _corpus() -> list[str]:
+    names = [vocab.answer_form(n) for n in (*vocab.ENTITIES, *vocab.PREDICATES)]
+    roles = [f"{user}: {assistant}:" for user, assistant in ROLES.values()]
+    return [HUMAN_TURN, SYSTEM, *roles, "<SG> </SG> , ; .", *names, " ".join(names)]
+
+
+def build_tiny_tokenizer(vocab_size: int = 600) -> LlamaTokenizer:
+    """A small LLaMA-style tokenizer trained on the project's own text (no download)."""
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[*SPECIAL_TOKENS, *_BYTE_TOKENS], show_progress=False
+    )
+    draft = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    draft.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    draft.train_from_iterator(_corpus() * 4, trainer)
+    # Rebuild so that only <unk>, <s>, </s> are special: byte tokens must be ordinary vocabulary.
+    model = json.loads(draft.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tokenizer = Tokenizer(models.BPE(model["vocab"], merges, byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    return LlamaTokenizer(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", add_bos_token=True
+    )
+
+
+def save_tiny_tokenizer(directory: str | os.PathLike) -> Path:
+    """Build the tiny tokenizer and save it where ``AutoTokenizer.from_pretrained`` finds it."""
+    build_tiny_tokenizer().save_pretrained(directory)
+    return Path(directory)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, model_max_length: int = 2048) -> PreTrainedTokenizerBase:
+    """The LLM's tokenizer from a hub name or a local folder, with the reference's settings.
+
+    The pad token is ``<unk>`` (id 0) as in the reference; right padding for training (the
+    generation collator pads on the left itself).
+    """
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), model_max_length=model_max_length)
+    except OSError as error:
+        raise OSError(f"cannot load a tokenizer from {name_or_path!r}: {error}") from error
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token
+    tokenizer.padding_side = "right"
+    return tokenizer

@@ -1,0 +1,194 @@
+"""Dataset + collator: every modality's values on the synthetic quirks, mixed batches, labels."""
+
+import shutil
+from dataclasses import replace
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from egoexor.config import ConfigError, DataConfig
+from egoexor.data import layout, transforms
+from egoexor.data.audio import ClapAudioEmbedder
+from egoexor.data.dataset import IGNORE_INDEX, IMAGE_TOKEN_ID, AudioCache, Collator, EgoExorDataset, SampleInputError
+from egoexor.data.layout import TakeKey
+from egoexor.data.precompute_audio import precompute
+from egoexor.data.samples import load_samples
+from egoexor.prompt import SYSTEM
+
+TOKENS = 4
+MISS_FULL, EXO_ONLY, MISS_2, ULTRASOUND = (TakeKey("MISS", 1, 1), TakeKey("MISS", 1, 2), TakeKey("MISS", 2, 1),
+                                           TakeKey("Ultrasound", 1, 1))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def config(clap_dir):
+    return DataConfig(image_size=32, tokens_per_branch=TOKENS, audio_encoder=str(clap_dir))
+
+
+def pick(samples, take, frame=None):
+    return next(s for s in samples if s.take == take and (frame is None or s.frame == frame))
+
+
+@pytest.fixture(scope="module")
+def validation(sample_files):
+    return load_samples(sample_files["validation"])
+
+
+def make(samples, merged_file, tokenizer, config, mode="eval", **overrides):
+    return EgoExorDataset(samples, merged_file, tokenizer, replace(config, **overrides), mode=mode)
+
+
+def test_mixed_batch_shapes_and_masks(validation, merged_file, tokenizer, config):
+    chosen = [pick(validation, MISS_FULL), pick(validation, EXO_ONLY), pick(validation, MISS_2, 1),
+              pick(validation, ULTRASOUND)]  # fmt: skip
+    dataset = make(chosen, merged_file, tokenizer, config)
+    batch = Collator(tokenizer.pad_token_id)([dataset[i] for i in range(4)])
+    assert batch["ego_images"].shape == (4, 4, 3, 32, 32)
+    assert batch["ego_view_mask"].sum(1).tolist() == [4, 0, 3, 2]
+    assert batch["exo_images"].shape == (4, 6, 3, 32, 32)
+    assert batch["exo_view_mask"].sum(1).tolist() == [6, 2, 4, 3]  # blank camera excluded, ultrasound included
+    assert batch["gaze_mask"].sum(1).tolist() == [4, 0, 3, 2]
+    assert batch["hand_mask"][2].tolist() == [False, True, True, False]  # head_surgeon (view 0) untracked in frame 1
+    assert batch["audio"].shape == (4, 512) and batch["audio_mask"].tolist() == [True, False, True, False]
+    assert batch["point_cloud_mask"].tolist() == [True] * 4
+    sizes = torch.bincount(batch["point_cloud_batch"], minlength=4).tolist()
+    assert sizes == [64, 48, 80, 32] and batch["point_cloud"].shape == (224, 6)
+    assert ((batch["input_ids"] == IMAGE_TOKEN_ID).sum(1) == torch.tensor([8, 4, 8, 8])).all()
+    # padding: zeros under False masks
+    assert not batch["ego_images"][1].any() and not batch["gaze"][1].any()
+    assert batch["attention_mask"].sum(1).tolist() == [len(dataset[i]["input_ids"]) for i in range(4)]
+
+
+def test_labels_are_exactly_answer_and_eos(validation, merged_file, tokenizer, config):
+    sample = pick(validation, MISS_FULL)
+    item = make([sample], merged_file, tokenizer, config)[0]
+    supervised = item["labels"][item["labels"] != IGNORE_INDEX].tolist()
+    assert supervised == tokenizer(sample.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    n = len(supervised)
+    assert item["input_ids"][-n:].tolist() == supervised and (item["labels"][:-n] == IGNORE_INDEX).all()
+    prompt = item["input_ids"][:-n]
+    assert prompt[0] == tokenizer.bos_token_id
+    text = tokenizer.decode([t for t in prompt.tolist() if t != IMAGE_TOKEN_ID], skip_special_tokens=True)
+    assert text.startswith(SYSTEM + " USER:") and text.endswith("ASSISTANT:")
+    positions = torch.nonzero(prompt == IMAGE_TOKEN_ID).flatten()
+    assert len(positions) == 2 * TOKENS and (positions.diff() == 1).all()  # one contiguous block
+
+
+def test_generate_mode_left_pads_prompts_with_the_chosen_roles(validation, merged_file, tokenizer, config):
+    chosen = [pick(validation, MISS_FULL), pick(validation, EXO_ONLY)]
+    dataset = make(chosen, merged_file, tokenizer, config, mode="generate", prompt_roles="reference_inference")
+    items = [dataset[0], dataset[1]]
+    assert "labels" not in items[0]
+    batch = Collator(tokenizer.pad_token_id, padding_side="left")(items)
+    assert "labels" not in batch
+    shorter = int(batch["attention_mask"].sum(1).argmin())
+    assert batch["attention_mask"][shorter, 0] == 0 and batch["attention_mask"][:, -1].all()
+    text = tokenizer.decode(items[0]["input_ids"][items[0]["input_ids"] != IMAGE_TOKEN_ID], skip_special_tokens=True)
+    assert text.endswith("gpt:") and " human: " in text
+
+
+def test_ego_values_follow_the_transforms(validation, merged_file, tokenizer, config):
+    sample = pick(validation, MISS_FULL)
+    item = make([sample], merged_file, tokenizer, config)[0]
+    with h5py.File(merged_file, "r") as h5:
+        take = h5[MISS_FULL.path]
+        rgb, gaze = take[layout.RGB][sample.frame], take[layout.GAZE][sample.frame]
+        depth, hands = take[layout.GAZE_DEPTH][sample.frame], take[layout.HANDS][sample.frame]
+    # view 0 is head_surgeon (camera 0), whose rows are row 1 of gaze and hands (ids in shuffled order)
+    assert np.allclose(item["ego_images"][0].numpy(), transforms.image(rgb[0], 32, flip=True))
+    xy = transforms.gaze_rows(gaze, MISS_FULL, 336.0)[1]
+    assert np.allclose(item["gaze"][0].numpy(), [*xy, transforms.gaze_depth(depth, 1.0)[1]])
+    assert np.allclose(item["hands"][0].numpy(), transforms.hand_rows(hands, 336.0)[0][1])
+
+
+def test_black_ego_frame_is_skipped_and_invalid_gaze_is_zero(sample_files, merged_file, tokenizer, config):
+    train = load_samples(sample_files["train"])
+    frame0 = pick(train, MISS_FULL, 0)  # frame 0: invalid gaze for the head_surgeon row (row 1)
+    item = make([frame0], merged_file, tokenizer, config)[0]
+    assert item["gaze_mask"][0] and item["gaze"][0, :2].tolist() == [0.0, 0.0]
+    frame1 = pick(load_samples(sample_files["validation"]), MISS_FULL, 1)  # assistant black in frame 1
+    assert len(make([frame1], merged_file, tokenizer, config)[0]["ego_images"]) == 3
+
+
+def test_exo_view_order_in_eval_and_sampling_in_train(validation, merged_file, tokenizer, config):
+    sample = pick(validation, ULTRASOUND)
+    with h5py.File(merged_file, "r") as h5:
+        rgb = h5[ULTRASOUND.path][layout.RGB][sample.frame]
+    item = make([sample], merged_file, tokenizer, config)[0]
+    expected = [transforms.image(rgb[c], 32, flip=c == 3) for c in (2, 3, 4)]  # external_1, ultrasound, external_2
+    assert np.allclose(item["exo_images"].numpy(), np.stack(expected))
+    full = pick(validation, MISS_FULL)
+    counts = set()
+    for seed in range(40):
+        dataset = EgoExorDataset([full], merged_file, tokenizer, replace(config, audio_encoder=None), "train", seed)
+        counts.add(len(dataset[0]["exo_images"]))
+    assert counts == {2, 3, 4, 5}
+
+
+def test_text_only_sample_has_no_visual_tokens(validation, merged_file, tokenizer, config):
+    sample = replace(pick(validation, MISS_FULL), modalities=frozenset())
+    item = make([sample], merged_file, tokenizer, config)[0]
+    assert (item["input_ids"] != IMAGE_TOKEN_ID).all()
+    assert len(item["ego_images"]) == len(item["exo_images"]) == 0
+    assert item["audio"] is None and item["point_cloud"] is None
+    batch = Collator(tokenizer.pad_token_id)([item, make([pick(validation, MISS_FULL)], merged_file, tokenizer,
+                                                         config)[0]])  # fmt: skip
+    assert batch["ego_view_mask"][0].sum() == 0 and batch["ego_view_mask"][1].sum() == 4
+
+
+def test_modality_dropout_rate(sample_files, merged_file, tokenizer, config):
+    samples = [s for s in load_samples(sample_files["train"]) if "point_cloud" in s.modalities][:120]
+    dataset = make(samples, merged_file, tokenizer, config, mode="train", modality_dropout=0.3, audio_encoder=None)
+    kept = np.mean([dataset[i]["point_cloud"] is not None for i in range(len(samples))])
+    assert 0.55 < kept < 0.85
+    no_dropout = make(samples[:20], merged_file, tokenizer, config, mode="train", audio_encoder=None)
+    assert all(no_dropout[i]["point_cloud"] is not None for i in range(20))
+    # evaluation never drops
+    evaluation = make(samples[:20], merged_file, tokenizer, config, modality_dropout=1.0, audio_encoder=None)
+    assert all(evaluation[i]["point_cloud"] is not None for i in range(20))
+
+
+def test_audio_cache_equals_on_the_fly(validation, merged_file, tokenizer, config, clap_dir, tmp_path):
+    cache = tmp_path / "audio.h5"
+    precompute(merged_file, cache, ClapAudioEmbedder(clap_dir, "reference"))
+    sample = pick(validation, MISS_FULL)
+    live = make([sample], merged_file, tokenizer, config)[0]["audio"]
+    cached = make([sample], merged_file, tokenizer, config, audio_cache=str(cache))[0]["audio"]
+    assert torch.allclose(live, cached, atol=1e-5)
+    with pytest.raises(ValueError, match="audio_norm='reference'"):
+        AudioCache(cache, "per_snippet")
+
+
+def test_dataloader_workers_give_the_same_batches(validation, merged_file, tokenizer, config):
+    dataset = make(validation[:8], merged_file, tokenizer, config, mode="train", audio_encoder=None)
+    collate = Collator(tokenizer.pad_token_id)
+    serial = list(DataLoader(dataset, batch_size=4, collate_fn=collate))
+    parallel = list(DataLoader(dataset, batch_size=4, collate_fn=collate, num_workers=2,
+                               multiprocessing_context="fork"))  # fmt: skip
+    for a, b in zip(serial, parallel, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_point_cloud_and_long_prompt_name_the_sample(validation, merged_file, tokenizer, config, tmp_path):
+    broken = tmp_path / "broken.h5"
+    shutil.copyfile(merged_file, broken)
+    sample = pick(validation, MISS_FULL)
+    with h5py.File(broken, "r+") as h5:
+        coords = h5[MISS_FULL.path][layout.POINT_COORDINATES]
+        row = coords[sample.frame]
+        row[0, 0] = np.nan
+        coords[sample.frame] = row
+    with pytest.raises(SampleInputError, match=f"sample {sample.id} .*frame {sample.frame}.*NaN"):
+        make([sample], broken, tokenizer, config, audio_encoder=None)[0]
+    with pytest.raises(SampleInputError, match=f"sample {sample.id}: .*over model_max_length=50"):
+        make([sample], merged_file, tokenizer, config, model_max_length=50, audio_encoder=None)[0]
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="flip_rule"):
+        DataConfig(flip_rule="some")
+    with pytest.raises(ConfigError, match="modality_dropout"):
+        DataConfig(modality_dropout=1.5)

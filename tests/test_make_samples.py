@@ -1,0 +1,160 @@
+import json
+import random
+from collections import Counter
+
+import h5py
+import pytest
+
+from egoexor.data import layout
+from egoexor.data.layout import TakeKey
+from egoexor.data.make_samples import main, make_samples, samples_file_name, token_freqs_file_name
+from egoexor.data.samples import SampleError, load_samples, sample_from_record
+from egoexor.prompt import HUMAN_TURN, SCENE_GRAPH_PROMPT
+from egoexor.scene_graph import parse, serialize
+
+REFERENCE_RECORD = {
+    "id": "MISS_1_1_12_0",
+    "timepoint": 12,
+    "hdf5_indices": {"surgery_type": "MISS", "procedure_id": 1, "take_id": 1, "frame_idx": 12,
+                     "available_modalities": ["point_cloud", "eye_gaze", "ego_frames", "exo_frames", "audio"]},
+    "conversations": [
+        {"from": "human", "value": "<image>\n" + SCENE_GRAPH_PROMPT},
+        {"from": "gpt", "value": "<SG> patient,operating table,lyingon; head surgeon,dressing material,holding </SG>"},
+    ],
+}  # fmt: skip
+
+
+def test_file_names_follow_the_reference():
+    assert samples_file_name("train", 1, 0.0) == "train_1perm_Falsetemp_Falsetempaug_EgoExOR_drophistory0.5.json"
+    assert samples_file_name("test", 4, 0.5).endswith("_drophistory0.5_modalitydrop0.5.json")
+    assert token_freqs_file_name("train", 4) == "train_token_freqs_7b_4perm_EgoExOR.json"
+
+
+def test_prompt_is_the_reference_text():
+    assert HUMAN_TURN.startswith("<image>\nEntities: [assistant, anaesthetist, circulator, head surgeon,")
+    assert SCENE_GRAPH_PROMPT.endswith('"entity1,entity2,predicate;". Do not provide a narrative or descriptive text.')
+    assert "close to" in SCENE_GRAPH_PROMPT and "syringe" not in SCENE_GRAPH_PROMPT
+
+
+def test_records_have_the_reference_schema(sample_files):
+    records = json.loads(sample_files["train"].read_text())
+    record = records[0]
+    assert set(record) == {"id", "timepoint", "hdf5_indices", "conversations"}
+    assert set(record["hdf5_indices"]) == {"surgery_type", "procedure_id", "take_id", "frame_idx",
+                                           "available_modalities"}  # fmt: skip
+    assert [turn["from"] for turn in record["conversations"]] == ["human", "gpt"]
+    assert record["conversations"][0]["value"] == HUMAN_TURN
+    st, pid, tid, frame, perm = record["id"].rsplit("_", 4)
+    assert (st, int(pid), int(tid), int(frame)) == (record["hdf5_indices"]["surgery_type"],
+                                                    record["hdf5_indices"]["procedure_id"],
+                                                    record["hdf5_indices"]["take_id"], record["timepoint"])
+    assert perm in {"0", "1"}
+
+
+def test_answers_are_the_frames_scene_graphs(tiny_dataset, sample_files):
+    for sample in load_samples(sample_files["train"]):
+        template = tiny_dataset.templates[tiny_dataset.frame_templates[sample.take][sample.frame]]
+        triplets = parse(sample.answer)
+        assert sorted(triplets) == sorted(template)
+        assert sample.answer == serialize(triplets)
+
+
+def test_every_annotated_split_frame_once_per_permutation(tiny_dataset, merged_file, sample_files):
+    with h5py.File(merged_file, "r") as h5:
+        rows = layout.read_split(h5, "train")
+    unannotated = {(t.key, f) for t in tiny_dataset.profile.takes for f in t.unannotated}
+    expected = Counter()
+    for r in rows:
+        key = TakeKey(r["surgery_type"], int(r["procedure_id"]), int(r["take_id"]))
+        if (key, int(r["frame_id"])) not in unannotated:
+            expected[(key, int(r["frame_id"]))] = 2
+    got = Counter((s.take, s.frame) for s in load_samples(sample_files["train"]))
+    assert got == expected
+    ids = [s.id for s in load_samples(sample_files["train"])]
+    assert len(ids) == len(set(ids))
+
+
+def test_available_modalities_per_take(sample_files):
+    by_take = {}
+    for s in load_samples(sample_files["train"]):
+        by_take.setdefault(s.take, s.modalities)
+    assert by_take[TakeKey("MISS", 1, 1)] == {"ego_frames", "eye_gaze", "eye_gaze_depth", "hand_tracking", "audio",
+                                              "exo_frames", "point_cloud"}  # fmt: skip
+    # no ego source: no ego modalities, and audio is gated on ego even though the group exists
+    assert by_take[TakeKey("MISS", 1, 2)] == {"exo_frames", "point_cloud"}
+    assert by_take[TakeKey("Ultrasound", 1, 1)] == {"ego_frames", "eye_gaze", "eye_gaze_depth", "hand_tracking",
+                                                    "exo_frames", "ultrasound", "point_cloud"}  # fmt: skip
+
+
+def test_modality_dropout_and_seed(merged_file):
+    with h5py.File(merged_file, "r") as h5:
+        dropped, _ = make_samples(h5, "train", random.Random(42), modality_dropout_prob=1.0)
+        assert all(s.modalities <= {"ego_frames", "exo_frames"} for s in dropped)
+        a, _ = make_samples(h5, "train", random.Random(1), n_permutations=3)
+        b, _ = make_samples(h5, "train", random.Random(1), n_permutations=3)
+        c, _ = make_samples(h5, "train", random.Random(2), n_permutations=3)
+    assert a == b and [s.answer for s in a] != [s.answer for s in c]
+
+
+def test_validation_frames_are_permuted_like_the_reference(tiny_dataset, merged_file):
+    with h5py.File(merged_file, "r") as h5:
+        rows = layout.read_split(h5, "validation")
+        samples, skipped = make_samples(h5, "validation", random.Random(42))
+    frames = [(TakeKey(str(r["surgery_type"]), int(r["procedure_id"]), int(r["take_id"])), int(r["frame_id"]))
+              for r in rows]  # fmt: skip
+    unannotated = {(t.key, f) for t in tiny_dataset.profile.takes for f in t.unannotated}
+    order = [f for f in random.Random(42).sample(frames, len(frames)) if f not in unannotated]
+    assert [(s.take, s.frame) for s in samples] == order
+    assert len(skipped) == len(frames) - len(order)
+
+
+def test_token_frequencies_count_answer_pieces(sample_files, tokenizer):
+    freqs = json.loads((sample_files["train"].parent / token_freqs_file_name("train", 2)).read_text())
+    expected = Counter()
+    for s in load_samples(sample_files["train"]):
+        expected.update(tokenizer.tokenize(s.answer))
+    assert freqs == dict(expected)
+    assert (sample_files["train"].parent / token_freqs_file_name("test", 1)).is_file()  # named after the split
+
+
+def test_reference_record_loads():
+    sample = sample_from_record(REFERENCE_RECORD)
+    assert sample.take == TakeKey("MISS", 1, 1) and sample.frame == 12
+    assert sample.modalities == {"point_cloud", "eye_gaze", "ego_frames", "exo_frames", "audio"}
+    assert sample.to_record()["conversations"] == REFERENCE_RECORD["conversations"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{not json", "not a readable JSON file"), ('{"a": 1}', "expected a JSON list"),
+     ('[{"id": "x"}]', "record 0 .id 'x'.: 'hdf5_indices' must hold")],
+)
+def test_malformed_sample_files(tmp_path, content, message):
+    path = tmp_path / "s.json"
+    path.write_text(content)
+    with pytest.raises(SampleError, match=message):
+        load_samples(path)
+    with pytest.raises(SampleError, match="no such file"):
+        load_samples(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--split", "val"], "unknown split 'val'"), (["--hdf5", "missing.h5"], "no such file"),
+     (["--modality-dropout-prob", "2"], "must be in [0, 1]")],
+)
+def test_cli_errors(merged_file, tmp_path, capsys, args, message):
+    argv = ["--hdf5", str(merged_file), "--out", str(tmp_path), "--no-token-freqs", *args]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_error_on_file_without_splits(tiny_dataset, tmp_path, capsys):
+    assert main(["--hdf5", str(tiny_dataset.files[0]), "--out", str(tmp_path), "--no-token-freqs"]) == 2
+    assert "missing 'splits/train'" in capsys.readouterr().err
+
+
+def test_cli_error_on_unloadable_tokenizer(merged_file, tmp_path, capsys):
+    assert main(["--hdf5", str(merged_file), "--out", str(tmp_path), "--tokenizer", str(tmp_path / "nope")]) == 2
+    assert "--no-token-freqs" in capsys.readouterr().err
