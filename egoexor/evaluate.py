@@ -1,0 +1,436 @@
+"""Evaluate scene-graph predictions against LLaVA-format samples: metrics.json, report.md and plots.
+
+``python -m egoexor.evaluate --predictions P.json --samples S.json [--protocol paper|gt] --out DIR``
+
+**Inputs.** ``--samples`` is the JSON list written by the sample generator (one record per frame,
+ground truth = the ``gpt`` answer, take = ``hdf5_indices``). ``--predictions`` is a JSON object keyed
+by sample id, in either of two forms, which may be mixed:
+
+* the reference's ``infer`` output, ``{id: [[subject, predicate, object], ...]}`` of raw strings
+  (note the order; each triplet is resolved like the reference resolves parsed fields);
+* raw generated text, ``{id: "<SG> head surgeon,patient,holding; ... </SG>"}``, parsed like the
+  reference parses model output.
+
+**Mismatched ids are reported, not hidden.** A sample without a prediction is scored as an empty
+prediction (under ``paper`` it then has no entity set and contributes no pairs, but its ground truth
+counts against triplet recall; under ``gt`` all its pairs are predicted ``none``). Predictions for
+ids that are not in the samples are ignored. Both are counted, with examples, on stdout and in
+``metrics.json`` (``missing_predictions`` / ``unmatched_predictions``).
+
+**Outputs** (each written to a temporary file, then renamed): ``metrics.json`` (everything
+:func:`egoexor.metrics.compute_metrics` returns, plus the id bookkeeping), ``report.md`` (the tables),
+``f1_per_predicate.png`` (per-label F1, overall and per surgery type) and ``confusion_matrix.png``
+(the overall 23x23 matrix). See :mod:`egoexor.metrics` for what the numbers mean and how the
+``paper`` and ``gt`` protocols differ.
+
+A missing, unreadable or malformed input file is reported in one line on stderr, naming the file,
+with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from egoexor import metrics, scene_graph, vocab
+from egoexor.atomic import atomic_output
+from egoexor.data.samples import Sample, SampleError, sample_from_record
+from egoexor.metrics import Protocol
+from egoexor.scene_graph import ParseMode, Triplet
+
+#: A prediction as stored in a predictions file: generated text, or raw [subject, predicate, object] lists.
+Prediction = str | Sequence[Sequence[str]]
+
+_EXAMPLES = 5
+_AVERAGES = ("micro avg", "macro avg", "weighted avg")
+#: Id bookkeeping keys of the result and how to describe them to a reader.
+_ID_PROBLEMS = (
+    ("missing_predictions", "samples without a prediction (scored as an empty prediction)"),
+    ("unmatched_predictions", "predictions whose id is not a sample (ignored)"),
+)
+_PROGRESS_MIN_SAMPLES = 10_000
+_PLOT_GROUP_COLOURS = ("#333333", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+
+
+class InputError(ValueError):
+    """Input that is not what the evaluator reads: a user mistake, reported in one line."""
+
+
+def read_samples(records: Any) -> list[Sample]:
+    """Check the LLaVA-format sample list (:mod:`egoexor.data.samples`); ground truth is each gpt answer."""
+    if not isinstance(records, list):
+        raise InputError(f"expected a JSON list of sample records, got {type(records).__name__}")
+    try:
+        return [sample_from_record(record, f"record {position}") for position, record in enumerate(records)]
+    except SampleError as error:
+        raise InputError(str(error)) from None
+
+
+def read_predictions(predictions: Any) -> dict[str, Prediction]:
+    """Check a predictions object: sample id -> text, or -> list of [subject, predicate, object] strings."""
+    if not isinstance(predictions, Mapping):
+        raise InputError(f"expected a JSON object mapping sample ids to predictions, got {type(predictions).__name__}")
+    for sample_id, value in predictions.items():
+        if isinstance(value, str):
+            continue
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(triplet, list | tuple) and len(triplet) == 3 and all(isinstance(name, str) for name in triplet)
+            for triplet in value
+        ):
+            raise InputError(
+                f"prediction for {sample_id!r}: expected generated text or a list of "
+                "[subject, predicate, object] strings"
+            )
+    return dict(predictions)
+
+
+def prediction_triplets(prediction: Prediction, mode: ParseMode) -> list[Triplet]:
+    """Triplets of one prediction in text order; names the parse mode cannot resolve are dropped."""
+    if isinstance(prediction, str):
+        return scene_graph.parse(prediction, mode)
+    resolved = (scene_graph.resolve(subject, obj, predicate, mode) for subject, predicate, obj in prediction)
+    return [triplet for triplet in resolved if triplet is not None]
+
+
+def _id_summary(ids: list[str]) -> dict[str, Any]:
+    """Count and the first few (sorted) ids, for the reader to recognise the problem."""
+    return {"count": len(ids), "examples": list(ids[:_EXAMPLES])}
+
+
+def evaluate(
+    predictions: Mapping[str, Prediction],
+    samples: Sequence[Mapping[str, Any]],
+    protocol: Protocol = "paper",
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """All metrics of ``predictions`` against the sample records (see the module docstring).
+
+    Raises :class:`InputError` for malformed inputs and ``ValueError`` for an unknown protocol.
+    Prediction text itself is never an error: what does not parse is dropped, as the reference does.
+    """
+    return _score(read_predictions(predictions), read_samples(samples), protocol, progress)
+
+
+def _score(
+    predictions: dict[str, Prediction], samples: list[Sample], protocol: Protocol, progress: bool
+) -> dict[str, Any]:
+    if protocol not in metrics.PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(metrics.PROTOCOLS)}")
+    mode = metrics.PARSE_MODE[protocol]
+    missing = sorted({sample.id for sample in samples if sample.id not in predictions})
+    unmatched = sorted(set(predictions) - {sample.id for sample in samples})
+    frames = (
+        (sample.take.name, scene_graph.parse(sample.answer, mode),
+         prediction_triplets(predictions.get(sample.id, ""), mode))
+        for sample in tqdm(samples, desc="scoring", unit="frame", disable=not progress, file=sys.stderr)
+    )
+    result = metrics.compute_metrics(frames, protocol)
+    return {
+        **result,
+        "samples": len(samples),
+        "predictions": len(predictions),
+        "missing_predictions": {**_id_summary(missing), "scored_as": "empty prediction"},
+        "unmatched_predictions": {**_id_summary(unmatched), "scored_as": "ignored"},
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _headline_rows(result: Mapping[str, Any]) -> list[list[str]]:
+    groups = {**result["surgery_types"], "overall": result["overall"]}
+    rows = []
+    for name, group in groups.items():
+        macro = group["macro"] or {}
+        triplet = group["triplet"]
+        rows.append(
+            [name, str(group["frames"]), str(group["scored_frames"]), str(group["pairs"])]
+            + [_fmt(macro.get(key)) for key in ("precision", "recall", "f1-score")]
+            + [_fmt(triplet[key]) for key in ("precision", "recall", "f1-score")]
+        )
+    return rows
+
+
+_HEADLINE_HEADER = [
+    "group",
+    "frames",
+    "scored",
+    "pairs",
+    "macro P",
+    "macro R",
+    "macro F1",
+    "trip P",
+    "trip R",
+    "trip F1",
+]
+
+
+def format_headline(result: Mapping[str, Any]) -> str:
+    """The console summary: per surgery type and overall, paper-style macro and exact-triplet scores."""
+    rows = [_HEADLINE_HEADER, *_headline_rows(result)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADLINE_HEADER))]
+    lines = [
+        f"protocol {result['protocol']}: parse mode {result['parse_mode']}, entity set from {result['entity_set']}",
+        *(
+            "  ".join(
+                cell.rjust(width) if i else cell.ljust(width)
+                for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+            )
+            for row in rows
+        ),
+    ]
+    for key, what in _ID_PROBLEMS:
+        if result[key]["count"]:
+            lines.append(f"{result[key]['count']} {what}, e.g. {', '.join(result[key]['examples'])}")
+    return "\n".join(lines)
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+    ]
+
+
+def _score_row(name: str, scores: Mapping[str, Any]) -> list[str]:
+    return [name, *(_fmt(scores[key]) for key in ("precision", "recall", "f1-score")), str(scores["support"])]
+
+
+def _report_rows(report: Mapping[str, Any], labels: Sequence[str], only_supported: bool = False) -> list[list[str]]:
+    rows = [_score_row(label, report[label]) for label in labels if report[label]["support"] or not only_supported]
+    rows += [_score_row(f"*{average}*", report[average]) for average in _AVERAGES if average in report]
+    if "accuracy" in report:
+        rows.append(["*accuracy*", "", "", _fmt(report["accuracy"]), str(report["macro avg"]["support"])])
+    return rows
+
+
+def format_report(result: Mapping[str, Any]) -> str:
+    """``report.md``: the headline, per-take scores and the overall per-label reports."""
+    overall = result["overall"]
+    lines = [
+        f"# Scene-graph evaluation (protocol `{result['protocol']}`)",
+        "",
+        f"Parse mode `{result['parse_mode']}`; entity set from the {result['entity_set'].replace('_', ' ')} triplets. "
+        "Macro P/R/F1 = mean over the labels with ground-truth support (`none` included), the paper's headline. "
+        "Triplet P/R/F1 = exact (subject, object, predicate) set match, summed over all frames.",
+        "",
+        f"{result['samples']} samples, {result['predictions']} predictions.",
+    ]
+    for key, what in _ID_PROBLEMS:
+        if result[key]["count"]:
+            examples = ", ".join(f"`{example}`" for example in result[key]["examples"])
+            lines.append(f"{result[key]['count']} {what}, e.g. {examples}.")
+    lines += ["", "## Headline", "", *_markdown_table(_HEADLINE_HEADER, _headline_rows(result))]
+    take_rows = []
+    for take, group in result["takes"].items():
+        macro = group["macro"] or {}
+        take_rows.append(
+            [
+                take,
+                str(group["scored_frames"]),
+                str(group["pairs"]),
+                _fmt(macro.get("f1-score")),
+                _fmt(group["triplet"]["f1-score"]),
+            ]
+        )
+    lines += [
+        "## Per take",
+        "",
+        *_markdown_table(["take", "scored frames", "pairs", "macro F1", "triplet F1"], take_rows),
+    ]
+    score_header = ["label", "precision", "recall", "F1", "support"]
+    if overall["relation_report"] is not None:
+        lines += [
+            "## Relations (overall)",
+            "",
+            *_markdown_table(score_header, _report_rows(overall["relation_report"], vocab.RELATION_LABELS)),
+        ]
+        lines += [
+            "## Binary interaction (overall)",
+            "",
+            *_markdown_table(score_header, _report_rows(overall["binary_report"], metrics.BINARY_LABELS)),
+        ]
+    if overall["entity_report"] is not None:
+        lines += [
+            "## Entities (overall, labels with support)",
+            "",
+            *_markdown_table(score_header, _report_rows(overall["entity_report"], vocab.ENTITY_LABELS, True)),
+        ]
+    if overall["non_entity_names"]:
+        lines.append(
+            f"{overall['non_entity_names']} entity-set members were predicate words (left out of the entity report)."
+        )
+    lines += [
+        "## Plots",
+        "",
+        "![per-label F1](f1_per_predicate.png)",
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_output(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def _save_figure(figure: Any, path: Path) -> None:
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+
+
+def _plot_f1(result: Mapping[str, Any], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    groups = {"overall": result["overall"], **result["surgery_types"]}
+    groups = {name: group["relation_report"] for name, group in groups.items() if group["relation_report"]}
+    labels = vocab.RELATION_LABELS
+    figure = Figure(figsize=(8, 9), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    height = 0.8 / max(len(groups), 1)
+    positions = np.arange(len(labels))
+    for i, (name, report) in enumerate(groups.items()):
+        scores = [report[label]["f1-score"] for label in labels]
+        colour = _PLOT_GROUP_COLOURS[i % len(_PLOT_GROUP_COLOURS)]
+        axes.barh(positions + i * height, scores, height=height, label=name, color=colour)
+    support = result["overall"]["relation_report"] or {label: {"support": 0} for label in labels}
+    tick_labels = [f"{label} (n={support[label]['support']})" for label in labels]
+    axes.set_yticks(positions + height * (len(groups) - 1) / 2, tick_labels)
+    axes.invert_yaxis()
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("F1")
+    axes.set_title(f"Per-label F1 (protocol {result['protocol']}; n = overall ground-truth support)")
+    if groups:
+        figure.legend(loc="outside lower center", ncols=len(groups))
+    _save_figure(figure, path)
+
+
+def _plot_confusion(result: Mapping[str, Any], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    confusion = np.asarray(result["overall"]["confusion_matrix"], dtype=np.float64)
+    totals = confusion.sum(axis=1, keepdims=True)
+    row_share = np.divide(confusion, totals, out=np.zeros_like(confusion), where=totals > 0)
+    labels = vocab.RELATION_LABELS
+    figure = Figure(figsize=(13, 12), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    image = axes.imshow(row_share, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axes, label="share of the ground-truth row")
+    for row, column in zip(*np.nonzero(confusion), strict=True):
+        colour = "white" if row_share[row, column] > 0.5 else "black"
+        axes.text(column, row, f"{int(confusion[row, column])}", ha="center", va="center", fontsize=6, color=colour)
+    axes.set_xticks(range(len(labels)), labels, rotation=90)
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("ground truth")
+    axes.set_title(f"Overall confusion matrix (protocol {result['protocol']}, counts; colour = row share)")
+    _save_figure(figure, path)
+
+
+def write_outputs(result: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write metrics.json, report.md and the two plots into ``out_dir`` (created if needed)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "metrics.json", out / "report.md", out / "f1_per_predicate.png", out / "confusion_matrix.png"]
+    _write_text(paths[0], json.dumps(result, indent=2) + "\n")
+    _write_text(paths[1], format_report(result))
+    _plot_f1(result, paths[2])
+    _plot_confusion(result, paths[3])
+    return paths
+
+
+def _read_file(path: str, check: Callable[[Any], Any]) -> Any:
+    """Load a JSON file and check its layout; every failure becomes one :class:`InputError` naming the file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = json.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected a JSON file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: cannot read: {error}") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: invalid JSON: {error}") from None
+    try:
+        return check(content)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m egoexor.evaluate",
+        description="Score scene-graph predictions with the EgoExOR per-pair relation metric "
+        "(macro P/R/F1 per take, per surgery type and overall) and exact-triplet P/R/F1.",
+    )
+    parser.add_argument(
+        "--predictions",
+        required=True,
+        metavar="FILE",
+        help="JSON object sample id -> generated text ('<SG> s,o,p; ... </SG>') or -> [[subject, predicate, object], "
+        "...] (the reference's infer output). Samples without a prediction are scored as empty predictions.",
+    )
+    parser.add_argument(
+        "--samples",
+        required=True,
+        metavar="FILE",
+        help="LLaVA-format sample JSON list (the test split); ground truth is each record's gpt answer.",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=metrics.PROTOCOLS,
+        default="paper",
+        help="paper: the published EgoExOR evaluator, bit for bit (reference parsing, entity set from the "
+        "predictions); gt: the MM-OR/4D-OR protocol (robust parsing, entity set from the ground truth). "
+        "Default: %(default)s.",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder for metrics.json, report.md and the PNG plots (created if needed).",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2 for bad input)."""
+    args = _parser().parse_args(argv)
+    try:
+        predictions = _read_file(args.predictions, read_predictions)
+        samples = _read_file(args.samples, read_samples)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    result = _score(predictions, samples, args.protocol, progress=len(samples) >= _PROGRESS_MIN_SAMPLES)
+    try:
+        write_outputs(result, args.out)
+    except OSError as error:
+        print(f"error: cannot write to {args.out}: {error}", file=sys.stderr)
+        return 2
+    print(format_headline(result))
+    print(f"wrote {args.out}/metrics.json, report.md, f1_per_predicate.png, confusion_matrix.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
