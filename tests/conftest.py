@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiny_config import TINY_LLM, TINY_PTV3, TINY_TOKENS, TINY_VISION
 
 from egoexor.data.merge_h5 import merge_files
 from egoexor.data.synthetic import SyntheticDataset, generate
@@ -56,3 +57,22 @@ def sample_files(merged_file: Path, tokenizer_dir: Path, tmp_path_factory: pytes
         assert main(argv) == 0
         files[split] = out / samples_file_name(split, n, 0.0)
     return files
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config(tokenizer):
+    from egoexor.config import ModelConfig
+
+    return ModelConfig(
+        model_name_or_path=None, llm_config={**TINY_LLM, "vocab_size": len(tokenizer)}, vision_tower=None,
+        vision_config=TINY_VISION, unfreeze_n_vision_tower_layers=1, tokens_per_branch=TINY_TOKENS,
+        fusion_heads=2, fusion_max_positions=160, encoder_hidden=32, point_transformer=TINY_PTV3, bits=16,
+        dtype="float32", lora_r=8, lora_alpha=16,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_data_config(clap_dir):
+    from egoexor.config import DataConfig
+
+    return DataConfig(image_size=TINY_VISION["image_size"], tokens_per_branch=TINY_TOKENS, audio_encoder=str(clap_dir))

@@ -204,11 +204,11 @@ class EgoExorDataset(Dataset):
 
     def _images(self, point, cameras: list[int]) -> torch.Tensor:
         size = self.config.image_size
-        frames = [
-            transforms.image(point.rgb[c], size, transforms.is_flipped(point.sources[c], self.config.flip_rule))
-            for c in cameras
-        ]
-        return torch.from_numpy(np.stack(frames)) if frames else torch.zeros(0, 3, size, size)
+        images = torch.empty(len(cameras), 3, size, size)
+        for view, camera in enumerate(cameras):
+            flip = transforms.is_flipped(point.sources[camera], self.config.flip_rule)
+            transforms.image(point.rgb[camera], size, flip, out=images[view].numpy())
+        return images
 
     def _tokens(self, sample: Sample, n_visual: int) -> dict:
         """Prompt ids (visual placeholders expanded) and, unless generating, answer + EOS with labels."""
@@ -256,10 +256,11 @@ class Collator:
         """Stack [V_b, ...] tensors into [B, V, ...] with zeros, and a [B, V] mask of real views."""
         tensors = [item[key] for item in items]
         most = max(len(t) for t in tensors)
-        out = tensors[0].new_zeros((len(tensors), most, *tensors[0].shape[1:]))
+        out = tensors[0].new_empty((len(tensors), most, *tensors[0].shape[1:]))
         mask = torch.zeros(len(tensors), most, dtype=torch.bool)
         for b, t in enumerate(tensors):
             out[b, : len(t)] = t
+            out[b, len(t) :] = 0  # only the padding is zero-filled: image batches are large
             mask[b, : len(t)] = True
         return out, mask
 

@@ -47,24 +47,38 @@ def is_flipped(source: str, flip_rule: str) -> bool:
     return flip_rule == "all" or source in FLIPPED_IN_TRAINING
 
 
-def image(frame: np.ndarray, size: int, flip: bool) -> np.ndarray:
+def image(frame: np.ndarray, size: int, flip: bool, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 [H, W, 3] -> float32 [3, size, size]: the reference's ``FrameTransform``.
 
     Channel reversal (if ``flip``), centred pad to a square with the CLIP mean colour, bicubic
-    resize (PIL, as ``CLIPImageProcessor``), /255, CLIP mean/std.
+    resize (PIL, as ``CLIPImageProcessor``; skipped when the size already matches), /255, CLIP
+    mean/std. The resized image is still uint8, so the last two steps are one table lookup,
+    written into ``out`` when given (the batch's own memory: no further copy).
     """
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"expected a uint8 [H, W, 3] frame, got {frame.dtype} {frame.shape}")
     if flip:
         frame = frame[..., ::-1]
     height, width = frame.shape[:2]
-    side = max(height, width)
-    square = np.empty((side, side, 3), np.uint8)
-    square[...] = PAD_COLOUR
-    top, left = (side - height) // 2, (side - width) // 2
-    square[top : top + height, left : left + width] = frame
-    resized = np.asarray(Image.fromarray(square).resize((size, size), Image.Resampling.BICUBIC), np.float32)
-    return ((resized / 255.0 - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1)
+    if height != width:
+        side = max(height, width)
+        square = np.empty((side, side, 3), np.uint8)
+        square[...] = PAD_COLOUR
+        top, left = (side - height) // 2, (side - width) // 2
+        square[top : top + height, left : left + width] = frame
+        frame = square
+    if frame.shape[0] != size:
+        frame = np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize((size, size), Image.Resampling.BICUBIC))
+    out = np.empty((3, size, size), np.float32) if out is None else out
+    for channel in range(3):
+        np.take(_NORMALISED[channel], frame[..., channel], out=out[channel])
+    return out
+
+
+#: (uint8 value / 255 - mean) / std for each channel and value.
+_NORMALISED = ((np.arange(256, dtype=np.float32)[None, :] / 255.0 - CLIP_MEAN[:, None]) / CLIP_STD[:, None]).astype(
+    np.float32
+)
 
 
 def _clean(values: np.ndarray) -> np.ndarray:

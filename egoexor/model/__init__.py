@@ -1,0 +1,1 @@
+"""Model components: encoders, point transformer, fusion and the vision-language model."""

@@ -1,0 +1,239 @@
+"""Build the model from a :class:`~egoexor.config.ModelConfig`: LLM (4/8/16-bit), LoRA, CLIP, pooler, projector.
+
+LLM checkpoints are read in three layouts:
+
+* ``liuhaotian/llava-v1.5-*`` (``LlavaLlamaForCausalLM``, the reference's base): the LLaMA weights
+  load into ``LlamaForCausalLM``; its pretrained ``model.mm_projector.*`` initialises our projector,
+  as in the reference;
+* ``llava-hf/llava-1.5-*`` (``LlavaForConditionalGeneration``): the language model's weights are
+  mapped onto ``LlamaForCausalLM``; ``multi_modal_projector.linear_{1,2}`` initialise the projector;
+* any other causal LM (``AutoModelForCausalLM``): the projector starts random.
+
+Trainable: LoRA on every linear layer of the LLM except ``lm_head``, the projector, the pooler
+(fusion encoders, gaze/hand/audio encoders, ``project_pc``; PTv3 itself only with
+``train_point_transformer``) and the last CLIP layers (``unfreeze_n_vision_tower_layers``).
+Trainable weights are kept in ``trainable_dtype`` (float32 master copies by default).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    BitsAndBytesConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
+from transformers.utils import cached_file
+
+from egoexor.config import ModelConfig
+from egoexor.model.egoexor_llava import EgoExorLlava, mlp2x_gelu
+from egoexor.model.fusion import ImagePooler
+from egoexor.model.point_transformer import PointTransformerV3
+from egoexor.model.vision import CLIPVisionTower
+
+logger = logging.getLogger(__name__)
+
+#: Projector keys in the two LLaVA layouts -> our ``mm_projector`` keys.
+_PROJECTOR_KEYS = {
+    "llava-v1.5": {"model.mm_projector.0.weight": "0.weight", "model.mm_projector.0.bias": "0.bias",
+                   "model.mm_projector.2.weight": "2.weight", "model.mm_projector.2.bias": "2.bias"},
+    "llava-hf": {"multi_modal_projector.linear_1.weight": "0.weight", "multi_modal_projector.linear_1.bias": "0.bias",
+                 "multi_modal_projector.linear_2.weight": "2.weight", "multi_modal_projector.linear_2.bias": "2.bias"},
+}  # fmt: skip
+#: llava-hf language-model keys (older and newer transformers) -> LlamaForCausalLM keys.
+_LLAVA_HF_KEY_MAPPING = {
+    r"^language_model\.model\.": "model.",
+    r"^model\.language_model\.": "model.",
+    r"^language_model\.lm_head\.": "lm_head.",
+}
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def checkpoint_layout(config_dict: dict) -> str:
+    """``llava-v1.5``, ``llava-hf`` or ``causal-lm`` from a checkpoint's ``config.json``."""
+    architectures = config_dict.get("architectures") or []
+    if "LlavaLlamaForCausalLM" in architectures or (config_dict.get("model_type") == "llava" and "mm_projector_type"
+                                                    in config_dict):  # fmt: skip
+        return "llava-v1.5"
+    if "LlavaForConditionalGeneration" in architectures:
+        return "llava-hf"
+    return "causal-lm"
+
+
+def _read_config(name_or_path: str) -> dict:
+    try:
+        return json.loads(Path(cached_file(name_or_path, "config.json")).read_text())
+    except OSError as error:
+        raise OSError(f"cannot read the LLM checkpoint {name_or_path!r}: {error}") from error
+
+
+def _checkpoint_tensors(name_or_path: str, keys: set[str]) -> dict[str, torch.Tensor]:
+    """The named tensors of a (possibly sharded) safetensors or PyTorch checkpoint."""
+    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
+                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):  # fmt: skip
+        index = cached_file(name_or_path, index_name, _raise_exceptions_for_missing_entries=False)
+        if index is not None:
+            weight_map = json.loads(Path(index).read_text())["weight_map"]
+            files = sorted({weight_map[k] for k in keys if k in weight_map})
+        else:
+            files = [single] if cached_file(name_or_path, single, _raise_exceptions_for_missing_entries=False) else []
+        found: dict[str, torch.Tensor] = {}
+        for file in files:
+            path = cached_file(name_or_path, file)
+            if file.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                with safe_open(path, framework="pt") as handle:
+                    found.update({k: handle.get_tensor(k) for k in keys if k in handle.keys()})
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                found.update({k: state[k] for k in keys if k in state})
+        if files:
+            return found
+    return {}
+
+
+def _quantization(config: ModelConfig) -> BitsAndBytesConfig | None:
+    if config.bits == 16:
+        return None
+    if config.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=_torch_dtype(config.dtype),
+    )  # fmt: skip
+
+
+def load_language_model(config: ModelConfig) -> tuple[PreTrainedModel, dict[str, torch.Tensor] | None]:
+    """The causal LM (quantised as configured) and, for LLaVA checkpoints, their projector weights."""
+    if config.llm_config is not None:
+        model = LlamaForCausalLM(LlamaConfig(**config.llm_config))
+        if config.bits == 16:
+            return model.to(_torch_dtype(config.dtype)), None
+        with tempfile.TemporaryDirectory() as folder:  # quantisation happens in from_pretrained
+            model.save_pretrained(folder)
+            return _load(folder, "causal-lm", config), None
+    name = str(config.model_name_or_path)
+    layout = checkpoint_layout(_read_config(name))
+    model = _load(name, layout, config)
+    projector = None
+    if layout in _PROJECTOR_KEYS:
+        mapping = _PROJECTOR_KEYS[layout]
+        tensors = _checkpoint_tensors(name, set(mapping))
+        if len(tensors) == len(mapping):
+            projector = {mapping[k]: v for k, v in tensors.items()}
+        else:
+            logger.warning("%s: no pretrained projector weights found; the projector starts random", name)
+    return model, projector
+
+
+def _load(name: str, layout: str, config: ModelConfig) -> PreTrainedModel:
+    kwargs = {"dtype": _torch_dtype(config.dtype), "quantization_config": _quantization(config)}
+    try:
+        if layout == "llava-v1.5":
+            llama_config = LlamaConfig.from_dict(_read_config(name))
+            return LlamaForCausalLM.from_pretrained(name, config=llama_config, **kwargs)
+        if layout == "llava-hf":
+            text_config = AutoConfig.from_pretrained(name).text_config
+            return LlamaForCausalLM.from_pretrained(
+                name, config=text_config, key_mapping=_LLAVA_HF_KEY_MAPPING, **kwargs
+            )
+        return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except OSError as error:
+        raise OSError(f"cannot load the LLM {name!r}: {error}") from error
+
+
+def lora_target_modules(model: nn.Module) -> list[str]:
+    """Names of every linear layer of the LLM except ``lm_head`` (the reference's ``find_all_linear_names``)."""
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    names.discard("lm_head")
+    return sorted(names)
+
+
+def _add_lora(model: PreTrainedModel, config: ModelConfig) -> nn.Module:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if config.bits in (4, 8):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lora = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, bias="none",
+        target_modules=lora_target_modules(model), task_type="CAUSAL_LM",
+    )  # fmt: skip
+    return get_peft_model(model, lora)
+
+
+def build_model(config: ModelConfig) -> EgoExorLlava:
+    """The complete model with its trainable set marked; logs a parameter summary table."""
+    language_model, projector_state = load_language_model(config)
+    if config.lora_enable:
+        language_model = _add_lora(language_model, config)
+    else:
+        language_model.requires_grad_(False)
+    trainable_dtype = _torch_dtype(config.trainable_dtype)
+    vision = CLIPVisionTower.from_name_or_config(
+        config.vision_config if config.vision_config is not None else config.vision_tower,
+        config.mm_vision_select_layer, config.unfreeze_n_vision_tower_layers, dtype=trainable_dtype,
+    )  # fmt: skip
+    hidden = vision.hidden_size
+    point_transformer = None
+    if "point_cloud" in config.features:
+        point_transformer = PointTransformerV3(project_pc_dim=hidden, **(config.point_transformer or {}))
+        point_transformer.requires_grad_(config.train_point_transformer)
+    pooler = ImagePooler(
+        hidden, config.preset, config.tokens_per_branch, config.resolved_fusion_layers, config.fusion_heads,
+        config.fusion_max_positions, config.encoder_hidden, config.audio_dim, frozenset(config.features),
+        point_transformer, config.point_cloud_grid_size, config.mask_extras,
+    )  # fmt: skip
+    projector = mlp2x_gelu(hidden, language_model.config.hidden_size)
+    if projector_state is not None:
+        projector.load_state_dict(projector_state)
+    pooler.to(trainable_dtype)
+    if point_transformer is not None:
+        point_transformer.float()  # PTv3 runs in float32, as in the reference
+        point_transformer.project_pc.requires_grad_(True)
+    model = EgoExorLlava(language_model, vision, pooler, projector.to(trainable_dtype))
+    logger.info("parameters:\n%s", parameter_summary(model))
+    return model
+
+
+def _parts(model: EgoExorLlava) -> dict[str, list[nn.Parameter]]:
+    parts: dict[str, list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if name.startswith("language_model."):
+            part = "LoRA" if "lora_" in name else "language model"
+        elif name.startswith("image_pooler.point_transformer."):
+            part = "point cloud projection" if ".project_pc." in name else "point transformer"
+        elif name.startswith("image_pooler.") and "bert." in name:
+            part = "fusion encoders"
+        elif name.startswith("image_pooler."):
+            part = "gaze/hand/audio encoders"
+        else:
+            part = name.split(".", 1)[0].replace("_", " ")
+        parts.setdefault(part, []).append(parameter)
+    return parts
+
+
+def parameter_summary(model: EgoExorLlava) -> str:
+    """A table of trainable and frozen parameters per part (quantised weights counted as stored)."""
+    lines = ["| part | trainable | frozen |", "|---|---:|---:|"]
+    totals = [0, 0]
+    for part, parameters in _parts(model).items():
+        trainable = sum(p.numel() for p in parameters if p.requires_grad)
+        frozen = sum(p.numel() for p in parameters if not p.requires_grad)
+        totals[0] += trainable
+        totals[1] += frozen
+        lines.append(f"| {part} | {trainable:,} | {frozen:,} |")
+    lines.append(f"| total | {totals[0]:,} | {totals[1]:,} |")
+    return "\n".join(lines)

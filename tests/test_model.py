@@ -1,0 +1,244 @@
+"""The model on CPU with the tiny configuration: shapes, gradients, splicing, presets, loading, generation."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tiny_config import TINY_LLM, TINY_TOKENS, TINY_VISION
+from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
+
+from egoexor.data.dataset import IGNORE_INDEX, IMAGE_TOKEN_ID, Collator, EgoExorDataset
+from egoexor.data.layout import TakeKey
+from egoexor.data.samples import load_samples
+from egoexor.model.build import build_model, checkpoint_layout, lora_target_modules, parameter_summary
+
+MISS_FULL, EXO_ONLY, ULTRASOUND = TakeKey("MISS", 1, 1), TakeKey("MISS", 1, 2), TakeKey("Ultrasound", 1, 1)
+
+
+@pytest.fixture(scope="module")
+def validation(sample_files):
+    return load_samples(sample_files["validation"])
+
+
+def make_batch(samples, merged_file, tokenizer, data_config, mode="eval"):
+    dataset = EgoExorDataset(samples, merged_file, tokenizer, data_config, mode)
+    side = "left" if mode == "generate" else "right"
+    return Collator(tokenizer.pad_token_id, side)([dataset[i] for i in range(len(samples))])
+
+
+def mixed_samples(validation):
+    """Full, exo-only, ultrasound (no audio), ego-only, no point cloud, and text only."""
+    full = next(s for s in validation if s.take == MISS_FULL)
+    exo_only = next(s for s in validation if s.take == EXO_ONLY)
+    ultrasound = next(s for s in validation if s.take == ULTRASOUND)
+    ego_only = replace(full, modalities=full.modalities - {"exo_frames", "point_cloud", "audio"})
+    no_cloud = replace(full, modalities=full.modalities - {"point_cloud"})
+    text_only = replace(full, modalities=frozenset())
+    return [full, exo_only, ultrasound, ego_only, no_cloud, text_only]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_config):
+    torch.manual_seed(0)
+    return build_model(tiny_model_config)
+
+
+def test_mixed_modality_batch_forward(model, validation, merged_file, tokenizer, tiny_data_config):
+    batch = make_batch(mixed_samples(validation), merged_file, tokenizer, tiny_data_config)
+    assert batch["ego_view_mask"].any(1).tolist() == [True, False, True, True, True, False]
+    assert batch["exo_view_mask"].any(1).tolist() == [True, True, True, False, True, False]
+    output = model(batch)
+    assert output["logits"].shape == (*batch["input_ids"].shape, len(tokenizer))
+    assert torch.isfinite(output["loss"])
+
+
+def test_visual_tokens_land_exactly_on_the_placeholders(model, validation, merged_file, tokenizer, tiny_data_config):
+    batch = make_batch(mixed_samples(validation), merged_file, tokenizer, tiny_data_config)
+    model.eval()
+    with torch.no_grad():  # same seed: PTv3 shuffles its serialisation orders even in eval mode (reference)
+        torch.manual_seed(0)
+        embeds = model.input_embeddings(batch)
+        torch.manual_seed(0)
+        visual = model.visual_features(batch)
+        text = model.language_model.get_input_embeddings()(batch["input_ids"].clamp(min=0))
+    placeholders = batch["input_ids"] == IMAGE_TOKEN_ID
+    assert torch.equal(embeds[placeholders], visual)
+    assert torch.equal(embeds[~placeholders], text[~placeholders])
+    assert (batch["labels"][placeholders] == IGNORE_INDEX).all()
+    # per sample: ego tokens first, then exo; each branch contributes tokens_per_branch
+    counts = placeholders.sum(1).tolist()
+    assert counts == [2 * TINY_TOKENS, TINY_TOKENS, 2 * TINY_TOKENS, TINY_TOKENS, 2 * TINY_TOKENS, 0]
+    model.train()
+
+
+def test_placeholder_count_mismatch_is_a_clear_error(model, validation, merged_file, tokenizer, tiny_data_config):
+    wrong = replace(tiny_data_config, tokens_per_branch=TINY_TOKENS + 1)
+    batch = make_batch(mixed_samples(validation)[:1], merged_file, tokenizer, wrong)
+    with pytest.raises(ValueError, match="tokens_per_branch of the data and the model differ"):
+        model(batch)
+
+
+def _gradients_after_two_steps(model, batch):
+    """Two SGD steps (LoRA A only gets gradients once B has moved from its zero init)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(batch)["loss"].backward()
+        optimizer.step()
+    return {name: p.grad for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("bits", [16, 4])
+def test_gradients_reach_every_trainable_part_and_no_frozen_one(
+    bits, tiny_model_config, validation, merged_file, tokenizer, tiny_data_config
+):
+    torch.manual_seed(0)
+    model = build_model(replace(tiny_model_config, bits=bits))
+    batch = make_batch(mixed_samples(validation)[:3], merged_file, tokenizer, tiny_data_config, "train")
+    grads = _gradients_after_two_steps(model, batch)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            assert grads[name] is not None and grads[name].abs().sum() > 0, name
+        else:
+            assert grads[name] is None, name
+    trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"language_model", "vision_tower", "image_pooler", "mm_projector"}
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert any("lora_B" in n for n in names) and not any(n.startswith("language_model") and "lora_" not in n
+                                                         for n in names)  # fmt: skip
+    assert any(".project_pc." in n for n in names)
+    assert not any("point_transformer" in n and ".project_pc." not in n for n in names)  # PTv3 frozen
+    if bits == 4:
+        import bitsandbytes as bnb
+
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.language_model.modules())
+
+
+def test_vision_tower_trains_only_the_layers_before_the_selected_output(model):
+    layers = model.vision_tower.vision_tower.encoder.layers
+    trainable = [i for i, layer in enumerate(layers) if any(p.requires_grad for p in layer.parameters())]
+    assert trainable == [1]  # select_layer -2 of 3 layers: layer 1's output; layer 2 never reaches it
+    assert not any(p.requires_grad for p in model.vision_tower.vision_tower.embeddings.parameters())
+
+
+def test_reference_preset_names_match_the_released_checkpoint(tiny_model_config, validation, merged_file,
+                                                              tokenizer, tiny_data_config):  # fmt: skip
+    model = build_model(replace(tiny_model_config, preset="reference", mask_extras=False))
+    names = set(model.state_dict())
+    for key in ("image_pooler.bert.encoder.layer.2.attention.self.query.weight",
+                "image_pooler.bert.embeddings.position_embeddings.weight", "image_pooler.bert.pooler.dense.weight",
+                "image_pooler.gaze_encoder.mlp.0.weight", "image_pooler.hand_encoder.mlp.2.bias",
+                "image_pooler.audio_projector.weight", "image_pooler.point_transformer.project_pc.weight",
+                "mm_projector.0.weight", "mm_projector.2.bias"):  # fmt: skip
+        assert key in names, key
+    assert not any("ego_bert" in n or "exo_bert" in n for n in names)
+    assert model.image_pooler.bert.config.num_hidden_layers == 3
+    batch = make_batch(mixed_samples(validation), merged_file, tokenizer, tiny_data_config)
+    assert torch.isfinite(model(batch)["loss"])
+
+
+def test_paper_preset_has_two_separate_two_layer_branches(model):
+    pooler = model.image_pooler
+    assert pooler.ego_bert is not pooler.exo_bert
+    assert pooler.ego_bert.config.num_hidden_layers == pooler.exo_bert.config.num_hidden_layers == 2
+
+
+def test_point_clouds_of_different_sizes_in_one_batch(model, validation, merged_file, tokenizer, tiny_data_config):
+    batch = make_batch(mixed_samples(validation)[:3], merged_file, tokenizer, tiny_data_config)
+    big = torch.rand(1500, 6)
+    batch["point_cloud"] = torch.cat([big, torch.rand(10, 6)])
+    batch["point_cloud_batch"] = torch.cat([torch.zeros(1500, dtype=torch.long), torch.full((10,), 2)])
+    batch["point_cloud_mask"] = torch.tensor([True, False, True])
+    model.eval()
+    with torch.no_grad():
+        tokens = model.image_pooler.point_cloud_tokens(batch)
+        assert tokens.shape == (3, TINY_VISION["hidden_size"]) and torch.isfinite(tokens).all()
+        assert torch.isfinite(model(batch)["loss"])
+    model.train()
+
+
+def test_lora_targets_every_linear_layer_but_lm_head():
+    llm = LlamaForCausalLM(LlamaConfig(**TINY_LLM, vocab_size=100))
+    assert lora_target_modules(llm) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+def test_parameter_summary_lists_every_part(model):
+    table = parameter_summary(model)
+    for part in ("LoRA", "language model", "vision tower", "fusion encoders", "gaze/hand/audio encoders",
+                 "point transformer", "point cloud projection", "mm projector", "total"):  # fmt: skip
+        assert f"| {part} |" in table
+
+
+def _save_tiny_llava_v15(folder, tokenizer):
+    """A tiny checkpoint in liuhaotian/llava-v1.5's layout: LLaMA weights + model.mm_projector.* + llava config."""
+    torch.manual_seed(1)
+    llm = LlamaForCausalLM(LlamaConfig(**TINY_LLM, vocab_size=len(tokenizer)))
+    llm.save_pretrained(folder)
+    state = load_file(folder / "model.safetensors")
+    hidden, width = TINY_VISION["hidden_size"], TINY_LLM["hidden_size"]
+    projector = {
+        "model.mm_projector.0.weight": torch.randn(width, hidden), "model.mm_projector.0.bias": torch.randn(width),
+        "model.mm_projector.2.weight": torch.randn(width, width), "model.mm_projector.2.bias": torch.randn(width),
+    }  # fmt: skip
+    save_file({**state, **projector}, folder / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="llava", architectures=["LlavaLlamaForCausalLM"], mm_projector_type="mlp2x_gelu",
+                  mm_hidden_size=hidden, mm_vision_select_layer=-2)  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    return llm, projector
+
+
+def test_llava_v15_checkpoint_loads_with_its_projector(tmp_path, tokenizer, tiny_model_config):
+    llm, projector = _save_tiny_llava_v15(tmp_path, tokenizer)
+    assert checkpoint_layout(json.loads((tmp_path / "config.json").read_text())) == "llava-v1.5"
+    config = replace(tiny_model_config, model_name_or_path=str(tmp_path), llm_config=None, lora_enable=False)
+    model = build_model(config)
+    assert torch.equal(model.mm_projector[0].weight, projector["model.mm_projector.0.weight"])
+    assert torch.equal(model.mm_projector[2].bias, projector["model.mm_projector.2.bias"])
+    assert torch.equal(model.language_model.model.embed_tokens.weight, llm.model.embed_tokens.weight)
+
+
+def test_llava_hf_checkpoint_loads_with_its_projector(tmp_path, tokenizer, tiny_model_config):
+    torch.manual_seed(2)
+    llava = LlavaForConditionalGeneration(LlavaConfig(
+        text_config=LlamaConfig(**TINY_LLM, vocab_size=len(tokenizer)), vision_config=CLIPVisionConfig(**TINY_VISION),
+    ))  # fmt: skip
+    llava.save_pretrained(tmp_path)
+    assert checkpoint_layout(json.loads((tmp_path / "config.json").read_text())) == "llava-hf"
+    config = replace(tiny_model_config, model_name_or_path=str(tmp_path), llm_config=None, lora_enable=False)
+    model = build_model(config)
+    assert torch.equal(model.mm_projector[0].weight, llava.model.multi_modal_projector.linear_1.weight)
+    assert torch.equal(model.language_model.model.layers[1].mlp.up_proj.weight,
+                       llava.model.language_model.layers[1].mlp.up_proj.weight)  # fmt: skip
+    assert torch.equal(model.language_model.lm_head.weight, llava.lm_head.weight)
+
+
+def test_greedy_generation_with_cache_equals_recomputation(model, validation, merged_file, tokenizer,
+                                                           tiny_data_config):  # fmt: skip
+    samples = mixed_samples(validation)[:3]
+    batch = make_batch(samples, merged_file, tokenizer, tiny_data_config, "generate")
+    model.eval()
+    generated = model.generate(batch, max_new_tokens=6, eos_token_id=-1)
+    assert generated.shape == (3, 6)
+    with torch.no_grad():
+        for b in range(3):  # each sample alone, no cache, full recomputation each step
+            single = make_batch(samples[b : b + 1], merged_file, tokenizer, tiny_data_config, "generate")
+            ids = single["input_ids"]
+            for step in range(6):
+                logits = model({**single, "input_ids": ids, "attention_mask": torch.ones_like(ids)})["logits"]
+                token = logits[0, -1].argmax()
+                assert token == generated[b, step], (b, step)
+                ids = torch.cat([ids, token.view(1, 1)], dim=1)
+    model.train()
+
+
+def test_generation_stops_rows_at_eos(model, validation, merged_file, tokenizer, tiny_data_config):
+    batch = make_batch(mixed_samples(validation)[:2], merged_file, tokenizer, tiny_data_config, "generate")
+    model.eval()
+    first = model.generate(batch, max_new_tokens=1, eos_token_id=-1)[:, 0]
+    stopped = model.generate(batch, max_new_tokens=5, eos_token_id=int(first[0]), pad_token_id=-7)
+    assert stopped[0, 0] == first[0] and (stopped[0, 1:] == -7).all()
+    model.train()
