@@ -1,4 +1,4 @@
-"""Typed configuration: plain dataclasses whose defaults are the paper's values.
+"""Typed configuration: plain dataclasses whose defaults are the paper's values, and their loading.
 
 Each reference-compatibility switch names the reference's value in its comment; the defaults
 reproduce the reference wherever it shapes results, and fix it where it only loses information
@@ -7,7 +7,15 @@ reproduce the reference wherever it shapes results, and fix it where it only los
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+import types
+import typing
 from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "preset": ("paper", "reference"),
@@ -160,3 +168,227 @@ class DataConfig:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+@dataclass
+class TrainConfig:
+    """What training reads and how (beyond the HF ``TrainingArguments`` it passes through)."""
+
+    #: Training sample JSON (``python -m egoexor.data.make_samples``).
+    data_path: str | None = None
+    #: Merged EgoExOR HDF5 file.
+    hdf5_path: str | None = None
+    #: Token-frequency JSON: loss weights 1/(ln count + 1); without it the loss is plain mean CE.
+    token_weight_path: str | None = None
+    #: Tokenizer (hub name or folder); None: the LLM's; ``tiny``: the built-in tiny tokenizer.
+    tokenizer: str | None = None
+    #: Learning rate of the projector (None: ``learning_rate``).
+    mm_projector_lr: float | None = None
+    #: Batches of similar length (the reference's sampler: megabatches of world size x accumulation).
+    group_by_modality_length: bool = False
+    #: Apply ``multimodal_drop_prop``. The reference gated it on this flag, which its published command
+    #: never set, so its dropout was inert: ``--do_multimodal_augment False`` reproduces that run.
+    do_multimodal_augment: bool = True
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading a training run's configuration
+#
+# Training configuration: a YAML file overlaid by command-line flags, checked before any model loads.
+#
+# ``python -m egoexor.train --config configs/egoexor.yaml [--flag value ...]``
+#
+# The YAML has up to four sections: ``model`` (:class:`~egoexor.config.ModelConfig`), ``data``
+# (:class:`~egoexor.config.DataConfig`), ``train`` (:class:`~egoexor.config.TrainConfig`) and
+# ``trainer`` (HF ``TrainingArguments``). Flags are flat, as in the reference's training command: a
+# flag names a field of one of these (``--bits 4``, ``--learning_rate 2e-5``, ``--bf16 True``);
+# every flag of the reference command is accepted with the same meaning (:data:`REFERENCE_ALIASES`),
+# and one that has no effect here says so in one line (:data:`NO_EFFECT`). An unknown flag or a bad
+# value is an error naming it, raised before anything heavy happens. Precedence: dataclass defaults,
+# then the YAML, then the flags.
+
+logger = logging.getLogger(__name__)
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+#: Reference flags whose field has another name or place here.
+REFERENCE_ALIASES: dict[str, tuple[str, str]] = {
+    "multimodal_drop_prop": ("data", "modality_dropout"),
+    "evaluation_strategy": ("trainer", "eval_strategy"),  # renamed in transformers
+    "warmup_ratio": ("trainer", "warmup_steps"),  # transformers 5: a float < 1 is a ratio of the steps
+}
+
+#: Reference flags that change nothing here: (the only supported value or None for any, why).
+NO_EFFECT: dict[str, tuple[object, str]] = {
+    "version": ("v1", "the vicuna_v1 prompt template is the only one"),
+    "dataset_name": ("egoexor", "this package trains on EgoExOR only"),
+    "mm_use_im_start_end": (False, "image start/end tokens are not used (neither by the recipe)"),
+    "mm_use_im_patch_token": (False, "image patch tokens are not used (neither by the recipe)"),
+    "image_aspect_ratio": ("pad", "frames are always padded to a square (the reference ignored the flag too)"),
+    "lazy_preprocess": (True, "samples are always read lazily"),
+    "mv_type": ("learned", "the learned multi-view pooler is the only one (the reference had no other)"),
+    "do_augment": (None, "the reference built image augmentation but never applied it"),
+    "image_folder": (None, "frames are read from --hdf5_path"),
+    "quant_type": ("nf4", "4-bit weights are always NF4"),
+    "double_quant": (True, "4-bit weights always use double quantisation"),
+    "lora_bias": ("none", "LoRA never trains biases"),
+    "freeze_backbone": (False, "the LLM base is always frozen under LoRA"),
+}
+
+
+@dataclass
+class TrainSetup:
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    trainer: object  # transformers.TrainingArguments
+    warnings: list[str]
+
+
+def _base_type(annotation):
+    """``int | None`` -> int; ``tuple[str, ...]`` -> tuple; other annotations unchanged."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0])
+    return typing.get_origin(annotation) or annotation
+
+
+def _convert(text: str, annotation, flag: str):
+    """A command-line string as the field's type; an error names the flag."""
+    kind = _base_type(annotation)
+    optional = "None" in str(annotation)
+    if optional and text.lower() in ("none", "null"):
+        return None
+    try:
+        if kind is bool:
+            lowered = text.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError("expected True or False")
+            return lowered in ("true", "1", "yes")
+        if kind in (int, float, str):
+            return kind(text)
+        if kind is tuple:
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        if kind is dict:
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError("expected a JSON object")
+            return value
+    except (ValueError, json.JSONDecodeError) as error:
+        raise ConfigError(f"--{flag}: bad value {text!r} ({error})") from None
+    raise ConfigError(f"--{flag}: cannot be set from the command line")
+
+
+def split_flags(argv: list[str]) -> list[tuple[str, str]]:
+    """``--name value``, ``--name=value`` and bare ``--name`` (= True) pairs, in order."""
+    pairs = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if not token.startswith("--"):
+            raise ConfigError(f"unexpected argument {token!r} (flags look like --name value)")
+        name, sep, value = token[2:].partition("=")
+        if not sep:
+            if index + 1 < len(argv) and not argv[index + 1].startswith("--"):
+                value = argv[index + 1]
+                index += 1
+            else:
+                value = "True"
+        pairs.append((name.replace("-", "_"), value))
+        index += 1
+    return pairs
+
+
+def _field_section() -> dict[str, str]:
+    owner = {}
+    for section, cls in SECTIONS.items():
+        for field in fields(cls):
+            owner.setdefault(field.name, section)
+    return owner
+
+
+def _read_yaml(path: str) -> dict:
+    config = Path(path)
+    if not config.is_file():
+        raise ConfigError(f"{config}: no such config file")
+    try:
+        content = yaml.safe_load(config.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{config}: not valid YAML ({error})") from None
+    unknown = set(content) - {*SECTIONS, "trainer"} if isinstance(content, dict) else {"(not a mapping)"}
+    if unknown:
+        raise ConfigError(f"{config}: unknown section(s) {', '.join(sorted(unknown))}; use model, data, train, trainer")
+    return content
+
+
+def parse_train_args(argv: list[str]) -> TrainSetup:
+    """Resolve the configuration of a training run; raises :class:`ConfigError` on any bad input."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    pairs = split_flags(argv)
+    config_files = [value for name, value in pairs if name == "config"]
+    content = _read_yaml(config_files[-1]) if config_files else {}
+    values = {section: dict(content.get(section) or {}) for section in (*SECTIONS, "trainer")}
+    for section, cls in SECTIONS.items():
+        unknown = set(values[section]) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"section {section}: unknown key(s) {', '.join(sorted(unknown))}")
+
+    owner = _field_section()
+    hints = {section: typing.get_type_hints(cls) for section, cls in SECTIONS.items()}
+    trainer_flags: list[str] = []
+    warnings = []
+    for name, value in pairs:
+        if name == "config":
+            continue
+        if name in NO_EFFECT:
+            supported, why = NO_EFFECT[name]
+            if supported is not None and str(value).lower() != str(supported).lower():
+                raise ConfigError(f"--{name} {value}: not supported ({why}; only {supported})")
+            warnings.append(f"--{name} has no effect here: {why}")
+            continue
+        section, field = REFERENCE_ALIASES.get(name, (owner.get(name), name))
+        if section == "trainer" or section is None:
+            trainer_flags += [f"--{field}", value]
+        else:
+            values[section][field] = _convert(value, hints[section][field], name)
+
+    try:
+        configs = {section: cls(**values[section]) for section, cls in SECTIONS.items()}
+    except TypeError as error:
+        raise ConfigError(str(error)) from None
+    trainer_defaults = {"output_dir": "runs/egoexor", "remove_unused_columns": False,
+                        "ddp_find_unused_parameters": True, "save_only_model": False, **values["trainer"]}  # fmt: skip
+    import torch
+
+    if not torch.cuda.is_available():
+        if trainer_defaults.get("tf32") or "--tf32" in trainer_flags:
+            warnings.append("--tf32 has no effect here: no CUDA device")
+            trainer_defaults.pop("tf32", None)
+            if "--tf32" in trainer_flags:
+                position = trainer_flags.index("--tf32")
+                del trainer_flags[position : position + 2]
+        if not trainer_defaults.get("use_cpu") and "--use_cpu" not in trainer_flags:
+            warnings.append("no CUDA device: training on the CPU")
+            trainer_defaults["use_cpu"] = True
+    parser = HfArgumentParser(TrainingArguments)
+    parser.set_defaults(**trainer_defaults)
+    try:
+        trainer, unknown = parser.parse_args_into_dataclasses(args=trainer_flags, return_remaining_strings=True)
+    except SystemExit:
+        raise ConfigError(f"bad trainer flag among: {' '.join(trainer_flags)}") from None
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"trainer: {error}") from None
+    if unknown:
+        raise ConfigError(f"unknown flag(s): {' '.join(u for u in unknown if u.startswith('--'))}")
+    if "wandb" in (trainer.report_to or []):
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("--report_to wandb needs wandb (pip install 'egoexor[gpu]'), or use none") from None
+    return TrainSetup(configs["model"], configs["data"], configs["train"], trainer, warnings)
+
+
+def resolved_config(setup: TrainSetup) -> dict:
+    """The model and data configuration as saved with every checkpoint."""
+    return {"model": dataclasses.asdict(setup.model), "data": dataclasses.asdict(setup.data)}

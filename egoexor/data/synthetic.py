@@ -83,6 +83,10 @@ class Profile:
     snippet_samples: int
     n_templates: int
     noise_sigma: float
+    #: Triplets per template scene graph (inclusive range). The answers list them in a random order
+    #: (the reference shuffles), which no model can predict: the tiny profile keeps graphs small so
+    #: that near-perfect teacher-forced accuracy stays reachable.
+    triplets_per_template: tuple[int, int] = (2, 5)
 
     def files(self) -> dict[str, list[TakeSpec]]:
         """Per-procedure file name -> its takes (``miss_1.h5``, ``ultrasound_1.h5``, ...)."""
@@ -126,6 +130,7 @@ def _tiny() -> Profile:
         snippet_samples=480,
         n_templates=6,
         noise_sigma=4.0,
+        triplets_per_template=(1, 2),
     )  # fmt: skip
 
 
@@ -176,11 +181,11 @@ class SyntheticDataset:
     hotspots: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
 
-def make_templates(rng: np.random.Generator, n_templates: int) -> list[list[Triplet]]:
-    """K distinct scene graphs of 2-5 triplets, one predicate per ordered pair."""
+def make_templates(rng: np.random.Generator, n_templates: int, sizes: tuple[int, int]) -> list[list[Triplet]]:
+    """K distinct scene graphs of ``sizes`` triplets, one predicate per ordered pair."""
     templates: list[list[Triplet]] = []
     while len(templates) < n_templates:
-        n = int(rng.integers(2, 6))
+        n = int(rng.integers(sizes[0], sizes[1] + 1))
         triplets: list[Triplet] = []
         while len(triplets) < n:
             subject = str(rng.choice(_PEOPLE))
@@ -393,7 +398,7 @@ def generate(
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    templates = make_templates(rng, profile.n_templates)
+    templates = make_templates(rng, profile.n_templates, profile.triplets_per_template)
     palette = rng.uniform(30, 225, (profile.n_templates, 3)).astype(np.float32)
     hotspots = rng.uniform(0.2, 0.8, (profile.n_templates, 2)).astype(np.float32)
     dataset = SyntheticDataset(directory, [], directory / "splits.h5", profile, templates, hotspots=hotspots)

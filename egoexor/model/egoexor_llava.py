@@ -26,6 +26,9 @@ def mlp2x_gelu(in_features: int, out_features: int) -> nn.Sequential:
 
 
 class EgoExorLlava(nn.Module):
+    #: The loss is a mean per micro-batch (the reference's): the HF Trainer averages over accumulation.
+    accepts_loss_kwargs = False
+
     def __init__(
         self, language_model: nn.Module, vision_tower: CLIPVisionTower, image_pooler: ImagePooler,
         mm_projector: nn.Module,
@@ -44,6 +47,12 @@ class EgoExorLlava(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.mm_projector[0].weight.device
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
+        """Gradient checkpointing of the LLM's layers (as the reference); called by the HF Trainer."""
+        kwargs = {"gradient_checkpointing_kwargs": activation_checkpointing_kwargs or {"use_reentrant": False}}
+        self.language_model.gradient_checkpointing_enable(**kwargs)
+        self.language_model.enable_input_require_grads()
 
     def _branch_tokens(self, batch: dict, branch: str, features: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """Scatter per-view patch features back to [B, V * P, D] with a matching mask, then fuse."""

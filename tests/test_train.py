@@ -1,0 +1,195 @@
+"""Training: flags, weighted loss, optimizer groups, sampler, checkpoints, resume, torchrun."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from egoexor.config import ConfigError, parse_train_args
+from egoexor.train import (
+    NON_LORA_FILE,
+    build_training,
+    length_grouped_indices,
+    main,
+    token_weights,
+    weighted_loss,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+#: The reference README's training command (paths replaced), flag for flag.
+REFERENCE_COMMAND = """--lora_enable True --bits 4 --lora_r 128 --lora_alpha 256 --mm_projector_lr 2e-5
+--model_name_or_path liuhaotian/llava-v1.5-7b --version v1 --dataset_name egoexor --data_path DATA --hdf5_path H5
+--token_weight_path FREQS --vision_tower openai/clip-vit-large-patch14-336 --mm_projector_type mlp2x_gelu
+--mm_vision_select_layer -2 --mm_use_im_start_end False --mm_use_im_patch_token False --image_aspect_ratio pad
+--group_by_modality_length True --bf16 True --output_dir OUT --num_train_epochs 1 --per_device_train_batch_size 2
+--per_device_eval_batch_size 2 --gradient_accumulation_steps 8 --evaluation_strategy no --save_strategy steps
+--save_steps 1 --learning_rate 2e-5 --max_grad_norm 0.1 --weight_decay 0. --warmup_ratio 0.03
+--lr_scheduler_type cosine --logging_steps 1 --tf32 True --model_max_length 2048 --gradient_checkpointing True
+--dataloader_num_workers 4 --lazy_preprocess True --report_to none --run_name llava-v1.5-7b-task-lora
+--mv_type learned --unfreeze_n_vision_tower_layers 12 --multimodal_drop_prop 0.50 --do_augment False""".split()
+
+
+def test_every_reference_flag_parses_with_its_meaning(tmp_path):
+    setup = parse_train_args(REFERENCE_COMMAND)
+    model, data, train, trainer = setup.model, setup.data, setup.train, setup.trainer
+    assert (model.bits, model.lora_r, model.lora_alpha, model.lora_enable) == (4, 128, 256, True)
+    assert model.model_name_or_path == "liuhaotian/llava-v1.5-7b" and model.unfreeze_n_vision_tower_layers == 12
+    assert (train.data_path, train.hdf5_path, train.token_weight_path) == ("DATA", "H5", "FREQS")
+    assert train.mm_projector_lr == 2e-5 and train.group_by_modality_length
+    assert data.modality_dropout == 0.5 and data.model_max_length == 2048
+    assert trainer.gradient_accumulation_steps == 8 and trainer.max_grad_norm == 0.1 and trainer.bf16
+    assert trainer.eval_strategy == "no" and trainer.lr_scheduler_type == "cosine" and trainer.save_steps == 1
+    assert trainer.warmup_steps == 0.03
+    warned = " ".join(setup.warnings)
+    for flag in ("version", "dataset_name", "mm_use_im_start_end", "image_aspect_ratio", "lazy_preprocess",
+                 "mv_type", "do_augment"):  # fmt: skip
+        assert f"--{flag} has no effect here" in warned
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--lora_rr", "8"], "unknown flag.*--lora_rr"), (["--bits", "four"], "--bits: bad value 'four'"),
+     (["--bits", "3"], "bits: must be 4, 8 or 16"), (["--mv_type", "mean"], "--mv_type mean: not supported"),
+     (["--preset", "big"], "preset: 'big' is not one of"), (["--config", "missing.yaml"], "no such config file")],
+)
+def test_bad_flags_are_clear_errors(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_train_args(["--config", TINY, *argv])
+
+
+def test_cli_exits_2_before_loading_anything(capsys, tmp_path):
+    assert main(["--config", TINY, "--data_path", str(tmp_path / "none.json")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("egoexor.train: error: --data_path") and "no such file" in error
+
+
+def test_weighted_loss_equals_a_hand_computation():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5)
+    labels = torch.tensor([[-100, 1, 3, 2], [-100, -100, 4, 1]])
+    weights = torch.tensor([0.5, 1.0, 0.25, 2.0, 1.5])
+    expected_num, expected_den = 0.0, 0.0
+    for b in range(2):
+        for t in range(3):
+            target = int(labels[b, t + 1])
+            if target == -100:
+                continue
+            nll = -torch.log_softmax(logits[b, t], -1)[target]
+            expected_num += weights[target] * nll
+            expected_den += weights[target]
+    assert torch.allclose(weighted_loss(logits, labels, weights), expected_num / expected_den)
+    plain = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 5), labels[:, 1:].reshape(-1))
+    assert torch.allclose(weighted_loss(logits, labels, None), plain)
+
+
+def test_token_weights_from_a_frequency_file(tmp_path, tokenizer):
+    pieces = tokenizer.tokenize("<SG> patient")
+    counts = {piece: 10**i for i, piece in enumerate(pieces)}
+    path = tmp_path / "freqs.json"
+    path.write_text(json.dumps(counts))
+    weights = token_weights(path, tokenizer, len(tokenizer) + 2)
+    ids = tokenizer.convert_tokens_to_ids(pieces)
+    for i, count in zip(ids, counts.values(), strict=True):
+        assert weights[i] == pytest.approx(1 / (math.log(count) + 1))
+    floor = min(1 / (math.log(c) + 1) for c in counts.values()) / 100
+    assert weights[tokenizer.eos_token_id] == pytest.approx(floor)  # EOS is never counted
+    assert weights[-1] == pytest.approx(floor)
+    path.write_text(json.dumps({"no-such-piece-xyz": 3}))
+    with pytest.raises(ConfigError, match="unknown to the tokenizer"):
+        token_weights(path, tokenizer, len(tokenizer))
+
+
+def test_length_grouped_order_is_a_balanced_permutation():
+    lengths = [5, 50, 7, 30, 8, 9, 60, 2, 40, 1, 11, 12]
+    order = length_grouped_indices(lengths, batch_size=2, world_size=2, generator=torch.Generator().manual_seed(0))
+    assert sorted(order) == list(range(12))
+    for start in range(0, 12, 4):  # each megabatch: 2 chunks of 2, longest items spread over chunks
+        chunk_a, chunk_b = order[start : start + 2], order[start + 2 : start + 4]
+        tops = sorted(order[start : start + 4], key=lambda i: lengths[i], reverse=True)[:2]
+        assert tops[0] in chunk_a + chunk_b and not (set(tops) <= set(chunk_a) or set(tops) <= set(chunk_b))
+
+
+@pytest.fixture(scope="module")
+def tiny_train_files(sample_files, merged_file):
+    return ["--config", TINY, "--data_path", str(sample_files["train"]), "--hdf5_path", str(merged_file)]
+
+
+def test_optimizer_groups_and_learning_rates(tiny_train_files, tmp_path):
+    setup = parse_train_args([*tiny_train_files, "--output_dir", str(tmp_path), "--learning_rate", "1e-3",
+                              "--mm_projector_lr", "1e-4", "--weight_decay", "0.1"])  # fmt: skip
+    trainer = build_training(setup)
+    optimizer = trainer.create_optimizer()
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    seen = set()
+    for group in optimizer.param_groups:
+        group_names = [names[id(p)] for p in group["params"]]
+        projector = {"mm_projector" in n for n in group_names}
+        assert len(projector) == 1  # groups never mix projector and other weights
+        assert group["lr"] == (1e-4 if projector.pop() else 1e-3)
+        biases = {n.endswith("bias") for n in group_names}
+        assert group["weight_decay"] == (0.0 if True in biases else 0.1)
+        seen.update(group_names)
+    assert seen == {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert len(optimizer.param_groups) == 4
+
+
+def test_modality_dropout_flags(tiny_train_files, tmp_path):
+    base = [*tiny_train_files, "--output_dir", str(tmp_path), "--multimodal_drop_prop", "0.4"]
+    dataset = build_training(parse_train_args(base)).train_dataset
+    assert dataset.config.modality_dropout == 0.4
+    kept = sum(dataset[i]["point_cloud"] is not None for i in range(80)) / 80
+    assert 0.45 < kept < 0.75
+    inert = build_training(parse_train_args([*base, "--do_multimodal_augment", "False"])).train_dataset
+    assert inert.config.modality_dropout == 0.0  # the reference's published run
+
+
+def _train(args):
+    trainer = build_training(parse_train_args(args))
+    trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}, trainer
+
+
+def test_resume_gives_the_same_weights_as_training_straight(tiny_train_files, tmp_path):
+    common = [*tiny_train_files, "--max_steps", "4", "--per_device_train_batch_size", "2", "--save_strategy",
+              "steps", "--save_steps", "2", "--learning_rate", "5e-3"]  # fmt: skip
+    straight, _ = _train([*common, "--output_dir", str(tmp_path / "a")])
+    checkpoint = tmp_path / "a" / "checkpoint-2"
+    for name in ("adapter_model.safetensors", NON_LORA_FILE, "egoexor_config.json", "tokenizer.json",
+                 "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):  # fmt: skip
+        assert (checkpoint / name).is_file(), name
+    saved = load_file(checkpoint / NON_LORA_FILE)
+    assert any(k.startswith("image_pooler.point_transformer.") and "running_mean" in k for k in saved)
+    assert "mm_projector.0.weight" in saved and not any("lora_" in k for k in saved)
+    resumed, _ = _train([*common, "--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", str(checkpoint)])
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
+    # and the run did move the weights, so the comparison means something
+    fresh, _ = _train([*common, "--output_dir", str(tmp_path / "c"), "--max_steps", "2"])
+    assert any(not torch.allclose(straight[n], fresh[n]) for n in straight)
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_write_one_checkpoint(tiny_train_files, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+         "-m", "egoexor.train", *tiny_train_files, "--output_dir", str(tmp_path), "--max_steps", "2",
+         "--per_device_train_batch_size", "2", "--save_strategy", "steps", "--save_steps", "2",
+         "--disable_tqdm", "True"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoints = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2"]
+    state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert (tmp_path / "checkpoint-2" / NON_LORA_FILE).is_file()
