@@ -55,17 +55,23 @@ class ModelConfig:
     model_name_or_path: str | None = "liuhaotian/llava-v1.5-7b"
     #: A ``LlamaConfig`` as a dict: build a randomly initialised LLM instead (tests, the CPU demo).
     llm_config: dict | None = None
+    #: CLIP vision tower: hub name or folder.
     vision_tower: str | None = "openai/clip-vit-large-patch14-336"
     #: A ``CLIPVisionConfig`` as a dict: a randomly initialised tower instead.
     vision_config: dict | None = None
+    #: Hidden state whose patch tokens are used (-2: the penultimate layer, as LLaVA-1.5).
     mm_vision_select_layer: int = -2
+    #: CLIP layers trained, counted back from the selected one (the reference: 12).
     unfreeze_n_vision_tower_layers: int = 12
+    #: Projector from the fusion width to the LLM width (LLaVA-1.5's two-layer GELU MLP).
     mm_projector_type: str = "mlp2x_gelu"
     #: Output tokens per branch (N); the first N fused positions, i.e. the first view's patches.
     tokens_per_branch: int = 576
     #: Fusion encoder depth; None: the preset's (paper 2, reference 3).
     fusion_layers: int | None = None
+    #: Attention heads of the fusion encoders.
     fusion_heads: int = 16
+    #: Learned positions of the fusion encoders (576 x 9: at most 8 views + extras per branch).
     fusion_max_positions: int = 576 * 9
     #: Hidden width of the gaze and hand MLPs.
     encoder_hidden: int = 512
@@ -77,6 +83,7 @@ class ModelConfig:
     mask_extras: bool = True
     #: PointTransformerV3 keyword arguments over the reference's configuration (smaller for tests).
     point_transformer: dict | None = None
+    #: Voxel size of the point-cloud encoder, metres.
     point_cloud_grid_size: float = 0.01
     #: Train PTv3 itself (the reference ran it frozen, under no_grad; project_pc always trains).
     train_point_transformer: bool = False
@@ -86,7 +93,12 @@ class ModelConfig:
     dtype: str = "bfloat16"
     #: Dtype of every trainable weight: float32 master copies (reference: bfloat16, pure bf16 training).
     trainable_dtype: str = "float32"
+    #: Train LoRA adapters on the LLM (False: the LLM stays frozen, only the multimodal parts train).
     lora_enable: bool = True
+    #: Seed of every randomly initialised weight (fusion, encoders, PTv3, and a config-built LLM or
+    #: CLIP): the same configuration always builds the same model, so frozen random parts need not be saved.
+    init_seed: int = 0
+    #: LoRA rank, scale numerator and dropout (the recipe: 128, 256, 0.05).
     lora_r: int = 128
     lora_alpha: int = 256
     lora_dropout: float = 0.05
@@ -392,3 +404,40 @@ def parse_train_args(argv: list[str]) -> TrainSetup:
 def resolved_config(setup: TrainSetup) -> dict:
     """The model and data configuration as saved with every checkpoint."""
     return {"model": dataclasses.asdict(setup.model), "data": dataclasses.asdict(setup.data)}
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The ``#:`` comment above each field of a config dataclass (its documentation)."""
+    import inspect
+
+    docs, pending = {}, []
+    for line in inspect.getsource(cls).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+        elif ":" in stripped and not stripped.startswith(("#", '"', "def ", "@", "class ")):
+            docs[stripped.split(":", 1)[0]] = " ".join(pending)
+            pending = []
+        else:
+            pending = []
+    return docs
+
+
+def train_help() -> str:
+    """``python -m egoexor.train --help``: every flag of every section, with its default and meaning."""
+    lines = [
+        "usage: python -m egoexor.train [--config FILE.yaml] [--FLAG VALUE ...]",
+        "",
+        "A YAML config (sections model, data, train, trainer) overlaid by flags; each flag names a field.",
+        "Any HF TrainingArguments field is a flag too (--output_dir, --learning_rate, --bf16, --deepspeed, ...).",
+    ]
+    for section, cls in SECTIONS.items():
+        lines += ["", f"{section}:"]
+        docs = _field_docs(cls)
+        for field in fields(cls):
+            lines.append(f"  --{field.name} (default {field.default!r})  {docs.get(field.name, '')}".rstrip())
+    lines += ["", "reference flags with another name here:"]
+    lines += [f"  --{flag} -> {section}.{name}" for flag, (section, name) in REFERENCE_ALIASES.items()]
+    lines += ["", "reference flags accepted without effect (a warning says why):"]
+    lines += [f"  --{flag}: {why}" for flag, (_, why) in NO_EFFECT.items()]
+    return "\n".join(lines)

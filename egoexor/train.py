@@ -29,19 +29,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import Sampler
 from transformers import Trainer
 
-from egoexor.config import ConfigError, TrainSetup, parse_train_args, resolved_config
+from egoexor.config import ConfigError, TrainSetup, parse_train_args, resolved_config, train_help
 from egoexor.data.dataset import IGNORE_INDEX, Collator, EgoExorDataset
 from egoexor.data.samples import Sample, SampleError, load_samples
+from egoexor.model.build import load_checkpoint_weights, save_checkpoint
 
 logger = logging.getLogger("egoexor.train")
-
-NON_LORA_FILE = "non_lora_trainables.safetensors"
-CONFIG_FILE = "egoexor_config.json"
-
 
 def token_weights(path: str | os.PathLike, tokenizer, vocab_size: int) -> torch.Tensor:
     """Per-token loss weights from a ``{piece: count}`` file (see the module docstring)."""
@@ -174,60 +170,13 @@ class EgoExorTrainer(Trainer):
         output = Path(output_dir or self.args.output_dir)
         output.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
-        save_checkpoint(model, output, self.setup)
+        save_checkpoint(model, output, resolved_config(self.setup))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output)
         torch.save(self.args, output / "training_args.bin")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_checkpoint_weights(self.accelerator.unwrap_model(model or self.model), Path(resume_from_checkpoint))
-
-
-def _non_lora_state(model) -> dict[str, torch.Tensor]:
-    """Trained weights outside LoRA, plus the PTv3 draw (a random frozen encoder must be kept too)."""
-    state = {}
-    for name, tensor in model.state_dict().items():
-        is_ptv3 = name.startswith("image_pooler.point_transformer.")
-        trainable = dict(model.named_parameters()).get(name)
-        if "lora_" in name:
-            continue
-        if is_ptv3 or (trainable is not None and trainable.requires_grad):
-            state[name] = tensor.detach().contiguous().cpu()
-    return state
-
-
-def save_checkpoint(model, output: Path, setup_or_config) -> None:
-    """Adapter + ``non_lora_trainables.safetensors`` + ``egoexor_config.json`` into ``output``."""
-    output.mkdir(parents=True, exist_ok=True)
-    if hasattr(model.language_model, "peft_config"):
-        model.language_model.save_pretrained(output)
-    save_file(_non_lora_state(model), output / NON_LORA_FILE)
-    config = resolved_config(setup_or_config) if isinstance(setup_or_config, TrainSetup) else setup_or_config
-    (output / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=list))
-
-
-def load_checkpoint_weights(model, checkpoint: Path) -> None:
-    """Restore the adapter and every non-LoRA trained weight saved by :func:`save_checkpoint`."""
-    non_lora = checkpoint / NON_LORA_FILE
-    if not non_lora.is_file():
-        raise FileNotFoundError(f"{checkpoint}: no {NON_LORA_FILE} (not an egoexor checkpoint)")
-    if hasattr(model.language_model, "peft_config"):
-        from peft import set_peft_model_state_dict
-
-        adapter = checkpoint / "adapter_model.safetensors"
-        if not adapter.is_file():
-            raise FileNotFoundError(f"{checkpoint}: no adapter_model.safetensors")
-        result = set_peft_model_state_dict(model.language_model, load_file(adapter))
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"{adapter}: unexpected keys {result.unexpected_keys[:3]}")
-    state = load_file(non_lora)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise ValueError(f"{non_lora}: keys the model does not have, e.g. {unexpected[:3]}")
-    expected = set(_non_lora_state(model))
-    absent = expected - set(state)
-    if absent:
-        raise ValueError(f"{non_lora}: lacks {len(absent)} trained weight(s), e.g. {sorted(absent)[:3]}")
 
 
 def build_training(setup: TrainSetup) -> EgoExorTrainer:
@@ -272,8 +221,12 @@ def build_training(setup: TrainSetup) -> EgoExorTrainer:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in argv or "-h" in argv:
+        print(train_help())
+        return 0
     try:
-        setup = parse_train_args(list(sys.argv[1:] if argv is None else argv))
+        setup = parse_train_args(argv)
         for warning in setup.warnings:
             logger.warning(warning)
         trainer = build_training(setup)

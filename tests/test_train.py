@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from egoexor.config import ConfigError, parse_train_args
+from egoexor.model.build import NON_LORA_FILE
 from egoexor.train import (
-    NON_LORA_FILE,
     build_training,
     length_grouped_indices,
     main,

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -34,13 +35,16 @@ from transformers import (
 )
 from transformers.utils import cached_file
 
-from egoexor.config import ModelConfig
+from egoexor.config import DataConfig, ModelConfig
 from egoexor.model.egoexor_llava import EgoExorLlava, mlp2x_gelu
 from egoexor.model.fusion import ImagePooler
 from egoexor.model.point_transformer import PointTransformerV3
 from egoexor.model.vision import CLIPVisionTower
 
 logger = logging.getLogger(__name__)
+
+NON_LORA_FILE = "non_lora_trainables.safetensors"
+CONFIG_FILE = "egoexor_config.json"
 
 #: Projector keys in the two LLaVA layouts -> our ``mm_projector`` keys.
 _PROJECTOR_KEYS = {
@@ -175,7 +179,16 @@ def _add_lora(model: PreTrainedModel, config: ModelConfig) -> nn.Module:
 
 
 def build_model(config: ModelConfig) -> EgoExorLlava:
-    """The complete model with its trainable set marked; logs a parameter summary table."""
+    """The complete model with its trainable set marked; logs a parameter summary table.
+
+    Random initialisation is seeded by ``config.init_seed`` (without touching the global RNG).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.init_seed)
+        return _build_model(config)
+
+
+def _build_model(config: ModelConfig) -> EgoExorLlava:
     language_model, projector_state = load_language_model(config)
     if config.lora_enable:
         language_model = _add_lora(language_model, config)
@@ -237,3 +250,69 @@ def parameter_summary(model: EgoExorLlava) -> str:
         lines.append(f"| {part} | {trainable:,} | {frozen:,} |")
     lines.append(f"| total | {totals[0]:,} | {totals[1]:,} |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints: what training writes and inference reads
+
+
+def _non_lora_state(model: EgoExorLlava) -> dict[str, torch.Tensor]:
+    """Trained weights outside LoRA, plus the PTv3 draw (a random frozen encoder must be kept too)."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        is_ptv3 = name.startswith("image_pooler.point_transformer.")
+        trainable = dict(model.named_parameters()).get(name)
+        if "lora_" in name:
+            continue
+        if is_ptv3 or (trainable is not None and trainable.requires_grad):
+            state[name] = tensor.detach().contiguous().cpu()
+    return state
+
+
+def save_checkpoint(model: EgoExorLlava, output: Path, config: dict) -> None:
+    """Adapter + ``non_lora_trainables.safetensors`` + ``egoexor_config.json`` (``config``) into ``output``."""
+    output.mkdir(parents=True, exist_ok=True)
+    if hasattr(model.language_model, "peft_config"):
+        model.language_model.save_pretrained(output)
+    save_file(_non_lora_state(model), output / NON_LORA_FILE)
+    (output / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+
+
+def load_checkpoint_weights(model: EgoExorLlava, checkpoint: Path) -> None:
+    """Restore the adapter and every non-LoRA trained weight saved by :func:`save_checkpoint`."""
+    non_lora = checkpoint / NON_LORA_FILE
+    if not non_lora.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no {NON_LORA_FILE} (not an egoexor checkpoint)")
+    if hasattr(model.language_model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        adapter = checkpoint / "adapter_model.safetensors"
+        if not adapter.is_file():
+            raise FileNotFoundError(f"{checkpoint}: no adapter_model.safetensors")
+        result = set_peft_model_state_dict(model.language_model, load_file(adapter))
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"{adapter}: unexpected keys {result.unexpected_keys[:3]}")
+    state = load_file(non_lora)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"{non_lora}: keys the model does not have, e.g. {unexpected[:3]}")
+    expected = set(_non_lora_state(model))
+    absent = expected - set(state)
+    if absent:
+        raise ValueError(f"{non_lora}: lacks {len(absent)} trained weight(s), e.g. {sorted(absent)[:3]}")
+
+
+def load_trained(checkpoint: str | Path, **overrides) -> tuple[EgoExorLlava, DataConfig]:
+    """A trained model from a checkpoint folder (and its data configuration).
+
+    ``overrides`` replace model-config fields, e.g. ``bits=16`` to run a 4-bit-trained model on
+    bf16 weights at inference, as the reference did.
+    """
+    folder = Path(checkpoint)
+    config_file = folder / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE} (not an egoexor checkpoint)")
+    config = json.loads(config_file.read_text())
+    model = build_model(ModelConfig(**{**config["model"], **overrides}))
+    load_checkpoint_weights(model, folder)
+    return model, DataConfig(**config["data"])

@@ -1,0 +1,158 @@
+"""Import the authors' released checkpoint: ``python -m egoexor.convert_reference IN OUT``.
+
+The released model (``ardamamur/EgoExOR``) is a LLaVA-style LoRA folder written by the reference's
+training code: ``config.json`` (a ``LlavaConfig`` with ``mm_*`` fields), ``adapter_config.json`` and
+``adapter_model.bin`` (peft 0.4), and ``non_lora_trainables.bin`` whose keys look like
+``base_model.model.model.{mm_projector,image_pooler,vision_tower}.*``. It loads into the
+``reference`` preset, whose parameter names are the reference's: the projector and the pooler
+(fusion BERT, gaze/hand encoders, audio projector, PTv3 with ``project_pc``) map 1:1, CLIP's
+``vision_model.`` level is dropped (transformers 5 flattened it), and LoRA keys keep their names.
+
+Every tensor is accounted for: mapped, or listed as a buffer that the model recomputes (rotary
+caches, BERT's ``position_ids``/``token_type_ids``); anything else, or a shape that does not fit,
+is an error naming the key. The output is an egoexor checkpoint folder (``egoexor_config.json``,
+``adapter_model.safetensors``, ``non_lora_trainables.safetensors``) that ``egoexor.infer`` reads;
+``infer --checkpoint`` also accepts the released folder directly and converts it on the fly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from egoexor.config import DataConfig, ModelConfig
+from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE, build_model
+
+REFERENCE_NON_LORA = "non_lora_trainables.bin"
+REFERENCE_ADAPTER = "adapter_model.bin"
+DEFAULT_BASE = "liuhaotian/llava-v1.5-7b"
+
+#: Reference key patterns -> our names (``None``: a buffer the model recomputes, consumed but not loaded).
+_KEY_RULES: tuple[tuple[re.Pattern, str | None], ...] = (
+    (re.compile(r"^base_model\.model\.model\.mm_projector\.(.+)$"), r"mm_projector.\1"),
+    (re.compile(r"^base_model\.model\.model\.image_pooler\.bert\.embeddings\.(position_ids|token_type_ids)$"), None),
+    (re.compile(r"^base_model\.model\.model\.image_pooler\.(.+)$"), r"image_pooler.\1"),
+    (re.compile(r"^base_model\.model\.model\.vision_tower\.vision_tower\.vision_model\.embeddings\.position_ids$"),
+     None),
+    (re.compile(r"^base_model\.model\.model\.vision_tower\.vision_tower\.vision_model\.(.+)$"),
+     r"vision_tower.vision_tower.\1"),
+    (re.compile(r"^base_model\.model\.(model\.)?.*rotary_emb\.inv_freq$"), None),
+)  # fmt: skip
+
+
+class ConversionError(ValueError):
+    """The released files do not fit the reference preset; the message names the key."""
+
+
+def is_reference_checkpoint(folder: Path) -> bool:
+    return (folder / REFERENCE_NON_LORA).is_file() and not (folder / CONFIG_FILE).is_file()
+
+
+def map_key(key: str) -> str | None:
+    """Our name for a reference key; ``None`` for a recomputed buffer; ConversionError if unknown."""
+    for pattern, replacement in _KEY_RULES:
+        if pattern.match(key):
+            return None if replacement is None else pattern.sub(replacement, key)
+    raise ConversionError(f"{REFERENCE_NON_LORA}: no place for key {key!r} in the reference preset")
+
+
+def _with_adapter_name(key: str) -> str:
+    """peft 0.4 saved LoRA keys without the adapter name that current peft puts in the module path."""
+    return re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", key)
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ConversionError(f"{path}: missing")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_config_from(folder: Path, base: str, vision_tower: str | None) -> ModelConfig:
+    """The reference preset with the released run's LoRA and vision settings."""
+    try:
+        llava = json.loads((folder / "config.json").read_text())
+        adapter = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConversionError(f"{folder}: cannot read config.json / adapter_config.json ({error})") from None
+    return ModelConfig(
+        preset="reference", mask_extras=False, model_name_or_path=base,
+        vision_tower=vision_tower or llava.get("mm_vision_tower", "openai/clip-vit-large-patch14-336"),
+        mm_vision_select_layer=int(llava.get("mm_vision_select_layer", -2)),
+        lora_r=int(adapter.get("r", 128)), lora_alpha=int(adapter.get("lora_alpha", 256)),
+        lora_dropout=float(adapter.get("lora_dropout", 0.05)), bits=4, dtype="bfloat16",
+    )  # fmt: skip
+
+
+def convert(folder: str | Path, output: str | Path, base: str = DEFAULT_BASE, vision_tower: str | None = None,
+            **model_overrides) -> dict[str, list[str]]:  # fmt: skip
+    """Write an egoexor checkpoint for a released reference folder; returns what was mapped and skipped.
+
+    The model is built (``model_overrides`` may shrink it, e.g. ``bits=16``) to check every mapped
+    tensor's shape against the reference preset before anything is written.
+    """
+    folder, output = Path(folder), Path(output)
+    config = dataclasses.replace(model_config_from(folder, base, vision_tower), **model_overrides)
+    non_lora = _load_bin(folder / REFERENCE_NON_LORA)
+    adapter = _load_bin(folder / REFERENCE_ADAPTER)
+    model = build_model(config)
+    ours = model.state_dict()
+    mapped, skipped = {}, []
+    for key, tensor in non_lora.items():
+        name = map_key(key)
+        if name is None:
+            skipped.append(key)
+            continue
+        if name not in ours:
+            raise ConversionError(f"{REFERENCE_NON_LORA}: key {key!r} maps to {name!r}, which the model lacks")
+        if tuple(ours[name].shape) != tuple(tensor.shape):
+            raise ConversionError(
+                f"{REFERENCE_NON_LORA}: key {key!r} has shape {tuple(tensor.shape)}, the reference preset "
+                f"expects {tuple(ours[name].shape)}"
+            )
+        mapped[name] = tensor.to(ours[name].dtype).contiguous()
+    lora_names = {k for k in model.language_model.state_dict() if "lora_" in k}
+    unknown = [key for key in adapter if _with_adapter_name(key) not in lora_names]
+    if unknown:
+        raise ConversionError(f"{REFERENCE_ADAPTER}: key {unknown[0]!r} matches no LoRA weight of the model")
+    missing = lora_names - {_with_adapter_name(key) for key in adapter}
+    if missing:
+        raise ConversionError(f"{REFERENCE_ADAPTER}: lacks {len(missing)} LoRA weight(s), e.g. {sorted(missing)[0]!r}")
+    adapter_ours = {key: tensor.contiguous() for key, tensor in adapter.items()}
+    output.mkdir(parents=True, exist_ok=True)
+    save_file(mapped, output / NON_LORA_FILE)
+    save_file(adapter_ours, output / "adapter_model.safetensors")
+    model.language_model.peft_config["default"].save_pretrained(output)
+    saved_config = {"model": dataclasses.asdict(config), "data": dataclasses.asdict(DataConfig())}
+    (output / CONFIG_FILE).write_text(json.dumps(saved_config, indent=2))
+    return {"mapped": sorted(mapped), "adapter": sorted(adapter_ours), "recomputed_buffers": sorted(skipped)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m egoexor.convert_reference", description=__doc__.splitlines()[0])
+    parser.add_argument("input", type=Path,
+                        help="the released folder: config.json, adapter_config.json, adapter_model.bin, "
+                        "non_lora_trainables.bin")
+    parser.add_argument("output", type=Path, help="egoexor checkpoint folder to write")
+    parser.add_argument("--base", default=DEFAULT_BASE, help="base LLM the adapter belongs to (hub name or folder)")
+    parser.add_argument("--vision_tower", default=None, help="CLIP tower (default: the one config.json names)")
+    args = parser.parse_args(argv)  # fmt: skip
+    try:
+        report = convert(args.input, args.output, args.base, args.vision_tower)
+    except (ConversionError, OSError) as error:
+        print(f"convert_reference: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: {len(report['mapped'])} tensors mapped, {len(report['adapter'])} LoRA tensors, "
+          f"{len(report['recomputed_buffers'])} recomputed buffers skipped")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
