@@ -5,6 +5,7 @@ So an interrupted or failed run never leaves a half-written file at the output p
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -36,3 +37,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, payload: object, indent: int = 2) -> None:
+    """JSON written atomically."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(payload, indent=indent), encoding="utf-8")

@@ -129,9 +129,9 @@ class ModelConfig:
 class DataConfig:
     """How samples become model inputs (``egoexor.data.dataset``)."""
 
-    #: Side of the square CLIP input (336 for CLIP ViT-L/14-336; smaller for tiny test towers).
+    #: Side of the square CLIP input (336 for CLIP ViT-L/14-336). Training sets it from the vision tower.
     image_size: int = 336
-    #: Visual tokens each branch writes into the prompt (N; the paper and the reference: 576).
+    #: Visual tokens each branch writes into the prompt (N = 576). Training sets it from the model.
     tokens_per_branch: int = 576
     #: Which cameras get their channels reversed. ``train``: the reference's training rule (ego,
     #: ultrasound, simstation), used for training and inference alike. ``all``: the reference's
@@ -265,6 +265,24 @@ def _base_type(annotation):
     return typing.get_origin(annotation) or annotation
 
 
+def _coerce(value, annotation, name: str):
+    """A YAML value as the field's type (YAML reads ``2e-5`` as a string); an error names the field."""
+    kind = _base_type(annotation)
+    if value is None:
+        if "None" not in str(annotation):
+            raise ConfigError(f"{name}: may not be null")
+        return None
+    if isinstance(value, str) and kind in (int, float, bool):
+        return _convert(value, annotation, name)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is tuple and isinstance(value, list):
+        return tuple(value)
+    if not isinstance(value, kind):
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
 def _convert(text: str, annotation, flag: str):
     """A command-line string as the field's type; an error names the flag."""
     kind = _base_type(annotation)
@@ -287,8 +305,8 @@ def _convert(text: str, annotation, flag: str):
                 raise ValueError("expected a JSON object")
             return value
     except (ValueError, json.JSONDecodeError) as error:
-        raise ConfigError(f"--{flag}: bad value {text!r} ({error})") from None
-    raise ConfigError(f"--{flag}: cannot be set from the command line")
+        raise ConfigError(f"{flag}: bad value {text!r} ({error})") from None
+    raise ConfigError(f"{flag}: cannot be set from the command line")
 
 
 def split_flags(argv: list[str]) -> list[tuple[str, str]]:
@@ -341,10 +359,15 @@ def parse_train_args(argv: list[str]) -> TrainSetup:
     config_files = [value for name, value in pairs if name == "config"]
     content = _read_yaml(config_files[-1]) if config_files else {}
     values = {section: dict(content.get(section) or {}) for section in (*SECTIONS, "trainer")}
-    for section, cls in SECTIONS.items():
-        unknown = set(values[section]) - {f.name for f in fields(cls)}
+    trainer_fields = {f.name for f in fields(TrainingArguments)}
+    for section, cls in (*SECTIONS.items(), ("trainer", TrainingArguments)):
+        known = trainer_fields if section == "trainer" else {f.name for f in fields(cls)}
+        unknown = set(values[section]) - known
         if unknown:
             raise ConfigError(f"section {section}: unknown key(s) {', '.join(sorted(unknown))}")
+        if section != "trainer":
+            hints = typing.get_type_hints(cls)
+            values[section] = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values[section].items()}
 
     owner = _field_section()
     hints = {section: typing.get_type_hints(cls) for section, cls in SECTIONS.items()}
@@ -363,7 +386,7 @@ def parse_train_args(argv: list[str]) -> TrainSetup:
         if section == "trainer" or section is None:
             trainer_flags += [f"--{field}", value]
         else:
-            values[section][field] = _convert(value, hints[section][field], name)
+            values[section][field] = _convert(value, hints[section][field], f"--{name}")
 
     try:
         configs = {section: cls(**values[section]) for section, cls in SECTIONS.items()}

@@ -11,13 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import h5py
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -34,25 +31,25 @@ def run(out: Path, seed: int = 0, epochs: int | None = None, config: Path = CONF
     """Run every stage into ``out``; returns the paths it wrote and the metrics."""
     from egoexor import infer, train
     from egoexor.config import parse_train_args
-    from egoexor.data.make_samples import make_samples
+    from egoexor.data import make_samples
     from egoexor.data.merge_h5 import merge_files
     from egoexor.data.synthetic import generate
 
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: missing; the demo reads it from the source checkout (pip install -e .)")
     out.mkdir(parents=True, exist_ok=True)
     dataset = _stage("synthetic data (tiny profile)", lambda: generate(out / "data", "tiny", seed=seed))
     merged = out / "egoexor.h5"
     _stage("merge", lambda: merge_files(dataset.files, dataset.splits_file, merged, overwrite=True))
 
     def samples() -> dict[str, Path]:
-        files = {}
-        with h5py.File(merged, "r") as h5:
-            for split, permutations in (("train", 4), ("validation", 1), ("test", 1)):
-                rng = random.Random(42)
-                records, _ = make_samples(h5, split, rng, n_permutations=permutations)
-                rng.shuffle(records)
-                files[split] = out / "samples" / f"{split}.json"
-                files[split].parent.mkdir(exist_ok=True)
-                files[split].write_text(json.dumps([r.to_record() for r in records]))
+        files = {split: out / "samples" / f"{split}.json" for split in ("train", "validation", "test")}
+        for split, path in files.items():
+            permutations = "4" if split == "train" else "1"
+            argv = ["--hdf5", str(merged), "--split", split, "--n-permutations", permutations, "--out",
+                    str(path.parent), "--name", path.name, "--no-token-freqs"]  # fmt: skip
+            if make_samples.main(argv) != 0:
+                raise RuntimeError(f"sample generation failed for the {split} split")
         return files
 
     files = _stage("samples", samples)
@@ -72,7 +69,7 @@ def run(out: Path, seed: int = 0, epochs: int | None = None, config: Path = CONF
     evaluation = out / "evaluation"
     code = _stage("inference + evaluation (held-out test split)", lambda: infer.main([
         "--checkpoint", str(run_dir), "--hdf5", str(merged), "--samples", str(files["test"]), "--out",
-        str(evaluation), "--protocol", "gt", "--max_new_tokens", "64",
+        str(evaluation), "--protocol", "gt", "--max_new_tokens", "64", "--overwrite",
     ]))  # fmt: skip
     if code != 0:
         raise RuntimeError(f"inference failed with exit code {code}")

@@ -41,7 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from egoexor import metrics, scene_graph, vocab
-from egoexor.atomic import atomic_output
+from egoexor.atomic import atomic_output, write_json
 from egoexor.data.samples import Sample, SampleError, sample_from_record
 from egoexor.metrics import Protocol
 from egoexor.scene_graph import ParseMode, Triplet
@@ -350,7 +350,7 @@ def write_outputs(result: Mapping[str, Any], out_dir: str | os.PathLike[str]) ->
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "metrics.json", out / "report.md", out / "f1_per_predicate.png", out / "confusion_matrix.png"]
-    _write_text(paths[0], json.dumps(result, indent=2) + "\n")
+    write_json(paths[0], result)
     _write_text(paths[1], format_report(result))
     _plot_f1(result, paths[2])
     _plot_confusion(result, paths[3])

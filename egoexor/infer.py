@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Sequence
@@ -31,20 +30,26 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from egoexor import evaluate, scene_graph
-from egoexor.atomic import atomic_output
+from egoexor.atomic import write_json
 from egoexor.data.dataset import Collator, EgoExorDataset
 from egoexor.data.samples import SampleError, load_samples
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size), initialising torch.distributed under torchrun."""
+def _distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device), initialising torch.distributed under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cpu")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)  # 4-bit loading and NCCL use the current device
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (torch.distributed.get_rank(), world, device) if world > 1 else (0, 1, device)
 
 
 def _read_log(path: Path) -> dict[str, str]:
@@ -61,30 +66,41 @@ def _read_log(path: Path) -> dict[str, str]:
 
 
 def generate_shard(model, dataset: EgoExorDataset, log: Path, batch_size: int, max_new_tokens: int,
-                   device: torch.device, progress: bool = True) -> dict[str, str]:  # fmt: skip
+                   device: torch.device, num_workers: int = 0, progress: bool = True) -> dict[str, str]:  # fmt: skip
     """Generate the dataset's samples not yet in ``log``, appending each batch to it; all texts."""
     tokenizer = dataset.tokenizer
     done = _read_log(log)
     todo = [i for i, sample in enumerate(dataset.samples) if sample.id not in done]
-    collate = Collator(tokenizer.pad_token_id, padding_side="left")
+    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=Collator(tokenizer.pad_token_id, padding_side="left"))  # fmt: skip
     model.eval()
     with log.open("a") as handle, tqdm(total=len(todo), unit="sample", disable=not progress, desc="generating") as bar:
-        for start in range(0, len(todo), batch_size):
-            indices = todo[start : start + batch_size]
-            batch = collate([dataset[i] for i in indices])
+        for start, batch in zip(range(0, len(todo), batch_size), loader, strict=True):
+            ids = [dataset.samples[i].id for i in todo[start : start + batch_size]]
             batch = {k: v.to(device) for k, v in batch.items()}
             # PTv3 shuffles its serialisation orders even in eval mode (as the reference): a seed per batch
             # makes a rerun, a resumed run and a sharded run give the same answers for the same batches.
-            torch.manual_seed(zlib.crc32(dataset.samples[indices[0]].id.encode()))
-            ids = model.generate(batch, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
-            texts = tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
-            for i, text in zip(indices, texts, strict=True):
-                sample_id = dataset.samples[i].id
+            torch.manual_seed(zlib.crc32(ids[0].encode()))
+            generated = model.generate(batch, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode(generated.tolist(), skip_special_tokens=True)
+            for sample_id, text in zip(ids, texts, strict=True):
                 done[sample_id] = text
                 handle.write(json.dumps({"id": sample_id, "text": text}) + "\n")
             handle.flush()
-            bar.update(len(indices))
+            bar.update(len(ids))
     return done
+
+
+def _check_run(out: Path, run: dict, overwrite: bool) -> None:
+    """Refuse to mix the logs of another run (other checkpoint, samples or settings) into this one."""
+    record = out / "run.json"
+    logs = sorted(out.glob("raw_predictions.rank*.jsonl"))
+    if overwrite:
+        for path in logs:
+            path.unlink()
+    elif logs and (not record.is_file() or json.loads(record.read_text()) != run):
+        raise ValueError(f"{out} holds predictions of another run (see {record}); pass --overwrite or another --out")
+    write_json(record, run)
 
 
 def reference_predictions(texts: dict[str, str]) -> dict[str, list[list[str]]]:
@@ -92,29 +108,26 @@ def reference_predictions(texts: dict[str, str]) -> dict[str, list[list[str]]]:
     return {i: [[s, p, o] for s, o, p in scene_graph.split_fields(text, "reference")] for i, text in texts.items()}
 
 
-def _write_json(path: Path, payload: object) -> None:
-    with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(payload, indent=2))
+def load_model(checkpoint: Path, bits: int, device: torch.device, converted: Path):
+    """The model, tokenizer and data configuration of an egoexor or a released reference checkpoint.
 
-
-def load_model(checkpoint: Path, bits: int, device: torch.device):
-    """The model, tokenizer and data configuration of an egoexor or a released reference checkpoint."""
-    from transformers import AutoTokenizer
-
+    A released folder is converted once (by rank 0) into ``converted``.
+    """
     from egoexor.convert_reference import convert, is_reference_checkpoint
+    from egoexor.data.tokenizer import load_tokenizer
     from egoexor.model.build import CONFIG_FILE, load_trained
 
     if is_reference_checkpoint(checkpoint):
-        converted = Path(tempfile.mkdtemp(prefix="egoexor_converted_"))
-        convert(checkpoint, converted)
+        if int(os.environ.get("RANK", "0")) == 0 and not (converted / CONFIG_FILE).is_file():
+            convert(checkpoint, converted, bits=bits)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
         checkpoint = converted
     elif not (checkpoint / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{checkpoint}: neither an egoexor checkpoint nor the released reference folder")
     model, data_config = load_trained(checkpoint, bits=bits)
-    tokenizer_source = checkpoint if (checkpoint / "tokenizer_config.json").is_file() else model.config.name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token
+    has_tokenizer = (checkpoint / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(checkpoint if has_tokenizer else model.config.name_or_path, data_config.model_max_length)
     return model.to(device), tokenizer, data_config
 
 
@@ -135,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--flip_rule", choices=("train", "all"), default=None,
                         help="all: reverse every camera's channels as the reference's inference did "
                         "(default: the training rule)")
+    parser.add_argument("--num_workers", type=int, default=4, help="data loading processes (0: in the main one)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard predictions of an earlier run in --out instead of resuming it")
     parser.add_argument("--audio_cache", type=Path, default=None,
                         help="audio embeddings written by python -m egoexor.data.precompute_audio")
     args = parser.parse_args(argv)  # fmt: skip
@@ -152,19 +168,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples = load_samples(args.samples)
     except SampleError as error:
         return fail(str(error))
-    rank, world = _distributed()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    try:
-        model, tokenizer, data_config = load_model(args.checkpoint, args.bits, device)
-    except (OSError, ValueError) as error:
-        return fail(str(error))
+    rank, world, device = _distributed()
     overrides = {k: v for k, v in (("prompt_roles", args.prompt_roles), ("flip_rule", args.flip_rule),
                                     ("audio_cache", args.audio_cache and str(args.audio_cache))) if v}
-    dataset = EgoExorDataset(samples[rank::world], args.hdf5, tokenizer, replace(data_config, **overrides), "generate")
     args.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    generate_shard(model, dataset, args.out / f"raw_predictions.rank{rank}.jsonl", args.batch_size,
-                   args.max_new_tokens, device, progress=rank == 0)  # fmt: skip
+    weights = sorted(p for p in args.checkpoint.glob("*") if p.suffix in (".safetensors", ".bin")) \
+        if args.checkpoint.is_dir() else []  # fmt: skip
+    run = {"checkpoint": str(args.checkpoint.resolve()), "samples": str(args.samples.resolve()),
+           "weights": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in weights},
+           "hdf5": str(args.hdf5.resolve()), "bits": args.bits, "max_new_tokens": args.max_new_tokens,
+           "world_size": world, **overrides}  # fmt: skip
+    try:
+        if rank == 0:
+            _check_run(args.out, run, args.overwrite)
+        if world > 1:
+            torch.distributed.barrier()
+        model, tokenizer, data_config = load_model(args.checkpoint, args.bits, device, args.out / "converted")
+        data_config = replace(data_config, **overrides)
+        dataset = EgoExorDataset(samples[rank::world], args.hdf5, tokenizer, data_config, "generate")
+        start = time.perf_counter()
+        generate_shard(model, dataset, args.out / f"raw_predictions.rank{rank}.jsonl", args.batch_size,
+                       args.max_new_tokens, device, args.num_workers, progress=rank == 0)  # fmt: skip
+    except (OSError, ValueError, TypeError, KeyError, LookupError) as error:
+        return fail(str(error))
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:
@@ -173,8 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for shard in range(world):
         texts.update(_read_log(args.out / f"raw_predictions.rank{shard}.jsonl"))
     print(f"generated {len(texts)} answers in {time.perf_counter() - start:.1f} s")
-    _write_json(args.out / "raw_predictions.json", texts)
-    _write_json(args.out / "predictions.json", reference_predictions(texts))
+    write_json(args.out / "raw_predictions.json", texts)
+    write_json(args.out / "predictions.json", reference_predictions(texts))
     records = [s.to_record() for s in samples]
     result = evaluate.evaluate(texts, records, args.protocol, progress=len(records) >= 10_000)
     evaluate.write_outputs(result, args.out)

@@ -30,12 +30,13 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Sampler
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from egoexor.config import ConfigError, TrainSetup, parse_train_args, resolved_config, train_help
 from egoexor.data.dataset import IGNORE_INDEX, Collator, EgoExorDataset
 from egoexor.data.samples import Sample, SampleError, load_samples
-from egoexor.model.build import load_checkpoint_weights, save_checkpoint
+from egoexor.model.build import NON_LORA_FILE, load_checkpoint_weights, save_checkpoint
+from egoexor.model.egoexor_llava import next_token_loss
 
 logger = logging.getLogger("egoexor.train")
 
@@ -57,14 +58,6 @@ def token_weights(path: str | os.PathLike, tokenizer, vocab_size: int) -> torch.
     weights = torch.full((vocab_size,), float(listed.min()) / 100)
     weights[torch.tensor(ids)] = listed
     return weights
-
-
-def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Next-token cross entropy over supervised positions, weighted by the target token's weight."""
-    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    shift_labels = labels[:, 1:].reshape(-1)
-    weight = None if weights is None else weights.to(shift_logits.device)
-    return torch.nn.functional.cross_entropy(shift_logits, shift_labels, weight=weight, ignore_index=IGNORE_INDEX)
 
 
 def modality_length(sample: Sample) -> int:
@@ -102,6 +95,7 @@ def teacher_forced_accuracy(model, dataset: EgoExorDataset, batch_size: int = 8)
     model.eval()
     correct = total = 0
     for batch in loader:
+        batch = {k: v.to(model.device) for k, v in batch.items()}
         logits = model(**{k: v for k, v in batch.items() if k != "labels"})["logits"]
         predicted, target = logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
         supervised = target != IGNORE_INDEX
@@ -127,16 +121,33 @@ class LengthGroupedSampler(Sampler):
         return iter(length_grouped_indices(self.lengths, self.batch_size, self.world_size, generator))
 
 
+class _EpochToDataset(TrainerCallback):
+    """Tells the dataset the epoch, so that its random view subsets and dropout change every epoch."""
+
+    def __init__(self, dataset: EgoExorDataset) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch or 0))
+
+
 class EgoExorTrainer(Trainer):
     def __init__(self, *args, setup: TrainSetup, token_weights: torch.Tensor | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.setup = setup
         self.token_weights = token_weights
+        self.add_callback(_EpochToDataset(self.train_dataset))
+
+    def _prepare_inputs(self, inputs):
+        """As the Trainer's, but point coordinates keep float32: DeepSpeed would cast metres to bf16 (~1 cm steps)."""
+        prepared = super()._prepare_inputs(inputs)
+        prepared["point_cloud"] = inputs["point_cloud"].to(self.args.device)
+        return prepared
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-        loss = weighted_loss(outputs["logits"], labels, self.token_weights)
+        loss = next_token_loss(outputs["logits"], labels, self.token_weights)
         return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model=None):
@@ -177,6 +188,23 @@ class EgoExorTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_checkpoint_weights(self.accelerator.unwrap_model(model or self.model), Path(resume_from_checkpoint))
+
+
+def resume_checkpoint(args) -> str | None:
+    """``--resume_from_checkpoint``: a checkpoint folder, or True for the newest one in ``--output_dir``."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("false", "0", "no", ""):
+        return None
+    if str(value).lower() in ("true", "1", "yes"):
+        value = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        if value is None:
+            raise ConfigError(f"--resume_from_checkpoint: no checkpoint-N folder in {args.output_dir}")
+    for name in (NON_LORA_FILE, "trainer_state.json"):
+        if not (Path(value) / name).is_file():
+            raise ConfigError(f"--resume_from_checkpoint {value}: no {name} there (not a training checkpoint)")
+    return str(value)
 
 
 def build_training(setup: TrainSetup) -> EgoExorTrainer:
@@ -229,11 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup = parse_train_args(argv)
         for warning in setup.warnings:
             logger.warning(warning)
+        resume = resume_checkpoint(setup.trainer)
         trainer = build_training(setup)
     except (ConfigError, SampleError, OSError) as error:
         print(f"egoexor.train: error: {error}", file=sys.stderr)
         return 2
-    trainer.train(resume_from_checkpoint=setup.trainer.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
     return 0

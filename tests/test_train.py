@@ -13,12 +13,13 @@ from safetensors.torch import load_file
 
 from egoexor.config import ConfigError, parse_train_args
 from egoexor.model.build import NON_LORA_FILE
+from egoexor.model.egoexor_llava import next_token_loss
 from egoexor.train import (
     build_training,
     length_grouped_indices,
     main,
+    resume_checkpoint,
     token_weights,
-    weighted_loss,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,9 +86,9 @@ def test_weighted_loss_equals_a_hand_computation():
             nll = -torch.log_softmax(logits[b, t], -1)[target]
             expected_num += weights[target] * nll
             expected_den += weights[target]
-    assert torch.allclose(weighted_loss(logits, labels, weights), expected_num / expected_den)
+    assert torch.allclose(next_token_loss(logits, labels, weights), expected_num / expected_den)
     plain = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 5), labels[:, 1:].reshape(-1))
-    assert torch.allclose(weighted_loss(logits, labels, None), plain)
+    assert torch.allclose(next_token_loss(logits, labels, None), plain)
 
 
 def test_token_weights_from_a_frequency_file(tmp_path, tokenizer):
@@ -153,7 +154,7 @@ def test_modality_dropout_flags(tiny_train_files, tmp_path):
 
 def _train(args):
     trainer = build_training(parse_train_args(args))
-    trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(trainer.args))
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}, trainer
 
 

@@ -98,7 +98,8 @@ class EgoExorDataset(Dataset):
     ``mode``: ``train`` (random exo views, modality dropout, answer supervised), ``eval`` (every
     view, answer supervised: teacher-forced evaluation), ``generate`` (every view, prompt only).
     The HDF5 file is opened lazily in each worker. Random choices are drawn from a generator
-    seeded by ``seed`` and the sample index, so an item is the same in any worker and on resume.
+    seeded by ``seed``, the epoch and the sample index, so an item is the same in any worker and on
+    resume.
     """
 
     def __init__(
@@ -115,6 +116,11 @@ class EgoExorDataset(Dataset):
         self.seed = seed
         self._audio_cache = AudioCache(config.audio_cache, config.audio_norm) if config.audio_cache else None
         self._embedder: ClapAudioEmbedder | None = None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """New view subsets and dropout draws each epoch (the same ones again on a resumed run)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -131,7 +137,7 @@ class EgoExorDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         try:
-            return self._item(sample, random.Random(self.seed * 1_000_003 + index))
+            return self._item(sample, random.Random(hash((self.seed, self.epoch, index))))
         except (ReadError, SampleInputError):
             raise
         except (OSError, KeyError, ValueError) as error:
@@ -145,7 +151,9 @@ class EgoExorDataset(Dataset):
             dropped = training and config.modality_dropout > 0 and rng.random() < config.modality_dropout
             return modality in available and not dropped
 
-        use_gaze, use_depth, use_hands = kept("eye_gaze"), kept("eye_gaze_depth"), kept("hand_tracking")
+        # A gaze token needs both gaze and depth: they are kept or dropped together (one draw).
+        use_gaze = use_depth = kept("eye_gaze") and "eye_gaze_depth" in available
+        use_hands = kept("hand_tracking")
         use_cloud = kept("point_cloud")
         use_audio = kept("audio") and (self._audio_cache is not None or config.audio_encoder is not None)
         fields = {"rgb"} | {name for name, wanted in (

@@ -15,7 +15,6 @@ permutations); training weights its loss with it.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import h5py
 
 from egoexor import vocab
-from egoexor.atomic import atomic_output
+from egoexor.atomic import write_json
 from egoexor.data import layout
 from egoexor.data.layout import LayoutError, TakeKey
 from egoexor.data.samples import Sample
@@ -120,11 +119,6 @@ def count_tokens(samples: Sequence[Sample], tokenizer) -> dict[str, int]:
     return dict(counts)
 
 
-def _write_json(path: Path, payload: object) -> None:
-    with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(payload, indent=4))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m egoexor.data.make_samples",
@@ -152,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.split not in layout.SPLIT_NAMES:
         return fail(f"unknown split {args.split!r}; choose one of {', '.join(layout.SPLIT_NAMES)}")
+    if args.reduce_ratio < 1 or args.n_permutations < 1:
+        return fail("--reduce-ratio and --n-permutations must be at least 1")
     if not 0.0 <= args.modality_dropout_prob <= 1.0:
         return fail(f"--modality-dropout-prob must be in [0, 1], got {args.modality_dropout_prob}")
     hdf5 = Path(args.hdf5)
@@ -165,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             samples, skipped = make_samples(
                 h5, args.split, rng, args.n_permutations, args.modality_dropout_prob, args.reduce_ratio
             )
-    except (LayoutError, ValueError) as error:
+    except (LayoutError, ValueError, OSError) as error:
         return fail(str(error))
     tokenizer = None
     if not args.no_token_freqs:
@@ -179,11 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng.shuffle(samples)
     out = Path(args.out)
     name = args.name or samples_file_name(args.split, args.n_permutations, args.modality_dropout_prob)
-    _write_json(out / name, [s.to_record() for s in samples])
+    write_json(out / name, [s.to_record() for s in samples], indent=4)
     print(f"wrote {out / name}: {len(samples)} samples, {len(skipped)} frames without annotations skipped")
     if token_counts is not None:
         freqs = out / token_freqs_file_name(args.split, args.n_permutations)
-        _write_json(freqs, token_counts)
+        write_json(freqs, token_counts, indent=4)
         print(f"wrote {freqs}: {len(token_counts)} distinct tokens")
     return 0
 

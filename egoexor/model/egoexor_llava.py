@@ -20,6 +20,15 @@ from egoexor.model.fusion import ImagePooler
 from egoexor.model.vision import CLIPVisionTower
 
 
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross entropy of each supervised next token; with ``weights`` (one per vocabulary id), weighted by the
+    target token's weight and normalised by the weights' sum (``CrossEntropyLoss(weight=w)``)."""
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1)
+    weight = None if weights is None else weights.to(shift_logits.device)
+    return nn.functional.cross_entropy(shift_logits, shift_labels, weight=weight, ignore_index=IGNORE_INDEX)
+
+
 def mlp2x_gelu(in_features: int, out_features: int) -> nn.Sequential:
     """LLaVA-1.5's projector; indices 0 and 2 match its ``mm_projector.{0,2}`` checkpoint keys."""
     return nn.Sequential(nn.Linear(in_features, out_features), nn.GELU(), nn.Linear(out_features, out_features))
@@ -114,11 +123,7 @@ class EgoExorLlava(nn.Module):
         logits = outputs.logits
         result = {"logits": logits}
         if "labels" in batch:
-            shift_logits = logits[:, :-1].float()
-            shift_labels = batch["labels"][:, 1:]
-            result["loss"] = nn.functional.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
-            )
+            result["loss"] = next_token_loss(logits, batch["labels"])
         return result
 
     @torch.no_grad()
@@ -133,8 +138,8 @@ class EgoExorLlava(nn.Module):
         mask = batch["attention_mask"]
         embeds = self.input_embeddings(batch)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        outputs = self.language_model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True
+        outputs = self.language_model(  # only the last position's logits are needed
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
         )
         finished = torch.zeros(len(mask), dtype=torch.bool, device=mask.device)
         generated = []

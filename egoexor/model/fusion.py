@@ -108,7 +108,11 @@ class ImagePooler(nn.Module):
         ptv3 = self.point_transformer
         clouds = [batch["point_cloud"][batch["point_cloud_batch"] == b] if present else None
                   for b, present in enumerate(batch["point_cloud_mask"].tolist())]  # fmt: skip
-        trainable = any(p.requires_grad for name, p in ptv3.named_parameters() if not name.startswith("project_pc"))
+        encoder = [module for name, module in ptv3.named_children() if name != "project_pc"]
+        if ptv3.embedding.stem.conv.weight.dtype != torch.float32:
+            for module in encoder:  # DeepSpeed casts the whole model to bf16; PTv3 runs in fp32 (as the reference)
+                module.float()
+        trainable = any(p.requires_grad for module in encoder for p in module.parameters())
         with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
             means = encode_point_clouds(ptv3, clouds, self.grid_size)
-        return ptv3.project_pc(means)
+        return ptv3.project_pc(means.to(ptv3.project_pc.weight.dtype))

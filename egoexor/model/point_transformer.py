@@ -626,7 +626,8 @@ def encode_point_clouds(
     with xyz first; the whole row (xyz + rgb as stored) is the input feature. All present clouds run as
     one batch, voxelised as ``trunc((xyz - min over the whole batch) / grid_size)`` without merging
     points that share a voxel, so a cloud's voxel grid depends on the other clouds in the batch. It runs
-    in fp32 with autocast disabled; ``ptv3`` must therefore hold fp32 parameters.
+    in fp32 with autocast disabled; ``ptv3``'s encoder must therefore hold fp32 parameters (``project_pc``,
+    which the caller applies, may have another dtype).
 
     Gradients are the caller's choice: the reference wraps this in ``torch.no_grad()`` (a frozen random
     encoder, although train mode still updates BatchNorm statistics and applies drop-path). It then
@@ -639,7 +640,7 @@ def encode_point_clouds(
     """
     if grid_size <= 0:
         raise ValueError(f"grid_size must be positive, got {grid_size}")
-    weight = ptv3.project_pc.weight
+    weight = ptv3.embedding.stem.conv.weight
     if weight.dtype != torch.float32:
         raise ValueError(f"PointTransformerV3 must stay in float32 (reference); its parameters are {weight.dtype}")
     out = torch.zeros(len(clouds), ptv3.out_channels, device=weight.device)
