@@ -27,8 +27,12 @@ def _stage(name: str, run: Callable[[], object]) -> object:
     return result
 
 
-def run(out: Path, seed: int = 0, epochs: int | None = None, config: Path = CONFIG) -> dict:
-    """Run every stage into ``out``; returns the paths it wrote and the metrics."""
+def run(out: Path, seed: int = 0, epochs: int | None = None, config: Path = CONFIG, frames: int = 120) -> dict:
+    """Run every stage into ``out``; returns the paths it wrote and the metrics.
+
+    ``frames`` per take (the tiny profile's own are few): a few hundred training frames let the tiny
+    model learn the scene graphs from the images instead of memorising single frames.
+    """
     from egoexor import infer, train
     from egoexor.config import parse_train_args
     from egoexor.data import make_samples
@@ -38,15 +42,15 @@ def run(out: Path, seed: int = 0, epochs: int | None = None, config: Path = CONF
     if not config.is_file():
         raise FileNotFoundError(f"{config}: missing; the demo reads it from the source checkout (pip install -e .)")
     out.mkdir(parents=True, exist_ok=True)
-    dataset = _stage("synthetic data (tiny profile)", lambda: generate(out / "data", "tiny", seed=seed))
+    dataset = _stage(f"synthetic data (tiny profile, {frames} frames per take)",
+                     lambda: generate(out / "data", "tiny", seed=seed, n_frames=frames))
     merged = out / "egoexor.h5"
     _stage("merge", lambda: merge_files(dataset.files, dataset.splits_file, merged, overwrite=True))
 
     def samples() -> dict[str, Path]:
         files = {split: out / "samples" / f"{split}.json" for split in ("train", "validation", "test")}
         for split, path in files.items():
-            permutations = "4" if split == "train" else "1"
-            argv = ["--hdf5", str(merged), "--split", split, "--n-permutations", permutations, "--out",
+            argv = ["--hdf5", str(merged), "--split", split, "--n-permutations", "1", "--out",
                     str(path.parent), "--name", path.name, "--no-token-freqs"]  # fmt: skip
             if make_samples.main(argv) != 0:
                 raise RuntimeError(f"sample generation failed for the {split} split")

@@ -87,6 +87,8 @@ class Profile:
     #: (the reference shuffles), which no model can predict: the tiny profile keeps graphs small so
     #: that near-perfect teacher-forced accuracy stays reachable.
     triplets_per_template: tuple[int, int] = (2, 5)
+    #: Share of the template colour in every pixel (the rest is the camera's own background).
+    template_weight: float = 0.5
 
     def files(self) -> dict[str, list[TakeSpec]]:
         """Per-procedure file name -> its takes (``miss_1.h5``, ``ultrasound_1.h5``, ...)."""
@@ -131,6 +133,7 @@ def _tiny() -> Profile:
         n_templates=6,
         noise_sigma=4.0,
         triplets_per_template=(1, 2),
+        template_weight=0.8,
     )  # fmt: skip
 
 
@@ -238,7 +241,8 @@ class _TakeWriter:
 
     def image(self, template: int, camera: int) -> np.ndarray:
         spec = self.spec
-        img = 0.5 * self.backgrounds[camera] + 0.5 * self.palette[template]
+        weight = self.profile.template_weight
+        img = (1 - weight) * self.backgrounds[camera] + weight * self.palette[template]
         side = max(2, min(spec.height, spec.width) // 4)
         u, v = self.hotspots[template]
         x0 = int(u * spec.width) - side // 2
