@@ -258,15 +258,12 @@ def parameter_summary(model: EgoExorLlava) -> str:
 
 def _non_lora_state(model: EgoExorLlava) -> dict[str, torch.Tensor]:
     """Trained weights outside LoRA, plus the PTv3 draw (a random frozen encoder must be kept too)."""
-    state = {}
-    for name, tensor in model.state_dict().items():
-        is_ptv3 = name.startswith("image_pooler.point_transformer.")
-        trainable = dict(model.named_parameters()).get(name)
-        if "lora_" in name:
-            continue
-        if is_ptv3 or (trainable is not None and trainable.requires_grad):
-            state[name] = tensor.detach().contiguous().cpu()
-    return state
+    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    return {
+        name: tensor.detach().contiguous().cpu()
+        for name, tensor in model.state_dict().items()
+        if "lora_" not in name and (name in trained or name.startswith("image_pooler.point_transformer."))
+    }
 
 
 def save_checkpoint(model: EgoExorLlava, output: Path, config: dict) -> None:
