@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -218,8 +217,6 @@ class TrainConfig:
 # and one that has no effect here says so in one line (:data:`NO_EFFECT`). An unknown flag or a bad
 # value is an error naming it, raised before anything heavy happens. Precedence: dataclass defaults,
 # then the YAML, then the flags.
-
-logger = logging.getLogger(__name__)
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 

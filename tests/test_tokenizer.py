@@ -20,12 +20,14 @@ def test_answers_split_into_several_pieces(tokenizer):
     assert 10 < len(pieces) < 60
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.text(max_size=40))
 def test_byte_fallback_round_trips_any_text(text):
     ids = _TOKENIZER(text, add_special_tokens=False).input_ids
     assert _TOKENIZER.unk_token_id not in ids
-    assert _TOKENIZER.decode(ids) == text
+    # like LLaMA's: "▁" is prepended only when the text does not already start with a space,
+    # and decoding strips one leading space
+    assert _TOKENIZER.decode(ids) == (text[1:] if text.startswith(" ") else text)
 
 
 def test_saved_tokenizer_loads_by_path(tokenizer_dir):

@@ -164,9 +164,10 @@ def check_layout(h5: h5py.File) -> int:
                 raise LayoutError(
                     f"{h5.filename}: {rgb.name} must be uint8 [F, C, H, W, 3], got {rgb.dtype} {rgb.shape}"
                 )
-            if len(take_sources(take)) != rgb.shape[1]:
+            n_sources = len(take_sources(take))
+            if n_sources != rgb.shape[1]:
                 raise LayoutError(
-                    f"{h5.filename}: {take.name}/sources names {len(take_sources(take))} cameras, "
+                    f"{h5.filename}: {take.name}/sources names {n_sources} cameras, "
                     f"{rgb.name} has {rgb.shape[1]}"
                 )
         count += 1

@@ -77,8 +77,8 @@ class EgoExorLlava(nn.Module):
     def visual_features(self, batch: dict) -> torch.Tensor | None:
         """[sum of placeholders, H]: each sample's ego then exo tokens, projected; None without views."""
         ego_mask, exo_mask = batch["ego_view_mask"], batch["exo_view_mask"]
-        n_ego = int(ego_mask.sum())
-        if n_ego + int(exo_mask.sum()) == 0:
+        n_ego, n_exo = int(ego_mask.sum()), int(exo_mask.sum())
+        if n_ego + n_exo == 0:
             return None
         images = torch.cat([batch["ego_images"][ego_mask], batch["exo_images"][exo_mask]])
         features = self.vision_tower(images)  # one CLIP pass over every view of the batch
@@ -86,7 +86,7 @@ class EgoExorLlava(nn.Module):
         branches = []
         if n_ego:
             branches.append((self._branch_tokens(batch, "ego", features, slice(0, n_ego)), ego_mask.any(1)))
-        if int(exo_mask.sum()):
+        if n_exo:
             branches.append((self._branch_tokens(batch, "exo", features, slice(n_ego, None)), exo_mask.any(1)))
         for b in range(ego_mask.shape[0]):
             per_sample += [tokens[b] for tokens, present in branches if present[b]]

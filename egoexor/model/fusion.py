@@ -54,7 +54,6 @@ class ImagePooler(nn.Module):
         super().__init__()
         self.preset = preset
         self.tokens_per_branch = tokens_per_branch
-        self.features = features
         self.grid_size = grid_size
         self.mask_extras = mask_extras
         self.gaze_encoder = MLPEncoder(3, hidden, encoder_hidden) if "gaze" in features else None
