@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerBase
+from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
 from egoexor import vocab
 from egoexor.prompt import HUMAN_TURN, ROLES, SYSTEM
@@ -62,14 +63,53 @@ def save_tiny_tokenizer(directory: str | os.PathLike) -> Path:
 def load_tokenizer(name_or_path: str | os.PathLike, model_max_length: int = 2048) -> PreTrainedTokenizerBase:
     """The LLM's tokenizer from a hub name or a local folder, with the reference's settings.
 
+    A folder whose ``tokenizer_config.json`` names ``LlamaTokenizer`` gets that class. AutoTokenizer
+    would not give it to LLaVA-1.5 checkpoints such as ``liuhaotian/llava-v1.5-7b``: their
+    ``config.json`` says ``model_type: llava``, for which transformers 5 ignores the declared class
+    and reads ``tokenizer.model`` with a generic converter that drops the "▁" SentencePiece puts
+    before the text, so every segment would begin with another id than the reference's.
+
+    transformers 5 has no SentencePiece-backed LlamaTokenizer any more: this one is the fast
+    (``tokenizers``) conversion of ``tokenizer.model``. It equals SentencePiece, hence the
+    reference's slow tokenizer, on text that neither starts with a space nor holds repeated
+    spaces, which is all the text egoexor tokenises (``EgoExorDataset`` checks it).
+
     The pad token is ``<unk>`` (id 0) as in the reference; right padding for training (the
     generation collator pads on the left itself).
     """
+    source = str(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), model_max_length=model_max_length)
-    except OSError as error:
-        raise OSError(f"cannot load a tokenizer from {name_or_path!r}: {error}") from error
+        declared = get_tokenizer_config(source).get("tokenizer_class") or ""
+        loader = LlamaTokenizer if declared.removesuffix("Fast") == "LlamaTokenizer" else AutoTokenizer
+        tokenizer = loader.from_pretrained(source, model_max_length=model_max_length)
+    except (OSError, ValueError) as error:
+        raise OSError(f"cannot load a tokenizer from {source}: {_cause(source, error)}") from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def _cause(source: str, error: Exception) -> str:
+    """Why loading failed, in one line.
+
+    Without a ``tokenizer.json``, transformers reads ``tokenizer.model`` with sentencepiece (which
+    needs protobuf); whatever goes wrong there (a package missing, a damaged file, no file at all),
+    it ends up saying that tiktoken is required, which misleads for a SentencePiece model.
+    """
+    folder = Path(source)
+    if not folder.exists() and (folder.is_absolute() or source.startswith(".")):
+        return "no such folder"
+    message = " ".join(str(error).split()) or type(error).__name__
+    if "tiktoken" not in message:
+        return message
+    try:
+        import sentencepiece  # noqa: F401
+        from google import protobuf  # noqa: F401
+    except ImportError:
+        return "its tokenizer.model needs the sentencepiece and protobuf packages: pip install sentencepiece protobuf"
+    if not folder.is_dir():
+        return message
+    if not (folder / "tokenizer.model").is_file():
+        return "it holds neither tokenizer.json nor tokenizer.model"
+    return "its tokenizer.model is not a SentencePiece model"
