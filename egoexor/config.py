@@ -24,6 +24,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "flip_rule": ("train", "all"),
     "exo_views": ("reference", "all"),
     "row_matching": ("source_id", "reference"),
+    "camera_selection": ("name", "reference"),
     "audio_norm": ("reference", "per_snippet"),
     "prompt_roles": ("train", "reference_inference"),
 }
@@ -60,7 +61,8 @@ class ModelConfig:
     vision_config: dict | None = None
     #: Hidden state whose patch tokens are used (-2: the penultimate layer, as LLaVA-1.5).
     mm_vision_select_layer: int = -2
-    #: CLIP layers trained, counted back from the selected one (the reference: 12).
+    #: Trainable CLIP layers, the encoder's last ones (the reference's ``layers[-12:]``); a layer after the
+    #: selected hidden state is in that set (and in checkpoints) but gets no gradient.
     unfreeze_n_vision_tower_layers: int = 12
     #: Projector from the fusion width to the LLM width (LLaVA-1.5's two-layer GELU MLP).
     mm_projector_type: str = "mlp2x_gelu"
@@ -141,17 +143,26 @@ class DataConfig:
     exo_views: str = "reference"
     #: At most this many exo views (the reference's fusion positions allow 8).
     max_exo_views: int = 8
+    #: Which cameras form each branch. ``name``: ego and exo cameras by name. ``reference`` (the
+    #: reference's): every camera in the index range from a branch's first to its last camera, so a
+    #: blank camera inside the exo range becomes a black view (``egoexor.data.views``).
+    camera_selection: str = "name"
     #: How depth and hand rows are matched to ego cameras. ``source_id``: by the rows' source ids.
-    #: ``reference``: by position along the camera axis, which misaligns when an ego frame is black
-    #: or the rows are in another order (the reference's behaviour).
+    #: ``reference`` (the reference's): by position, with its training rule in ``train``/``eval``
+    #: mode and its inference rule in ``generate`` mode; both misalign when an ego frame is black or
+    #: the rows are in another order (``egoexor.data.views``).
     row_matching: str = "source_id"
+    #: Multiply a frame whose brightest value is 1 by 255 (reference: True). Meant for frames in
+    #: [0, 1]; on uint8 frames it only turns near-black frames white.
+    rescale_dark_frames: bool = False
     #: Divisors of the reference (pixels for gaze and hands, metres for depth).
     gaze_scale: float = 336.0
     hand_scale: float = 336.0
     depth_scale: float = 1.0
     #: Apply the per-take gaze calibration offsets of the reference.
     gaze_fixation: bool = True
-    #: ``reference``: per-time-sample normalisation (reference); ``per_snippet``: by the snippet's peak.
+    #: ``reference``: per-time-sample normalisation, bit for bit the reference's (bfloat16 included);
+    #: ``per_snippet``: by the snippet's peak.
     audio_norm: str = "reference"
     #: Frozen CLAP model (hub name or folder) that embeds audio; None: no audio input.
     audio_encoder: str | None = "laion/larger_clap_general"
@@ -179,6 +190,11 @@ class DataConfig:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+    @staticmethod
+    def choices(name: str) -> tuple[str, ...]:
+        """The allowed values of a choice field, for command-line ``choices`` and messages."""
+        return _CHOICES[name]
 
 
 @dataclass

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from egoexor import evaluate, scene_graph
 from egoexor.atomic import write_json
+from egoexor.config import DataConfig
 from egoexor.data.dataset import Collator, EgoExorDataset
 from egoexor.data.samples import SampleError, load_samples
 
@@ -143,11 +144,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max_new_tokens", type=int, default=300, help="longest answer (reference: 300)")
     parser.add_argument("--bits", type=int, choices=(4, 8, 16), default=16,
                         help="LLM weights at inference (reference: 16, bf16, although trained on 4-bit)")
-    parser.add_argument("--prompt_roles", choices=("train", "reference_inference"), default=None,
+    parser.add_argument("--prompt_roles", choices=DataConfig.choices("prompt_roles"), default=None,
                         help="reference_inference: the reference's human:/gpt: roles (default: the training roles)")
-    parser.add_argument("--flip_rule", choices=("train", "all"), default=None,
+    parser.add_argument("--flip_rule", choices=DataConfig.choices("flip_rule"), default=None,
                         help="all: reverse every camera's channels as the reference's inference did "
-                        "(default: the training rule)")
+                        "(default: the checkpoint's)")
+    parser.add_argument("--row_matching", choices=DataConfig.choices("row_matching"), default=None,
+                        help="reference: depth and hand rows by the reference's inference rule, camera minus the "
+                        "first non-black ego camera (default: the checkpoint's)")
+    parser.add_argument("--camera_selection", choices=DataConfig.choices("camera_selection"), default=None,
+                        help="reference: every camera in the index range of a branch, blank ones as black views "
+                        "(default: the checkpoint's)")
+    parser.add_argument("--rescale_dark_frames", choices=("true", "false"), default=None,
+                        help="true: multiply frames whose maximum is 1 by 255, as the reference did "
+                        "(default: the checkpoint's)")
     parser.add_argument("--num_workers", type=int, default=4, help="data loading processes (0: in the main one)")
     parser.add_argument("--overwrite", action="store_true",
                         help="discard predictions of an earlier run in --out instead of resuming it")
@@ -169,8 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SampleError as error:
         return fail(str(error))
     rank, world, device = _distributed()
-    overrides = {k: v for k, v in (("prompt_roles", args.prompt_roles), ("flip_rule", args.flip_rule),
-                                    ("audio_cache", args.audio_cache and str(args.audio_cache))) if v}
+    overrides = {k: v for k, v in (
+        ("prompt_roles", args.prompt_roles), ("flip_rule", args.flip_rule), ("row_matching", args.row_matching),
+        ("camera_selection", args.camera_selection), ("audio_cache", args.audio_cache and str(args.audio_cache)),
+        ("rescale_dark_frames", None if args.rescale_dark_frames is None else args.rescale_dark_frames == "true"),
+    ) if v is not None}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     weights = sorted(p for p in args.checkpoint.glob("*") if p.suffix in (".safetensors", ".bin")) \
         if args.checkpoint.is_dir() else []  # fmt: skip

@@ -128,6 +128,71 @@ def test_exo_view_order_in_eval_and_sampling_in_train(validation, merged_file, t
     assert counts == {2, 3, 4, 5}
 
 
+def test_reference_row_matching_follows_the_mode(validation, merged_file, tokenizer, config):
+    sample = pick(validation, MISS_FULL, 1)  # assistant (camera 1) black: views head_surgeon, circulator, anesthetist
+    with h5py.File(merged_file, "r") as h5:
+        take = h5[MISS_FULL.path]
+        depth = transforms.gaze_depth(take[layout.GAZE_DEPTH][1], 1.0)
+        hands, tracked = transforms.hand_rows(take[layout.HANDS][1], 336.0)
+    assert not tracked[3]  # the synthetic file leaves the last hand row of frame 1 untracked
+    # training rule (train and eval): the k-th view takes row k; inference rule: camera - 0 = rows 0, 2, 3
+    for mode, rows in (("train", [0, 1, 2]), ("eval", [0, 1, 2]), ("generate", [0, 2, 3])):
+        dataset = make([sample], merged_file, tokenizer, config, mode, row_matching="reference", audio_encoder=None)
+        item = dataset[0]
+        assert item["gaze_mask"].all() and item["gaze"][:, 2].tolist() == depth[rows].tolist()
+        assert item["hand_mask"].tolist() == tracked[rows].tolist()
+        for view, row in enumerate(rows):
+            if tracked[row]:
+                assert item["hands"][view].tolist() == hands[row].tolist()
+
+
+def edited_copy(merged_file, tmp_path, take, frame, edit):
+    """A copy of the merged file with ``edit(take_group, frame stack)`` applied to one frame."""
+    path = tmp_path / "edited.h5"
+    shutil.copyfile(merged_file, path)
+    with h5py.File(path, "r+") as h5:
+        group = h5[take.path]
+        stack = group[layout.RGB][frame]
+        edit(group, stack)
+        group[layout.RGB][frame] = stack
+    return path
+
+
+def test_dark_frames_are_rescaled_only_with_the_switch(validation, merged_file, tokenizer, config, tmp_path):
+    sample = pick(validation, MISS_FULL)
+    dark = np.zeros((24, 32, 3), np.uint8)
+    dark[5:10, 5:20] = [1, 0, 1]  # brightest value 1
+
+    def darken(group, stack):
+        stack[0] = stack[4] = dark  # head_surgeon (ego view 0) and or_light (exo view 0)
+
+    edited = edited_copy(merged_file, tmp_path, MISS_FULL, sample.frame, darken)
+    for rescale, expected in ((False, dark), (True, dark * np.uint8(255))):
+        item = make([sample], edited, tokenizer, config, rescale_dark_frames=rescale, audio_encoder=None)[0]
+        assert np.array_equal(item["ego_images"][0].numpy(), transforms.image(expected, 32, flip=True))
+        assert np.array_equal(item["exo_images"][0].numpy(), transforms.image(expected, 32, flip=False))
+
+
+def test_reference_camera_selection_keeps_a_blank_camera_inside_the_exo_range(
+    validation, merged_file, tokenizer, config, tmp_path
+):  # fmt: skip
+    sample = pick(validation, EXO_ONLY)  # cameras or_light, external_1, blank
+
+    def blank_in_the_middle(group, stack):  # -> or_light, blank (black), external_1
+        names = group[layout.SOURCES_GROUP].attrs
+        names["source_1"], names["source_2"] = "blank", "external_1"
+        stack[[1, 2]] = stack[[2, 1]]
+
+    edited = edited_copy(merged_file, tmp_path, EXO_ONLY, sample.frame, blank_in_the_middle)
+    by_name = make([sample], edited, tokenizer, config, audio_encoder=None)[0]["exo_images"]
+    by_range = make([sample], edited, tokenizer, config, camera_selection="reference", audio_encoder=None)[0]
+    black = torch.from_numpy(transforms.image(np.zeros((24, 32, 3), np.uint8), 32, flip=False))
+    assert len(by_name) == 2 and not any(torch.equal(view, black) for view in by_name)
+    assert len(by_range["exo_images"]) == 3 and torch.equal(by_range["exo_images"][1], black)
+    assert torch.equal(by_range["exo_images"][[0, 2]], by_name)
+    assert (by_range["input_ids"] == IMAGE_TOKEN_ID).sum() == TOKENS  # still one (exo) branch
+
+
 def test_text_only_sample_has_no_visual_tokens(validation, merged_file, tokenizer, config):
     sample = replace(pick(validation, MISS_FULL), modalities=frozenset())
     item = make([sample], merged_file, tokenizer, config)[0]
@@ -190,5 +255,7 @@ def test_bad_point_cloud_and_long_prompt_name_the_sample(validation, merged_file
 def test_config_validation():
     with pytest.raises(ConfigError, match="flip_rule"):
         DataConfig(flip_rule="some")
+    with pytest.raises(ConfigError, match="camera_selection"):
+        DataConfig(camera_selection="range")
     with pytest.raises(ConfigError, match="modality_dropout"):
         DataConfig(modality_dropout=1.5)

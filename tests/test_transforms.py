@@ -41,10 +41,28 @@ def test_image_rejects_non_uint8():
         transforms.image(np.zeros((4, 4, 3), np.float32), 32, flip=False)
 
 
+def test_dark_frame_rescale():
+    frame = np.zeros((8, 8, 3), np.uint8)
+    frame[2:4, 2:4] = [1, 0, 1]  # brightest value 1
+    rescaled = transforms.image(frame, 8, flip=False, rescale_dark=True)
+    white = np.zeros_like(frame)
+    white[2:4, 2:4] = [255, 0, 255]
+    assert np.array_equal(rescaled, transforms.image(white, 8, flip=False))
+    assert np.array_equal(transforms.image(frame, 8, flip=False), transforms.image(frame, 8, False, rescale_dark=False))
+    assert not np.array_equal(rescaled, transforms.image(frame, 8, flip=False))
+    brighter = frame * 2  # brightest value 2: left alone
+    assert np.array_equal(transforms.image(brighter, 8, False, rescale_dark=True), transforms.image(brighter, 8, False))
+    black = np.zeros_like(frame)
+    assert np.array_equal(transforms.image(black, 8, False, rescale_dark=True), transforms.image(black, 8, False))
+
+
 def test_flip_rules():
-    assert transforms.is_flipped("head_surgeon", "train") and transforms.is_flipped("ultrasound", "train")
-    assert transforms.is_flipped("simstation", "train") and not transforms.is_flipped("or_light", "train")
-    assert transforms.is_flipped("or_light", "all") and transforms.is_flipped("external_3", "all")
+    # training: every ego-branch view; in the exo branch only the ultrasound screen and the simstation
+    assert transforms.is_flipped("head_surgeon", True, "train") and transforms.is_flipped("or_light", True, "train")
+    assert transforms.is_flipped("ultrasound", False, "train") and transforms.is_flipped("simstation", False, "train")
+    assert not transforms.is_flipped("or_light", False, "train")
+    assert not transforms.is_flipped("assistant", False, "train")  # an ego camera in the exo branch (reference ranges)
+    assert transforms.is_flipped("or_light", False, "all") and transforms.is_flipped("external_3", False, "all")
 
 
 def test_gaze_rows_fixation_invalid_nan_inf():
@@ -85,18 +103,36 @@ def test_hand_rows():
 
 
 def reference_audio(snippet):
-    """The reference's torch code path: AudioTransform on a 2-D tensor, bf16, mono mean, float32."""
-    x = torch.from_numpy(snippet)
-    x = x / x.abs().max(dim=1, keepdim=True).values
-    return x.to(torch.bfloat16).unsqueeze(0).mean(dim=-1).float()[0].numpy()
+    """The reference's torch code path (train.py:884-911, 1401-1404), step by step, on a [S, 2] snippet."""
+    data = torch.from_numpy(snippet).float().clone()
+    max_vals = data.abs().max(dim=1, keepdim=True)[0]  # AudioTransform: dim 1 of [S, 2] is the channel axis
+    data /= max_vals + 1e-6
+    audio = data.to(dtype=torch.bfloat16).unsqueeze(0).clone()  # the dataset; then AudioProcessor:
+    audio = audio.mean(dim=-1)  # mono mean of the bf16 tensor
+    return audio.to(dtype=torch.float32)[0].numpy()
 
 
-def test_audio_reference_norm_matches_the_reference_code():
-    snippet = np.random.default_rng(2).normal(0, 0.3, (4800, 2)).astype(np.float32)
+def test_audio_reference_norm_is_the_reference_code_bit_for_bit():
+    rng = np.random.default_rng(2)
+    snippet = (rng.normal(0, 0.3, (48000, 2)) * rng.choice([1.0, 1e-3, 1e-7], (48000, 2))).astype(np.float32)
+    snippet[:50] = 0  # silence
+    snippet[50:100, 1] = 0  # one silent channel
     ours = transforms.audio_snippet(snippet, "reference")
-    assert ours.shape == (4800,)
-    assert np.allclose(ours, reference_audio(snippet), atol=1e-2)
-    assert np.abs(ours).max() <= 1.0 and np.abs(ours).mean() > 0.5  # amplitude erased, as in the reference
+    assert ours.shape == (48000,) and ours.dtype == np.float32
+    assert np.array_equal(ours, reference_audio(snippet))
+    quiet = rng.normal(0, 0.01, (4800, 2)).astype(np.float32)
+    # amplitude erased, as in the reference: 100 times louder gives the same values, up to bf16 rounding
+    difference = transforms.audio_snippet(quiet, "reference") - transforms.audio_snippet(100 * quiet, "reference")
+    assert np.abs(difference).max() <= 2**-7
+
+
+def test_audio_reference_norm_by_hand():
+    snippet = np.array([[0.5, -0.25], [0.0, 0.0], [0.001, 0.003], [1.0, 0.3]], np.float32)
+    # each sample / (max(|L|, |R|) + 1e-6), to bf16, mean, to bf16: (1 - 0.5) / 2 = 0.25; silence 0;
+    # 1/3 -> bf16 171 * 2^-9 = 0.333984375 and 1 - 3.3e-4 -> bf16 1.0: mean 0.6669921875 -> bf16 171 * 2^-8;
+    # 1.0 and 0.3 -> bf16 154 * 2^-9 = 0.30078125: mean 0.650390625 = 166.5 * 2^-8 -> ties to even: 166 * 2^-8
+    ours = transforms.audio_snippet(snippet, "reference")
+    assert ours.tolist() == [0.25, 0.0, 171 / 256, 166 / 256]
 
 
 def test_audio_silence_stays_zero_and_per_snippet_norm():

@@ -11,7 +11,8 @@ S = ``image_size``, D_a = audio embedding size, P = points of all clouds togethe
 key                    dtype, shape             meaning
 =====================  =======================  ==========================================================
 ``input_ids``          int64 [B, L]             prompt (+ answer + EOS) with ``<image>`` expanded into
-                                                ``image_token_id`` x (tokens_per_branch x branches present);
+                                                ``image_token_id`` x (tokens_per_branch x branches present),
+                                                or kept as text for a sample with no view (as the reference);
                                                 right-padded (training) or left-padded (``generate``)
 ``attention_mask``     int64 [B, L]             1 on real tokens
 ``labels``             int64 [B, L]             answer + EOS ids, -100 elsewhere (absent for ``generate``)
@@ -97,6 +98,9 @@ class EgoExorDataset(Dataset):
 
     ``mode``: ``train`` (random exo views, modality dropout, answer supervised), ``eval`` (every
     view, answer supervised: teacher-forced evaluation), ``generate`` (every view, prompt only).
+    With ``row_matching: reference``, ``generate`` takes depth and hand rows by the reference's
+    inference rule and the other modes by its training rule (``eval`` has no counterpart in the
+    reference, which never evaluated teacher-forced; it mirrors training, as its prompt does).
     The HDF5 file is opened lazily in each worker. Random choices are drawn from a generator
     seeded by ``seed``, the epoch and the sample index, so an item is the same in any worker and on
     resume.
@@ -166,7 +170,8 @@ class EgoExorDataset(Dataset):
         ego = []
         if "ego_frames" in available:
             n_depth = len(point.gaze_depth) if point.gaze_depth is not None else 0
-            ego = views.ego_views(point.sources, point.rgb, point.gaze, n_depth, point.hands, config.row_matching)
+            ego = views.ego_views(point.sources, point.rgb, point.gaze, n_depth, point.hands, config.row_matching,
+                                  generating=self.mode == "generate", selection=config.camera_selection)  # fmt: skip
         gaze_xy = depth = hands = tracked = None
         if point.gaze is not None:
             gaze_xy = transforms.gaze_rows(point.gaze, sample.take, config.gaze_scale, config.gaze_fixation)
@@ -176,7 +181,7 @@ class EgoExorDataset(Dataset):
             hands, tracked = transforms.hand_rows(point.hands, config.hand_scale)
         n_ego = len(ego)
         item = {
-            "ego_images": self._images(point, [v.camera for v in ego]),
+            "ego_images": self._images(point, [v.camera for v in ego], ego=True),
             "gaze": torch.zeros(n_ego, 3), "gaze_mask": torch.zeros(n_ego, dtype=torch.bool),
             "hands": torch.zeros(n_ego, 16), "hand_mask": torch.zeros(n_ego, dtype=torch.bool),
         }  # fmt: skip
@@ -190,10 +195,10 @@ class EgoExorDataset(Dataset):
 
         # Exo branch: room cameras and the ultrasound screen, then audio and point cloud.
         exo = views.exo_cameras(
-            point.sources, "exo_frames" in available, "ultrasound" in available,
+            point.sources, "exo_frames" in available, "ultrasound" in available, config.camera_selection,
             sample_views=training and config.exo_views == "reference", max_views=config.max_exo_views, rng=rng,
         ) if point.rgb is not None else []  # fmt: skip
-        item["exo_images"] = self._images(point, exo)
+        item["exo_images"] = self._images(point, exo, ego=False)
         item["audio"] = item["point_cloud"] = None
         if exo and use_audio:
             embedding = self._embed_audio(sample, point.audio)
@@ -210,22 +215,41 @@ class EgoExorDataset(Dataset):
         item.update(self._tokens(sample, branches * config.tokens_per_branch))
         return item
 
-    def _images(self, point, cameras: list[int]) -> torch.Tensor:
-        size = self.config.image_size
+    def _images(self, point, cameras: list[int], ego: bool) -> torch.Tensor:
+        """The views of one branch (``ego`` or exo: the reference's flips go by branch)."""
+        size, rescale = self.config.image_size, self.config.rescale_dark_frames
         images = torch.empty(len(cameras), 3, size, size)
         for view, camera in enumerate(cameras):
-            flip = transforms.is_flipped(point.sources[camera], self.config.flip_rule)
-            transforms.image(point.rgb[camera], size, flip, out=images[view].numpy())
+            flip = transforms.is_flipped(point.sources[camera], ego, self.config.flip_rule)
+            transforms.image(point.rgb[camera], size, flip, rescale, out=images[view].numpy())
         return images
 
     def _tokens(self, sample: Sample, n_visual: int) -> dict:
-        """Prompt ids (visual placeholders expanded) and, unless generating, answer + EOS with labels."""
+        """Prompt ids (visual placeholders expanded) and, unless generating, answer + EOS with labels.
+
+        A sample without any view keeps ``<image>`` in its prompt as plain text: the reference trains
+        on that (``preprocess_v1`` with ``has_image=False``). Its inference instead inserts the
+        placeholder and feeds an all-zero image per branch, visual tokens the model never met with
+        such samples in training; egoexor reads the sample the same way in every mode.
+
+        Each text segment is tokenised on its own; none may start with a space or hold repeated
+        spaces (``▁`` counts as one), where transformers 5's LLaMA tokenizer and the reference's
+        SentencePiece one give different ids.
+        """
         tokenizer = self.tokenizer
         roles = self.config.prompt_roles if self.mode == "generate" else "train"
         prompt = chat_prompt(sample.question, roles)
-        before, _, after = prompt.partition(IMAGE_PLACEHOLDER)
+        before, placeholder, after = prompt.partition(IMAGE_PLACEHOLDER) if n_visual else (prompt, "", "")
+        for segment in (before, after, sample.answer if self.mode != "generate" else ""):
+            spaced = segment.replace("▁", " ")
+            at = 0 if spaced.startswith(" ") else spaced.find("  ")
+            if at >= 0:
+                raise SampleInputError(
+                    f"sample {sample.id}: the text {segment[max(at - 20, 0) : at + 20]!r} starts with a space or "
+                    "holds repeated spaces, where transformers' LLaMA tokenizer gives other ids than the reference's"
+                )
         ids = [tokenizer.bos_token_id, *tokenizer(before, add_special_tokens=False).input_ids]
-        if IMAGE_PLACEHOLDER in prompt:
+        if placeholder:
             ids += [IMAGE_TOKEN_ID] * n_visual + tokenizer(after, add_special_tokens=False).input_ids
         if len(ids) > self.config.model_max_length:
             raise SampleInputError(

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from egoexor import vocab
+from egoexor.config import DataConfig
 from egoexor.data.layout import TakeKey
 
 #: CLIP ViT-L/14-336 preprocessing constants (``CLIPImageProcessor``).
@@ -18,9 +19,9 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 #: The padding colour, ``int(mean * 255)`` as the reference's ``expand2square`` computes it.
 PAD_COLOUR = tuple(int(m * 255) for m in CLIP_MEAN)
 
-#: Sources whose frames the reference's training code reverses (BGR<->RGB): every ego camera,
-#: the ultrasound screen and the simstation. Its inference code reversed every camera instead.
-FLIPPED_IN_TRAINING: frozenset[str] = frozenset((*vocab.EGO_SOURCES, "ultrasound", "simstation"))
+#: Exo-branch sources whose frames the reference's training code reverses (BGR<->RGB); it reversed
+#: every ego-branch view too (``train.py:1217``, ``1249-1250``). Its inference code reversed every view.
+FLIPPED_EXO_SOURCES: frozenset[str] = frozenset(("ultrasound", "simstation"))
 
 #: Gaze recordings with a calibration offset, and the offset in pixels (reference
 #: ``GAZE_FIXATION_TO_TAKE``): a row whose source id names a device listed for its take is moved.
@@ -42,21 +43,32 @@ GAZE_FIXATION_TAKES: dict[str, frozenset[TakeKey]] = {
 }  # fmt: skip
 
 
-def is_flipped(source: str, flip_rule: str) -> bool:
-    """Whether a camera's channels are reversed: ``train`` (the reference's training rule) or ``all``."""
-    return flip_rule == "all" or source in FLIPPED_IN_TRAINING
+def is_flipped(source: str, ego: bool, flip_rule: str) -> bool:
+    """Whether a view's channels are reversed: ``train`` (the reference's training rule) or ``all``.
+
+    The training rule goes by branch (``ego``) and not by name, as the reference's: the two differ
+    only when ``camera_selection: reference`` puts a camera of one kind into the other branch.
+    """
+    return flip_rule == "all" or ego or source in FLIPPED_EXO_SOURCES
 
 
-def image(frame: np.ndarray, size: int, flip: bool, out: np.ndarray | None = None) -> np.ndarray:
+def image(
+    frame: np.ndarray, size: int, flip: bool, rescale_dark: bool = False, out: np.ndarray | None = None
+) -> np.ndarray:
     """uint8 [H, W, 3] -> float32 [3, size, size]: the reference's ``FrameTransform``.
 
-    Channel reversal (if ``flip``), centred pad to a square with the CLIP mean colour, bicubic
+    ``rescale_dark``: first multiply a frame whose brightest value is 1 by 255, as the reference did
+    to every frame it read (``train.py:1213-1214``, ``1245-1246``; inference
+    ``scene_graph_prediction_model.py:121``), meant for frames in [0, 1] but applied to uint8 ones.
+    Then channel reversal (if ``flip``), centred pad to a square with the CLIP mean colour, bicubic
     resize (PIL, as ``CLIPImageProcessor``; skipped when the size already matches), /255, CLIP
     mean/std. The resized image is still uint8, so the last two steps are one table lookup,
     written into ``out`` when given (the batch's own memory: no further copy).
     """
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"expected a uint8 [H, W, 3] frame, got {frame.dtype} {frame.shape}")
+    if rescale_dark and frame.max() <= 1:
+        frame = frame * np.uint8(255)
     if flip:
         frame = frame[..., ::-1]
     height, width = frame.shape[:2]
@@ -119,22 +131,24 @@ def hand_rows(rows: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
 def audio_snippet(snippet: np.ndarray, norm: str) -> np.ndarray:
     """[S, 2] stereo -> [S] mono float32, normalised as CLAP is fed.
 
-    ``reference``: each time sample divided by its own max(|L|, |R|) (the reference's
-    ``AudioTransform`` on a 2-D tensor; it erases amplitude, but the released model was trained on
-    it), rounded to bfloat16 as the reference does, then averaged to mono. Silent samples stay 0
-    (the reference divided 0 by 0). ``per_snippet``: divided by the snippet's peak, then mono.
+    ``reference``: bit for bit the reference's ``AudioTransform`` and ``AudioProcessor`` on a 2-D
+    snippet (``train.py:884-911``, ``1401-1404``; inference alike): each time sample divided in
+    float32 by its own max(|L|, |R|) + 1e-6 (dim 1 of a [S, 2] tensor is the channel axis: this
+    erases amplitude, but the released model was trained on it), rounded to bfloat16, averaged to
+    mono in bfloat16 (float32 sum, halved, rounded), then float32 again. ``per_snippet``: divided by
+    the snippet's peak, then mono in float32.
     """
     audio = np.asarray(snippet, np.float32)
     if audio.ndim != 2 or audio.shape[1] != 2:
         raise ValueError(f"expected a [samples, 2] stereo snippet, got {audio.shape}")
     if norm == "reference":
         peak = np.abs(audio).max(axis=1, keepdims=True)
-        audio = _round_to_bfloat16(audio / np.where(peak > 0, peak, 1.0))
-    elif norm == "per_snippet":
-        peak = float(np.abs(audio).max())
-        audio = audio / peak if peak > 0 else audio
-    else:
-        raise ValueError(f"unknown audio_norm {norm!r}; choose reference or per_snippet")
+        audio = _round_to_bfloat16(audio / (peak + np.float32(1e-6)))
+        return _round_to_bfloat16((audio[:, 0] + audio[:, 1]) * np.float32(0.5))
+    if norm != "per_snippet":
+        raise ValueError(f"unknown audio_norm {norm!r}; choose one of {', '.join(DataConfig.choices('audio_norm'))}")
+    peak = float(np.abs(audio).max())
+    audio = audio / peak if peak > 0 else audio
     return audio.mean(axis=1, dtype=np.float32)
 
 

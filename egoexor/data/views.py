@@ -2,14 +2,26 @@
 
 Ego views are the sample's non-black ego cameras, in camera order. Exo views are its room cameras
 (and the ultrasound screen when that modality is available), black ones kept, as the reference
-does; in training the reference keeps a random 2-5 of them in random order. Cameras are chosen by
-name, not by the reference's contiguous index range (which swallowed blank or excluded cameras
-lying inside the range; on well-ordered takes both give the same views).
+does; in training the reference keeps a random 2-5 of them in random order.
 
-Gaze rows are found by their source id. Depth rows are row-aligned with gaze; hand rows carry their
-own source id. ``row_matching="reference"`` instead takes depth and hand row ``p`` for the camera
-at position ``first_ego_camera + p``, the reference's rule, which misaligns when an ego frame is
-black or rows come in another order.
+``camera_selection``: ``name`` picks the cameras by name. ``reference`` reproduces the reference,
+which read the contiguous index range from the first to the last camera of a branch
+(``train.py:1155-1184``, ``1194``, ``1230``; ``or_dataset.py:84-142`` at inference): any camera inside
+the range joins the branch, so a blank camera between two room cameras becomes a black exo view and
+an ultrasound screen inside the range is read even when that modality is unavailable. On
+well-ordered takes both rules give the same views.
+
+``row_matching``: ``source_id`` finds gaze rows by their source id, depth rows row-aligned with
+gaze, and hand rows by their own source id. ``reference`` keeps gaze by id (the reference did that
+too) but takes depth and hand rows by position, with a different rule in each of its code paths:
+
+* training (``train.py:1322-1368``): the k-th kept ego view takes row ``e[k] - e[0]``, ``e`` being
+  every ego-named camera, black ones included; a black ego frame shifts the later views' rows;
+* inference (``scene_graph_prediction_model.py:199-233``): the view of camera ``c`` takes row
+  ``c - c0``, ``c0`` the first kept (non-black) ego camera; a black first ego frame shifts all rows.
+
+A row index past the end of the rows (or a k with no ``e[k]``) gives no row. The reference's row
+list then came out shorter than its view list, and its model failed splitting the rows per view.
 """
 
 from __future__ import annotations
@@ -20,6 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from egoexor import vocab
+
+#: The ranges the reference used for a take with no camera of a branch (``train.py:1176-1184``).
+_DEFAULT_EGO_RANGE, _DEFAULT_EXO_RANGE = (0, 4), (4, 9)
 
 
 @dataclass(frozen=True)
@@ -33,52 +48,78 @@ class EgoView:
     hand_row: int | None
 
 
-def _row_with_id(rows: np.ndarray | None, source_id: int) -> int | None:
-    if rows is None:
+def _row_with_id(rows: np.ndarray | None, source_id: int | None) -> int | None:
+    if rows is None or source_id is None:
         return None
     matches = np.flatnonzero(rows[:, 0] == source_id)
     return int(matches[0]) if len(matches) else None
 
 
+def _row_below(row: int | None, n_rows: int) -> int | None:
+    return row if row is not None and row < n_rows else None
+
+
+def _index_range(cameras: list[int], default: tuple[int, int], n_cameras: int) -> list[int]:
+    """Every camera from the first to the last of ``cameras`` (the reference's slice ``rgb[first:last + 1]``)."""
+    start, stop = (cameras[0], cameras[-1] + 1) if cameras else default
+    return list(range(start, min(stop, n_cameras)))
+
+
 def ego_views(
     sources: list[str], rgb: np.ndarray | None, gaze: np.ndarray | None, n_depth: int, hands: np.ndarray | None,
-    row_matching: str,
+    row_matching: str, generating: bool, selection: str,
 ) -> list[EgoView]:  # fmt: skip
-    """The non-black ego cameras with their rows; ``n_depth`` is the number of depth rows (0: none)."""
+    """The non-black ego cameras with their rows; ``n_depth`` is the number of depth rows (0: none).
+
+    ``generating`` picks the reference's inference row rule over its training rule (``row_matching``
+    ``reference`` only).
+    """
     if rgb is None:
         return []
-    ego_cameras = [i for i, name in enumerate(sources) if name in vocab.EGO_SOURCES]
+    named = [i for i, name in enumerate(sources) if name in vocab.EGO_SOURCES]
+    candidates = named if selection == "name" else _index_range(named, _DEFAULT_EGO_RANGE, len(sources))
+    kept = [camera for camera in candidates if rgb[camera].any()]
+    n_hands = 0 if hands is None else len(hands)
     views = []
-    for camera in ego_cameras:
-        if not rgb[camera].any():
-            continue
+    for k, camera in enumerate(kept):
         source = sources[camera]
-        gaze_row = _row_with_id(gaze, vocab.SOURCES[source])
+        source_id = vocab.SOURCES.get(source)
+        gaze_row = _row_with_id(gaze, source_id)
         if row_matching == "reference":
-            position = camera - ego_cameras[0]
-            depth_row = position if position < n_depth else None
-            hand_row = position if hands is not None and position < len(hands) else None
+            if generating:
+                position = camera - kept[0]
+            else:
+                position = named[k] - named[0] if k < len(named) else None
+            depth_row, hand_row = _row_below(position, n_depth), _row_below(position, n_hands)
         else:
-            depth_row = gaze_row if gaze_row is not None and gaze_row < n_depth else None
-            hand_row = _row_with_id(hands, vocab.SOURCES[source])
+            depth_row = _row_below(gaze_row, n_depth)
+            hand_row = _row_with_id(hands, source_id)
         views.append(EgoView(camera, source, gaze_row, depth_row, hand_row))
     return views
 
 
 def exo_cameras(
-    sources: list[str], with_room: bool, with_ultrasound: bool, sample_views: bool, max_views: int,
-    rng: random.Random,
+    sources: list[str], with_room: bool, with_ultrasound: bool, selection: str, sample_views: bool,
+    max_views: int, rng: random.Random,
 ) -> list[int]:  # fmt: skip
     """Exo camera indices: room cameras (``with_room``) and the ultrasound screen (``with_ultrasound``).
 
-    All of them in camera order, or (``sample_views``) a random 2-5 of them in random order.
+    All of them in camera order, or (``sample_views``) a random 2-5 of them in random order. With
+    ``selection`` ``reference``, the index range of room cameras and (if available) the ultrasound
+    screen, and only when room cameras are available, as the reference read exo frames only then.
     """
-    def wanted(name: str) -> bool:
-        if name == vocab.ULTRASOUND_SOURCE:
-            return with_ultrasound
-        return with_room and name in vocab.EXO_SOURCES
 
-    cameras = [i for i, name in enumerate(sources) if wanted(name)]
+    def configured(name: str) -> bool:
+        return with_ultrasound if name == vocab.ULTRASOUND_SOURCE else name in vocab.EXO_SOURCES
+
+    if selection == "name":
+        cameras = [i for i, name in enumerate(sources) if configured(name)
+                   and (with_room or name == vocab.ULTRASOUND_SOURCE)]  # fmt: skip
+    elif with_room:
+        cameras = _index_range([i for i, name in enumerate(sources) if configured(name)], _DEFAULT_EXO_RANGE,
+                               len(sources))  # fmt: skip
+    else:
+        cameras = []
     if sample_views and len(cameras) > 2:
         cameras = rng.sample(cameras, rng.randint(2, min(5, len(cameras))))
     return cameras[:max_views]
