@@ -2,17 +2,20 @@
 
 The released model (``ardamamur/EgoExOR``) is a LLaVA-style LoRA folder written by the reference's
 training code: ``config.json`` (a ``LlavaConfig`` with ``mm_*`` fields), ``adapter_config.json`` and
-``adapter_model.bin`` (peft 0.4), and ``non_lora_trainables.bin`` whose keys look like
-``base_model.model.model.{mm_projector,image_pooler,vision_tower}.*``. It loads into the
+``adapter_model.bin`` (peft 0.4), and ``non_lora_trainables.bin``: every trainable non-LoRA parameter
+and every buffer of the peft-wrapped model, keys ``base_model.model.model.*`` -- ``mm_projector``, the
+whole ``image_pooler``, CLIP's last ``unfreeze_n_vision_tower_layers`` layers and its ``position_ids``,
+and the rotary caches of each LLaMA layer (``layers.N.self_attn.rotary_emb.*``). It loads into the
 ``reference`` preset, whose parameter names are the reference's: the projector and the pooler
 (fusion BERT, gaze/hand encoders, audio projector, PTv3 with ``project_pc``) map 1:1, CLIP's
 ``vision_model.`` level is dropped (transformers 5 flattened it), and LoRA keys keep their names.
 
 Every tensor is accounted for: mapped, or listed as a buffer that the model recomputes (rotary
-caches, BERT's ``position_ids``/``token_type_ids``); anything else, or a shape that does not fit,
-is an error naming the key. The output is an egoexor checkpoint folder (``egoexor_config.json``,
-``adapter_model.safetensors``, ``non_lora_trainables.safetensors``) that ``egoexor.infer`` reads;
-``infer --checkpoint`` also accepts the released folder directly and converts it on the fly.
+caches, CLIP's and BERT's ``position_ids``, BERT's ``token_type_ids``); anything else, or a shape
+that does not fit, is an error naming the key. The output is an egoexor checkpoint folder
+(``egoexor_config.json``, ``adapter_model.safetensors``, ``non_lora_trainables.safetensors``) that
+``egoexor.infer`` reads; ``infer --checkpoint`` also accepts the released folder directly and
+converts it on the fly.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ _KEY_RULES: tuple[tuple[re.Pattern, str | None], ...] = (
      None),
     (re.compile(r"^base_model\.model\.model\.vision_tower\.vision_tower\.vision_model\.(.+)$"),
      r"vision_tower.vision_tower.\1"),
-    (re.compile(r"^base_model\.model\.(model\.)?.*rotary_emb\.inv_freq$"), None),
+    # transformers 4.31 kept a rotary embedding with these buffers in every LLaMA attention layer
+    (re.compile(r"^base_model\.model\.model\.layers\.\d+\.self_attn\.rotary_emb\.(inv_freq|cos_cached|sin_cached)$"),
+     None),
 )  # fmt: skip
 
 
@@ -130,7 +135,10 @@ def convert(folder: str | Path, output: str | Path, base: str = DEFAULT_BASE, vi
     save_file(mapped, output / NON_LORA_FILE)
     save_file(adapter_ours, output / "adapter_model.safetensors")
     model.language_model.peft_config["default"].save_pretrained(output)
-    saved_config = {"model": dataclasses.asdict(config), "data": dataclasses.asdict(DataConfig())}
+    # the data must fit the model: CLIP's input size and the branch token count (as training sets them)
+    data = DataConfig(image_size=model.vision_tower.vision_tower.config.image_size,
+                      tokens_per_branch=config.tokens_per_branch)  # fmt: skip
+    saved_config = {"model": dataclasses.asdict(config), "data": dataclasses.asdict(data)}
     (output / CONFIG_FILE).write_text(json.dumps(saved_config, indent=2))
     return {"mapped": sorted(mapped), "adapter": sorted(adapter_ours), "recomputed_buffers": sorted(skipped)}
 

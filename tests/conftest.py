@@ -65,7 +65,7 @@ def tiny_model_config(tokenizer):
 
     return ModelConfig(
         model_name_or_path=None, llm_config={**TINY_LLM, "vocab_size": len(tokenizer)}, vision_tower=None,
-        vision_config=TINY_VISION, unfreeze_n_vision_tower_layers=1, tokens_per_branch=TINY_TOKENS,
+        vision_config=TINY_VISION, unfreeze_n_vision_tower_layers=2, tokens_per_branch=TINY_TOKENS,
         fusion_heads=2, fusion_max_positions=160, encoder_hidden=32, point_transformer=TINY_PTV3, bits=16,
         dtype="float32", lora_r=8, lora_alpha=16,
     )  # fmt: skip

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict, replace
@@ -109,21 +110,58 @@ def test_bad_inputs(checkpoint, merged_file, few_samples, tmp_path, capsys):
     assert "--hdf5" in capsys.readouterr().err
 
 
-def _released_name(name: str) -> str:
-    """Our parameter name -> the reference's non_lora_trainables key."""
-    if name.startswith("vision_tower.vision_tower."):
-        return "base_model.model.model.vision_tower.vision_tower.vision_model." + name.removeprefix(
-            "vision_tower.vision_tower."
-        )
-    return "base_model.model.model." + name
+#: The reference's key prefix: peft's ``base_model.model.`` + ``LlavaLlamaForCausalLM.model.``
+PREFIX = "base_model.model.model."
+
+
+def _rotary_buffers(llm_config: dict) -> dict[str, torch.Tensor]:
+    """transformers 4.31's ``LlamaRotaryEmbedding`` buffers of every LLaMA layer (``self_attn.rotary_emb``)."""
+    head_dim = llm_config["hidden_size"] // llm_config["num_attention_heads"]
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(llm_config["max_position_embeddings"]).float(), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)[None, None]
+    buffers = {}
+    for layer in range(llm_config["num_hidden_layers"]):
+        key = f"{PREFIX}layers.{layer}.self_attn.rotary_emb."
+        buffers.update({key + "inv_freq": inv_freq, key + "cos_cached": angles.cos(), key + "sin_cached": angles.sin()})
+    return buffers
+
+
+def reference_non_lora_trainables(native: EgoExorLlava, llm_config: dict, unfrozen: int) -> dict[str, torch.Tensor]:
+    """``non_lora_trainables.bin`` as the reference writes it, from a native model's weights.
+
+    ``get_peft_state_non_lora_maybe_zero_3_extended`` (train.py:189-199) over the peft-wrapped model:
+    every parameter without ``lora_`` that requires grad -- ``mm_projector``, the whole ``image_pooler``
+    (all of it unfrozen, llava_arch.py:82-84), CLIP ``encoder.layers[-N:]`` (train.py:1777-1781) -- and
+    *every* buffer: PTv3's BatchNorm statistics, BERT's ``position_ids``/``token_type_ids``, CLIP's
+    ``position_ids`` and the rotary caches of each LLaMA layer. CLIP keys keep 4.31's ``vision_model.``.
+    """
+    n_layers = len(native.vision_tower.vision_tower.encoder.layers)
+    clip_layers = tuple(f"vision_tower.vision_tower.encoder.layers.{i}." for i in range(n_layers - unfrozen, n_layers))
+    state = {}
+    for name, tensor in native.state_dict().items():
+        if name.startswith(("mm_projector.", "image_pooler.")):
+            state[PREFIX + name] = tensor
+        elif name.startswith(clip_layers):
+            clip_name = name.removeprefix("vision_tower.vision_tower.")
+            state[f"{PREFIX}vision_tower.vision_tower.vision_model.{clip_name}"] = tensor
+    positions = native.image_pooler.bert.config.max_position_embeddings
+    state[PREFIX + "image_pooler.bert.embeddings.position_ids"] = torch.arange(positions)[None]
+    state[PREFIX + "image_pooler.bert.embeddings.token_type_ids"] = torch.zeros(1, positions, dtype=torch.long)
+    patches = native.vision_tower.num_patches
+    state[PREFIX + "vision_tower.vision_tower.vision_model.embeddings.position_ids"] = torch.arange(patches + 1)[None]
+    return {**state, **_rotary_buffers(llm_config)}
 
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory, tokenizer, tiny_model_config):
-    """A tiny checkpoint in the released folder's layout, and the native model it was written from."""
+    """A tiny folder in the released checkpoint's layout, and the native model whose weights it holds.
+
+    Every tensor written is first moved away from its initial value, so that only a real import restores it.
+    """
     from peft import get_peft_model_state_dict
     from test_model import _save_tiny_llava_v15
-    from tiny_config import TINY_VISION
+    from tiny_config import TINY_LLM, TINY_VISION
     from transformers import CLIPVisionConfig
 
     root = tmp_path_factory.mktemp("released")
@@ -131,20 +169,18 @@ def released(tmp_path_factory, tokenizer, tiny_model_config):
     for path in (base, clip, folder):
         path.mkdir()
     _save_tiny_llava_v15(base, tokenizer)
+    tokenizer.save_pretrained(base)  # llava-v1.5-7b ships its tokenizer
     CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).save_pretrained(clip)
     config = replace(tiny_model_config, preset="reference", mask_extras=False, model_name_or_path=str(base),
-                     llm_config=None, vision_tower=str(clip), vision_config=None)  # fmt: skip
-    torch.manual_seed(3)
+                     llm_config=None, vision_tower=str(clip), vision_config=None,
+                     unfreeze_n_vision_tower_layers=2)  # fmt: skip
     native = build_model(config)
-    with torch.no_grad():  # LoRA B starts at zero: move it so that the adapter matters
-        for name, parameter in native.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.05)
-    trained = {n for n, p in native.named_parameters() if p.requires_grad and "lora_" not in n}
-    state = {_released_name(n): t for n, t in native.state_dict().items()
-             if n in trained or n.startswith("image_pooler.point_transformer.")}  # fmt: skip
-    state["base_model.model.model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)
-    state["base_model.model.model.image_pooler.bert.embeddings.position_ids"] = torch.arange(160)[None]
+    state = reference_non_lora_trainables(native, {**TINY_LLM, "vocab_size": len(tokenizer)}, unfrozen=2)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # the model's tensors in state share storage with it; LoRA B starts at zero
+        lora_b = [p for n, p in native.named_parameters() if "lora_B" in n]
+        for tensor in [t for t in state.values() if t.is_floating_point()] + lora_b:
+            tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.05)
     torch.save(state, folder / REFERENCE_NON_LORA)
     torch.save(get_peft_model_state_dict(native.language_model), folder / REFERENCE_ADAPTER)
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": config.lora_r,
@@ -160,7 +196,14 @@ def released(tmp_path_factory, tokenizer, tiny_model_config):
 def test_released_checkpoint_imports_with_every_tensor_accounted_for(released, tmp_path, validation_batch):
     folder, base, native, overrides = released
     report = convert(folder, tmp_path, base=str(base), **overrides)
-    assert len(report["recomputed_buffers"]) == 2
+    written = torch.load(folder / REFERENCE_NON_LORA, weights_only=True)
+    rotary = {k for k in written if ".rotary_emb." in k}
+    assert len(rotary) == 3 * native.language_model.config.num_hidden_layers
+    assert set(report["recomputed_buffers"]) == rotary | {
+        PREFIX + "image_pooler.bert.embeddings.position_ids", PREFIX + "image_pooler.bert.embeddings.token_type_ids",
+        PREFIX + "vision_tower.vision_tower.vision_model.embeddings.position_ids",
+    }  # fmt: skip
+    assert len(report["mapped"]) + len(report["recomputed_buffers"]) == len(written)
     loaded, _ = load_trained(tmp_path)
     native_state, loaded_state = native.state_dict(), loaded.state_dict()
     assert native_state.keys() == loaded_state.keys()
@@ -173,6 +216,19 @@ def test_released_checkpoint_imports_with_every_tensor_accounted_for(released, t
         expected = native(validation_batch)["logits"]
         torch.manual_seed(0)
         assert torch.equal(loaded(validation_batch)["logits"], expected)
+
+
+def test_converted_released_checkpoint_runs_inference(released, tmp_path, merged_file, few_samples, clap_dir):
+    folder, base, _, overrides = released
+    convert(folder, tmp_path / "converted", base=str(base), **overrides)
+    config_file = tmp_path / "converted" / "egoexor_config.json"
+    saved = json.loads(config_file.read_text())
+    assert (saved["data"]["image_size"], saved["data"]["tokens_per_branch"]) == (32, 16)  # from the model
+    saved["data"]["audio_encoder"] = str(clap_dir)  # the tiny CLAP stands in for laion/larger_clap_general
+    config_file.write_text(json.dumps(saved))
+    assert infer.main(infer_args(tmp_path / "converted", merged_file, few_samples, tmp_path / "out",
+                                 "--num_workers", "0")) == 0  # fmt: skip
+    assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())) == 6
 
 
 def test_released_checkpoint_errors_name_the_key(released, tmp_path):
@@ -199,3 +255,20 @@ def validation_batch(sample_files, merged_file, tokenizer, tiny_data_config):
     samples = load_samples(sample_files["validation"])[:3]
     dataset = EgoExorDataset(samples, merged_file, tokenizer, tiny_data_config, "eval")
     return Collator(tokenizer.pad_token_id)([dataset[i] for i in range(3)])
+
+
+def _pattern(key: str) -> str:
+    """A key with its layer and block numbers blanked: the kinds of tensor a folder holds."""
+    return re.sub(r"\d+", "N", key)
+
+
+def test_released_fixture_has_the_layout_the_reference_writes(released):
+    """The fixture holds exactly the kinds of keys the reference's own save code wrote for a small
+    model (tests/data/reference/checkpoint_keys.json, by scripts/check_reference_parity.py): rotary
+    and position buffers, CLIP layers [-N:], the whole pooler with PTv3 and its BatchNorm statistics."""
+    golden = json.loads((Path(__file__).parent / "data" / "reference" / "checkpoint_keys.json").read_text())
+    folder = released[0]
+    written = torch.load(folder / REFERENCE_NON_LORA, map_location="cpu", weights_only=True)
+    assert {_pattern(k) for k in written} == {_pattern(k) for k in golden["non_lora"]}
+    adapter = torch.load(folder / REFERENCE_ADAPTER, map_location="cpu", weights_only=True)
+    assert {_pattern(k) for k in adapter} == {_pattern(k) for k in golden["adapter"]}

@@ -13,6 +13,7 @@ from egoexor.data.dataset import IGNORE_INDEX, IMAGE_TOKEN_ID, Collator, EgoExor
 from egoexor.data.layout import TakeKey
 from egoexor.data.samples import load_samples
 from egoexor.model.build import build_model, checkpoint_layout, lora_target_modules, parameter_summary
+from egoexor.model.vision import CLIPVisionTower
 
 MISS_FULL, EXO_ONLY, ULTRASOUND = TakeKey("MISS", 1, 1), TakeKey("MISS", 1, 2), TakeKey("Ultrasound", 1, 1)
 
@@ -96,11 +97,14 @@ def test_gradients_reach_every_trainable_part_and_no_frozen_one(
     bits, tiny_model_config, validation, merged_file, tokenizer, tiny_data_config
 ):
     torch.manual_seed(0)
-    model = build_model(replace(tiny_model_config, bits=bits))
+    model = build_model(replace(tiny_model_config, bits=bits, unfreeze_n_vision_tower_layers=2))
     batch = make_batch(mixed_samples(validation)[:3], merged_file, tokenizer, tiny_data_config, "train")
     grads = _gradients_after_two_steps(model, batch)
+    # CLIP's last layer (2 of 0-2) is trainable, as in the reference, but features are the output of layer 1
+    after_selected = "vision_tower.vision_tower.encoder.layers.2."
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith(after_selected))
     for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
+        if parameter.requires_grad and not name.startswith(after_selected):
             assert grads[name] is not None and grads[name].abs().sum() > 0, name
         else:
             assert grads[name] is None, name
@@ -117,11 +121,14 @@ def test_gradients_reach_every_trainable_part_and_no_frozen_one(
         assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.language_model.modules())
 
 
-def test_vision_tower_trains_only_the_layers_before_the_selected_output(model):
-    layers = model.vision_tower.vision_tower.encoder.layers
-    trainable = [i for i, layer in enumerate(layers) if any(p.requires_grad for p in layer.parameters())]
-    assert trainable == [1]  # select_layer -2 of 3 layers: layer 1's output; layer 2 never reaches it
-    assert not any(p.requires_grad for p in model.vision_tower.vision_tower.embeddings.parameters())
+@pytest.mark.parametrize(("unfreeze", "expected"), [(0, []), (1, [2]), (2, [1, 2]), (5, [0, 1, 2])])
+def test_vision_tower_trains_the_last_layers_counted_from_the_last(unfreeze, expected):
+    tower = CLIPVisionTower.from_name_or_config(TINY_VISION, select_layer=-2, unfreeze_layers=unfreeze)
+    layers = tower.vision_tower.encoder.layers
+    for index, layer in enumerate(layers):  # the reference's encoder.layers[-N:], whole layers
+        assert {p.requires_grad for p in layer.parameters()} == {index in expected}, index
+    assert not any(p.requires_grad for p in tower.vision_tower.embeddings.parameters())
+    assert not any(p.requires_grad for p in tower.vision_tower.post_layernorm.parameters())
 
 
 def test_reference_preset_names_match_the_released_checkpoint(tiny_model_config, validation, merged_file,
@@ -158,6 +165,94 @@ def test_point_clouds_of_different_sizes_in_one_batch(model, validation, merged_
         assert tokens.shape == (3, TINY_VISION["hidden_size"]) and torch.isfinite(tokens).all()
         assert torch.isfinite(model(batch)["loss"])
     model.train()
+
+
+def _reference_visual_tokens(model, batch):
+    """The reference's fused and projected tokens, one sample at a time from the model's encoders.
+
+    The reference pooler (``builder.py`` ``ImageEmbeddingPooler.forward``, called per branch by
+    ``llava_arch.py:185-242``): the sample's view tokens, zero-padded (and masked) to the batch's most
+    views; then, ego, ``gaze_encoder`` of each real view's row and ``hand_encoder`` likewise, each
+    zero-padded *after* encoding; exo, ``audio_projector`` of the sample's audio or of a zero row, then
+    the point-cloud token or ``project_pc`` of a zero feature (its bias). Gaze, hand and audio tokens
+    exist only if some sample of the batch has that input; the point-cloud token always does (the
+    training Dataset gives every sample an entry), a zero vector if no sample has a cloud. Every extra
+    is attended. Output: the BERT's first N positions.
+    """
+    pooler = model.image_pooler
+    ptv3 = pooler.point_transformer
+    torch.manual_seed(0)  # PTv3 shuffles its serialisation orders
+    clouds = pooler.point_cloud_tokens(batch) if batch["point_cloud_mask"].any() else None
+    fused = []
+    for b in range(len(batch["input_ids"])):
+        for branch in ("ego", "exo"):
+            slots = batch[f"{branch}_view_mask"].shape[1]
+            n_views = int(batch[f"{branch}_view_mask"][b].sum())
+            if n_views == 0:
+                continue
+            features = model.vision_tower(batch[f"{branch}_images"][b, :n_views])
+            patches, width = features.shape[1:]
+            sequence = [features.reshape(-1, width), torch.zeros((slots - n_views) * patches, width)]
+            attended = [torch.ones(n_views * patches), torch.zeros((slots - n_views) * patches)]
+            extras = []
+            if branch == "ego":
+                for encoder, rows, present in ((pooler.gaze_encoder, batch["gaze"], batch["gaze_mask"]),
+                                               (pooler.hand_encoder, batch["hands"], batch["hand_mask"])):  # fmt: skip
+                    if present.any():
+                        extras += [encoder(rows[b, :n_views]), torch.zeros(slots - n_views, width)]
+            else:
+                if batch["audio_mask"].any():
+                    audio = batch["audio"][b] if batch["audio_mask"][b] else torch.zeros(batch["audio"].shape[1])
+                    extras.append(pooler.audio_projector(audio)[None])
+                if clouds is None:
+                    extras.append(torch.zeros(1, width))
+                else:
+                    extras.append((clouds[b] if batch["point_cloud_mask"][b] else ptv3.project_pc.bias)[None])
+            sequence += extras
+            attended += [torch.ones(len(extra)) for extra in extras]
+            output = pooler.encoder(branch)(
+                inputs_embeds=torch.cat(sequence)[None], attention_mask=torch.cat(attended)[None].long()
+            ).last_hidden_state
+            fused.append(output[0, : pooler.tokens_per_branch])
+    return model.mm_projector(torch.cat(fused))
+
+
+def test_unmasked_extras_follow_the_reference_sequence(tiny_model_config, validation, merged_file, tokenizer,
+                                                       tiny_data_config):  # fmt: skip
+    model = build_model(replace(tiny_model_config, preset="reference", mask_extras=False)).eval()
+    full, _, ultrasound, _, no_cloud, _ = mixed_samples(validation)
+    no_gaze = replace(no_cloud, modalities=no_cloud.modalities - {"eye_gaze"})
+    ragged = make_batch([full, ultrasound, no_gaze], merged_file, tokenizer, tiny_data_config)
+    assert ragged["ego_view_mask"].sum(1).tolist() == [4, 2, 4]  # padded ego view slots in sample 1
+    assert ragged["audio_mask"].tolist() == [True, False, True]
+    assert ragged["point_cloud_mask"].tolist() == [True, True, False]
+    assert ragged["gaze_mask"].any(1).tolist() == [True, True, False]
+    cloudless = make_batch([no_cloud, no_gaze], merged_file, tokenizer, tiny_data_config)
+    assert not cloudless["point_cloud_mask"].any()
+    for batch in (ragged, cloudless):
+        with torch.no_grad():
+            expected = _reference_visual_tokens(model, batch)
+            torch.manual_seed(0)
+            actual = model.visual_features(batch)
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [16, 4])
+def test_trainable_dtype_bfloat16_includes_the_lora_adapters(bits, tiny_model_config, validation, merged_file,
+                                                             tokenizer, tiny_data_config):  # fmt: skip
+    model = build_model(replace(tiny_model_config, bits=bits, trainable_dtype="bfloat16"))
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    lora = [name for name in trainable if "lora_" in name]
+    assert lora and all(trainable[name].dtype == torch.bfloat16 for name in lora)
+    # PTv3, project_pc included, runs in float32 (the reference casts it on every call)
+    assert {name for name, p in trainable.items() if p.dtype != torch.bfloat16} == {
+        name for name in trainable if ".project_pc." in name
+    }
+    batch = make_batch(mixed_samples(validation)[:2], merged_file, tokenizer, tiny_data_config, "train")
+    model(batch)["loss"].backward()
+    for name in lora:
+        if "lora_B" in name:  # lora_A's gradient is zero while lora_B is at its zero init
+            assert trainable[name].grad.dtype == torch.bfloat16 and trainable[name].grad.abs().sum() > 0, name
 
 
 def test_lora_targets_every_linear_layer_but_lm_head():

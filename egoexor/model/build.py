@@ -12,7 +12,7 @@ LLM checkpoints are read in three layouts:
 Trainable: LoRA on every linear layer of the LLM except ``lm_head``, the projector, the pooler
 (fusion encoders, gaze/hand/audio encoders, ``project_pc``; PTv3 itself only with
 ``train_point_transformer``) and the last CLIP layers (``unfreeze_n_vision_tower_layers``).
-Trainable weights are kept in ``trainable_dtype`` (float32 master copies by default).
+Trainable weights, LoRA adapters included, are kept in ``trainable_dtype`` (float32 master copies by default).
 """
 
 from __future__ import annotations
@@ -175,7 +175,15 @@ def _add_lora(model: PreTrainedModel, config: ModelConfig) -> nn.Module:
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, bias="none",
         target_modules=lora_target_modules(model), task_type="CAUSAL_LM",
     )  # fmt: skip
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    # peft makes the adapters float32; with trainable_dtype bfloat16 they are bf16 like every other trainable
+    # weight, as the reference's were (train.py casts the LLM to bf16 before adding LoRA in 16-bit mode and
+    # every LoRA layer to bf16 in 4/8-bit mode)
+    dtype = _torch_dtype(config.trainable_dtype)
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B"):
+            module.to(dtype)
+    return model
 
 
 def build_model(config: ModelConfig) -> EgoExorLlava:

@@ -1,10 +1,11 @@
 """Branch fusion: each branch's view tokens and extra tokens -> N tokens for the language model.
 
 A branch's input sequence is its views' CLIP patch tokens (``[V * P]``, real views first, padded
-views zero and masked) followed by its extra tokens: gaze then hand tokens (one per view) for the
-ego branch, the audio token then the point-cloud token for the exo branch. A BERT-style encoder
-(learned absolute positions, post-LN) contextualises it and the first N positions are the branch's
-output: the first view's patch positions, N = P = 576 in the paper and the reference.
+views zero and masked) followed by its extra tokens: gaze then hand tokens (one per view slot) for
+the ego branch, the audio token then the point-cloud token for the exo branch. A kind of extra token
+is appended only when some sample of the batch has that input (but see the point cloud below). A
+BERT-style encoder (learned absolute positions, post-LN) contextualises it and the first N positions
+are the branch's output: the first view's patch positions, N = P = 576 in the paper and the reference.
 
 Presets:
 
@@ -13,7 +14,15 @@ Presets:
 checkpoint (16 heads, 5184 positions).
 
 Masks: padded views are hidden from attention; so are extra tokens that are padding or missing
-(``mask_extras``). The reference attended to every extra slot (``mask_extras=False``).
+(``mask_extras``). ``mask_extras=False`` is the reference's sequence (``multimodal_projector/builder.py``
+``ImageEmbeddingPooler.forward``): every extra token is attended; a padded view slot's gaze and hand
+tokens are zero vectors (it encoded only the real views' rows and zero-padded after encoding), a real
+view without gaze or hands encodes a zero row, and a sample without audio or point cloud in a batch
+that has them gets the projection of a zero input (the ``audio_projector`` / ``project_pc`` bias).
+A batch without any point cloud still gets a point-cloud token, a zero vector: the reference's
+training Dataset gives every sample a point-cloud entry (``train.py:1136-1142``), and its pooler
+returns zeros when none holds points (``builder.py:179-180``). (Its inference code passes no entry
+then, and the token is absent: ``scene_graph_prediction_model.py:157, 440-442``.)
 """
 
 from __future__ import annotations
@@ -86,11 +95,12 @@ class ImagePooler(nn.Module):
         return output[:, : self.tokens_per_branch]
 
     def ego(self, tokens: torch.Tensor, mask: torch.Tensor, batch: dict) -> torch.Tensor:
+        padding = ~batch["ego_view_mask"][..., None]  # view slots beyond a sample's views
         extras = []
-        if self.gaze_encoder is not None:
-            extras.append((self.gaze_encoder(batch["gaze"].to(tokens.dtype)), batch["gaze_mask"]))
-        if self.hand_encoder is not None:
-            extras.append((self.hand_encoder(batch["hands"].to(tokens.dtype)), batch["hand_mask"]))
+        for encoder, rows, present in ((self.gaze_encoder, batch["gaze"], batch["gaze_mask"]),
+                                       (self.hand_encoder, batch["hands"], batch["hand_mask"])):  # fmt: skip
+            if encoder is not None and present.any():
+                extras.append((encoder(rows.to(tokens.dtype)).masked_fill(padding, 0), present))
         return self._fuse("ego", tokens, mask, extras)
 
     def exo(self, tokens: torch.Tensor, mask: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -98,8 +108,12 @@ class ImagePooler(nn.Module):
         if self.audio_projector is not None and batch["audio"].shape[1] > 0:
             audio = self.audio_projector(batch["audio"].to(tokens.dtype))
             extras.append((audio[:, None], batch["audio_mask"][:, None]))
-        if self.point_transformer is not None and batch["point_cloud_mask"].any():
-            extras.append((self.point_cloud_tokens(batch)[:, None], batch["point_cloud_mask"][:, None]))
+        if self.point_transformer is not None:
+            present = batch["point_cloud_mask"]
+            if present.any():
+                extras.append((self.point_cloud_tokens(batch)[:, None], present[:, None]))
+            elif not self.mask_extras:
+                extras.append((tokens.new_zeros(len(tokens), 1, tokens.shape[2]), present[:, None]))
         return self._fuse("exo", tokens, mask, extras)
 
     def point_cloud_tokens(self, batch: dict) -> torch.Tensor:

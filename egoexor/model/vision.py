@@ -4,9 +4,10 @@ As LLaVA-1.5 and the reference: ``CLIPVisionModel`` run with hidden states, the 
 ``select_layer`` (-2: the output of the second-to-last encoder layer) taken, the CLS token
 dropped: ``[n, 3, S, S] -> [n, (S / patch)^2, D]`` (``[n, 576, 1024]`` for CLIP ViT-L/14-336).
 
-``unfreeze_layers`` (the reference's ``unfreeze_n_vision_tower_layers``, 12) makes the last layers
-trainable, counted back from the selected layer: layers after it never reach the output, so they
-stay frozen (the reference marked the last layer trainable too, but it received no gradient).
+``unfreeze_layers`` (the reference's ``unfreeze_n_vision_tower_layers``, 12) makes the last layers of
+the encoder trainable, counted from its last layer (``encoder.layers[-N:]``, 12-23 of CLIP ViT-L) as the
+reference did: layers after the selected one never reach the output, so they receive no gradient, but
+they belong to the trainable set, which is what a checkpoint holds -- the same set as a reference one.
 """
 
 from __future__ import annotations
@@ -24,15 +25,13 @@ class CLIPVisionTower(nn.Module):
         self.vision_tower = model  # the attribute name the reference's checkpoint keys use
         layers = getattr(model, "vision_model", model).encoder.layers  # transformers 5 dropped vision_model
         n_layers = len(layers)
-        # hidden_states has n_layers + 1 entries (embeddings first): entry k is the output of layer k - 1
-        selected = select_layer % (n_layers + 1)
-        if selected == 0:
+        # hidden_states has n_layers + 1 entries (embeddings first): entry 0 is the embeddings' output
+        if select_layer % (n_layers + 1) == 0:
             raise ValueError("select_layer picks the embeddings, not an encoder layer")
         self.select_layer = select_layer
         self.requires_grad_(False)
-        self.trainable_layers = list(range(max(0, selected - unfreeze_layers), selected))
-        for index in self.trainable_layers:
-            layers[index].requires_grad_(True)
+        for layer in layers[max(0, n_layers - unfreeze_layers) :]:
+            layer.requires_grad_(True)
 
     @classmethod
     def from_name_or_config(
