@@ -1,22 +1,101 @@
-"""Atomic file output: every CLI writes to a temporary file and renames it only on success.
+"""Atomic outputs: a run that fails, is interrupted or is killed leaves the old state or the new one.
 
-So an interrupted or failed run never leaves a half-written file at the output path.
+Every output (a file, or a folder of files) is written under a temporary name beside it, flushed to
+disk (``fsync`` of every file), renamed over the final name, and the parent folder is fsynced so that
+the rename itself survives a crash. A folder replaces an existing folder by an atomic exchange
+(``renameat2(RENAME_EXCHANGE)``), so the old one stays complete under its name until the new one is.
+
+Temporary names are ``.<name>.<host>.<pid>.<random>.tmp``. An exception (Ctrl-C included) removes
+the temporary output; ``kill -9`` cannot, so on entry every writer removes the temporary outputs of
+the same target left by processes of this host that no longer exist (never those of a live process,
+nor of another host, whose processes it cannot see).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
+import logging
 import os
+import re
+import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's data and metadata to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary outputs of ``target`` left by dead processes of this host; return them."""
+    target = Path(target)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.{re.escape(_HOST)}\.(\d+)\.[^.]+\.tmp")
+    if not target.parent.is_dir():
+        return []
+    stale = []
+    for entry in target.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if match and not _alive(int(match.group(1))):
+            _remove(entry)
+            logger.warning("removed %s, left by an interrupted run (process %s)", entry, match.group(1))
+            stale.append(entry)
+    return stale
+
+
+def _prefix(target: Path) -> str:
+    return f".{target.name}.{_HOST}.{os.getpid()}."
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically; ``False`` where the kernel or the filesystem cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
 
 
 @contextmanager
@@ -28,18 +107,58 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temporaries(target)
+    handle, name = tempfile.mkstemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(handle)
     temporary = Path(name)
     try:
         yield temporary
         os.chmod(temporary, 0o666 & ~_umask())
+        _fsync(temporary)
         os.replace(temporary, target)
+        _fsync(target.parent)
     finally:
         temporary.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; it replaces ``path`` when the block succeeds.
+
+    An existing folder at ``path`` is swapped out atomically and then deleted (where the filesystem
+    cannot swap, it is moved aside just before the new one moves in). On any exception the temporary
+    folder is removed and ``path`` is untouched. Whether replacing is allowed is the caller's decision.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
+    temporary = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
+    try:
+        yield temporary
+        os.chmod(temporary, 0o777 & ~_umask())
+        for folder, _, files in os.walk(temporary):
+            for name in files:
+                _fsync(Path(folder) / name)
+            _fsync(Path(folder))
+        if target.is_dir() and any(target.iterdir()):
+            if not _exchange(temporary, target):
+                aside = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
+                os.replace(target, aside)
+                os.replace(temporary, target)
+                temporary = aside
+        else:
+            os.replace(temporary, target)
+        _fsync(target.parent)
+    finally:
+        _remove(temporary)
+
+
 def write_json(path: str | os.PathLike, payload: object, indent: int = 2) -> None:
     """JSON written atomically."""
+    write_text(path, json.dumps(payload, indent=indent))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """UTF-8 text written atomically."""
     with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(payload, indent=indent), encoding="utf-8")
+        temporary.write_text(text, encoding="utf-8")

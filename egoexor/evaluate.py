@@ -21,18 +21,24 @@ ids that are not in the samples are ignored. Both are counted, with examples, on
 :func:`egoexor.metrics.compute_metrics` returns, plus the id bookkeeping), ``report.md`` (the tables),
 ``f1_per_predicate.png`` (per-label F1, overall and per surgery type) and ``confusion_matrix.png``
 (the overall 23x23 matrix). See :mod:`egoexor.metrics` for what the numbers mean and how the
-``paper`` and ``gt`` protocols differ.
+``paper`` and ``gt`` protocols differ. The command writes them into a temporary folder that replaces
+``--out`` when complete; an existing ``--out`` needs ``--overwrite``, and one holding an input is refused.
 
-A missing, unreadable or malformed input file is reported in one line on stderr, naming the file,
-with exit status 2.
+**What the parser drops is counted, not hidden.** Predictions with text but no well-formed
+``subject,object,predicate`` chunk (``unparsable_predictions``) and names the protocol's parse mode
+cannot resolve (``unknown_names``, per slot, with the most frequent ones; the triplet is dropped) go
+into ``metrics.json`` and ``report.md`` and make a one-line warning on stderr.
+
+A missing, unreadable or malformed input file, an empty sample list, or predictions none of which has
+a sample's id, is reported in one line on stderr naming the file (:mod:`egoexor.cli`), exit status 2.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
+import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,11 +46,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from egoexor import metrics, scene_graph, vocab
-from egoexor.atomic import atomic_output, write_json
+from egoexor import cli, metrics, scene_graph, vocab
+from egoexor.atomic import atomic_folder, atomic_output, write_json, write_text
 from egoexor.data.samples import Sample, SampleError, sample_from_record
 from egoexor.metrics import Protocol
 from egoexor.scene_graph import ParseMode, Triplet
+
+COMMAND = "egoexor.evaluate"
 
 #: A prediction as stored in a predictions file: generated text, or raw [subject, predicate, object] lists.
 Prediction = str | Sequence[Sequence[str]]
@@ -57,10 +65,14 @@ _ID_PROBLEMS = (
     ("unmatched_predictions", "predictions whose id is not a sample (ignored)"),
 )
 _PROGRESS_MIN_SAMPLES = 10_000
+#: Names every parse mode resolves: stand-ins for the other two fields when testing one field.
+_KNOWN_ENTITY, _KNOWN_PREDICATE = "patient", "holding"
+#: What is left of a prediction without content: tags, end-of-sequence marks, separators.
+_NO_CONTENT = re.compile(r"</?sg>|</?s>|[\s;,.]", flags=re.IGNORECASE)
 _PLOT_GROUP_COLOURS = ("#333333", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
 
 
-class InputError(ValueError):
+class InputError(cli.CommandError):
     """Input that is not what the evaluator reads: a user mistake, reported in one line."""
 
 
@@ -68,6 +80,8 @@ def read_samples(records: Any) -> list[Sample]:
     """Check the LLaVA-format sample list (:mod:`egoexor.data.samples`); ground truth is each gpt answer."""
     if not isinstance(records, list):
         raise InputError(f"expected a JSON list of sample records, got {type(records).__name__}")
+    if not records:
+        raise InputError("the sample list is empty: nothing to evaluate")
     try:
         return [sample_from_record(record, f"record {position}") for position, record in enumerate(records)]
     except SampleError as error:
@@ -100,6 +114,48 @@ def prediction_triplets(prediction: Prediction, mode: ParseMode) -> list[Triplet
     return [triplet for triplet in resolved if triplet is not None]
 
 
+class _Dropped:
+    """What parsing dropped from the predictions: unparsable predictions and unknown names."""
+
+    def __init__(self, mode: ParseMode) -> None:
+        self.mode = mode
+        self.unparsable: list[str] = []
+        self.names = {"entity": Counter[str](), "predicate": Counter[str]()}
+        self.triplets = 0
+
+    def add(self, sample_id: str, prediction: Prediction) -> None:
+        if isinstance(prediction, str):
+            fields = scene_graph.split_fields(prediction, self.mode)
+            if not fields and _NO_CONTENT.sub("", prediction):
+                self.unparsable.append(sample_id)
+        else:
+            fields = [(subject, obj, predicate) for subject, predicate, obj in prediction]
+        for subject, obj, predicate in fields:
+            if scene_graph.resolve(subject, obj, predicate, self.mode) is not None:
+                continue
+            self.triplets += 1
+            # resolve() fails when any field is unknown: ask about each with known names in the other slots
+            for slot, name, probe in (
+                ("entity", subject, (subject, _KNOWN_ENTITY, _KNOWN_PREDICATE)),
+                ("entity", obj, (_KNOWN_ENTITY, obj, _KNOWN_PREDICATE)),
+                ("predicate", predicate, (_KNOWN_ENTITY, _KNOWN_ENTITY, predicate)),
+            ):
+                if scene_graph.resolve(*probe, self.mode) is None:
+                    self.names[slot][name] += 1
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "unparsable_predictions": _id_summary(sorted(self.unparsable)),
+            "unknown_names": {
+                "count": sum(sum(names.values()) for names in self.names.values()),
+                "dropped_triplets": self.triplets,
+                "examples": {
+                    slot: [name for name, _ in names.most_common(_EXAMPLES)] for slot, names in self.names.items()
+                },
+            },
+        }
+
+
 def _id_summary(ids: list[str]) -> dict[str, Any]:
     """Count and the first few (sorted) ids, for the reader to recognise the problem."""
     return {"count": len(ids), "examples": list(ids[:_EXAMPLES])}
@@ -114,8 +170,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """All metrics of ``predictions`` against the sample records (see the module docstring).
 
-    Raises :class:`InputError` for malformed inputs and ``ValueError`` for an unknown protocol.
-    Prediction text itself is never an error: what does not parse is dropped, as the reference does.
+    Raises :class:`InputError` for malformed inputs, an empty sample list or predictions none of
+    which has a sample's id, and ``ValueError`` for an unknown protocol. Prediction text itself is
+    never an error: what does not parse is dropped, as the reference does, and counted.
     """
     return _score(read_predictions(predictions), read_samples(samples), protocol, progress)
 
@@ -128,11 +185,21 @@ def _score(
     mode = metrics.PARSE_MODE[protocol]
     missing = sorted({sample.id for sample in samples if sample.id not in predictions})
     unmatched = sorted(set(predictions) - {sample.id for sample in samples})
+    if not any(sample.id in predictions for sample in samples):
+        raise InputError(
+            f"no prediction has the id of a sample ({len(predictions)} predictions, e.g. "
+            f"{', '.join(unmatched[:3]) or 'none'}; {len(samples)} samples, e.g. {', '.join(missing[:3])}): "
+            "are they of the same split?"
+        )
+    dropped = _Dropped(mode)
+    for sample in samples:
+        if sample.id in predictions:
+            dropped.add(sample.id, predictions[sample.id])
     frames = (
         (sample.take.name, scene_graph.parse(sample.answer, mode),
          prediction_triplets(predictions.get(sample.id, ""), mode))
         for sample in tqdm(samples, desc="scoring", unit="frame", disable=not progress, file=sys.stderr)
-    )
+    )  # fmt: skip
     result = metrics.compute_metrics(frames, protocol)
     return {
         **result,
@@ -140,7 +207,29 @@ def _score(
         "predictions": len(predictions),
         "missing_predictions": {**_id_summary(missing), "scored_as": "empty prediction"},
         "unmatched_predictions": {**_id_summary(unmatched), "scored_as": "ignored"},
+        **dropped.result(),
     }
+
+
+def dropped_summary(result: Mapping[str, Any]) -> str | None:
+    """One line on what parsing dropped (unparsable predictions, unknown names), or ``None``."""
+    parts = []
+    unparsable = result["unparsable_predictions"]
+    if unparsable["count"]:
+        parts.append(
+            f"{unparsable['count']} of {result['predictions']} predictions unparsable "
+            f"(no subject,object,predicate chunk; e.g. {', '.join(unparsable['examples'])})"
+        )
+    unknown = result["unknown_names"]
+    if unknown["count"]:
+        examples = "; ".join(
+            f"{slot} {', '.join(repr(name) for name in names)}" for slot, names in unknown["examples"].items() if names
+        )
+        parts.append(
+            f"{unknown['count']} unknown names in the parse mode {result['parse_mode']!r} dropped "
+            f"{unknown['dropped_triplets']} triplets (e.g. {examples})"
+        )
+    return "; ".join(parts) or None
 
 
 def _fmt(value: float | None) -> str:
@@ -232,6 +321,8 @@ def format_report(result: Mapping[str, Any]) -> str:
         if result[key]["count"]:
             examples = ", ".join(f"`{example}`" for example in result[key]["examples"])
             lines.append(f"{result[key]['count']} {what}, e.g. {examples}.")
+    dropped = dropped_summary(result)
+    lines.append(f"Dropped by the parser: {dropped}." if dropped else "Every prediction parsed; every name is known.")
     lines += ["", "## Headline", "", *_markdown_table(_HEADLINE_HEADER, _headline_rows(result))]
     take_rows = []
     for take, group in result["takes"].items():
@@ -281,11 +372,6 @@ def format_report(result: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_output(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
 
 
 def _save_figure(figure: Any, path: Path) -> None:
@@ -351,34 +437,24 @@ def write_outputs(result: Mapping[str, Any], out_dir: str | os.PathLike[str]) ->
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "metrics.json", out / "report.md", out / "f1_per_predicate.png", out / "confusion_matrix.png"]
     write_json(paths[0], result)
-    _write_text(paths[1], format_report(result))
+    write_text(paths[1], format_report(result))
     _plot_f1(result, paths[2])
     _plot_confusion(result, paths[3])
     return paths
 
 
-def _read_file(path: str, check: Callable[[Any], Any]) -> Any:
+def _read_file(path: str, check: Callable[[Any], Any], flag: str) -> Any:
     """Load a JSON file and check its layout; every failure becomes one :class:`InputError` naming the file."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            content = json.load(handle)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, expected a JSON file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: cannot read: {error}") from None
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: invalid JSON: {error}") from None
+    content = cli.read_json(path, flag)
     try:
         return check(content)
     except InputError as error:
-        raise InputError(f"{path}: {error}") from None
+        raise InputError(f"{flag} {path}: {error}") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m egoexor.evaluate",
+def _parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(
+        prog=f"python -m {COMMAND}",
         description="Score scene-graph predictions with the EgoExOR per-pair relation metric "
         "(macro P/R/F1 per take, per surgery type and overall) and exact-triplet P/R/F1.",
     )
@@ -407,29 +483,32 @@ def _parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         metavar="DIR",
-        help="output folder for metrics.json, report.md and the PNG plots (created if needed).",
+        help="output folder for metrics.json, report.md and the PNG plots (replaced as a whole when complete).",
     )
+    cli.add_overwrite_flag(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (2 for bad input)."""
-    args = _parser().parse_args(argv)
-    try:
-        predictions = _read_file(args.predictions, read_predictions)
-        samples = _read_file(args.samples, read_samples)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def _run(args) -> int:
+    out = cli.check_output(
+        args.out, inputs=[args.predictions, args.samples], overwrite=args.overwrite, folder=True, flag="--out"
+    )
+    predictions = _read_file(args.predictions, read_predictions, "--predictions")
+    samples = _read_file(args.samples, read_samples, "--samples")
     result = _score(predictions, samples, args.protocol, progress=len(samples) >= _PROGRESS_MIN_SAMPLES)
-    try:
-        write_outputs(result, args.out)
-    except OSError as error:
-        print(f"error: cannot write to {args.out}: {error}", file=sys.stderr)
-        return 2
+    with atomic_folder(out) as temporary:
+        write_outputs(result, temporary)
     print(format_headline(result))
-    print(f"wrote {args.out}/metrics.json, report.md, f1_per_predicate.png, confusion_matrix.png")
+    print(f"wrote {out}/metrics.json, report.md, f1_per_predicate.png, confusion_matrix.png")
+    dropped = dropped_summary(result)
+    if dropped:
+        cli.warn(COMMAND, f"{dropped} (see {out / 'report.md'})")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2 for bad input, 130 after Ctrl-C)."""
+    return cli.run(COMMAND, lambda: _run(_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -272,7 +272,11 @@ def test_reference_list_predictions_score_like_their_text(protocol):
         sample_id: [[subject, predicate, obj] for subject, obj, predicate in scene_graph.split_fields(text, mode)]
         for sample_id, text in predictions.items()
     }
-    assert evaluate(as_lists, samples, protocol) == evaluate(predictions, samples, protocol)
+    from_lists, from_text = evaluate(as_lists, samples, protocol), evaluate(predictions, samples, protocol)
+    assert from_lists["unparsable_predictions"]["count"] == 0  # a list of fields is parsed already
+    assert from_text["unparsable_predictions"]["count"] > 0  # truncated texts without a chunk
+    del from_lists["unparsable_predictions"], from_text["unparsable_predictions"]
+    assert from_lists == from_text
 
 
 _FRAGMENTS = (
@@ -361,7 +365,7 @@ def test_cli_reports_an_unwritable_output_folder(inputs, tmp_path, capsys):
     taken = tmp_path / "a_file"
     taken.write_text("")
     assert main(["--predictions", str(predictions), "--samples", str(samples), "--out", str(taken / "out")]) == 2
-    assert f"cannot write to {taken / 'out'}" in capsys.readouterr().err
+    assert f"--out {taken / 'out'}: cannot be created: {taken} is a file" in capsys.readouterr().err
 
 
 def test_cli_as_a_module_exits_2_without_traceback(tmp_path):
@@ -369,7 +373,7 @@ def test_cli_as_a_module_exits_2_without_traceback(tmp_path):
     argv = ["--predictions", str(missing), "--samples", str(missing), "--out", str(tmp_path / "o")]
     done = subprocess.run([sys.executable, "-m", "egoexor.evaluate", *argv], capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr.strip() == f"error: {missing}: no such file"
+    assert done.stderr.strip() == f"egoexor.evaluate: error: --predictions {missing}: no such file"
 
 
 def test_cli_help_explains_every_flag(capsys):

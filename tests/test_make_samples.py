@@ -140,8 +140,8 @@ def test_malformed_sample_files(tmp_path, content, message):
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--split", "val"], "unknown split 'val'"), (["--hdf5", "missing.h5"], "no such file"),
-     (["--modality-dropout-prob", "2"], "must be in [0, 1]")],
+    [(["--split", "val"], "argument --split: invalid choice: 'val'"), (["--hdf5", "missing.h5"], "no such file"),
+     (["--modality-dropout-prob", "2"], "must be >= 0.0 and <= 1.0, got 2.0")],
 )
 def test_cli_errors(merged_file, tmp_path, capsys, args, message):
     argv = ["--hdf5", str(merged_file), "--out", str(tmp_path), "--no-token-freqs", *args]

@@ -7,9 +7,10 @@ import h5py
 import numpy as np
 import pytest
 
+from egoexor.cli import CommandError
 from egoexor.data import layout, merge_h5
 from egoexor.data.layout import TakeKey
-from egoexor.data.merge_h5 import MergeError, main, merge_files
+from egoexor.data.merge_h5 import main, merge_files
 from egoexor.data.synthetic import Profile, TakeSpec, generate, write_splits
 
 
@@ -129,14 +130,14 @@ def test_wrong_layout_message_names_the_file_and_field(tmp_path):
         for table in (layout.ENTITY_VOCAB, layout.RELATION_VOCAB, layout.SOURCE_TABLE):
             h5[table] = np.zeros(1)
         h5.create_dataset("data/MISS/1/take/1/frames/rgb", data=np.zeros((2, 1, 4, 4, 3), np.float32))
-    with pytest.raises(MergeError, match=r"bad\.h5.*frames/rgb must be uint8"):
+    with pytest.raises(CommandError, match=r"bad\.h5.*frames/rgb must be uint8"):
         merge_files([path], None, tmp_path / "out.h5")
 
 
 def test_existing_output_needs_overwrite(tiny_dataset, tmp_path):
     output = tmp_path / "merged.h5"
     output.write_text("precious")
-    with pytest.raises(MergeError, match="already exists"):
+    with pytest.raises(CommandError, match="already exists"):
         merge_files(tiny_dataset.files, None, output)
     assert output.read_text() == "precious"
     merge_files(tiny_dataset.files, None, output, overwrite=True)

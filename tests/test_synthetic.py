@@ -196,6 +196,13 @@ def test_realistic_profile_sizes_and_gzip_ratio(tmp_path):
 def test_cli(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--profile", "tiny", "--seed", "1", "--frames", "4"]) == 0
     assert (tmp_path / "splits.h5").is_file() and (tmp_path / "miss_1.h5").is_file()
+    capsys.readouterr()
     assert main(["--out", str(tmp_path), "--frames", "1"]) == 2
-    assert "n_frames must be at least 3" in capsys.readouterr().err
+    assert "argument --frames: must be >= 3, got 1" in capsys.readouterr().err
+    before = (tmp_path / "miss_1.h5").read_bytes()
+    assert main(["--out", str(tmp_path), "--seed", "2"]) == 2  # a download folder's files are not replaced
+    assert "miss_1.h5: already exists (pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "miss_1.h5").read_bytes() == before
+    assert main(["--out", str(tmp_path), "--seed", "2", "--frames", "4", "--overwrite"]) == 0
+    assert (tmp_path / "miss_1.h5").read_bytes() != before
     assert not list(tmp_path.glob(".*.tmp"))

@@ -10,11 +10,14 @@ generating the test split overwrote the training weights).
 
 The token-frequency file counts ``tokenizer.tokenize(answer)`` pieces over every sample (all
 permutations); training weights its loss with it.
+
+The command follows :mod:`egoexor.cli`: existing output files need ``--overwrite``, an output that is
+the HDF5 file is always refused, a split that yields no sample is an error, and takes without
+``frames/rgb`` (samples with no images) are named in a warning.
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 import re
 import sys
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import h5py
 
-from egoexor import vocab
+from egoexor import cli, vocab
 from egoexor.atomic import write_json
 from egoexor.data import layout
 from egoexor.data.layout import LayoutError, TakeKey
@@ -32,6 +35,7 @@ from egoexor.data.samples import Sample
 from egoexor.prompt import HUMAN_TURN
 from egoexor.scene_graph import serialize, triplets_from_annotation
 
+COMMAND = "egoexor.data.make_samples"
 DEFAULT_TOKENIZER = "liuhaotian/llava-v1.5-7b"
 _EXTERNAL = re.compile(r"external_[1-5]")
 _EGO_GROUPS = ("eye_gaze", "eye_gaze_depth", "hand_tracking", "audio")
@@ -119,69 +123,76 @@ def count_tokens(samples: Sequence[Sample], tokenizer) -> dict[str, int]:
     return dict(counts)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m egoexor.data.make_samples",
+def _parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(
+        prog=f"python -m {COMMAND}",
         description="Write LLaVA-format samples of one split of a merged EgoExOR file, and their token frequencies.",
     )
     parser.add_argument("--hdf5", required=True, help="merged EgoExOR file (egoexor-merge-h5 output)")
-    parser.add_argument("--split", default="train", help="train, validation or test (default: train)")
-    parser.add_argument("--n-permutations", type=int, default=1,
+    parser.add_argument("--split", default="train", choices=layout.SPLIT_NAMES, help="split (default: train)")
+    parser.add_argument("--n-permutations", type=cli.int_flag(1), default=1,
                         help="samples per frame, each with the triplets in another random order (paper: 4)")
-    parser.add_argument("--modality-dropout-prob", type=float, default=0.0,
+    parser.add_argument("--modality-dropout-prob", type=cli.float_flag(0.0, 1.0), default=0.0,
                         help="probability of dropping each optional modality from a frame's available list")
-    parser.add_argument("--seed", type=int, default=42, help="random seed (reference: 42)")
-    parser.add_argument("--reduce-ratio", type=int, default=1,
+    parser.add_argument("--seed", type=cli.int_flag(), default=42, help="random seed (reference: 42)")
+    parser.add_argument("--reduce-ratio", type=cli.int_flag(1), default=1,
                         help="keep 1/N of the validation/test frames (reference: 1)")
     parser.add_argument("--out", default="data/llava_samples", help="output folder")
     parser.add_argument("--name", default=None, help="sample file name (default: the reference's name)")
     parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                         help="tokenizer for the token-frequency file: hub name or local folder")
     parser.add_argument("--no-token-freqs", action="store_true", help="do not write the token-frequency file")
-    args = parser.parse_args(argv)  # fmt: skip
+    cli.add_overwrite_flag(parser)
+    return parser  # fmt: skip
 
-    def fail(message: str) -> int:
-        print(f"make_samples: error: {message}", file=sys.stderr)
-        return 2
 
-    if args.split not in layout.SPLIT_NAMES:
-        return fail(f"unknown split {args.split!r}; choose one of {', '.join(layout.SPLIT_NAMES)}")
-    if args.reduce_ratio < 1 or args.n_permutations < 1:
-        return fail("--reduce-ratio and --n-permutations must be at least 1")
-    if not 0.0 <= args.modality_dropout_prob <= 1.0:
-        return fail(f"--modality-dropout-prob must be in [0, 1], got {args.modality_dropout_prob}")
-    hdf5 = Path(args.hdf5)
-    if not hdf5.is_file():
-        return fail(f"{hdf5}: no such file")
-    if not h5py.is_hdf5(hdf5):
-        return fail(f"{hdf5}: not an HDF5 file")
-    rng = random.Random(args.seed)
-    try:
-        with h5py.File(hdf5, "r") as h5:
-            samples, skipped = make_samples(
-                h5, args.split, rng, args.n_permutations, args.modality_dropout_prob, args.reduce_ratio
-            )
-    except (LayoutError, ValueError, OSError) as error:
-        return fail(str(error))
-    tokenizer = None
+def _run(args) -> int:
+    name = args.name or samples_file_name(args.split, args.n_permutations, args.modality_dropout_prob)
+    if Path(name).name != name or name in (".", ".."):
+        raise cli.CommandError(f"--name {name!r}: must be a file name, not a path (the folder is --out)")
+    out = Path(args.out)
+    inputs = [Path(args.hdf5), Path(args.tokenizer) if Path(args.tokenizer).exists() else None]
+    samples_path = cli.check_output(out / name, inputs=inputs, overwrite=args.overwrite)
+    freqs_path = None
     if not args.no_token_freqs:
+        freqs_path = out / token_freqs_file_name(args.split, args.n_permutations)
+        cli.check_output(freqs_path, inputs=inputs, overwrite=args.overwrite)
+    rng = random.Random(args.seed)
+    with cli.open_hdf5(args.hdf5, "--hdf5") as h5:
+        samples, skipped = make_samples(
+            h5, args.split, rng, args.n_permutations, args.modality_dropout_prob, args.reduce_ratio
+        )
+        without_rgb = sorted(key.path for key in {s.take for s in samples} if layout.RGB not in h5[key.path])
+    if not samples:
+        raise cli.CommandError(
+            f"--hdf5 {args.hdf5}: splits/{args.split} gives no sample "
+            f"({len(skipped)} frames without annotations; --reduce-ratio {args.reduce_ratio})"
+        )
+    token_counts = None
+    if freqs_path is not None:
         from egoexor.data.tokenizer import load_tokenizer
 
         try:
             tokenizer = load_tokenizer(args.tokenizer)
-        except OSError as error:
-            return fail(f"{error} (pass --no-token-freqs to skip the token-frequency file)")
-    token_counts = count_tokens(samples, tokenizer) if tokenizer is not None else None
+        except (OSError, ValueError) as error:  # transformers: OSError if absent, ValueError if not a tokenizer
+            raise cli.CommandError(
+                f"--tokenizer {args.tokenizer}: {error} (pass --no-token-freqs to skip the token-frequency file)"
+            ) from None
+        token_counts = count_tokens(samples, tokenizer)
     rng.shuffle(samples)
-    out = Path(args.out)
-    name = args.name or samples_file_name(args.split, args.n_permutations, args.modality_dropout_prob)
-    write_json(out / name, [s.to_record() for s in samples], indent=4)
-    print(f"wrote {out / name}: {len(samples)} samples, {len(skipped)} frames without annotations skipped")
-    if token_counts is not None:
-        freqs = out / token_freqs_file_name(args.split, args.n_permutations)
-        write_json(freqs, token_counts, indent=4)
-        print(f"wrote {freqs}: {len(token_counts)} distinct tokens")
+    write_json(samples_path, [s.to_record() for s in samples], indent=4)
+    print(f"wrote {samples_path}: {len(samples)} samples, {len(skipped)} frames without annotations skipped")
+    if freqs_path is not None:
+        write_json(freqs_path, token_counts, indent=4)
+        print(f"wrote {freqs_path}: {len(token_counts)} distinct tokens")
+    if without_rgb:
+        n = sum(s.take.path in without_rgb for s in samples)
+        cli.warn(COMMAND, f"{n} samples have no images: take(s) without {layout.RGB}: {', '.join(without_rgb)}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(COMMAND, lambda: _run(_parser().parse_args(argv)), errors=(LayoutError,))
 
 
 if __name__ == "__main__":

@@ -5,16 +5,17 @@ copied by HDF5 object copy (dtype, compression, chunking and attributes preserve
 the first file wins on a duplicate take (with a warning), ``splits/`` copied verbatim (an empty
 ``splits/`` group without a splits file). Paths are joined to ``--data_dir`` unless absolute.
 
-Unlike the reference it checks every input before writing anything (a missing, non-HDF5 or
-wrong-layout file is a one-line error and exit code 2), refuses to replace an existing output
-without ``--overwrite``, writes to a temporary file renamed only on success (a failed or
-interrupted merge leaves nothing at the output path), and checks the split rows against the merged
-takes: rows pointing at a missing take or frame are reported, or are an error with ``--strict``.
+Unlike the reference it checks every input before writing anything (a missing, non-HDF5, truncated
+or wrong-layout file, or a file given twice, is a one-line error and exit code 2), follows the
+overwrite rule of :mod:`egoexor.cli` (an existing output needs ``--overwrite``; an output that is an
+input is always refused), writes atomically (:mod:`egoexor.atomic`: a failed, interrupted or killed
+merge leaves nothing at the output path, and the next run removes a killed run's temporary file),
+and checks the merged takes and split rows: a take without ``frames/rgb`` (no images at all) and
+rows pointing at a missing take or frame are reported, or are an error with ``--strict``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -25,16 +26,14 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from egoexor import cli
 from egoexor.atomic import atomic_output
 from egoexor.data import layout
 from egoexor.data.layout import TakeKey
 
+COMMAND = "egoexor-merge-h5"
 #: Depth of a take group below ``data/``: data/<surgery_type>/<procedure_id>/take/<take_id>.
 _TAKE_DEPTH = 4
-
-
-class MergeError(Exception):
-    """A user error (bad input, existing output, dangling split rows with strict): exit code 2."""
 
 
 @dataclass
@@ -43,6 +42,7 @@ class MergeSummary:
     takes: int = 0
     frames: int = 0
     skipped_takes: list[str] = field(default_factory=list)
+    takes_without_rgb: list[str] = field(default_factory=list)
     split_sizes: dict[str, int] = field(default_factory=dict)
     dangling_rows: dict[str, int] = field(default_factory=dict)
     bytes: int = 0
@@ -54,42 +54,45 @@ class MergeSummary:
             out.append(f"splits: {sizes}")
         else:
             out.append("splits: none (empty splits/ group; pass --splits_file to add them)")
-        for name, n in self.dangling_rows.items():
-            out.append(f"warning: splits/{name}: {n} row(s) point at a take or frame not in the merged data")
-        for take in self.skipped_takes:
-            out.append(f"warning: skipped duplicate take {take} (the first file's copy was kept)")
+        return out
+
+    def warnings(self) -> list[str]:
+        out = [
+            f"splits/{name}: {n} row(s) point at a take or frame not in the merged data"
+            for name, n in self.dangling_rows.items()
+        ]
+        if self.takes_without_rgb:
+            out.append(f"take(s) without {layout.RGB} (no images): {', '.join(self.takes_without_rgb)}")
+        out += [f"skipped duplicate take {take} (the first file's copy was kept)" for take in self.skipped_takes]
         return out
 
 
-def _check_input(path: Path) -> dict[TakeKey, int]:
-    """Check one per-procedure file; return its takes with their frame counts."""
-    if not path.is_file():
-        raise MergeError(f"{path}: no such file")
-    if not h5py.is_hdf5(path):
-        raise MergeError(f"{path}: not an HDF5 file")
-    try:
-        with h5py.File(path, "r") as h5:
+def _check_input(path: Path) -> tuple[dict[TakeKey, int], list[TakeKey]]:
+    """Check one per-procedure file; return its takes with their frame counts, and those without rgb."""
+    with cli.open_hdf5(path) as h5:
+        try:
             layout.check_layout(h5)
-            return {key: layout.take_frame_count(take) for key, take in layout.iter_takes(h5)}
-    except layout.LayoutError as error:
-        raise MergeError(f"{error} (not an EgoExOR per-procedure file)") from error
-    except OSError as error:
-        raise MergeError(f"{path}: cannot read: {error}") from error
+            takes = dict(layout.iter_takes(h5))
+            return {key: layout.take_frame_count(take) for key, take in takes.items()}, [
+                key for key, take in takes.items() if layout.RGB not in take
+            ]
+        except layout.LayoutError as error:
+            raise cli.CommandError(f"{error} (not an EgoExOR per-procedure file)") from None
+        except OSError as error:
+            raise cli.CommandError(f"{path}: cannot read: {error}") from None
 
 
 def _read_split_rows(path: Path) -> dict[str, np.ndarray]:
     """Check the splits file and return its rows per split."""
-    if not path.is_file():
-        raise MergeError(f"{path}: no such file")
-    if not h5py.is_hdf5(path):
-        raise MergeError(f"{path}: not an HDF5 file")
-    with h5py.File(path, "r") as h5:
+    with cli.open_hdf5(path) as h5:
         if not isinstance(h5.get(layout.SPLITS), h5py.Group):
-            raise MergeError(f"{path}: no '{layout.SPLITS}/' group: not an EgoExOR splits file")
+            raise cli.CommandError(f"{path}: no '{layout.SPLITS}/' group: not an EgoExOR splits file")
         try:  # other datasets in splits/ are copied verbatim but not checked
             return {name: layout.read_split(h5, name) for name in layout.SPLIT_NAMES if name in h5[layout.SPLITS]}
         except layout.LayoutError as error:
-            raise MergeError(str(error)) from error
+            raise cli.CommandError(str(error)) from None
+        except OSError as error:
+            raise cli.CommandError(f"{path}: cannot read: {error}") from None
 
 
 def _dangling(rows: np.ndarray, frames: dict[TakeKey, int]) -> int:
@@ -131,30 +134,49 @@ def merge_files(
 ) -> MergeSummary:
     """Merge per-procedure files (in order; the first wins) and a splits file into ``output_file``.
 
-    Raises :class:`MergeError` before writing anything on a bad input, an existing output without
-    ``overwrite``, or dangling split rows with ``strict``.
+    Raises :class:`egoexor.cli.CommandError` before writing anything on a bad input, an output that exists
+    (without ``overwrite``) or is an input, or, with ``strict``, dangling split rows or takes
+    without ``frames/rgb``.
     """
     inputs = [Path(p) for p in input_files]
-    output = Path(output_file)
     if not inputs:
-        raise MergeError("no input files given")
-    if output.exists() and not overwrite:
-        raise MergeError(f"{output}: already exists (pass --overwrite to replace it)")
+        raise cli.CommandError("no input files given")
+    for index, path in enumerate(inputs):
+        if any(cli.same_file(path, earlier) for earlier in inputs[:index]):
+            raise cli.CommandError(f"{path}: given twice in the input files")
+    output = cli.check_output(output_file, inputs=[*inputs, splits_file], overwrite=overwrite)
     frames: dict[TakeKey, int] = {}
+    without_rgb: set[TakeKey] = set()
     n_copies = 0
     for path in inputs:
-        takes = _check_input(path)
+        takes, missing_rgb = _check_input(path)
         n_copies += len(takes)
+        without_rgb.update(key for key in missing_rgb if key not in frames)  # the first copy is merged
         for key, n in takes.items():
             frames.setdefault(key, n)
     splits = _read_split_rows(Path(splits_file)) if splits_file is not None else {}
     summary = MergeSummary(output, takes=len(frames), frames=sum(frames.values()))
+    summary.takes_without_rgb = [key.path for key in sorted(without_rgb)]
     summary.split_sizes = {name: len(rows) for name, rows in splits.items()}
     summary.dangling_rows = {name: n for name, rows in splits.items() if (n := _dangling(rows, frames))}
+    if strict and summary.takes_without_rgb:
+        raise cli.CommandError(f"take(s) without {layout.RGB} (no images): {', '.join(summary.takes_without_rgb)}")
     if strict and summary.dangling_rows:
         counts = ", ".join(f"{n} in {name}" for name, n in summary.dangling_rows.items())
-        raise MergeError(f"{splits_file}: split rows point at takes or frames missing from the inputs ({counts})")
+        raise cli.CommandError(f"{splits_file}: split rows point at takes or frames missing from the inputs ({counts})")
 
+    try:
+        _write(inputs, splits_file, output, summary, n_copies, progress)
+    except OSError as error:  # h5py's messages name neither file
+        raise cli.CommandError(f"{output}: merging failed: {error}") from None
+    summary.bytes = output.stat().st_size
+    return summary
+
+
+def _write(
+    inputs: list[Path], splits_file: str | os.PathLike | None, output: Path, summary: MergeSummary, n_copies: int,
+    progress: bool,
+) -> None:  # fmt: skip
     with atomic_output(output) as temporary, h5py.File(temporary, "w") as out:
         with tqdm(total=n_copies, desc="merging", unit="take", disable=not progress) as bar:
             for index, path in enumerate(inputs):
@@ -167,8 +189,6 @@ def merge_files(
         else:
             with h5py.File(splits_file, "r") as source:
                 source.copy(source[layout.SPLITS], out, name=layout.SPLITS)
-    summary.bytes = output.stat().st_size
-    return summary
 
 
 def _resolve(data_dir: str, name: str) -> Path:
@@ -176,9 +196,9 @@ def _resolve(data_dir: str, name: str) -> Path:
     return path if path.is_absolute() else Path(data_dir) / path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="egoexor-merge-h5",
+def _parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(
+        prog=COMMAND,
         description="Merge per-procedure EgoExOR HDF5 files and splits.h5 into one file. "
         "Relative paths are taken inside --data_dir.",
     )
@@ -188,29 +208,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--splits_file", default=None,
                         help="splits.h5 whose splits/ group is copied in (without it splits/ stays empty)")
     parser.add_argument("--output_file", required=True, help="merged file to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    cli.add_overwrite_flag(parser)
     parser.add_argument("--strict", action="store_true",
-                        help="fail if a split row points at a take or frame missing from the merged data")
+                        help="fail if a split row points at a take or frame missing from the merged data, "
+                        "or if a take has no frames/rgb (otherwise both are warnings)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
-    args = parser.parse_args(argv)
-    try:
-        summary = merge_files(
-            [_resolve(args.data_dir, name) for name in args.input_files],
-            _resolve(args.data_dir, args.splits_file) if args.splits_file else None,
-            _resolve(args.data_dir, args.output_file),
-            overwrite=args.overwrite,
-            strict=args.strict,
-            progress=not args.quiet,
-        )
-    except MergeError as error:
-        print(f"egoexor-merge-h5: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"egoexor-merge-h5: error: {error}", file=sys.stderr)
-        return 1
+    return parser
+
+
+def _run(args) -> int:
+    if not Path(args.data_dir).is_dir():
+        raise cli.CommandError(f"--data_dir {args.data_dir}: no such folder")
+    summary = merge_files(
+        [_resolve(args.data_dir, name) for name in args.input_files],
+        _resolve(args.data_dir, args.splits_file) if args.splits_file else None,
+        _resolve(args.data_dir, args.output_file),
+        overwrite=args.overwrite,
+        strict=args.strict,
+        progress=not args.quiet,
+    )
     for line in summary.lines():
-        print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
+        print(line)
+    for warning in summary.warnings():
+        cli.warn(COMMAND, warning)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(COMMAND, lambda: _run(_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

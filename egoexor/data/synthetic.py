@@ -17,12 +17,14 @@ camera (a per-template colour) and places a bright square at a per-template spot
 hands of every ego device point at that spot, the audio carries a per-template tone and the point
 cloud a per-template cluster. So image -> scene graph is learnable; the other modalities agree.
 
-``python -m egoexor.data.synthetic --out DIR --profile tiny|realistic --seed S``
+``python -m egoexor.data.synthetic --out DIR --profile tiny|realistic --seed S [--overwrite]``
+
+Existing files of the same names in ``DIR`` (a download folder's ``miss_1.h5``, say) are refused
+unless ``--overwrite``, before anything is written; each file is written atomically.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -33,7 +35,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from egoexor import vocab
+from egoexor import cli, vocab
 from egoexor.atomic import atomic_output
 from egoexor.data import layout
 from egoexor.data.layout import TakeKey
@@ -52,6 +54,8 @@ _RAW_SPELLINGS: dict[str, tuple[str, ...]] = {
 _PEOPLE = ("head_surgeon", "assistant", "circulator", "anesthetist", "patient")
 _SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 _GZIP_LEVEL = 4
+_SPLITS_FILE = "splits.h5"
+COMMAND = "egoexor.data.synthetic"
 
 
 @dataclass(frozen=True)
@@ -385,11 +389,13 @@ def generate(
     seed: int = 0,
     n_frames: int | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> SyntheticDataset:
     """Write a synthetic dataset (per-procedure files + ``splits.h5``) into ``out``.
 
     ``n_frames`` overrides every take's frame count (quirk frames beyond it are dropped).
-    The same seed gives the same data.
+    The same seed gives the same data. Files that exist are refused (:class:`egoexor.cli.CommandError`)
+    unless ``overwrite``.
     """
     if isinstance(profile, str):
         if profile not in PROFILES:
@@ -400,52 +406,61 @@ def generate(
             raise ValueError(f"n_frames must be at least {len(layout.SPLIT_NAMES)}, got {n_frames}")
         profile = replace(profile, takes=tuple(replace(t, n_frames=n_frames) for t in profile.takes))
     directory = Path(out)
+    if directory.exists() and not directory.is_dir():
+        raise cli.CommandError(f"{directory}: is a file, expected a folder")
+    for name in [*profile.files(), _SPLITS_FILE]:
+        cli.check_output(directory / name, overwrite=overwrite)
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     templates = make_templates(rng, profile.n_templates, profile.triplets_per_template)
     palette = rng.uniform(30, 225, (profile.n_templates, 3)).astype(np.float32)
     hotspots = rng.uniform(0.2, 0.8, (profile.n_templates, 2)).astype(np.float32)
-    dataset = SyntheticDataset(directory, [], directory / "splits.h5", profile, templates, hotspots=hotspots)
-    takes = tqdm(total=len(profile.takes), desc=f"synthetic {profile.name}", unit="take", disable=not progress)
-    for file_name, specs in profile.files().items():
+    dataset = SyntheticDataset(directory, [], directory / _SPLITS_FILE, profile, templates, hotspots=hotspots)
+    with tqdm(total=len(profile.takes), desc=f"synthetic {profile.name}", unit="take", disable=not progress) as bar:
+        for file_name, specs in profile.files().items():
 
-        def write(h5: h5py.File, specs: Sequence[TakeSpec] = specs) -> None:
-            _write_metadata(h5)
-            for spec in specs:
-                frame_templates = rng.integers(0, profile.n_templates, spec.n_frames)
-                dataset.frame_templates[spec.key] = frame_templates
-                writer = _TakeWriter(spec, profile, palette, hotspots, rng)
-                writer.write(h5.create_group(spec.key.path), templates, frame_templates)
-                takes.update()
+            def write(h5: h5py.File, specs: Sequence[TakeSpec] = specs) -> None:
+                _write_metadata(h5)
+                for spec in specs:
+                    frame_templates = rng.integers(0, profile.n_templates, spec.n_frames)
+                    dataset.frame_templates[spec.key] = frame_templates
+                    writer = _TakeWriter(spec, profile, palette, hotspots, rng)
+                    writer.write(h5.create_group(spec.key.path), templates, frame_templates)
+                    bar.update()
 
-        _write_atomically(directory / file_name, write)
-        dataset.files.append(directory / file_name)
-    takes.close()
+            _write_atomically(directory / file_name, write)
+            dataset.files.append(directory / file_name)
     write_splits(dataset.splits_file, _split_rows(profile, rng))
     return dataset
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m egoexor.data.synthetic",
+def _parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(
+        prog=f"python -m {COMMAND}",
         description="Write a synthetic EgoExOR dataset (per-procedure HDF5 files + splits.h5) in the released layout.",
     )
-    parser.add_argument("--out", required=True, help="output folder (created if needed; files in it are replaced)")
+    parser.add_argument("--out", required=True, help="output folder (created if needed)")
     parser.add_argument(
         "--profile", choices=sorted(PROFILES), default="tiny",
         help="tiny: small images, seconds; realistic: 336x336 cameras, 48 kHz audio, 8192-point clouds, ~1 GB",
-    )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same data")
-    parser.add_argument("--frames", type=int, default=None, help="override the number of frames of every take")
-    args = parser.parse_args(argv)
-    try:
-        dataset = generate(args.out, args.profile, args.seed, args.frames, progress=True)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    )
+    parser.add_argument("--seed", type=cli.int_flag(0), default=0,
+                        help="random seed; the same seed writes the same data")
+    parser.add_argument("--frames", type=cli.int_flag(len(layout.SPLIT_NAMES)), default=None,
+                        help="override the number of frames of every take")
+    cli.add_overwrite_flag(parser)
+    return parser  # fmt: skip
+
+
+def _run(args) -> int:
+    dataset = generate(args.out, args.profile, args.seed, args.frames, progress=True, overwrite=args.overwrite)
     for path in [*dataset.files, dataset.splits_file]:
         print(f"{path}  {path.stat().st_size / 1e6:.1f} MB")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(COMMAND, lambda: _run(_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,244 @@
+"""The command-line layer every egoexor command shares: one error rule, one overwrite rule.
+
+A command is a Python function behind a thin ``main``::
+
+    COMMAND = "egoexor.evaluate"          # the name every message starts with
+
+    def _parser() -> cli.ArgumentParser:
+        parser = cli.ArgumentParser(prog=f"python -m {COMMAND}", description=...)
+        parser.add_argument("--batch_size", type=cli.int_flag(1), default=16, help=...)
+        parser.add_argument("--lr", type=cli.float_flag(0, exclusive_low=True), help=...)
+        cli.add_overwrite_flag(parser)
+        return parser
+
+    def _run(args) -> int:
+        samples = cli.read_json(args.samples, "--samples")           # CommandError naming the file
+        cli.check_output(args.out, inputs=[args.samples], overwrite=args.overwrite, folder=True)
+        ...                                                           # everything checkable, then the work
+        with atomic.atomic_folder(args.out) as temporary: ...         # or atomic.atomic_output(file)
+        return 0
+
+    def main(argv=None) -> int:
+        return cli.run(COMMAND, lambda: _run(_parser().parse_args(argv)), errors=(LayoutError,))
+
+The rules :func:`run` enforces:
+
+* a user mistake is a :class:`CommandError` (or an ``OSError``, or a type listed in ``errors``, such
+  as a module's own ``ValueError`` subclass): exactly one line ``<command>: error: <message>`` on
+  stderr, exit status 2, no traceback. Messages name the file, take, frame or field;
+* Ctrl-C: one line ``<command>: interrupted``, exit status 130; the ``atomic`` writers have already
+  removed their temporary outputs on the way out;
+* a bad flag (unknown, abbreviated, out of range) is a :class:`CommandError` from the parser: one line
+  instead of argparse's usage block. :class:`OneLineErrors` gives another parser class the same
+  behaviour (``class Parser(cli.OneLineErrors, HfArgumentParser)``, built with ``allow_abbrev=False``);
+  :func:`check_range` checks a value that did not come through a flag type (a dataclass field).
+
+Outputs follow one rule (:func:`check_output`, called before any heavy work): an existing output is
+refused unless ``--overwrite``; an output that is one of the inputs, or a folder output that holds
+one, is always refused. Writing goes through :mod:`egoexor.atomic` (temporary name, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+#: Exit status of a user mistake, as argparse uses it.
+EXIT_ERROR = 2
+#: Exit status after Ctrl-C (128 + SIGINT), as a shell reports it.
+EXIT_INTERRUPTED = 130
+
+
+class CommandError(ValueError):
+    """A user mistake: reported as one line ``<command>: error: <message>``, exit status 2."""
+
+
+class OneLineErrors:
+    """Mixin for an ``argparse.ArgumentParser`` subclass: a parsing error raises :class:`CommandError`."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise CommandError(f"{message} (see --help)")
+
+
+class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` without abbreviations (``--learning_rat`` is unknown, not a prefix)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    """The ``--overwrite`` flag of every command that writes a file or folder."""
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace existing outputs (an output that is also an input is refused even so)",
+    )  # fmt: skip
+
+
+def _range_problem(value: float, low: float | None, high: float | None, exclusive_low: bool) -> str | None:
+    """What is wrong with ``value`` (``"must be >= 1, got -1"``), or ``None``."""
+    too_low = low is not None and (value <= low if exclusive_low else value < low)
+    if math.isfinite(value) and not too_low and (high is None or value <= high):
+        return None
+    bounds = [f"{'>' if exclusive_low else '>='} {low}"] if low is not None else []
+    bounds += [f"<= {high}"] if high is not None else []
+    return f"must be {' and '.join(bounds) or 'finite'}, got {value}"
+
+
+def check_range(
+    name: str, value: float, low: float | None = None, high: float | None = None, *, exclusive_low: bool = False
+) -> None:
+    """Raise :class:`CommandError` unless ``value`` is finite and within the bounds (for values set
+    without a flag type, e.g. a dataclass field read from YAML)."""
+    problem = _range_problem(value, low, high, exclusive_low)
+    if problem:
+        raise CommandError(f"{name} {problem}")
+
+
+def _flag_type(convert: Callable[[str], float], what: str, low, high, exclusive_low) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        problem = _range_problem(value, low, high, exclusive_low)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+def int_flag(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer within the bounds, else a one-line error naming the flag."""
+    return _flag_type(int, "an integer", low, high, False)
+
+
+def float_flag(
+    low: float | None = None, high: float | None = None, *, exclusive_low: bool = False
+) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number within the bounds (``nan`` and ``inf`` are refused)."""
+    return _flag_type(float, "a number", low, high, exclusive_low)
+
+
+def _where(path: Path, flag: str | None) -> str:
+    """How a message names a path: with the flag that gave it, when there is one."""
+    return f"{flag} {path}" if flag else str(path)
+
+
+def input_file(path: str | os.PathLike, flag: str | None = None) -> Path:
+    """``path`` as an existing regular file, else :class:`CommandError` naming it."""
+    path = Path(path)
+    where = _where(path, flag)
+    if path.is_dir():
+        raise CommandError(f"{where}: is a folder, expected a file")
+    if not path.is_file():
+        raise CommandError(f"{where}: no such file")
+    if not os.access(path, os.R_OK):
+        raise CommandError(f"{where}: not readable (permission denied)")
+    return path
+
+
+def open_hdf5(path: str | os.PathLike, flag: str | None = None) -> h5py.File:
+    """Open an HDF5 file read-only; a missing, non-HDF5, truncated or unreadable one is a :class:`CommandError`."""
+    path = input_file(path, flag)
+    where = _where(path, flag)
+    if not h5py.is_hdf5(path):
+        raise CommandError(f"{where}: not an HDF5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:  # h5py's message does not name the file (e.g. "truncated file: eof = ...")
+        raise CommandError(f"{where}: cannot read the HDF5 file ({error})") from None
+
+
+def read_json(path: str | os.PathLike, flag: str | None = None) -> Any:
+    """Parse a JSON file; a missing, unreadable or malformed one is a :class:`CommandError` naming it."""
+    path = input_file(path, flag)
+    where = _where(path, flag)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"{where}: cannot read: {error}") from None
+    except json.JSONDecodeError as error:
+        raise CommandError(f"{where}: invalid JSON: {error}") from None
+
+
+def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
+    """Whether two paths name one file (after symlinks; hard links included), existing or not."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return Path(first).resolve() == Path(second).resolve()
+
+
+def check_output(
+    path: str | os.PathLike,
+    *,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    overwrite: bool = False,
+    folder: bool = False,
+    flag: str | None = None,
+) -> Path:
+    """Apply the overwrite rule to one output (a file, or a ``folder`` replaced as a whole).
+
+    Refused always: an output that is one of ``inputs`` (after symlinks and hard links), a folder
+    output holding an input, a file output that is a folder and vice versa. Refused without
+    ``overwrite``: an output that exists (an empty folder holds nothing and counts as absent).
+    """
+    path = Path(path)
+    where = _where(path, flag)
+    for source in (Path(p) for p in inputs if p is not None):
+        if same_file(source, path):
+            raise CommandError(f"{where}: is also an input ({source}); write the output elsewhere")
+        if folder and path.resolve() in source.resolve().parents:
+            raise CommandError(f"{where}: holds the input {source}; replacing it would delete the input")
+    blocking = next((parent for parent in path.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise CommandError(f"{where}: cannot be created: {blocking} is a file, not a folder")
+    if path.exists() and path.is_dir() != folder:
+        expected, found = ("a folder", "a file") if folder else ("a file", "a folder")
+        raise CommandError(f"{where}: is {found}, expected {expected}")
+    if path.exists() and not overwrite and not (folder and not any(path.iterdir())):
+        raise CommandError(f"{where}: already exists (pass --overwrite to replace it)")
+    return path
+
+
+def warn(command: str, message: str) -> None:
+    """One warning line on stderr, in the same form as the errors."""
+    print(f"{command}: warning: {message}", file=sys.stderr)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        message = f"{error.filename}: {error.strerror}"
+    else:
+        message = str(error) or type(error).__name__
+    return " ".join(message.split())
+
+
+def run(command: str, body: Callable[[], int | None], errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a command's body (argument parsing included) and turn user mistakes into one line.
+
+    Returns the exit status: the body's (``None`` is 0), 2 after a :class:`CommandError`, an ``OSError``
+    or one of ``errors``, 130 after Ctrl-C. Anything else is a bug and keeps its traceback.
+    """
+    try:
+        status = body()
+    except (CommandError, OSError, *errors) as error:
+        print(f"{command}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0 if status is None else status
