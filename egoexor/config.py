@@ -13,21 +13,9 @@ import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import yaml
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "preset": ("paper", "reference"),
-    "mm_projector_type": ("mlp2x_gelu",),
-    "dtype": ("bfloat16", "float16", "float32"),
-    "trainable_dtype": ("float32", "bfloat16"),
-    "flip_rule": ("train", "all"),
-    "exo_views": ("reference", "all"),
-    "row_matching": ("source_id", "reference"),
-    "camera_selection": ("name", "reference"),
-    "audio_norm": ("reference", "per_snippet"),
-    "prompt_roles": ("train", "reference_inference"),
-}
 
 
 class ConfigError(ValueError):
@@ -35,9 +23,16 @@ class ConfigError(ValueError):
 
 
 def _check_choices(config: object) -> None:
-    for name, choices in _CHOICES.items():
-        if hasattr(config, name) and getattr(config, name) not in choices:
-            raise ConfigError(f"{name}: {getattr(config, name)!r} is not one of {', '.join(choices)}")
+    """The dataclass's ``Literal`` fields hold one of their values (a dataclass does not check types)."""
+    for name, choices in _choices(type(config)).items():
+        if getattr(config, name) not in choices:
+            raise ConfigError(f"{name}: {getattr(config, name)!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _choices(cls: type) -> dict[str, tuple]:
+    """Each ``Literal``-typed field of a config dataclass and its allowed values: their one home."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) for f in fields(cls) if typing.get_origin(hints[f.name]) is Literal}
 
 
 EXTRA_FEATURES = ("gaze", "hand", "audio", "point_cloud")
@@ -49,7 +44,7 @@ class ModelConfig:
 
     #: ``paper``: separate 2-layer ego and exo fusion encoders; ``reference``: the released checkpoint's
     #: single shared 3-layer encoder (parameter names match its ``non_lora_trainables``).
-    preset: str = "paper"
+    preset: Literal["paper", "reference"] = "paper"
     #: LLM: hub name or folder, in the liuhaotian/llava-v1.5 layout (its projector initialises ours),
     #: the llava-hf layout, or any LLaMA-family causal LM.
     model_name_or_path: str | None = "liuhaotian/llava-v1.5-7b"
@@ -65,7 +60,7 @@ class ModelConfig:
     #: selected hidden state is in that set (and in checkpoints) but gets no gradient.
     unfreeze_n_vision_tower_layers: int = 12
     #: Projector from the fusion width to the LLM width (LLaVA-1.5's two-layer GELU MLP).
-    mm_projector_type: str = "mlp2x_gelu"
+    mm_projector_type: Literal["mlp2x_gelu"] = "mlp2x_gelu"
     #: Output tokens per branch (N); the first N fused positions, i.e. the first view's patches.
     tokens_per_branch: int = 576
     #: Fusion encoder depth; None: the preset's (paper 2, reference 3).
@@ -89,11 +84,11 @@ class ModelConfig:
     #: Train PTv3 itself (the reference ran it frozen, under no_grad; project_pc always trains).
     train_point_transformer: bool = False
     #: LLM weights: 4 (NF4, double quantisation), 8 or 16 bits (``dtype``).
-    bits: int = 4
+    bits: Literal[4, 8, 16] = 4
     #: Dtype of the frozen LLM weights and of 4/8-bit compute.
-    dtype: str = "bfloat16"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     #: Dtype of every trainable weight: float32 master copies (reference: bfloat16, pure bf16 training).
-    trainable_dtype: str = "float32"
+    trainable_dtype: Literal["float32", "bfloat16"] = "float32"
     #: Train LoRA adapters on the LLM (False: the LLM stays frozen, only the multimodal parts train).
     lora_enable: bool = True
     #: Seed of every randomly initialised weight (fusion, encoders, PTv3, and a config-built LLM or
@@ -111,8 +106,6 @@ class ModelConfig:
         if unknown:
             known = ", ".join(EXTRA_FEATURES)
             raise ConfigError(f"features: unknown {', '.join(sorted(unknown))}; choose from {known}")
-        if self.bits not in (4, 8, 16):
-            raise ConfigError(f"bits: must be 4, 8 or 16, got {self.bits}")
         if (self.model_name_or_path is None) == (self.llm_config is None):
             raise ConfigError("give exactly one of model_name_or_path and llm_config")
         if (self.vision_tower is None) == (self.vision_config is None):
@@ -137,21 +130,21 @@ class DataConfig:
     #: Which cameras get their channels reversed. ``train``: the reference's training rule (ego,
     #: ultrasound, simstation), used for training and inference alike. ``all``: the reference's
     #: inference rule (every camera), a train/test mismatch kept only to reproduce its numbers.
-    flip_rule: str = "train"
+    flip_rule: Literal["train", "all"] = "train"
     #: Exo views in training. ``reference``: a random 2-5 of them in random order (as the reference).
     #: ``all``: every exo view in camera order. Evaluation always uses every view.
-    exo_views: str = "reference"
+    exo_views: Literal["reference", "all"] = "reference"
     #: At most this many exo views (the reference's fusion positions allow 8).
     max_exo_views: int = 8
     #: Which cameras form each branch. ``name``: ego and exo cameras by name. ``reference`` (the
     #: reference's): every camera in the index range from a branch's first to its last camera, so a
     #: blank camera inside the exo range becomes a black view (``egoexor.data.views``).
-    camera_selection: str = "name"
+    camera_selection: Literal["name", "reference"] = "name"
     #: How depth and hand rows are matched to ego cameras. ``source_id``: by the rows' source ids.
     #: ``reference`` (the reference's): by position, with its training rule in ``train``/``eval``
     #: mode and its inference rule in ``generate`` mode; both misalign when an ego frame is black or
     #: the rows are in another order (``egoexor.data.views``).
-    row_matching: str = "source_id"
+    row_matching: Literal["source_id", "reference"] = "source_id"
     #: Multiply a frame whose brightest value is 1 by 255 (reference: True). Meant for frames in
     #: [0, 1]; on uint8 frames it only turns near-black frames white.
     rescale_dark_frames: bool = False
@@ -163,7 +156,7 @@ class DataConfig:
     gaze_fixation: bool = True
     #: ``reference``: per-time-sample normalisation, bit for bit the reference's (bfloat16 included);
     #: ``per_snippet``: by the snippet's peak.
-    audio_norm: str = "reference"
+    audio_norm: Literal["reference", "per_snippet"] = "reference"
     #: Frozen CLAP model (hub name or folder) that embeds audio; None: no audio input.
     audio_encoder: str | None = "laion/larger_clap_general"
     #: Sidecar HDF5 of precomputed audio embeddings (``python -m egoexor.data.precompute_audio``).
@@ -172,7 +165,7 @@ class DataConfig:
     #: sample (the reference's ``multimodal_drop_prop``; its flag never took effect: 0 reproduces it).
     modality_dropout: float = 0.0
     #: Role names of the prompt at inference (``reference_inference``: the reference's human/gpt).
-    prompt_roles: str = "train"
+    prompt_roles: Literal["train", "reference_inference"] = "train"
     #: Longest token sequence after the visual tokens are inserted.
     model_max_length: int = 2048
 
@@ -194,7 +187,7 @@ class DataConfig:
     @staticmethod
     def choices(name: str) -> tuple[str, ...]:
         """The allowed values of a choice field, for command-line ``choices`` and messages."""
-        return _CHOICES[name]
+        return _choices(DataConfig)[name]
 
 
 @dataclass
@@ -270,11 +263,18 @@ class TrainSetup:
     warnings: list[str]
 
 
+#: DataConfig fields that training derives from the model (the vision tower's input size, the
+#: model's tokens per branch): neither a flag nor a YAML key.
+DERIVED_DATA_FIELDS = ("image_size", "tokens_per_branch")
+
+
 def _base_type(annotation):
-    """``int | None`` -> int; ``tuple[str, ...]`` -> tuple; other annotations unchanged."""
+    """``int | None`` -> int; ``tuple[str, ...]`` -> tuple; ``Literal['a', 'b']`` -> str."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _base_type(args[0])
+    if typing.get_origin(annotation) is Literal:
+        return type(typing.get_args(annotation)[0])
     return typing.get_origin(annotation) or annotation
 
 
@@ -285,8 +285,11 @@ def _coerce(value, annotation, name: str):
         if "None" not in str(annotation):
             raise ConfigError(f"{name}: may not be null")
         return None
-    if isinstance(value, str) and kind in (int, float, bool):
-        return _convert(value, annotation, name)
+    if isinstance(value, str) and kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is tuple and isinstance(value, list):
@@ -296,30 +299,95 @@ def _coerce(value, annotation, name: str):
     return value
 
 
-def _convert(text: str, annotation, flag: str):
-    """A command-line string as the field's type; an error names the flag."""
-    kind = _base_type(annotation)
-    optional = "None" in str(annotation)
-    if optional and text.lower() in ("none", "null"):
-        return None
+def _read_yaml(path: str) -> dict:
+    config = Path(path)
+    if not config.is_file():
+        raise ConfigError(f"{config}: no such config file")
     try:
-        if kind is bool:
-            lowered = text.lower()
-            if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError("expected True or False")
-            return lowered in ("true", "1", "yes")
-        if kind in (int, float, str):
-            return kind(text)
-        if kind is tuple:
-            return tuple(part.strip() for part in text.split(",") if part.strip())
-        if kind is dict:
-            value = json.loads(text)
+        content = yaml.safe_load(config.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{config}: not valid YAML ({error})") from None
+    unknown = set(content) - {*SECTIONS, "trainer"} if isinstance(content, dict) else {"(not a mapping)"}
+    if unknown:
+        raise ConfigError(f"{config}: unknown section(s) {', '.join(sorted(unknown))}; use model, data, train, trainer")
+    return content
+
+
+def _flag_dataclass(cls: type, skip: tuple[str, ...] = ()) -> type:
+    """The fields of a config dataclass as ``HfArgumentParser`` reads them: dict fields as JSON text,
+    tuple fields as comma-separated text, ``Literal`` fields as choices, the ``#:`` comment as help."""
+    hints, docs, specs = typing.get_type_hints(cls), _field_docs(cls), []
+    for field in fields(cls):
+        if field.name in skip:
+            continue
+        kind, annotation = _base_type(hints[field.name]), hints[field.name]
+        if kind in (dict, tuple):
+            annotation = str | None
+        specs.append((field.name, annotation, dataclasses.field(default=field.default, metadata={
+            "help": docs.get(field.name, "") + (" (JSON)" if kind is dict else " (comma-separated)" if kind is tuple
+                                                 else "")})))  # fmt: skip
+    return dataclasses.make_dataclass(f"{cls.__name__}Flags", specs)
+
+
+def _from_flags(cls: type, flags: object) -> object:
+    """The config dataclass from its parsed flags (JSON and comma-separated text converted)."""
+    hints, values = typing.get_type_hints(cls), {}
+    for name, value in vars(flags).items():
+        kind = _base_type(hints[name])
+        if isinstance(value, str) and kind is dict:
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"--{name}: not a JSON object ({error})") from None
             if not isinstance(value, dict):
-                raise ValueError("expected a JSON object")
-            return value
-    except (ValueError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{flag}: bad value {text!r} ({error})") from None
-    raise ConfigError(f"{flag}: cannot be set from the command line")
+                raise ConfigError(f"--{name}: not a JSON object")
+        elif isinstance(value, str) and kind is tuple:
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        values[name] = value
+    return cls(**values)
+
+
+def train_parser():
+    """The ``HfArgumentParser`` of ``python -m egoexor.train``: every field of the three config sections
+    (the derived data fields excepted) and of ``TrainingArguments`` is a flag; no abbreviations; errors
+    are one line (:mod:`egoexor.cli`)."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from egoexor.cli import OneLineErrors
+
+    class Parser(OneLineErrors, HfArgumentParser):
+        pass
+
+    flag_classes = [_flag_dataclass(cls, DERIVED_DATA_FIELDS if cls is DataConfig else ()) for cls in SECTIONS.values()]
+    epilog = "\n".join([
+        "A YAML config (--config; sections model, data, train, trainer) sets the defaults; flags override it.",
+        "Reference flags with another name here: " + ", ".join(
+            f"--{flag} -> --{name}" for flag, (_, name) in REFERENCE_ALIASES.items()),
+        "Reference flags accepted without effect (a warning says why): " + ", ".join(f"--{f}" for f in NO_EFFECT),
+    ])  # fmt: skip
+    import argparse
+
+    parser = Parser([*flag_classes, TrainingArguments], prog="python -m egoexor.train", allow_abbrev=False,
+                    epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--config", default=None, help="YAML file of model/data/train/trainer defaults")
+    return parser
+
+
+def _prepass(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
+    """``--config``, the reference's flags mapped onto ours, and a warning for each flag without effect."""
+    config, kept, warnings = None, [], []
+    for name, value in split_flags(argv):
+        if name == "config":
+            config = value
+            continue
+        if name in NO_EFFECT:
+            supported, why = NO_EFFECT[name]
+            if supported is not None and str(value).lower() != str(supported).lower():
+                raise ConfigError(f"--{name} {value}: not supported ({why}; only {supported})")
+            warnings.append(f"--{name} has no effect here: {why}")
+            continue
+        kept += [f"--{REFERENCE_ALIASES.get(name, (None, name))[1]}", value]
+    return config, kept, warnings
 
 
 def split_flags(argv: list[str]) -> list[tuple[str, str]]:
@@ -342,99 +410,59 @@ def split_flags(argv: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _field_section() -> dict[str, str]:
-    owner = {}
-    for section, cls in SECTIONS.items():
-        for field in fields(cls):
-            owner.setdefault(field.name, section)
-    return owner
-
-
-def _read_yaml(path: str) -> dict:
-    config = Path(path)
-    if not config.is_file():
-        raise ConfigError(f"{config}: no such config file")
-    try:
-        content = yaml.safe_load(config.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{config}: not valid YAML ({error})") from None
-    unknown = set(content) - {*SECTIONS, "trainer"} if isinstance(content, dict) else {"(not a mapping)"}
-    if unknown:
-        raise ConfigError(f"{config}: unknown section(s) {', '.join(sorted(unknown))}; use model, data, train, trainer")
-    return content
-
-
 def parse_train_args(argv: list[str]) -> TrainSetup:
-    """Resolve the configuration of a training run; raises :class:`ConfigError` on any bad input."""
-    from transformers import HfArgumentParser, TrainingArguments
+    """Resolve the configuration of a training run; raises :class:`ConfigError` on any bad input.
 
-    pairs = split_flags(argv)
-    config_files = [value for name, value in pairs if name == "config"]
-    content = _read_yaml(config_files[-1]) if config_files else {}
-    values = {section: dict(content.get(section) or {}) for section in (*SECTIONS, "trainer")}
+    Precedence: dataclass defaults, then the YAML (``--config``), then the flags.
+    """
+    import torch
+    from transformers import TrainingArguments
+
+    config_file, flags, warnings = _prepass(list(argv))
+    content = _read_yaml(config_file) if config_file else {}
+    defaults = {"output_dir": "runs/egoexor", "remove_unused_columns": False, "ddp_find_unused_parameters": True,
+                "save_only_model": False}  # fmt: skip
     trainer_fields = {f.name for f in fields(TrainingArguments)}
     for section, cls in (*SECTIONS.items(), ("trainer", TrainingArguments)):
+        values = dict(content.get(section) or {})
         known = trainer_fields if section == "trainer" else {f.name for f in fields(cls)}
-        unknown = set(values[section]) - known
+        unknown = set(values) - known
         if unknown:
             raise ConfigError(f"section {section}: unknown key(s) {', '.join(sorted(unknown))}")
+        if section == "data" and set(values) & set(DERIVED_DATA_FIELDS):
+            raise ConfigError(f"section data: {', '.join(sorted(set(values) & set(DERIVED_DATA_FIELDS)))} "
+                              "follow from the model (set model.tokens_per_branch or the vision tower)")  # fmt: skip
         if section != "trainer":
             hints = typing.get_type_hints(cls)
-            values[section] = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values[section].items()}
-
-    owner = _field_section()
-    hints = {section: typing.get_type_hints(cls) for section, cls in SECTIONS.items()}
-    trainer_flags: list[str] = []
-    warnings = []
-    for name, value in pairs:
-        if name == "config":
-            continue
-        if name in NO_EFFECT:
-            supported, why = NO_EFFECT[name]
-            if supported is not None and str(value).lower() != str(supported).lower():
-                raise ConfigError(f"--{name} {value}: not supported ({why}; only {supported})")
-            warnings.append(f"--{name} has no effect here: {why}")
-            continue
-        section, field = REFERENCE_ALIASES.get(name, (owner.get(name), name))
-        if section == "trainer" or section is None:
-            trainer_flags += [f"--{field}", value]
-        else:
-            values[section][field] = _convert(value, hints[section][field], f"--{name}")
-
-    try:
-        configs = {section: cls(**values[section]) for section, cls in SECTIONS.items()}
-    except TypeError as error:
-        raise ConfigError(str(error)) from None
-    trainer_defaults = {"output_dir": "runs/egoexor", "remove_unused_columns": False,
-                        "ddp_find_unused_parameters": True, "save_only_model": False, **values["trainer"]}  # fmt: skip
-    import torch
-
+            values = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+            values = {k: ",".join(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        defaults.update(values)
     if not torch.cuda.is_available():
-        if trainer_defaults.get("tf32") or "--tf32" in trainer_flags:
+        pairs = split_flags(flags)
+        if defaults.get("tf32") or any(name == "tf32" and value.lower() == "true" for name, value in pairs):
             warnings.append("--tf32 has no effect here: no CUDA device")
-            trainer_defaults.pop("tf32", None)
-            if "--tf32" in trainer_flags:
-                position = trainer_flags.index("--tf32")
-                del trainer_flags[position : position + 2]
-        if not trainer_defaults.get("use_cpu") and "--use_cpu" not in trainer_flags:
+            defaults.pop("tf32", None)
+            flags = [token for name, value in pairs if name != "tf32" for token in (f"--{name}", value)]
+        if not defaults.get("use_cpu") and not any(name == "use_cpu" for name, _ in pairs):
             warnings.append("no CUDA device: training on the CPU")
-            trainer_defaults["use_cpu"] = True
-    parser = HfArgumentParser(TrainingArguments)
-    parser.set_defaults(**trainer_defaults)
+            defaults["use_cpu"] = True
+    parser = train_parser()
+    parser.set_defaults(**defaults)
     try:
-        trainer, unknown = parser.parse_args_into_dataclasses(args=trainer_flags, return_remaining_strings=True)
-    except SystemExit:
-        raise ConfigError(f"bad trainer flag among: {' '.join(trainer_flags)}") from None
+        model, data, train, trainer, *_, unknown = parser.parse_args_into_dataclasses(
+            args=flags, return_remaining_strings=True
+        )
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"trainer: {error}") from None
+        raise ConfigError(str(error).splitlines()[0]) from None
     if unknown:
-        raise ConfigError(f"unknown flag(s): {' '.join(u for u in unknown if u.startswith('--'))}")
+        raise ConfigError(f"unknown flag(s): {' '.join(u for u in unknown if u.startswith('--'))} (see --help)")
     if "wandb" in (trainer.report_to or []):
         try:
             import wandb  # noqa: F401
         except ImportError:
             raise ConfigError("--report_to wandb needs wandb (pip install 'egoexor[gpu]'), or use none") from None
-    return TrainSetup(configs["model"], configs["data"], configs["train"], trainer, warnings)
+    configs = [_from_flags(cls, parsed) for cls, parsed in zip(SECTIONS.values(), (model, data, train), strict=True)]
+    return TrainSetup(*configs, trainer, warnings)
 
 
 def resolved_config(setup: TrainSetup) -> dict:
@@ -460,20 +488,5 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 
 def train_help() -> str:
-    """``python -m egoexor.train --help``: every flag of every section, with its default and meaning."""
-    lines = [
-        "usage: python -m egoexor.train [--config FILE.yaml] [--FLAG VALUE ...]",
-        "",
-        "A YAML config (sections model, data, train, trainer) overlaid by flags; each flag names a field.",
-        "Any HF TrainingArguments field is a flag too (--output_dir, --learning_rate, --bf16, --deepspeed, ...).",
-    ]
-    for section, cls in SECTIONS.items():
-        lines += ["", f"{section}:"]
-        docs = _field_docs(cls)
-        for field in fields(cls):
-            lines.append(f"  --{field.name} (default {field.default!r})  {docs.get(field.name, '')}".rstrip())
-    lines += ["", "reference flags with another name here:"]
-    lines += [f"  --{flag} -> {section}.{name}" for flag, (section, name) in REFERENCE_ALIASES.items()]
-    lines += ["", "reference flags accepted without effect (a warning says why):"]
-    lines += [f"  --{flag}: {why}" for flag, (_, why) in NO_EFFECT.items()]
-    return "\n".join(lines)
+    """``python -m egoexor.train --help``: every flag ``train`` accepts, with its default and meaning."""
+    return train_parser().format_help()

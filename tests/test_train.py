@@ -57,9 +57,13 @@ def test_every_reference_flag_parses_with_its_meaning(tmp_path):
 
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [(["--lora_rr", "8"], "unknown flag.*--lora_rr"), (["--bits", "four"], "--bits: bad value 'four'"),
-     (["--bits", "3"], "bits: must be 4, 8 or 16"), (["--mv_type", "mean"], "--mv_type mean: not supported"),
-     (["--preset", "big"], "preset: 'big' is not one of"), (["--config", "missing.yaml"], "no such config file")],
+    [(["--lora_rr", "8"], "unknown flag.*--lora_rr"), (["--learning_rat", "1e-3"], "unknown flag.*--learning_rat"),
+     (["--bits", "four"], "--bits: invalid choice: 'four'"),
+     (["--bits", "3"], r"--bits: invalid choice: '3' \(choose from 4, 8, 16\)"),
+     (["--mv_type", "mean"], "--mv_type mean: not supported"),
+     (["--preset", "big"], "--preset: invalid choice: 'big'"),
+     (["--llm_config", "[1]"], "--llm_config: not a JSON object"),
+     (["--config", "missing.yaml"], "no such config file")],
 )
 def test_bad_flags_are_clear_errors(argv, message):
     with pytest.raises(ConfigError, match=message):
