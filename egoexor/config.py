@@ -17,9 +17,11 @@ from typing import Literal
 
 import yaml
 
+from egoexor import cli
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
+
+class ConfigError(cli.CommandError):
+    """A configuration value is invalid; the message names the field (a user mistake: one line, exit 2)."""
 
 
 def _check_choices(config: object) -> None:
@@ -110,9 +112,16 @@ class ModelConfig:
             raise ConfigError("give exactly one of model_name_or_path and llm_config")
         if (self.vision_tower is None) == (self.vision_config is None):
             raise ConfigError("give exactly one of vision_tower and vision_config")
-        for name in ("tokens_per_branch", "fusion_heads", "fusion_max_positions", "encoder_hidden", "audio_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("tokens_per_branch", "fusion_heads", "fusion_max_positions", "encoder_hidden", "audio_dim",
+                     "lora_r"):  # fmt: skip
+            cli.check_range(name, getattr(self, name), 1)
+        cli.check_range("unfreeze_n_vision_tower_layers", self.unfreeze_n_vision_tower_layers, 0)
+        if self.fusion_layers is not None:
+            cli.check_range("fusion_layers", self.fusion_layers, 1)
+        cli.check_range("lora_alpha", self.lora_alpha, 0, exclusive_low=True)
+        cli.check_range("point_cloud_grid_size", self.point_cloud_grid_size, 0, exclusive_low=True)
+        if not 0 <= self.lora_dropout < 1:  # 1 would zero every LoRA input: no gradient at all
+            raise cli.CommandError(f"lora_dropout must be >= 0 and < 1, got {self.lora_dropout}")
 
     @property
     def resolved_fusion_layers(self) -> int:
@@ -172,13 +181,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_choices(self)
         for name in ("image_size", "tokens_per_branch", "max_exo_views", "model_max_length"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+            cli.check_range(name, getattr(self, name), 1)
         for name in ("gaze_scale", "hand_scale", "depth_scale"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
-        if not 0.0 <= self.modality_dropout <= 1.0:
-            raise ConfigError(f"modality_dropout: must be in [0, 1], got {self.modality_dropout}")
+            cli.check_range(name, getattr(self, name), 0, exclusive_low=True)
+        cli.check_range("modality_dropout", self.modality_dropout, 0, 1)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -209,6 +215,13 @@ class TrainConfig:
     #: Apply ``multimodal_drop_prop``. The reference gated it on this flag, which its published command
     #: never set, so its dropout was inert: ``--do_multimodal_augment False`` reproduces that run.
     do_multimodal_augment: bool = True
+    #: Start afresh in an ``--output_dir`` that holds an earlier run (its checkpoints are removed first);
+    #: without it (or ``--resume_from_checkpoint``) such a folder is refused.
+    overwrite_output_dir: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mm_projector_lr is not None:
+            cli.check_range("mm_projector_lr", self.mm_projector_lr, 0, exclusive_low=True)
 
 
 # --------------------------------------------------------------------------------------------------

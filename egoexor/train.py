@@ -11,10 +11,18 @@ A subclass of the HF ``Trainer`` that overrides only what differs from it:
 * ``_save`` / ``_load_from_checkpoint``: a checkpoint holds the peft adapter, every other trained
   weight in ``non_lora_trainables.safetensors`` (projector, pooler, encoders, unfrozen CLIP layers,
   and the frozen random PTv3 draw with its statistics), the resolved ``egoexor_config.json`` and the
-  tokenizer; resuming restores all of it (the reference restored only LoRA).
+  tokenizer; resuming restores all of it (the reference restored only LoRA). Only the writing rank
+  (``should_save``) writes them.
+* ``_save_checkpoint``: a checkpoint appears under its name only when complete (see there).
 
 DeepSpeed (``--deepspeed configs/zero2.json``), torchrun DDP, mixed precision (``--bf16``), gradient
 checkpointing, logging (``--report_to``) and resume (``--resume_from_checkpoint``) are the Trainer's.
+
+The command follows :mod:`egoexor.cli`: a bad flag, sample file, HDF5 file or output folder is one line
+``egoexor.train: error: ...`` (exit 2) before any model is loaded; Ctrl-C is one line (exit 130). An
+``--output_dir`` holding an earlier run is refused unless it is resumed (``--resume_from_checkpoint``)
+or replaced (``--overwrite_output_dir``). ``kill -9`` at any moment leaves every ``checkpoint-N`` complete;
+the next run removes what the killed one left in ``<output_dir>/.partial`` and names it.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import json
 import logging
 import math
 import os
+import re
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -31,14 +41,38 @@ from pathlib import Path
 import torch
 from torch.utils.data import Sampler
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from egoexor import atomic, cli
 from egoexor.config import ConfigError, TrainSetup, parse_train_args, resolved_config, train_help
-from egoexor.data.dataset import IGNORE_INDEX, Collator, EgoExorDataset
-from egoexor.data.samples import Sample, SampleError, load_samples
-from egoexor.model.build import NON_LORA_FILE, load_checkpoint_weights, save_checkpoint
+from egoexor.data import layout
+from egoexor.data.dataset import IGNORE_INDEX, Collator, EgoExorDataset, SampleInputError
+from egoexor.data.reader import ReadError
+from egoexor.data.samples import Sample, SampleError, check_in_hdf5, load_samples
+from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE, load_checkpoint_weights, save_checkpoint
 from egoexor.model.egoexor_llava import next_token_loss
 
-logger = logging.getLogger("egoexor.train")
+COMMAND = "egoexor.train"
+logger = logging.getLogger(COMMAND)
+
+#: The folder in ``--output_dir`` where checkpoints (and the final model) are written before they are
+#: renamed into place; what a killed run leaves there is removed by the next one.
+STAGING = ".partial"
+#: Files a checkpoint cannot be resumed without. The Trainer writes trainer_state.json last.
+CHECKPOINT_FILES = (NON_LORA_FILE, CONFIG_FILE, TRAINER_STATE_NAME)
+_CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+#: Ranges of the ``TrainingArguments`` fields training depends on, which the Trainer itself accepts
+#: (a negative learning rate or batch size fails only after the model is built, or trains nonsense):
+#: (field, low, high, low excluded). num_train_epochs: any finite value (max_steps may override it).
+_TRAINER_RANGES = (
+    ("learning_rate", 0, None, True), ("per_device_train_batch_size", 1, None, False),
+    ("per_device_eval_batch_size", 1, None, False), ("gradient_accumulation_steps", 1, None, False),
+    ("num_train_epochs", None, None, False), ("warmup_steps", 0, None, False), ("weight_decay", 0, None, False),
+    ("max_grad_norm", 0, None, False), ("adam_beta1", 0, 1, False), ("adam_beta2", 0, 1, False),
+    ("adam_epsilon", 0, None, True), ("dataloader_num_workers", 0, None, False), ("seed", 0, 2**32 - 1, False),
+)  # fmt: skip
+
 
 def token_weights(path: str | os.PathLike, tokenizer, vocab_size: int) -> torch.Tensor:
     """Per-token loss weights from a ``{piece: count}`` file (see the module docstring)."""
@@ -137,6 +171,7 @@ class EgoExorTrainer(Trainer):
         self.setup = setup
         self.token_weights = token_weights
         self.add_callback(_EpochToDataset(self.train_dataset))
+        self._saving_checkpoint = False
 
     def _prepare_inputs(self, inputs):
         """As the Trainer's, but point coordinates keep float32: DeepSpeed would cast metres to bf16 (~1 cm steps)."""
@@ -178,63 +213,214 @@ class EgoExorTrainer(Trainer):
         return LengthGroupedSampler(lengths, self.args.train_batch_size, world, self.args.seed)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        if not self.args.should_save:  # under torchrun every rank gets here; one writes
+            return
         output = Path(output_dir or self.args.output_dir)
-        output.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         save_checkpoint(model, output, resolved_config(self.setup))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output)
-        torch.save(self.args, output / "training_args.bin")
+        with atomic.atomic_output(output / TRAINING_ARGS_NAME) as temporary:
+            torch.save(self.args, temporary)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_checkpoint_weights(self.accelerator.unwrap_model(model or self.model), Path(resume_from_checkpoint))
 
+    def train(self, *args, **kwargs):
+        """The Trainer's, once the writing rank has prepared ``--output_dir`` (:func:`prepare_output_dir`)."""
+        if self.args.should_save:
+            prepare_output_dir(Path(self.args.output_dir), self.setup.train.overwrite_output_dir)
+        return super().train(*args, **kwargs)
+
+    def _get_output_dir(self, trial) -> str:
+        """The staging folder while a checkpoint is saved: the Trainer writes ``checkpoint-N`` there."""
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING) if self._saving_checkpoint else run_dir
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, made to appear under its name only when complete.
+
+        The Trainer writes ``checkpoint-N`` file by file (model, optimizer, scheduler, each rank's RNG
+        state, trainer state last). Here it writes them into ``<output_dir>/.partial/checkpoint-N``; once
+        every rank is done, the writing rank fsyncs the folder and renames it to ``checkpoint-N``
+        (:func:`egoexor.atomic.atomic_folder`; an existing one is swapped out atomically), then applies
+        ``--save_total_limit``, which the Trainer's own rotation, run on the staging folder, leaves
+        undone. (The Trainer's best-checkpoint bookkeeping would see the staging path; training has no
+        evaluation set, so it never runs.)
+        """
+        run_dir = Path(self._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        except BaseException:  # Ctrl-C included: leave no half-written folder behind
+            if self.args.should_save:
+                shutil.rmtree(run_dir / STAGING, ignore_errors=True)
+            raise
+        finally:
+            self._saving_checkpoint = False
+        self.accelerator.wait_for_everyone()  # every rank has written its part
+        if self.args.should_save:
+            with atomic.atomic_folder(run_dir / name) as temporary:
+                os.replace(run_dir / STAGING / name, temporary)
+            limit = self.args.save_total_limit
+            for old in checkpoint_folders(run_dir)[:-limit] if limit and limit > 0 else []:
+                remove_checkpoint(old)
+            (run_dir / STAGING).rmdir()
+
+    def save_final_model(self) -> None:
+        """The trained model and the trainer state in ``--output_dir`` (what ``egoexor.infer`` reads): written
+        into the staging folder, then moved into place file by file, each atomically."""
+        staged = Path(self.args.output_dir) / STAGING / "model"
+        self.save_model(str(staged))
+        if self.args.should_save:
+            self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
+            for file in sorted(staged.iterdir()):
+                with atomic.atomic_output(staged.parents[1] / file.name) as temporary:
+                    os.replace(file, temporary)
+            shutil.rmtree(staged.parent)
+
+
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
+    """The ``checkpoint-N`` folders in ``output_dir``, oldest step first."""
+    output = Path(output_dir)
+    if not output.is_dir():
+        return []
+    steps = {int(m.group(1)): p for p in output.iterdir() if (m := _CHECKPOINT_NAME.fullmatch(p.name)) and p.is_dir()}
+    return [steps[step] for step in sorted(steps)]
+
+
+def incomplete(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from, or None. (Folders of an older egoexor, written in place,
+    or damaged by hand can lack files; a checkpoint this module writes is complete or absent.)"""
+    if checkpoint.resolve().parent.name == STAGING:
+        return "an interrupted save"
+    missing = [name for name in CHECKPOINT_FILES if not (checkpoint / name).is_file()]
+    return f"no {', '.join(missing)}" if missing else None
+
+
+def remove_checkpoint(checkpoint: Path) -> None:
+    """Delete a checkpoint folder: renamed into the staging folder first, so that a ``kill -9`` during the
+    deletion never leaves a half-deleted folder under the checkpoint's name."""
+    aside = checkpoint.parent / STAGING / f"removed-{checkpoint.name}"
+    aside.parent.mkdir(exist_ok=True)
+    os.replace(checkpoint, aside)
+    shutil.rmtree(aside)
+
+
+def prepare_output_dir(output: Path, overwrite: bool) -> None:
+    """Run by the writing rank as training starts, before any rank writes. Removes what killed saves left
+    (the staging folder; a checkpoint killed while being renamed into place, i.e. ``atomic``'s temporary of
+    a dead process) and, with ``--overwrite_output_dir``, the earlier run's checkpoints, so that a later
+    resume never picks one of them; a warning names what went."""
+    earlier = checkpoint_folders(output) if overwrite else []
+    for folder in earlier:
+        remove_checkpoint(folder)
+    if earlier:
+        cli.warn(COMMAND, f"--overwrite_output_dir: removed the earlier run's {', '.join(f.name for f in earlier)}")
+    left = []
+    for name in sorted({entry.name.split(".")[1] for entry in output.glob(f".{PREFIX_CHECKPOINT_DIR}-*.tmp")}):
+        left += atomic.remove_stale_temporaries(output / name)
+    if (output / STAGING).is_dir():  # after the removals above, it holds only what killed saves left
+        left += sorted((output / STAGING).iterdir())
+        shutil.rmtree(output / STAGING)
+    if left:
+        cli.warn(COMMAND, f"removed what interrupted saves left: {', '.join(map(str, left))}")
+
 
 def resume_checkpoint(args) -> str | None:
-    """``--resume_from_checkpoint``: a checkpoint folder, or True for the newest one in ``--output_dir``."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """``--resume_from_checkpoint``: a complete checkpoint folder, or True for the newest complete one in
+    ``--output_dir`` (a warning names the newer, incomplete ones it skips)."""
     value = args.resume_from_checkpoint
     if value is None or str(value).lower() in ("false", "0", "no", ""):
         return None
-    if str(value).lower() in ("true", "1", "yes"):
-        value = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-        if value is None:
-            raise ConfigError(f"--resume_from_checkpoint: no checkpoint-N folder in {args.output_dir}")
-    for name in (NON_LORA_FILE, "trainer_state.json"):
-        if not (Path(value) / name).is_file():
-            raise ConfigError(f"--resume_from_checkpoint {value}: no {name} there (not a training checkpoint)")
-    return str(value)
+    if str(value).lower() not in ("true", "1", "yes"):
+        folder = Path(value)
+        if not folder.is_dir():
+            raise cli.CommandError(f"--resume_from_checkpoint {value}: no such folder")
+        why = incomplete(folder)
+        if why:
+            raise cli.CommandError(f"--resume_from_checkpoint {value}: not a complete checkpoint ({why})")
+        return str(folder)
+    folders = checkpoint_folders(args.output_dir)
+    complete = [folder for folder in folders if not incomplete(folder)]
+    if not complete:
+        found = f" (incomplete: {', '.join(f.name for f in folders)})" if folders else ""
+        raise cli.CommandError(f"--resume_from_checkpoint True: no complete checkpoint-N folder in {args.output_dir}"
+                               f"{found}")  # fmt: skip
+    skipped = folders[folders.index(complete[-1]) + 1 :]
+    if skipped:
+        cli.warn(COMMAND, f"resuming from {complete[-1]}, skipping incomplete " + ", ".join(
+            f"{folder.name} ({incomplete(folder)})" for folder in skipped))  # fmt: skip
+    return str(complete[-1])
+
+
+def check_output_dir(setup: TrainSetup, resume: str | None) -> None:
+    """The overwrite rule for ``--output_dir``: an earlier run there (checkpoints, a trained model) is
+    refused unless this run resumes it or replaces it (``--overwrite_output_dir``)."""
+    output = cli.check_output(setup.trainer.output_dir, folder=True, overwrite=True, flag="--output_dir")
+    overwrite = setup.train.overwrite_output_dir
+    if overwrite and resume and output.resolve() in Path(resume).resolve().parents:
+        raise cli.CommandError(f"--overwrite_output_dir would remove the checkpoint to resume from ({resume})")
+    earlier = [folder.name for folder in checkpoint_folders(output)]
+    earlier += [NON_LORA_FILE] if (output / NON_LORA_FILE).is_file() else []
+    if earlier and not (overwrite or resume):
+        raise cli.CommandError(
+            f"--output_dir {output}: holds an earlier run ({', '.join(earlier)}); pass --resume_from_checkpoint "
+            "True to continue it or --overwrite_output_dir to replace it"
+        )
+
+
+def check_training_arguments(args) -> None:
+    """The ranges of :data:`_TRAINER_RANGES`, and something to train (epochs or steps)."""
+    for name, low, high, exclusive_low in _TRAINER_RANGES:
+        cli.check_range(f"--{name}", getattr(args, name), low, high, exclusive_low=exclusive_low)
+    if args.save_strategy == "steps":
+        cli.check_range("--save_steps", args.save_steps, 0, exclusive_low=True)
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise cli.CommandError(
+            f"--num_train_epochs {args.num_train_epochs} and --max_steps {args.max_steps}: nothing to train "
+            "(set one of them above 0)"
+        )
 
 
 def build_training(setup: TrainSetup) -> EgoExorTrainer:
-    """Everything ``main`` runs, checked in order of cost: inputs, tokenizer, model, trainer."""
+    """Everything ``main`` runs, checked in order of cost: flags, inputs, tokenizer, model, trainer."""
     from egoexor.data.tokenizer import build_tiny_tokenizer, load_tokenizer
     from egoexor.model.build import build_model
 
     train = setup.train
+    check_training_arguments(setup.trainer)
     for flag in ("data_path", "hdf5_path"):
         if getattr(train, flag) is None:
             raise ConfigError(f"--{flag} is required")
-        if not Path(getattr(train, flag)).is_file():
-            raise ConfigError(f"--{flag} {getattr(train, flag)}: no such file")
-    samples = load_samples(train.data_path)
+    samples = load_samples(cli.input_file(train.data_path, "--data_path"))
     if not samples:
-        raise ConfigError(f"--data_path {train.data_path}: no samples")
+        raise cli.CommandError(f"--data_path {train.data_path}: the sample list is empty")
+    with cli.open_hdf5(train.hdf5_path, "--hdf5_path") as h5:
+        check_in_hdf5(samples, h5)
+        without_rgb = sorted(key.path for key in {s.take for s in samples} if layout.RGB not in h5[key.path])
+    if without_rgb:
+        n = sum(s.take.path in without_rgb for s in samples)
+        cli.warn(COMMAND, f"{n} samples have no images: take(s) without {layout.RGB}: {', '.join(without_rgb)}")
+    if setup.data.audio_cache is not None:
+        cli.open_hdf5(setup.data.audio_cache, "--audio_cache").close()
+    if train.token_weight_path is not None:
+        cli.input_file(train.token_weight_path, "--token_weight_path")
     if train.tokenizer == "tiny":
         tokenizer = build_tiny_tokenizer()
         tokenizer.pad_token = tokenizer.unk_token
     else:
         tokenizer = load_tokenizer(train.tokenizer or setup.model.model_name_or_path, setup.data.model_max_length)
-    if train.token_weight_path is not None and not Path(train.token_weight_path).is_file():
-        raise ConfigError(f"--token_weight_path {train.token_weight_path}: no such file")
+    weights = token_weights(train.token_weight_path, tokenizer, len(tokenizer)) if train.token_weight_path else None
 
     torch.manual_seed(setup.trainer.seed)
     model = build_model(setup.model)
     vocab_size = model.language_model.get_input_embeddings().num_embeddings
     if vocab_size < len(tokenizer):
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, the LLM's vocabulary only {vocab_size}")
-    weights = token_weights(train.token_weight_path, tokenizer, vocab_size) if train.token_weight_path else None
+    if weights is not None:  # ids past the tokenizer's (padding rows of the vocabulary) get the floor weight
+        weights = torch.cat([weights, weights.min().expand(vocab_size - len(weights))])
     vision = model.vision_tower.vision_tower.config
     data_config = replace(
         setup.data, image_size=vision.image_size, tokens_per_branch=setup.model.tokens_per_branch,
@@ -247,25 +433,25 @@ def build_training(setup: TrainSetup) -> EgoExorTrainer:
     )  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _run(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
         print(train_help())
         return 0
-    try:
-        setup = parse_train_args(argv)
-        for warning in setup.warnings:
-            logger.warning(warning)
-        resume = resume_checkpoint(setup.trainer)
-        trainer = build_training(setup)
-    except (ConfigError, SampleError, OSError) as error:
-        print(f"egoexor.train: error: {error}", file=sys.stderr)
-        return 2
+    setup = parse_train_args(argv)
+    for warning in setup.warnings:
+        cli.warn(COMMAND, warning)
+    resume = resume_checkpoint(setup.trainer)
+    check_output_dir(setup, resume)
+    trainer = build_training(setup)
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
-    trainer.save_state()
+    trainer.save_final_model()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli.run(COMMAND, lambda: _run(argv), errors=(ConfigError, SampleError, SampleInputError, ReadError))
 
 
 if __name__ == "__main__":

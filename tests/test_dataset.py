@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from egoexor.cli import CommandError
 from egoexor.config import ConfigError, DataConfig
 from egoexor.data import layout, transforms
 from egoexor.data.audio import ClapAudioEmbedder
@@ -257,5 +258,5 @@ def test_config_validation():
         DataConfig(flip_rule="some")
     with pytest.raises(ConfigError, match="camera_selection"):
         DataConfig(camera_selection="range")
-    with pytest.raises(ConfigError, match="modality_dropout"):
+    with pytest.raises(CommandError, match="modality_dropout must be >= 0 and <= 1, got 1.5"):
         DataConfig(modality_dropout=1.5)

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from egoexor.data.layout import TakeKey
+import h5py
+
+from egoexor.data.layout import TakeKey, take_frame_count
 
 #: Every modality name a record may list, in the order this project writes them.
 MODALITIES: tuple[str, ...] = (
@@ -25,6 +28,7 @@ MODALITIES: tuple[str, ...] = (
 )  # fmt: skip
 
 
+_KNOWN_MODALITIES = frozenset(MODALITIES)
 _INDEX_FIELDS = frozenset({"surgery_type", "procedure_id", "take_id", "frame_idx"})
 
 
@@ -70,6 +74,9 @@ def sample_from_record(record: object, where: str = "record") -> Sample:
     modalities = indices.get("available_modalities", [])
     if not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities):
         raise SampleError(f"{where}: 'available_modalities' must be a list of names")
+    unknown = [m for m in modalities if m not in _KNOWN_MODALITIES]
+    if unknown:  # a misspelt name would silently mean "not available"
+        raise SampleError(f"{where}: unknown modality {unknown[0]!r}; known: {', '.join(MODALITIES)}")
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not all(isinstance(turn, dict) for turn in conversations):
         raise SampleError(f"{where}: 'conversations' must be a list of turns")
@@ -96,3 +103,20 @@ def load_samples(path: str | os.PathLike) -> list[Sample]:
     if not isinstance(records, list):
         raise SampleError(f"{path}: expected a JSON list of sample records, got {type(records).__name__}")
     return [sample_from_record(r, f"{path}: record {i}") for i, r in enumerate(records)]
+
+
+def check_in_hdf5(samples: Sequence[Sample], h5: h5py.File) -> None:
+    """Check that every sample's take and frame are in ``h5`` (one look at each take), so that a
+    sample file of another dataset fails here, not as a read error in the middle of training.
+
+    Raises :class:`SampleError` naming the first sample that is not there and how many are not.
+    """
+    frames = {take: take_frame_count(h5[take.path]) if take.path in h5 else None for take in {s.take for s in samples}}
+    missing = [s for s in samples if frames[s.take] is None or not 0 <= s.frame < frames[s.take]]
+    if missing:
+        first = missing[0]
+        why = "no such take" if frames[first.take] is None else f"the take has {frames[first.take]} frames"
+        raise SampleError(
+            f"{h5.filename}: {len(missing)} of {len(samples)} samples are not in the file, the first: "
+            f"id {first.id!r}, take {first.take.path}, frame {first.frame} ({why})"
+        )

@@ -35,6 +35,7 @@ from transformers import (
 )
 from transformers.utils import cached_file
 
+from egoexor import atomic
 from egoexor.config import DataConfig, ModelConfig
 from egoexor.model.egoexor_llava import EgoExorLlava, mlp2x_gelu
 from egoexor.model.fusion import ImagePooler
@@ -275,12 +276,18 @@ def _non_lora_state(model: EgoExorLlava) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(model: EgoExorLlava, output: Path, config: dict) -> None:
-    """Adapter + ``non_lora_trainables.safetensors`` + ``egoexor_config.json`` (``config``) into ``output``."""
+    """Adapter + ``non_lora_trainables.safetensors`` + ``egoexor_config.json`` (``config``) into ``output``.
+
+    The two egoexor files are written atomically (:mod:`egoexor.atomic`): never seen half-written, and
+    flushed to disk. peft writes the adapter files itself; training writes a whole checkpoint in a
+    staging folder and renames it when complete (``egoexor.train``).
+    """
     output.mkdir(parents=True, exist_ok=True)
     if hasattr(model.language_model, "peft_config"):
         model.language_model.save_pretrained(output)
-    save_file(_non_lora_state(model), output / NON_LORA_FILE)
-    (output / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    with atomic.atomic_output(output / NON_LORA_FILE) as temporary:
+        save_file(_non_lora_state(model), temporary)
+    atomic.write_json(output / CONFIG_FILE, config)
 
 
 def load_checkpoint_weights(model: EgoExorLlava, checkpoint: Path) -> None:

@@ -1,0 +1,378 @@
+"""``python -m egoexor.train`` under attack: bad flags, bad inputs, an occupied output folder, Ctrl-C,
+``kill -9`` during a checkpoint save, and two ranks that must not both write.
+
+Every case of the battery asserts the contract of :mod:`egoexor.cli`: exit status 2, exactly one stderr
+line ``egoexor.train: error: ...`` naming what is wrong, no traceback, every input byte-identical
+afterwards, and the output side exactly as it was (no debris). All of them fail before a model is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_cli_safety import _dead_pid, _dir, _file, snapshot
+
+from egoexor import atomic, train
+from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE
+from egoexor.train import STAGING, TRAINER_STATE_NAME
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def inputs(merged_file, sample_files, tmp_path_factory) -> Path:
+    """Every input of the battery, good and bad, in one folder that no case may change."""
+    root = tmp_path_factory.mktemp("train_safety_inputs")
+    shutil.copy(merged_file, root / "egoexor.h5")
+    records = json.loads(sample_files["train"].read_text())
+    (root / "train.json").write_text(json.dumps(records))
+    (root / "empty_list.json").write_text("[]")
+    (root / "object.json").write_text('{"id": "x"}')
+    (root / "not_json.json").write_text("{not json")
+    (root / "folder.json").mkdir()
+    telepathy = [dict(r) for r in records[:5]]
+    telepathy[3] = {**records[3], "hdf5_indices": {**records[3]["hdf5_indices"], "available_modalities": [
+        "ego_frames", "telepathy"]}}  # fmt: skip
+    (root / "telepathy.json").write_text(json.dumps(telepathy))
+    (root / "no_indices.json").write_text(json.dumps([{**records[0], "hdf5_indices": {}}]))
+    elsewhere = [{**r, "id": f"gone_{i}", "hdf5_indices": {**r["hdf5_indices"], "procedure_id": 9}}
+                 for i, r in enumerate(records[:3])]  # fmt: skip
+    (root / "missing_take.json").write_text(json.dumps(records[:10] + elsewhere))
+    late = {**records[0], "id": "late", "hdf5_indices": {**records[0]["hdf5_indices"], "frame_idx": 9999}}
+    (root / "missing_frame.json").write_text(json.dumps([*records[:4], late]))
+    (root / "garbage.h5").write_text("this is not HDF5\n")
+    (root / "empty.h5").write_bytes(b"")
+    data = (root / "egoexor.h5").read_bytes()
+    (root / "truncated.h5").write_bytes(data[: len(data) // 2])
+    (root / "freqs_not_json.json").write_text("{")
+    (root / "bad.yaml").write_text("model: [unclosed\n")
+    return root
+
+
+@dataclass
+class Env:
+    inp: Path
+    out: Path
+
+
+def argv(e: Env, *extra: str, data: str = "train.json", hdf5: str = "egoexor.h5") -> list[str]:
+    """A training command on the battery's inputs that would train one step were nothing wrong."""
+    return ["--config", TINY, "--data_path", str(e.inp / data), "--hdf5_path", str(e.inp / hdf5),
+            "--output_dir", str(e.out / "run"), "--max_steps", "1", "--disable_tqdm", "True", *extra]  # fmt: skip
+
+
+def _checkpoint(*parts: str, files=(NON_LORA_FILE, CONFIG_FILE, TRAINER_STATE_NAME)) -> Callable[[Env], None]:
+    """A checkpoint folder under ``out`` holding ``files`` (all of them: a complete one)."""
+
+    def setup(e: Env) -> None:
+        folder = e.out.joinpath(*parts)
+        folder.mkdir(parents=True)
+        for name in files:
+            (folder / name).write_text("{}")
+
+    return setup
+
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[Env], list[str]]
+    #: Must appear in the error line: what is wrong and where.
+    says: str
+    setup: Callable[[Env], None] | None = None
+
+
+CASES = [
+    # --- numeric ranges, checked before anything is read ------------------------------------------------------------
+    Case("learning rate negative", lambda e: argv(e, "--learning_rate", "-1"), "--learning_rate must be > 0"),
+    Case("learning rate 0", lambda e: argv(e, "--learning_rate", "0"), "--learning_rate must be > 0"),
+    Case("learning rate nan", lambda e: argv(e, "--learning_rate", "nan"), "--learning_rate must be > 0, got nan"),
+    Case("batch size 0", lambda e: argv(e, "--per_device_train_batch_size", "0"), "--per_device_train_batch_size"),
+    Case("batch size negative", lambda e: argv(e, "--per_device_train_batch_size", "-2"), "must be >= 1, got -2"),
+    Case("grad accumulation 0", lambda e: argv(e, "--gradient_accumulation_steps", "0"),
+         "--gradient_accumulation_steps"),
+    Case("no epochs and no steps", lambda e: argv(e, "--num_train_epochs", "-1", "--max_steps", "-1"),
+         "nothing to train"),
+    Case("zero epochs, zero steps", lambda e: argv(e, "--num_train_epochs", "0", "--max_steps", "0"),
+         "nothing to train"),
+    Case("epochs infinite", lambda e: argv(e, "--num_train_epochs", "inf"), "--num_train_epochs must be finite"),
+    Case("save steps 0", lambda e: argv(e, "--save_strategy", "steps", "--save_steps", "0"), "--save_steps"),
+    Case("weight decay negative", lambda e: argv(e, "--weight_decay", "-0.1"), "--weight_decay"),
+    Case("grad norm negative", lambda e: argv(e, "--max_grad_norm", "-1"), "--max_grad_norm"),
+    Case("seed negative", lambda e: argv(e, "--seed", "-1"), "--seed must be >= 0"),
+    Case("workers negative", lambda e: argv(e, "--dataloader_num_workers", "-1"), "--dataloader_num_workers"),
+    Case("warmup negative", lambda e: argv(e, "--warmup_steps", "-1"), "warmup_steps"),
+    Case("lora_r 0", lambda e: argv(e, "--lora_r", "0"), "lora_r must be >= 1, got 0"),
+    Case("lora_alpha 0", lambda e: argv(e, "--lora_alpha", "0"), "lora_alpha must be > 0"),
+    Case("lora_dropout 1", lambda e: argv(e, "--lora_dropout", "1"), "lora_dropout must be >= 0 and < 1"),
+    Case("lora_dropout negative", lambda e: argv(e, "--lora_dropout", "-0.1"), "lora_dropout"),
+    Case("fusion layers 0", lambda e: argv(e, "--fusion_layers", "0"), "fusion_layers must be >= 1"),
+    Case("unfrozen layers negative", lambda e: argv(e, "--unfreeze_n_vision_tower_layers", "-1"),
+         "unfreeze_n_vision_tower_layers"),
+    Case("projector lr 0", lambda e: argv(e, "--mm_projector_lr", "0"), "mm_projector_lr must be > 0"),
+    Case("modality dropout 1.5", lambda e: argv(e, "--multimodal_drop_prop", "1.5"), "modality_dropout"),
+    Case("max length 0", lambda e: argv(e, "--model_max_length", "0"), "model_max_length"),
+    Case("abbreviated flag", lambda e: argv(e, "--learning_rat", "1e-3"), "--learning_rat"),
+    # --- configuration file -----------------------------------------------------------------------------------------
+    Case("config missing", lambda e: argv(e, "--config", str(e.inp / "nope.yaml")), "nope.yaml: no such config"),
+    Case("config not YAML", lambda e: argv(e, "--config", str(e.inp / "bad.yaml")), "bad.yaml: not valid YAML"),
+    # --- samples ----------------------------------------------------------------------------------------------------
+    Case("samples missing", lambda e: argv(e, data="nope.json"), "--data_path"),
+    Case("samples a folder", lambda e: argv(e, data="folder.json"), "is a folder"),
+    Case("samples not JSON", lambda e: argv(e, data="not_json.json"), "not_json.json: not a readable JSON file"),
+    Case("samples not a list", lambda e: argv(e, data="object.json"), "expected a JSON list"),
+    Case("samples empty", lambda e: argv(e, data="empty_list.json"), "the sample list is empty"),
+    Case("record malformed", lambda e: argv(e, data="no_indices.json"), "record 0"),
+    Case("unknown modality", lambda e: argv(e, data="telepathy.json"), "record 3"),
+    Case("sample of a missing take", lambda e: argv(e, data="missing_take.json"),
+         "3 of 13 samples are not in the file, the first: id 'gone_0', take data/MISS/9/take/1"),
+    Case("sample of a missing frame", lambda e: argv(e, data="missing_frame.json"),
+         "1 of 5 samples are not in the file, the first: id 'late'"),
+    # --- HDF5 and other input files ---------------------------------------------------------------------------------
+    Case("hdf5 missing", lambda e: argv(e, hdf5="nope.h5"), "--hdf5_path"),
+    Case("hdf5 not HDF5", lambda e: argv(e, hdf5="garbage.h5"), "garbage.h5: not an HDF5 file"),
+    Case("hdf5 empty", lambda e: argv(e, hdf5="empty.h5"), "empty.h5: not an HDF5 file"),
+    Case("hdf5 truncated", lambda e: argv(e, hdf5="truncated.h5"), "truncated.h5: cannot read the HDF5 file"),
+    Case("audio cache missing", lambda e: argv(e, "--audio_cache", str(e.inp / "nope.h5")), "--audio_cache"),
+    Case("token weights missing", lambda e: argv(e, "--token_weight_path", str(e.inp / "nope.json")),
+         "--token_weight_path"),
+    Case("token weights not JSON", lambda e: argv(e, "--token_weight_path", str(e.inp / "freqs_not_json.json")),
+         "cannot read the token-frequency file"),
+    # --- the output folder and resuming -----------------------------------------------------------------------------
+    Case("output holds checkpoints", argv, "holds an earlier run (checkpoint-2", _checkpoint("run", "checkpoint-2")),
+    Case("output holds a trained model", argv, f"holds an earlier run ({NON_LORA_FILE})", _file("run", NON_LORA_FILE)),
+    Case("output is a file", argv, "is a file, expected a folder", _file("run")),
+    Case("output under a file", lambda e: argv(e, "--output_dir", str(e.out / "f" / "run")), "is a file, not a folder",
+         _file("f")),
+    Case("resume, nothing to resume", lambda e: argv(e, "--resume_from_checkpoint", "True"),
+         "no complete checkpoint-N folder", _dir("run")),
+    Case("resume, only an incomplete checkpoint", lambda e: argv(e, "--resume_from_checkpoint", "True"),
+         "(incomplete: checkpoint-3)", _checkpoint("run", "checkpoint-3", files=(NON_LORA_FILE,))),
+    Case("resume from an incomplete folder",
+         lambda e: argv(e, "--resume_from_checkpoint", str(e.out / "run" / "checkpoint-3")),
+         "not a complete checkpoint (no egoexor_config.json, trainer_state.json)",
+         _checkpoint("run", "checkpoint-3", files=(NON_LORA_FILE,))),
+    Case("resume from an interrupted save",
+         lambda e: argv(e, "--resume_from_checkpoint", str(e.out / "run" / STAGING / "checkpoint-3")),
+         "not a complete checkpoint (an interrupted save)", _checkpoint("run", STAGING, "checkpoint-3")),
+    Case("resume from a missing folder", lambda e: argv(e, "--resume_from_checkpoint", str(e.out / "nope")),
+         "nope: no such folder"),
+    Case("overwrite the checkpoint to resume", lambda e: argv(e, "--resume_from_checkpoint", "True",
+                                                              "--overwrite_output_dir"),
+         "--overwrite_output_dir would remove the checkpoint to resume from", _checkpoint("run", "checkpoint-2")),
+]  # fmt: skip
+
+
+@pytest.fixture
+def env(inputs, tmp_path) -> Env:
+    return Env(inputs, tmp_path)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_clear_line_and_changes_nothing(case: Case, env: Env, capsys, monkeypatch):
+    monkeypatch.setattr("egoexor.model.build.build_model", _never)
+    if case.setup:
+        case.setup(env)
+    before = snapshot(env.inp, env.out)
+    code = train.main(case.argv(env))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("egoexor.train: error: "), err
+    assert case.says in lines[0]
+    assert "Traceback" not in err
+    assert snapshot(env.inp, env.out) == before  # inputs intact, nothing written
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("a bad input reached the model")
+
+
+def test_the_battery_is_large_enough():
+    assert len(CASES) >= 25
+
+
+def test_help_lists_the_flags(capsys):
+    assert train.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--learning_rate", "--lora_r", "--data_path", "--overwrite_output_dir", "--resume_from_checkpoint"):
+        assert flag in out
+
+
+def test_ctrl_c_before_training_is_one_line_exit_130(env, monkeypatch, capsys):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("egoexor.model.build.build_model", interrupt)
+    before = snapshot(env.inp, env.out)
+    assert train.main(argv(env)) == 130
+    assert capsys.readouterr().err == "egoexor.train: interrupted\n"
+    assert snapshot(env.inp, env.out) == before
+
+
+def test_ctrl_c_during_a_checkpoint_save_leaves_the_complete_ones_only(env, monkeypatch, capsys):
+    original = torch.save
+
+    def save(payload, path, *args, **kwargs):
+        if str(path).endswith(f"{STAGING}/checkpoint-2/optimizer.pt"):
+            raise KeyboardInterrupt
+        return original(payload, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    code = train.main(argv(env, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1"))
+    assert code == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "egoexor.train: interrupted"
+    run = env.out / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-1"]  # no .partial, no checkpoint-2
+    assert train.incomplete(run / "checkpoint-1") is None
+
+
+def test_resume_true_takes_the_newest_complete_checkpoint_and_names_the_skipped(tmp_path, capsys):
+    for step in (1, 2):
+        _checkpoint(f"checkpoint-{step}")(Env(tmp_path, tmp_path))
+    _checkpoint("checkpoint-3", files=(NON_LORA_FILE, CONFIG_FILE))(Env(tmp_path, tmp_path))  # no trainer state
+    _checkpoint("checkpoint-10", files=())(Env(tmp_path, tmp_path))
+    args = SimpleNamespace(resume_from_checkpoint="True", output_dir=str(tmp_path))
+    assert train.resume_checkpoint(args) == str(tmp_path / "checkpoint-2")
+    assert capsys.readouterr().err == (
+        f"egoexor.train: warning: resuming from {tmp_path / 'checkpoint-2'}, skipping incomplete checkpoint-3 "
+        "(no trainer_state.json), checkpoint-10 (no non_lora_trainables.safetensors, egoexor_config.json, "
+        "trainer_state.json)\n"
+    )
+
+
+def test_a_new_run_removes_what_interrupted_saves_left_and_overwrite_removes_checkpoints(tmp_path, capsys):
+    for step in (1, 2):
+        _checkpoint(f"checkpoint-{step}")(Env(tmp_path, tmp_path))
+    _checkpoint(STAGING, "checkpoint-3", files=(NON_LORA_FILE,))(Env(tmp_path, tmp_path))
+    unpublished = tmp_path / f".checkpoint-4.{atomic._HOST}.{_dead_pid()}.abc.tmp"  # killed while renamed into place
+    _checkpoint(unpublished.name)(Env(tmp_path, tmp_path))
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    train.prepare_output_dir(tmp_path, overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-2", "notes.txt"]
+    err = capsys.readouterr().err
+    assert f"{STAGING}/checkpoint-3" in err and unpublished.name in err
+    train.prepare_output_dir(tmp_path, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert "--overwrite_output_dir: removed the earlier run's checkpoint-1, checkpoint-2" in capsys.readouterr().err
+
+
+# --- Real processes: kill -9 in the middle of a checkpoint save, and two ranks under torchrun. ------------------
+
+#: Runs ``egoexor.train`` with one write made to hang, so that the kill lands inside a save: the process
+#: says so in $MARKER and waits. $HANG is part of the path written: a file the Trainer writes into the
+#: staging folder (``torch.save``), or one fsynced in the temporary folder renamed into place.
+_HARNESS = """
+import os, sys, time
+from pathlib import Path
+import torch
+from egoexor import atomic, train
+
+hang, marker = os.environ["HANG"], Path(os.environ["MARKER"])
+save, fsync = torch.save, atomic._fsync
+
+def wait_if_hanging(path):
+    if hang in str(path):
+        marker.write_text(str(path))
+        time.sleep(600)
+
+torch.save = lambda payload, path, *args, **kwargs: (wait_if_hanging(path), save(payload, path, *args, **kwargs))[1]
+atomic._fsync = lambda path: (wait_if_hanging(path), fsync(path))[1]
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def _kill_during(hang: str, args: list[str], tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HARNESS, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "HANG": hang, "MARKER": str(marker), "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    _, err = process.communicate()
+    assert marker.exists(), err.decode()[-3000:]
+    assert process.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("hang", "left"),
+    [(f"/{STAGING}/checkpoint-3/optimizer.pt", f"{STAGING}/checkpoint-3"), ("/.checkpoint-3.", "/.checkpoint-3.")],
+    ids=["while the Trainer writes it", "while it is renamed into place"],
+)
+def test_kill_9_during_a_checkpoint_save_then_resume_true(hang, left, sample_files, merged_file, tmp_path, capsys):
+    output = tmp_path / "run"
+    args = ["--config", TINY, "--data_path", str(sample_files["train"]), "--hdf5_path", str(merged_file),
+            "--output_dir", str(output), "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "1",
+            "--disable_tqdm", "True"]  # fmt: skip
+    _kill_during(hang, args, tmp_path)
+    complete = train.checkpoint_folders(output)
+    assert [p.name for p in complete] == ["checkpoint-1", "checkpoint-2"]  # no checkpoint-3 under its name
+    assert all(train.incomplete(p) is None for p in complete)
+    assert any(left in str(p) for p in output.rglob("*"))  # the killed save's leftovers, under no final name
+    inodes = [p.stat().st_ino for p in complete]
+
+    assert train.main([*args, "--resume_from_checkpoint", "True"]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("egoexor.train: warning: ")]
+    assert len(warnings) == 1 and "removed what interrupted saves left" in warnings[0] and left in warnings[0]
+    assert "Traceback" not in err
+    state = json.loads((output / TRAINER_STATE_NAME).read_text())
+    assert state["global_step"] == 4
+    assert [p.name for p in train.checkpoint_folders(output)] == [f"checkpoint-{n}" for n in range(1, 5)]
+    assert not [p for p in output.iterdir() if p.name.startswith(".")]
+    # resumed from checkpoint-2: steps 1 and 2 were not trained (and saved) again
+    assert [p.stat().st_ino for p in train.checkpoint_folders(output)[:2]] == inodes
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_one_writer(sample_files, merged_file, tmp_path):
+    """Under ``torchrun --nproc_per_node 2`` (gloo, CPU) exactly one rank writes each checkpoint; both ranks'
+    RNG states are in it, so the rename waited for both."""
+    log = tmp_path / "writes.log"
+    harness = tmp_path / "harness.py"
+    harness.write_text(
+        "import os, sys\nfrom egoexor import train\noriginal = train.save_checkpoint\n"
+        "def logged(model, output, config):\n"
+        f"    with open({str(log)!r}, 'a') as handle:\n"
+        "        handle.write(f\"{os.environ['RANK']} {output}\\n\")\n"
+        "    original(model, output, config)\n"
+        "train.save_checkpoint = logged\nsys.exit(train.main(sys.argv[1:]))\n"
+    )
+    output = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29563",
+         str(harness), "--config", TINY, "--data_path", str(sample_files["train"]), "--hdf5_path", str(merged_file),
+         "--output_dir", str(output), "--max_steps", "2", "--per_device_train_batch_size", "2", "--save_strategy",
+         "steps", "--save_steps", "1", "--disable_tqdm", "True"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    writes = sorted(log.read_text().splitlines())
+    staged = [f"0 {output / STAGING / f'checkpoint-{n}'}" for n in (1, 2)]
+    assert writes == sorted([*staged, f"0 {output / STAGING / 'model'}"])  # rank 0 only, once each
+    assert [p.name for p in train.checkpoint_folders(output)] == ["checkpoint-1", "checkpoint-2"]
+    for checkpoint in train.checkpoint_folders(output):
+        assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in checkpoint.iterdir()}
+        assert train.incomplete(checkpoint) is None
+    state = json.loads((output / TRAINER_STATE_NAME).read_text())
+    assert state["global_step"] == 2
+    assert not [p for p in output.iterdir() if p.name.startswith(".")]
