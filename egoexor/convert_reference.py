@@ -20,7 +20,6 @@ converts it on the fly.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
@@ -28,14 +27,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import huggingface_hub
 import torch
 from safetensors.torch import save_file
 
+from egoexor import cli
+from egoexor.atomic import atomic_folder
 from egoexor.config import DataConfig, ModelConfig
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE, build_model
 
+COMMAND = "egoexor.convert_reference"
 REFERENCE_NON_LORA = "non_lora_trainables.bin"
 REFERENCE_ADAPTER = "adapter_model.bin"
+#: The released folder's files, as ``check_reference_folder`` requires them.
+REFERENCE_FILES = ("config.json", "adapter_config.json", REFERENCE_ADAPTER, REFERENCE_NON_LORA)
 DEFAULT_BASE = "liuhaotian/llava-v1.5-7b"
 
 #: Reference key patterns -> our names (``None``: a buffer the model recomputes, consumed but not loaded).
@@ -53,12 +58,67 @@ _KEY_RULES: tuple[tuple[re.Pattern, str | None], ...] = (
 )  # fmt: skip
 
 
-class ConversionError(ValueError):
-    """The released files do not fit the reference preset; the message names the key."""
+class ConversionError(cli.CommandError):
+    """The released files do not fit the reference preset; the message names the file or the key."""
 
 
 def is_reference_checkpoint(folder: Path) -> bool:
-    return (folder / REFERENCE_NON_LORA).is_file() and not (folder / CONFIG_FILE).is_file()
+    """A folder in the released layout: none of our files and some of its (:func:`check_reference_folder`
+    then names those missing)."""
+    return not (folder / CONFIG_FILE).is_file() and any((folder / name).is_file() for name in REFERENCE_FILES)
+
+
+def input_folder(path: Path, flag: str | None = None) -> Path:
+    """``path`` as an existing folder, else :class:`cli.CommandError` naming it (``cli.input_file``'s twin)."""
+    if not path.is_dir():
+        problem = "is a file, expected a folder" if path.exists() else "no such folder"
+        raise cli.CommandError(f"{flag} {path}: {problem}" if flag else f"{path}: {problem}")
+    return path
+
+
+def check_reference_folder(folder: Path, flag: str | None = None) -> tuple[dict, dict]:
+    """``config.json`` and ``adapter_config.json`` of a released folder that has all of :data:`REFERENCE_FILES`."""
+    where = f"{flag} {folder}" if flag else str(folder)
+    input_folder(folder, flag)
+    missing = [name for name in REFERENCE_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ConversionError(f"{where}: not the released checkpoint folder: no {', '.join(missing)}")
+    configs = []
+    for name in REFERENCE_FILES[:2]:
+        config = cli.read_json(folder / name, flag)
+        if not isinstance(config, dict):
+            raise ConversionError(f"{folder / name}: expected a JSON object, got {type(config).__name__}")
+        configs.append(config)
+    return configs[0], configs[1]
+
+
+def _first_line(error: Exception) -> str:
+    """The gist of a library's (often long, multi-line) message: its first sentence."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0].split('. ')[0]}" if lines else type(error).__name__
+
+
+def check_pretrained(name: str | None, what: str, hint: str = "") -> None:
+    """Fail at once, in one line, where loading ``name`` (a folder or a hub name) would fail only after a
+    minute of download retries (as transformers does without network): a hub name missing from the local
+    Hugging Face cache while offline (``HF_HUB_OFFLINE``) or while the hub cannot be reached."""
+    if name is None or Path(name).is_dir():
+        return
+    suffix = f"; {hint}" if hint else ""
+    try:
+        if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
+            return
+    except ValueError:  # huggingface_hub's HFValidationError: not a repository name either ('/no/such/folder')
+        raise cli.CommandError(f"{what} {name}: no such folder{suffix}") from None
+    if huggingface_hub.is_offline_mode():
+        raise cli.CommandError(f"{what} {name!r}: not a folder and not in the Hugging Face cache (offline){suffix}")
+    try:
+        huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(name, "config.json"), timeout=10)
+    except Exception as error:  # whatever fails this one request (no network, no such repository) fails loading
+        raise cli.CommandError(
+            f"{what} {name!r}: not a folder, not in the Hugging Face cache, and not on the hub ({_first_line(error)})"
+            f"{suffix}"
+        ) from None
 
 
 def map_key(key: str) -> str | None:
@@ -75,36 +135,52 @@ def _with_adapter_name(key: str) -> str:
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ConversionError(f"{path}: missing")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def model_config_from(folder: Path, base: str, vision_tower: str | None) -> ModelConfig:
-    """The reference preset with the released run's LoRA and vision settings."""
     try:
-        llava = json.loads((folder / "config.json").read_text())
-        adapter = json.loads((folder / "adapter_config.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConversionError(f"{folder}: cannot read config.json / adapter_config.json ({error})") from None
-    return ModelConfig(
-        preset="reference", mask_extras=False, model_name_or_path=base,
-        vision_tower=vision_tower or llava.get("mm_vision_tower", "openai/clip-vit-large-patch14-336"),
-        mm_vision_select_layer=int(llava.get("mm_vision_select_layer", -2)),
-        lora_r=int(adapter.get("r", 128)), lora_alpha=int(adapter.get("lora_alpha", 256)),
-        lora_dropout=float(adapter.get("lora_dropout", 0.05)), bits=4, dtype="bfloat16",
-    )  # fmt: skip
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, KeyError or UnpicklingError on a bad file
+        raise ConversionError(f"{path}: not a readable PyTorch weights file ({_first_line(error)})") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise ConversionError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+    return state
+
+
+def model_config_from(llava: dict, adapter: dict, base: str, vision_tower: str | None) -> ModelConfig:
+    """The reference preset with the released run's LoRA and vision settings (from its two JSON files)."""
+    try:
+        return ModelConfig(
+            preset="reference", mask_extras=False, model_name_or_path=base,
+            vision_tower=vision_tower or llava.get("mm_vision_tower", "openai/clip-vit-large-patch14-336"),
+            mm_vision_select_layer=int(llava.get("mm_vision_select_layer", -2)),
+            lora_r=int(adapter.get("r", 128)), lora_alpha=int(adapter.get("lora_alpha", 256)),
+            lora_dropout=float(adapter.get("lora_dropout", 0.05)), bits=4, dtype="bfloat16",
+        )  # fmt: skip
+    except (TypeError, ValueError) as error:
+        raise ConversionError(f"config.json / adapter_config.json: unusable value ({error})") from None
+
+
+def _check_output(folder: Path, output: Path, overwrite: bool) -> Path:
+    """The overwrite rule of :mod:`egoexor.cli`, and no output inside the input folder (that would change it)."""
+    output = cli.check_output(output, inputs=[folder], overwrite=overwrite, folder=True)
+    if folder.resolve() in output.resolve().parents:
+        raise cli.CommandError(f"{output}: is inside the input folder {folder}; write the output elsewhere")
+    return output
 
 
 def convert(folder: str | Path, output: str | Path, base: str = DEFAULT_BASE, vision_tower: str | None = None,
-            **model_overrides) -> dict[str, list[str]]:  # fmt: skip
+            overwrite: bool = False, **model_overrides) -> dict[str, list[str]]:  # fmt: skip
     """Write an egoexor checkpoint for a released reference folder; returns what was mapped and skipped.
 
-    The model is built (``model_overrides`` may shrink it, e.g. ``bits=16``) to check every mapped
-    tensor's shape against the reference preset before anything is written.
+    Everything is checked before the model is built: the four files, the output rule (an existing
+    ``output`` needs ``overwrite``), and that the base LLM and the CLIP tower can be loaded. The model
+    is then built (``model_overrides`` may shrink it, e.g. ``bits=16``) to check every mapped tensor's
+    shape against the reference preset before anything is written; ``output`` appears complete or not at all.
     """
     folder, output = Path(folder), Path(output)
-    config = dataclasses.replace(model_config_from(folder, base, vision_tower), **model_overrides)
+    llava, adapter_config = check_reference_folder(folder)
+    output = _check_output(folder, output, overwrite)
+    config = dataclasses.replace(model_config_from(llava, adapter_config, base, vision_tower), **model_overrides)
+    check_pretrained(config.model_name_or_path, "base LLM")
+    check_pretrained(config.vision_tower, "vision tower")
     non_lora = _load_bin(folder / REFERENCE_NON_LORA)
     adapter = _load_bin(folder / REFERENCE_ADAPTER)
     model = build_model(config)
@@ -131,35 +207,39 @@ def convert(folder: str | Path, output: str | Path, base: str = DEFAULT_BASE, vi
     if missing:
         raise ConversionError(f"{REFERENCE_ADAPTER}: lacks {len(missing)} LoRA weight(s), e.g. {sorted(missing)[0]!r}")
     adapter_ours = {key: tensor.contiguous() for key, tensor in adapter.items()}
-    output.mkdir(parents=True, exist_ok=True)
-    save_file(mapped, output / NON_LORA_FILE)
-    save_file(adapter_ours, output / "adapter_model.safetensors")
-    model.language_model.peft_config["default"].save_pretrained(output)
     # the data must fit the model: CLIP's input size and the branch token count (as training sets them)
     data = DataConfig(image_size=model.vision_tower.vision_tower.config.image_size,
                       tokens_per_branch=config.tokens_per_branch)  # fmt: skip
     saved_config = {"model": dataclasses.asdict(config), "data": dataclasses.asdict(data)}
-    (output / CONFIG_FILE).write_text(json.dumps(saved_config, indent=2))
+    with atomic_folder(output) as temporary:  # files are fsynced and the folder renamed into place
+        save_file(mapped, temporary / NON_LORA_FILE)
+        save_file(adapter_ours, temporary / "adapter_model.safetensors")
+        model.language_model.peft_config["default"].save_pretrained(temporary)
+        (temporary / CONFIG_FILE).write_text(json.dumps(saved_config, indent=2))
     return {"mapped": sorted(mapped), "adapter": sorted(adapter_ours), "recomputed_buffers": sorted(skipped)}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m egoexor.convert_reference", description=__doc__.splitlines()[0])
-    parser.add_argument("input", type=Path,
-                        help="the released folder: config.json, adapter_config.json, adapter_model.bin, "
-                        "non_lora_trainables.bin")
-    parser.add_argument("output", type=Path, help="egoexor checkpoint folder to write")
+def _parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog=f"python -m {COMMAND}", description=__doc__.splitlines()[0])
+    parser.add_argument("input", type=Path, help="the released folder: " + ", ".join(REFERENCE_FILES))
+    parser.add_argument("output", type=Path,
+                        help="egoexor checkpoint folder to write (replaced as a whole when complete)")
     parser.add_argument("--base", default=DEFAULT_BASE, help="base LLM the adapter belongs to (hub name or folder)")
     parser.add_argument("--vision_tower", default=None, help="CLIP tower (default: the one config.json names)")
-    args = parser.parse_args(argv)  # fmt: skip
-    try:
-        report = convert(args.input, args.output, args.base, args.vision_tower)
-    except (ConversionError, OSError) as error:
-        print(f"convert_reference: error: {error}", file=sys.stderr)
-        return 2
+    cli.add_overwrite_flag(parser)
+    return parser  # fmt: skip
+
+
+def _run(args) -> int:
+    report = convert(args.input, args.output, args.base, args.vision_tower, overwrite=args.overwrite)
     print(f"wrote {args.output}: {len(report['mapped'])} tensors mapped, {len(report['adapter'])} LoRA tensors, "
           f"{len(report['recomputed_buffers'])} recomputed buffers skipped")  # fmt: skip
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2 for bad input, 130 after Ctrl-C)."""
+    return cli.run(COMMAND, lambda: _run(_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -1,22 +1,32 @@
-"""The whole pipeline on a laptop: ``python -m egoexor.demo [--out DIR]``.
+"""The whole pipeline on a laptop: ``python -m egoexor.demo [--out DIR] [--overwrite]``.
 
 Synthetic EgoExOR-format data (``tiny`` profile) -> ``egoexor-merge-h5`` -> training/test samples ->
 training of the tiny model on the CPU (``configs/tiny.yaml``) -> ``egoexor.infer`` on the held-out
 test split -> evaluation. Prints each stage with its time and the final metrics table; about five to
 ten minutes on 2 CPU cores, no GPU, no download.
+
+``--out`` (default ``outputs/demo``) follows the overwrite rule of :mod:`egoexor.cli`: a folder holding
+an earlier demo is refused unless ``--overwrite``. Everything is written into a temporary folder beside
+it that replaces ``--out`` only when the demo is complete, so an interrupted demo leaves the old one.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
+import random
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from egoexor import cli
+from egoexor.atomic import atomic_folder, write_json
+
+COMMAND = "egoexor.demo"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+#: Seed of the sample lists (make_samples' default), apart from ``--seed``: the demo's data stay those it
+#: has always trained on.
+SAMPLES_SEED = 42
 
 
 def _stage(name: str, run: Callable[[], object]) -> object:
@@ -27,74 +37,98 @@ def _stage(name: str, run: Callable[[], object]) -> object:
     return result
 
 
-def run(out: Path, seed: int = 0, epochs: int | None = None, config: Path = CONFIG, frames: int = 120) -> dict:
-    """Run every stage into ``out``; returns the paths it wrote and the metrics.
+def _write_samples(merged: Path, folder: Path) -> dict[str, Path]:
+    """One sample file per split, as ``python -m egoexor.data.make_samples --n-permutations 1`` writes it."""
+    from egoexor.data.make_samples import make_samples
 
-    ``frames`` per take (the tiny profile's own are few): a few hundred training frames let the tiny
-    model learn the scene graphs from the images instead of memorising single frames.
-    """
+    files = {}
+    for split in ("train", "validation", "test"):
+        rng = random.Random(SAMPLES_SEED)
+        with cli.open_hdf5(merged, "merged file") as h5:
+            samples, _ = make_samples(h5, split, rng)
+        rng.shuffle(samples)  # the generation order, then shuffled with the same generator, as the command does
+        files[split] = folder / f"{split}.json"
+        write_json(files[split], [s.to_record() for s in samples], indent=4)
+    return files
+
+
+def _pipeline(work: Path, seed: int, epochs: int | None, config: Path, frames: int) -> None:
+    """Every stage, writing into ``work``; the paths are those :func:`run` returns, relative to it."""
     from egoexor import infer, train
     from egoexor.config import parse_train_args
-    from egoexor.data import make_samples
     from egoexor.data.merge_h5 import merge_files
     from egoexor.data.synthetic import generate
 
-    if not config.is_file():
-        raise FileNotFoundError(f"{config}: missing; the demo reads it from the source checkout (pip install -e .)")
-    out.mkdir(parents=True, exist_ok=True)
     dataset = _stage(f"synthetic data (tiny profile, {frames} frames per take)",
-                     lambda: generate(out / "data", "tiny", seed=seed, n_frames=frames))
-    merged = out / "egoexor.h5"
-    _stage("merge", lambda: merge_files(dataset.files, dataset.splits_file, merged, overwrite=True))
-
-    def samples() -> dict[str, Path]:
-        files = {split: out / "samples" / f"{split}.json" for split in ("train", "validation", "test")}
-        for split, path in files.items():
-            argv = ["--hdf5", str(merged), "--split", split, "--n-permutations", "1", "--out",
-                    str(path.parent), "--name", path.name, "--no-token-freqs"]  # fmt: skip
-            if make_samples.main(argv) != 0:
-                raise RuntimeError(f"sample generation failed for the {split} split")
-        return files
-
-    files = _stage("samples", samples)
-    run_dir = out / "run"
+                     lambda: generate(work / "data", "tiny", seed=seed, n_frames=frames))  # fmt: skip
+    merged = work / "egoexor.h5"
+    _stage("merge", lambda: merge_files(dataset.files, dataset.splits_file, merged))
+    files = _stage("samples", lambda: _write_samples(merged, work / "samples"))
     flags = ["--config", str(config), "--data_path", str(files["train"]), "--hdf5_path", str(merged),
-             "--output_dir", str(run_dir), "--seed", str(seed), "--disable_tqdm", "True", "--logging_steps", "50"]
+             "--output_dir", str(work / "run"), "--seed", str(seed), "--disable_tqdm", "True", "--logging_steps", "50"]
     if epochs is not None:
         flags += ["--num_train_epochs", str(epochs)]
 
     def training() -> None:
         trainer = train.build_training(parse_train_args(flags))
         trainer.train()
-        trainer.save_model()
-        trainer.save_state()
+        trainer.save_final_model()
 
     _stage("training (tiny model, CPU)", training)
+    argv = ["--checkpoint", str(work / "run"), "--hdf5", str(merged), "--samples", str(files["test"]),
+            "--out", str(work / "evaluation"), "--protocol", "gt", "--max_new_tokens", "64"]  # fmt: skip
+    _stage("inference + evaluation (held-out test split)", lambda: infer.run(argv))
+
+
+def run(out: Path, seed: int = 0, epochs: int | None = None, config: Path = CONFIG, frames: int = 120,
+        overwrite: bool = False) -> dict:  # fmt: skip
+    """Run every stage into ``out``; returns the paths it wrote and the metrics.
+
+    ``out`` must be absent or empty unless ``overwrite``; it is replaced only when every stage is done.
+    ``frames`` per take (the tiny profile's own are few): a few hundred training frames let the tiny
+    model learn the scene graphs from the images instead of memorising single frames.
+    """
+    out = cli.check_output(out, overwrite=overwrite, folder=True, flag="--out")
+    if not config.is_file():
+        raise cli.CommandError(f"{config}: missing; the demo reads it from the source checkout (pip install -e .)")
+    with atomic_folder(out) as work:
+        print(f"== writing into {work}, which becomes {out} when every stage is done", flush=True)
+        _pipeline(work, seed, epochs, config, frames)
     evaluation = out / "evaluation"
-    code = _stage("inference + evaluation (held-out test split)", lambda: infer.main([
-        "--checkpoint", str(run_dir), "--hdf5", str(merged), "--samples", str(files["test"]), "--out",
-        str(evaluation), "--protocol", "gt", "--max_new_tokens", "64", "--overwrite",
-    ]))  # fmt: skip
-    if code != 0:
-        raise RuntimeError(f"inference failed with exit code {code}")
-    metrics = json.loads((evaluation / "metrics.json").read_text())
-    return {"checkpoint": run_dir, "samples": files, "hdf5": merged, "evaluation": evaluation, "metrics": metrics}
+    return {
+        "checkpoint": out / "run", "hdf5": out / "egoexor.h5", "evaluation": evaluation,
+        "samples": {split: out / "samples" / f"{split}.json" for split in ("train", "validation", "test")},
+        "metrics": cli.read_json(evaluation / "metrics.json"),
+    }  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m egoexor.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="folder for everything it writes")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: configs/tiny.yaml's)")
-    args = parser.parse_args(argv)
+def _parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog=f"python -m {COMMAND}", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo"),
+                        help="folder for everything it writes (default: %(default)s)")
+    parser.add_argument("--seed", type=cli.int_flag(0), default=0, help="seed of the data and of training")
+    parser.add_argument("--epochs", type=cli.int_flag(1), default=None,
+                        help="training epochs (default: configs/tiny.yaml's)")
+    cli.add_overwrite_flag(parser)
+    return parser  # fmt: skip
+
+
+def _run(args) -> int:
     logging.basicConfig(level=logging.WARNING)
     start = time.perf_counter()
-    result = run(args.out, args.seed, args.epochs)
+    result = run(args.out, args.seed, args.epochs, overwrite=args.overwrite)
     overall = result["metrics"]["overall"]
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; held-out macro F1 (gt protocol) "
           f"{overall['macro']['f1-score']:.3f}, triplet F1 {overall['triplet']['f1-score']:.3f}; "
           f"report: {result['evaluation'] / 'report.md'}")  # fmt: skip
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2 for bad input, 130 after Ctrl-C)."""
+    from egoexor import infer
+
+    return cli.run(COMMAND, lambda: _run(_parser().parse_args(argv)), errors=infer.ERRORS)
 
 
 if __name__ == "__main__":

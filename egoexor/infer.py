@@ -6,20 +6,33 @@ evaluation of :mod:`egoexor.evaluate` on the result. Writes into ``--out``:
 * ``predictions.json``: the reference's format, ``{sample_id: [[subject, predicate, object], ...]}``
   of raw strings as the reference parses them;
 * ``raw_predictions.json``: ``{sample_id: generated text}``;
-* ``metrics.json``, ``report.md`` and the plots of :mod:`egoexor.evaluate`.
+* ``metrics.json``, ``report.md`` and the plots of :mod:`egoexor.evaluate` (a one-line warning
+  counts predictions the parser dropped: unparsable text, unknown names);
+* ``run.json``: what the predictions come from (checkpoint, samples, HDF5, settings).
 
 Resumable: generated texts are appended to ``raw_predictions.rank<R>.jsonl`` as each batch finishes;
-a rerun skips the samples found there, so an interrupted run loses at most one batch.
-``torchrun --nproc_per_node K -m egoexor.infer ...`` shards the samples over the ranks (rank r
-takes every K-th sample from r); rank 0 merges the shards and evaluates.
+a rerun of the same run (same ``run.json``) skips the samples found there, so an interrupted or
+killed run loses at most one batch. ``torchrun --nproc_per_node K -m egoexor.infer ...`` shards the
+samples over the ranks (rank r takes every K-th sample from r); rank 0 merges the shards and evaluates.
+
+The overwrite rule of :mod:`egoexor.cli`, with resuming: ``--out`` may be absent, empty or hold this
+very run; anything else (another run's predictions, other files) is refused unless ``--overwrite``,
+which replaces the folder by a fresh one. An ``--out`` that is, or holds, an input is always refused.
+Every result file is written atomically.
+
+Everything checkable is checked before the model is loaded, each failure one line naming the flag,
+file or sample (exit status 2): the checkpoint folder, the HDF5 file, the samples (each sample's take
+and frame must be in the HDF5 file; takes without RGB frames are named in a warning), the audio cache
+(an embedding for every take whose samples use audio), the output rule, and that every pretrained
+part the checkpoint names (LLM, CLIP, the CLAP audio encoder when samples use audio and no
+``--audio_cache`` is given) is a folder, in the Hugging Face cache, or reachable on the hub.
 
 ``--checkpoint`` is an egoexor checkpoint (``checkpoint-N/`` of ``python -m egoexor.train``) or the
-authors' released folder, converted on the fly (see :mod:`egoexor.convert_reference`).
+authors' released folder, converted on the fly into ``--out``/converted (see :mod:`egoexor.convert_reference`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,28 +42,46 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import h5py
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from egoexor import evaluate, scene_graph
-from egoexor.atomic import write_json
-from egoexor.config import DataConfig
-from egoexor.data.dataset import Collator, EgoExorDataset
-from egoexor.data.samples import SampleError, load_samples
+from egoexor import cli, evaluate, scene_graph
+from egoexor.atomic import atomic_folder, write_json
+from egoexor.config import ConfigError, DataConfig, ModelConfig
+from egoexor.convert_reference import (
+    DEFAULT_BASE,
+    REFERENCE_FILES,
+    check_pretrained,
+    check_reference_folder,
+    convert,
+    input_folder,
+    is_reference_checkpoint,
+    model_config_from,
+)
+from egoexor.data import layout
+from egoexor.data.dataset import AudioCache, Collator, EgoExorDataset, SampleInputError
+from egoexor.data.reader import ReadError
+from egoexor.data.samples import Sample, SampleError, check_in_hdf5, load_samples
+from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE
+
+COMMAND = "egoexor.infer"
+RUN_FILE = "run.json"
+#: Errors that are the user's input (besides :class:`cli.CommandError` and ``OSError``): one line, exit 2.
+ERRORS = (ConfigError, SampleInputError, ReadError)
+_AUDIO_HINT = "pass --audio_cache with embeddings from python -m egoexor.data.precompute_audio"
 
 
-def _distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device), initialising torch.distributed under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+def _distributed(world: int) -> torch.device:
+    """The device of this process, initialising torch.distributed under torchrun."""
     device = torch.device("cpu")
     if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)  # 4-bit loading and NCCL use the current device
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return (torch.distributed.get_rank(), world, device) if world > 1 else (0, 1, device)
+    return device
 
 
 def _read_log(path: Path) -> dict[str, str]:
@@ -92,16 +123,13 @@ def generate_shard(model, dataset: EgoExorDataset, log: Path, batch_size: int, m
     return done
 
 
-def _check_run(out: Path, run: dict, overwrite: bool) -> None:
-    """Refuse to mix the logs of another run (other checkpoint, samples or settings) into this one."""
-    record = out / "run.json"
-    logs = sorted(out.glob("raw_predictions.rank*.jsonl"))
-    if overwrite:
-        for path in logs:
-            path.unlink()
-    elif logs and (not record.is_file() or json.loads(record.read_text()) != run):
-        raise ValueError(f"{out} holds predictions of another run (see {record}); pass --overwrite or another --out")
-    write_json(record, run)
+def _without_worker_traceback(error: Exception) -> str:
+    """The message of an error raised in a DataLoader worker: torch re-raises it in the main process with
+    the worker's traceback in the message, whose last line is ``module.Class: original message``."""
+    message = str(error)
+    if "Original Traceback" not in message:
+        return message
+    return message.strip().splitlines()[-1].split(": ", 1)[-1]
 
 
 def reference_predictions(texts: dict[str, str]) -> dict[str, list[list[str]]]:
@@ -109,14 +137,98 @@ def reference_predictions(texts: dict[str, str]) -> dict[str, list[list[str]]]:
     return {i: [[s, p, o] for s, o, p in scene_graph.split_fields(text, "reference")] for i, text in texts.items()}
 
 
+def checkpoint_configs(folder: Path, bits: int, converted: Path | None) -> tuple[ModelConfig, DataConfig]:
+    """The model and data configuration of an egoexor or a released checkpoint folder, read without weights.
+
+    A released folder not yet converted (into ``converted``, by an earlier attempt of the same run)
+    gets the configuration :func:`convert` writes: the reference preset and the default data configuration.
+    """
+    input_folder(folder, "--checkpoint")
+    if is_reference_checkpoint(folder):
+        if converted is None or not (converted / CONFIG_FILE).is_file():
+            llava, adapter = check_reference_folder(folder, "--checkpoint")
+            return replace(model_config_from(llava, adapter, DEFAULT_BASE, None), bits=bits), DataConfig()
+        folder = converted
+    if not (folder / CONFIG_FILE).is_file() or not (folder / NON_LORA_FILE).is_file():
+        inside = sorted(path.parent.name for path in folder.glob(f"*/{CONFIG_FILE}"))
+        hint = f"; it holds checkpoints: pass one of them, e.g. {folder / inside[-1]}" if inside else ""
+        raise cli.CommandError(
+            f"--checkpoint {folder}: neither an egoexor checkpoint ({CONFIG_FILE}, {NON_LORA_FILE}) nor the "
+            f"released reference folder ({', '.join(REFERENCE_FILES)}){hint}"
+        )
+    saved = cli.read_json(folder / CONFIG_FILE, "--checkpoint")
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(part), dict) for part in ("model", "data")):
+        raise cli.CommandError(f"--checkpoint {folder / CONFIG_FILE}: expected a 'model' and a 'data' section")
+    try:
+        model, data = ModelConfig(**{**saved["model"], "bits": bits}), DataConfig(**saved["data"])
+    except (TypeError, ConfigError) as error:
+        raise cli.CommandError(f"--checkpoint {folder / CONFIG_FILE}: {error}") from None
+    if model.model_name_or_path is None and not (folder / "tokenizer_config.json").is_file():
+        raise cli.CommandError(f"--checkpoint {folder}: no tokenizer_config.json, and no LLM to take a tokenizer from")
+    return model, data
+
+
+def read_samples(path: Path) -> list[Sample]:
+    """The samples to generate for: a readable, non-empty list with one record per id."""
+    try:
+        samples = load_samples(cli.input_file(path, "--samples"))
+    except SampleError as error:  # names the file and the record
+        raise cli.CommandError(f"--samples {error}") from None
+    if not samples:
+        raise cli.CommandError(f"--samples {path}: an empty list: nothing to generate")
+    seen = set()
+    for sample in samples:
+        if sample.id in seen:
+            raise cli.CommandError(f"--samples {path}: sample id {sample.id!r} occurs twice (predictions go by id)")
+        seen.add(sample.id)
+    return samples
+
+
+def check_audio_cache(path: Path, samples: Sequence[Sample], audio_norm: str) -> None:
+    """The cache is readable, made with ``audio_norm``, and has an embedding for every sample that uses audio."""
+    last_frame: dict[str, int] = {}
+    for sample in samples:
+        if "audio" in sample.modalities:
+            last_frame[sample.take.path] = max(last_frame.get(sample.take.path, 0), sample.frame)
+    with cli.open_hdf5(path, "--audio_cache") as h5:
+        for take, frame in sorted(last_frame.items()):
+            name = f"{take}/audio/{AudioCache.DATASET}"
+            if not isinstance(h5.get(name), h5py.Dataset) or len(h5[name]) <= frame:
+                raise cli.CommandError(f"--audio_cache {path}: no embedding of frame {frame} of {take}")
+    try:
+        AudioCache(path, audio_norm)
+    except ValueError as error:  # made with another audio_norm; the message names the file
+        raise cli.CommandError(f"--audio_cache {error}") from None
+
+
+def _stamp(path: Path) -> list[int]:
+    """Size and modification time: a file replaced in place makes another run."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def check_out(out: Path, inputs: Sequence[Path | None], run: dict, overwrite: bool) -> bool:
+    """Apply the overwrite rule to ``--out``; ``True`` when it holds this very run, to be resumed."""
+    cli.check_output(out, inputs=inputs, overwrite=True, folder=True, flag="--out")  # what --overwrite cannot lift
+    if overwrite or not out.is_dir() or not any(out.iterdir()):
+        return False
+    record = out / RUN_FILE
+    try:
+        if json.loads(record.read_text()) == run:
+            return True
+        what = f"predictions of another run (see {record})"
+    except (OSError, ValueError):
+        what = f"files that are not a run of {COMMAND} (no readable {RUN_FILE})"
+    raise cli.CommandError(f"--out {out}: holds {what}; pass --overwrite to replace it, or another --out")
+
+
 def load_model(checkpoint: Path, bits: int, device: torch.device, converted: Path):
     """The model, tokenizer and data configuration of an egoexor or a released reference checkpoint.
 
     A released folder is converted once (by rank 0) into ``converted``.
     """
-    from egoexor.convert_reference import convert, is_reference_checkpoint
     from egoexor.data.tokenizer import load_tokenizer
-    from egoexor.model.build import CONFIG_FILE, load_trained
+    from egoexor.model.build import load_trained
 
     if is_reference_checkpoint(checkpoint):
         if int(os.environ.get("RANK", "0")) == 0 and not (converted / CONFIG_FILE).is_file():
@@ -124,24 +236,24 @@ def load_model(checkpoint: Path, bits: int, device: torch.device, converted: Pat
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
         checkpoint = converted
-    elif not (checkpoint / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{checkpoint}: neither an egoexor checkpoint nor the released reference folder")
     model, data_config = load_trained(checkpoint, bits=bits)
     has_tokenizer = (checkpoint / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(checkpoint if has_tokenizer else model.config.name_or_path, data_config.model_max_length)
     return model.to(device), tokenizer, data_config
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m egoexor.infer", description=__doc__.splitlines()[0])
+def _parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog=f"python -m {COMMAND}", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder (ours or the released one)")
     parser.add_argument("--hdf5", required=True, type=Path, help="merged EgoExOR file")
     parser.add_argument("--samples", required=True, type=Path, help="sample JSON of the split to evaluate (test)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (predictions, metrics, plots)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output folder (predictions, metrics, plots); a rerun of the same run resumes it")
     parser.add_argument("--protocol", choices=("paper", "gt"), default="paper",
                         help="paper: the published evaluator; gt: ground-truth entity set (MM-OR/4D-OR)")
-    parser.add_argument("--batch_size", type=int, default=16, help="samples per generation batch (reference: 16)")
-    parser.add_argument("--max_new_tokens", type=int, default=300, help="longest answer (reference: 300)")
+    parser.add_argument("--batch_size", type=cli.int_flag(1), default=16,
+                        help="samples per generation batch (reference: 16)")
+    parser.add_argument("--max_new_tokens", type=cli.int_flag(1), default=300, help="longest answer (reference: 300)")
     parser.add_argument("--bits", type=int, choices=(4, 8, 16), default=16,
                         help="LLM weights at inference (reference: 16, bf16, although trained on 4-bit)")
     parser.add_argument("--prompt_roles", choices=DataConfig.choices("prompt_roles"), default=None,
@@ -158,52 +270,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rescale_dark_frames", choices=("true", "false"), default=None,
                         help="true: multiply frames whose maximum is 1 by 255, as the reference did "
                         "(default: the checkpoint's)")
-    parser.add_argument("--num_workers", type=int, default=4, help="data loading processes (0: in the main one)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="discard predictions of an earlier run in --out instead of resuming it")
+    parser.add_argument("--num_workers", type=cli.int_flag(0), default=4,
+                        help="data loading processes (0: in the main one)")
     parser.add_argument("--audio_cache", type=Path, default=None,
                         help="audio embeddings written by python -m egoexor.data.precompute_audio")
-    args = parser.parse_args(argv)  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an --out holding another run's predictions or other files (a rerun of the "
+                        "same run resumes without it; with it, that run starts afresh)")
+    return parser  # fmt: skip
 
-    def fail(message: str) -> int:
-        print(f"egoexor.infer: error: {message}", file=sys.stderr)
-        return 2
 
-    for flag in ("hdf5", "samples"):
-        if not getattr(args, flag).is_file():
-            return fail(f"--{flag} {getattr(args, flag)}: no such file")
-    if args.batch_size < 1 or args.max_new_tokens < 1:
-        return fail("--batch_size and --max_new_tokens must be at least 1")
-    try:
-        samples = load_samples(args.samples)
-    except SampleError as error:
-        return fail(str(error))
-    rank, world, device = _distributed()
+def _run(args) -> int:
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     overrides = {k: v for k, v in (
         ("prompt_roles", args.prompt_roles), ("flip_rule", args.flip_rule), ("row_matching", args.row_matching),
         ("camera_selection", args.camera_selection), ("audio_cache", args.audio_cache and str(args.audio_cache)),
         ("rescale_dark_frames", None if args.rescale_dark_frames is None else args.rescale_dark_frames == "true"),
     ) if v is not None}  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    weights = sorted(p for p in args.checkpoint.glob("*") if p.suffix in (".safetensors", ".bin")) \
-        if args.checkpoint.is_dir() else []  # fmt: skip
-    run = {"checkpoint": str(args.checkpoint.resolve()), "samples": str(args.samples.resolve()),
-           "weights": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in weights},
-           "hdf5": str(args.hdf5.resolve()), "bits": args.bits, "max_new_tokens": args.max_new_tokens,
-           "world_size": world, **overrides}  # fmt: skip
+    samples = read_samples(args.samples)
+    with cli.open_hdf5(args.hdf5, "--hdf5") as h5:
+        try:
+            check_in_hdf5(samples, h5)
+        except SampleError as error:  # names the file, the first sample missing and the count
+            raise cli.CommandError(f"--hdf5 {error}") from None
+        without_rgb = sorted({s.take.path for s in samples if layout.RGB not in h5[s.take.path]})
+    weights = sorted(p for p in args.checkpoint.glob("*") if p.suffix in (".safetensors", ".bin"))
+    run = {"checkpoint": str(args.checkpoint.resolve()), "weights": {p.name: _stamp(p) for p in weights},
+           "samples": [str(args.samples.resolve()), *_stamp(args.samples)],
+           "hdf5": [str(args.hdf5.resolve()), *_stamp(args.hdf5)], "bits": args.bits,
+           "max_new_tokens": args.max_new_tokens, "world_size": world, **overrides}  # fmt: skip
+    inputs = [args.checkpoint, args.hdf5, args.samples, args.audio_cache]
+    resume = check_out(args.out, inputs, run, args.overwrite)
+    converted = args.out / "converted"
+    model_config, data_config = checkpoint_configs(args.checkpoint, args.bits, converted if resume else None)
+    data_config = replace(data_config, **overrides)
+    if args.audio_cache is not None:
+        check_audio_cache(args.audio_cache, samples, data_config.audio_norm)
+    check_pretrained(model_config.model_name_or_path, f"--checkpoint {args.checkpoint}: its LLM")
+    check_pretrained(model_config.vision_tower, f"--checkpoint {args.checkpoint}: its vision tower")
+    if args.audio_cache is None and any("audio" in sample.modalities for sample in samples):
+        check_pretrained(data_config.audio_encoder, f"--checkpoint {args.checkpoint}: its audio encoder", _AUDIO_HINT)
+    if without_rgb and rank == 0:
+        cli.warn(COMMAND, f"samples of take(s) without {layout.RGB} get no images: {', '.join(without_rgb)}")
+
+    device = _distributed(world)
+    if rank == 0 and not resume:
+        with atomic_folder(args.out) as fresh:
+            (fresh / RUN_FILE).write_text(json.dumps(run, indent=2))
+    if world > 1:
+        torch.distributed.barrier()
+    # the loaded configuration, not the checked one: a released folder's image size comes from its CLIP tower
+    model, tokenizer, loaded = load_model(args.checkpoint, args.bits, device, converted)
+    dataset = EgoExorDataset(samples[rank::world], args.hdf5, tokenizer, replace(loaded, **overrides), "generate")
+    start = time.perf_counter()
     try:
-        if rank == 0:
-            _check_run(args.out, run, args.overwrite)
-        if world > 1:
-            torch.distributed.barrier()
-        model, tokenizer, data_config = load_model(args.checkpoint, args.bits, device, args.out / "converted")
-        data_config = replace(data_config, **overrides)
-        dataset = EgoExorDataset(samples[rank::world], args.hdf5, tokenizer, data_config, "generate")
-        start = time.perf_counter()
         generate_shard(model, dataset, args.out / f"raw_predictions.rank{rank}.jsonl", args.batch_size,
                        args.max_new_tokens, device, args.num_workers, progress=rank == 0)  # fmt: skip
-    except (OSError, ValueError, TypeError, KeyError, LookupError) as error:
-        return fail(str(error))
+    except (SampleInputError, ReadError) as error:  # a frame that cannot be read (a corrupt chunk)
+        raise cli.CommandError(_without_worker_traceback(error)) from None
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:
@@ -219,7 +343,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.write_outputs(result, args.out)
     print(evaluate.format_headline(result))
     print(f"wrote {args.out}: predictions.json, raw_predictions.json, metrics.json, report.md, plots")
+    dropped = evaluate.dropped_summary(result)
+    if dropped:
+        cli.warn(COMMAND, f"{dropped} (see {args.out / 'report.md'})")
     return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """The command as a function: parse ``argv`` and run; user mistakes raise :class:`cli.CommandError` or one
+    of :data:`ERRORS` (for a caller that reports errors itself, such as :mod:`egoexor.demo`)."""
+    return _run(_parser().parse_args(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2 for bad input, 130 after Ctrl-C)."""
+    return cli.run(COMMAND, lambda: run(argv), errors=ERRORS)
 
 
 if __name__ == "__main__":

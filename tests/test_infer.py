@@ -64,30 +64,6 @@ def test_outputs_and_reference_format(reference_run, few_samples):
         assert (reference_run / name).is_file()
 
 
-def test_interrupted_inference_resumes_to_the_same_predictions(checkpoint, merged_file, few_samples, reference_run,
-                                                               tmp_path, monkeypatch):  # fmt: skip
-    generate = EgoExorLlava.generate
-    calls = []
-
-    def interrupted_after_three_batches(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) > 3:
-            raise KeyboardInterrupt
-        return generate(self, *args, **kwargs)
-
-    monkeypatch.setattr(EgoExorLlava, "generate", interrupted_after_three_batches)
-    with pytest.raises(KeyboardInterrupt):
-        infer.main(infer_args(checkpoint, merged_file, few_samples, tmp_path))
-    assert len((tmp_path / "raw_predictions.rank0.jsonl").read_text().splitlines()) == 3
-    assert not (tmp_path / "raw_predictions.json").exists()
-    monkeypatch.setattr(EgoExorLlava, "generate", generate)
-    assert infer.main(infer_args(checkpoint, merged_file, few_samples, tmp_path)) == 0
-    assert len((tmp_path / "raw_predictions.rank0.jsonl").read_text().splitlines()) == 6  # only the rest ran
-    assert json.loads((tmp_path / "raw_predictions.json").read_text()) == json.loads(
-        (reference_run / "raw_predictions.json").read_text()
-    )
-
-
 @pytest.mark.slow
 def test_two_sharded_processes_equal_one(checkpoint, merged_file, few_samples, reference_run, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -101,13 +77,6 @@ def test_two_sharded_processes_equal_one(checkpoint, merged_file, few_samples, r
     assert json.loads((tmp_path / "raw_predictions.json").read_text()) == json.loads(
         (reference_run / "raw_predictions.json").read_text()
     )
-
-
-def test_bad_inputs(checkpoint, merged_file, few_samples, tmp_path, capsys):
-    assert infer.main(infer_args(tmp_path / "nothing", merged_file, few_samples, tmp_path / "o")) == 2
-    assert "neither an egoexor checkpoint" in capsys.readouterr().err
-    assert infer.main(infer_args(checkpoint, tmp_path / "none.h5", few_samples, tmp_path / "o")) == 2
-    assert "--hdf5" in capsys.readouterr().err
 
 
 #: The reference's key prefix: peft's ``base_model.model.`` + ``LlavaLlamaForCausalLM.model.``
