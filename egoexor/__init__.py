@@ -1,3 +1,10 @@
 """egoexor: a clean reimplementation of the EgoExOR dual-branch scene-graph-generation baseline."""
 
+import logging
+
 __version__ = "0.1.0"
+
+# On CPUs with AVX512-BF16, importing bitsandbytes (through peft) logs that an optional hub kernel
+# package is missing; it falls back to its own kernel. That line would precede every command's
+# one-line error, so only its errors are let through.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

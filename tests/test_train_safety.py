@@ -376,3 +376,10 @@ def test_torchrun_two_ranks_one_writer(sample_files, merged_file, tmp_path):
     state = json.loads((output / TRAINER_STATE_NAME).read_text())
     assert state["global_step"] == 2
     assert not [p for p in output.iterdir() if p.name.startswith(".")]
+
+
+def test_a_real_process_prints_the_error_line_alone(tmp_path):
+    """Nothing the imports log (bitsandbytes' CPU kernel notice, warnings) precedes the one line."""
+    result = subprocess.run([sys.executable, "-m", "egoexor.train", "--config", TINY, "--lora_r", "0"],
+                            capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert (result.returncode, result.stderr) == (2, "egoexor.train: error: lora_r must be >= 1, got 0\n")
