@@ -216,6 +216,7 @@ def item_differences(reference: list[dict], dataset, audio) -> tuple[int, list[s
         where = f"sample {sample.id}"
         ego_names, exo_names = egoexor_view_names(dataset, sample)
         checks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        exact: dict[str, list] = {}  # golden checksums of tensors that must be equal, not within bf16
         if record.get("ego_source_names", []) != ego_names:
             failures.append(f"{where}: ego views {ego_names} vs the reference's {record.get('ego_source_names')}")
             continue
@@ -233,14 +234,15 @@ def item_differences(reference: list[dict], dataset, audio) -> tuple[int, list[s
             theirs = record.get(key)
             if theirs is None or n_ego == 0:
                 continue
-            present = min(len(theirs), n_ego)
-            checks[key] = (ours[:present], theirs[:present])
-            if not bool(mask[:present].all()) and key != "hand_tracking":
-                failures.append(f"{where}: {key} rows the reference uses are masked out here")
+            if int(mask.sum()) != len(theirs) or not bool(mask[: len(theirs)].all()):
+                failures.append(f"{where}: {key}: {len(theirs)} rows in the reference, views {mask.tolist()} here")
+            checks[key] = (ours[: len(theirs)], theirs)
         if record.get("point_cloud") is not None:
             ours_cloud = item["point_cloud"]
             if ours_cloud is None or not torch.equal(ours_cloud, record["point_cloud"]):
                 failures.append(f"{where}: point cloud differs")
+            cloud = record["point_cloud"].double()
+            exact["point cloud"] = [float(cloud.sum()), float(cloud.abs().sum()), list(cloud.shape)]
         elif item.get("point_cloud") is not None:
             failures.append(f"{where}: egoexor has a point cloud, the reference none")
         if record.get("audio") is not None:
@@ -253,7 +255,7 @@ def item_differences(reference: list[dict], dataset, audio) -> tuple[int, list[s
                 failures.append(f"{where}: {name} differs by {steps:.3g} bf16 steps")
         golden.append({"id": sample.id, "ego": ego_names, "exo": record.get("exo_source_names", []),
                        **{name: [float(theirs.float().sum()), float(theirs.float().abs().sum()), list(theirs.shape)]
-                          for name, (_, theirs) in checks.items()}})
+                          for name, (_, theirs) in checks.items()}, **exact})
     return len(reference), failures, worst, golden
 
 

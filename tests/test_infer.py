@@ -241,3 +241,14 @@ def test_released_fixture_has_the_layout_the_reference_writes(released):
     assert {_pattern(k) for k in written} == {_pattern(k) for k in golden["non_lora"]}
     adapter = torch.load(folder / REFERENCE_ADAPTER, map_location="cpu", weights_only=True)
     assert {_pattern(k) for k in adapter} == {_pattern(k) for k in golden["adapter"]}
+    # and which CLIP layers: the last N of the encoder (the golden run: 3 layers, N = 2), not N before the
+    # selected hidden state (which the digit-blind patterns above cannot tell apart)
+    assert _clip_layers(golden["non_lora"]) == [1, 2]
+    native = released[2]
+    n_layers = len(native.vision_tower.vision_tower.encoder.layers)
+    assert _clip_layers(written) == [n_layers - 2, n_layers - 1]
+
+
+def _clip_layers(keys) -> list[int]:
+    found = {re.search(r"vision_model\.encoder\.layers\.(\d+)\.", k) for k in keys}
+    return sorted({int(m.group(1)) for m in found if m})

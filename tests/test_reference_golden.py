@@ -86,13 +86,24 @@ def test_every_sample_tensor_equals_the_references_after_bfloat16_rounding(datas
             ours["ego images"] = item["ego_images"]
         for name in record["exo"]:
             ours[f"exo image {name}"] = item["exo_images"][exo.index(name)]
-        for key, tensor in (("eye_gaze", item["gaze"][:, :2]), ("eye_gaze_depth", item["gaze"][:, 2]),
-                            ("hand_tracking", item["hands"])):  # fmt: skip
+        for key, tensor, mask in (("eye_gaze", item["gaze"][:, :2], item["gaze_mask"]),
+                                  ("eye_gaze_depth", item["gaze"][:, 2], item["gaze_mask"]),
+                                  ("hand_tracking", item["hands"], item["hand_mask"])):  # fmt: skip
             if key in record:
-                ours[key] = tensor[: record[key][2][0]]
+                rows = record[key][2][0]  # the reference's rows: exactly our unmasked views, in order
+                assert mask.tolist() == [True] * rows + [False] * (len(mask) - rows), (sample.id, key)
+                ours[key] = tensor[:rows]
         if "audio input" in record:
             snippet = dataset.reader.read(sample.take, sample.frame, {"audio"}).audio
             ours["audio input"] = torch.from_numpy(audio_snippet(snippet, "reference"))
+        if "point cloud" in record:  # equal, not within bf16: compared unrounded
+            cloud = item["point_cloud"].double()
+            total, absolute, shape = record.pop("point cloud")
+            assert list(cloud.shape) == shape, sample.id
+            assert [float(cloud.sum()), float(cloud.abs().sum())] == pytest.approx([total, absolute], rel=1e-9)
+            compared += 1
+        else:
+            assert item["point_cloud"] is None, sample.id
         expected = {k: v for k, v in record.items() if k not in ("id", "ego", "exo")}
         assert set(ours) == set(expected), sample.id
         for name, (total, absolute, shape) in expected.items():
