@@ -8,6 +8,7 @@ reproduce the reference wherever it shapes results, and fix it where it only los
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import types
 import typing
@@ -216,7 +217,7 @@ class TrainConfig:
     #: never set, so its dropout was inert: ``--do_multimodal_augment False`` reproduces that run.
     do_multimodal_augment: bool = True
     #: Start afresh in an ``--output_dir`` that holds an earlier run (its checkpoints are removed first);
-    #: without it (or ``--resume_from_checkpoint``) such a folder is refused.
+    #: without it (or ``--resume_from_checkpoint`` from a checkpoint there) such a folder is refused.
     overwrite_output_dir: bool = False
 
     def __post_init__(self) -> None:
@@ -247,6 +248,7 @@ REFERENCE_ALIASES: dict[str, tuple[str, str]] = {
     "multimodal_drop_prop": ("data", "modality_dropout"),
     "evaluation_strategy": ("trainer", "eval_strategy"),  # renamed in transformers
     "warmup_ratio": ("trainer", "warmup_steps"),  # transformers 5: a float < 1 is a ratio of the steps
+    "gradient_checkpointing": ("trainer", "activation_checkpointing"),  # renamed in transformers 5
 }
 
 #: Reference flags that change nothing here: (the only supported value or None for any, why).
@@ -274,6 +276,8 @@ class TrainSetup:
     train: TrainConfig
     trainer: object  # transformers.TrainingArguments
     warnings: list[str]
+    #: The ``--config`` YAML file, if any (an input ``--output_dir`` may not hold).
+    config_file: str | None = None
 
 
 #: DataConfig fields that training derives from the model (the vision tower's input size, the
@@ -383,13 +387,18 @@ def train_parser():
     parser = Parser([*flag_classes, TrainingArguments], prog="python -m egoexor.train", allow_abbrev=False,
                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--config", default=None, help="YAML file of model/data/train/trainer defaults")
+    report_to = next(action for action in parser._actions if action.dest == "report_to")
+    report_to.nargs = "+"  # a list field that HfArgumentParser reads as one string: --report_to tensorboard wandb
     return parser
 
 
 def _prepass(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
     """``--config``, the reference's flags mapped onto ours, and a warning for each flag without effect."""
     config, kept, warnings = None, [], []
-    for name, value in split_flags(argv):
+    for name, values in split_flags(argv):
+        if name in ("config", *NO_EFFECT) and len(values) != 1:
+            raise ConfigError(f"--{name} takes one value, got {' '.join(values)}")
+        value = values[0]
         if name == "config":
             config = value
             continue
@@ -399,28 +408,25 @@ def _prepass(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
                 raise ConfigError(f"--{name} {value}: not supported ({why}; only {supported})")
             warnings.append(f"--{name} has no effect here: {why}")
             continue
-        kept += [f"--{REFERENCE_ALIASES.get(name, (None, name))[1]}", value]
+        kept += [f"--{REFERENCE_ALIASES.get(name, (None, name))[1]}", *values]
     return config, kept, warnings
 
 
-def split_flags(argv: list[str]) -> list[tuple[str, str]]:
-    """``--name value``, ``--name=value`` and bare ``--name`` (= True) pairs, in order."""
-    pairs = []
-    index = 0
-    while index < len(argv):
-        token = argv[index]
-        if not token.startswith("--"):
+def split_flags(argv: list[str]) -> list[tuple[str, list[str]]]:
+    """Each flag and its values, in order: ``--name v1 v2`` (every token up to the next flag; the parser
+    knows which fields take a list), ``--name=value``, and a bare ``--name`` (``["True"]``)."""
+    pairs: list[tuple[str, list[str]]] = []
+    takes_values = False  # the last token was a flag without "=value", or one of its values
+    for token in argv:
+        if token.startswith("--"):
+            name, sep, value = token[2:].partition("=")
+            pairs.append((name.replace("-", "_"), [value] if sep else []))
+            takes_values = not sep
+        elif takes_values:
+            pairs[-1][1].append(token)
+        else:
             raise ConfigError(f"unexpected argument {token!r} (flags look like --name value)")
-        name, sep, value = token[2:].partition("=")
-        if not sep:
-            if index + 1 < len(argv) and not argv[index + 1].startswith("--"):
-                value = argv[index + 1]
-                index += 1
-            else:
-                value = "True"
-        pairs.append((name.replace("-", "_"), value))
-        index += 1
-    return pairs
+    return [(name, values or ["True"]) for name, values in pairs]
 
 
 def parse_train_args(argv: list[str]) -> TrainSetup:
@@ -450,15 +456,18 @@ def parse_train_args(argv: list[str]) -> TrainSetup:
             values = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
             values = {k: ",".join(v) if isinstance(v, tuple) else v for k, v in values.items()}
         defaults.update(values)
+    pairs = split_flags(flags)
     if not torch.cuda.is_available():
-        pairs = split_flags(flags)
-        if defaults.get("tf32") or any(name == "tf32" and value.lower() == "true" for name, value in pairs):
+        if defaults.get("tf32") or any(name == "tf32" and values[0].lower() == "true" for name, values in pairs):
             warnings.append("--tf32 has no effect here: no CUDA device")
             defaults.pop("tf32", None)
-            flags = [token for name, value in pairs if name != "tf32" for token in (f"--{name}", value)]
+            flags = [token for name, values in pairs if name != "tf32" for token in (f"--{name}", *values)]
         if not defaults.get("use_cpu") and not any(name == "use_cpu" for name, _ in pairs):
             warnings.append("no CUDA device: training on the CPU")
             defaults["use_cpu"] = True
+    deepspeed = next((values[0] for name, values in reversed(pairs) if name == "deepspeed"), defaults.get("deepspeed"))
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"--deepspeed {deepspeed} needs deepspeed (pip install 'egoexor[gpu]')")
     parser = train_parser()
     parser.set_defaults(**defaults)
     try:
@@ -468,14 +477,24 @@ def parse_train_args(argv: list[str]) -> TrainSetup:
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error).splitlines()[0]) from None
     if unknown:
-        raise ConfigError(f"unknown flag(s): {' '.join(u for u in unknown if u.startswith('--'))} (see --help)")
-    if "wandb" in (trainer.report_to or []):
+        flag = next((u for u in unknown if u.startswith("--")), None)
+        if flag:
+            raise ConfigError(f"unknown flag {flag} (see --help)")
+        name, values = next((n, v) for n, v in pairs if unknown[0] in v[1:])
+        raise ConfigError(f"--{name} takes one value, got {' '.join(values)}")
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    unsupported = [name for name in trainer.report_to if name not in INTEGRATION_TO_CALLBACK]
+    if unsupported:  # "none" and "all" became [] or the installed integrations unless given with others
+        choices = ", ".join(INTEGRATION_TO_CALLBACK)
+        raise ConfigError(f"--report_to {' '.join(unsupported)}: expected none, all, or some of {choices}")
+    if "wandb" in trainer.report_to:
         try:
             import wandb  # noqa: F401
         except ImportError:
             raise ConfigError("--report_to wandb needs wandb (pip install 'egoexor[gpu]'), or use none") from None
     configs = [_from_flags(cls, parsed) for cls, parsed in zip(SECTIONS.values(), (model, data, train), strict=True)]
-    return TrainSetup(*configs, trainer, warnings)
+    return TrainSetup(*configs, trainer, warnings, config_file)
 
 
 def resolved_config(setup: TrainSetup) -> dict:

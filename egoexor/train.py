@@ -20,8 +20,9 @@ checkpointing, logging (``--report_to``) and resume (``--resume_from_checkpoint`
 
 The command follows :mod:`egoexor.cli`: a bad flag, sample file, HDF5 file or output folder is one line
 ``egoexor.train: error: ...`` (exit 2) before any model is loaded; Ctrl-C is one line (exit 130). An
-``--output_dir`` holding an earlier run is refused unless it is resumed (``--resume_from_checkpoint``)
-or replaced (``--overwrite_output_dir``). ``kill -9`` at any moment leaves every ``checkpoint-N`` complete;
+``--output_dir`` holding an earlier run is refused unless it is resumed (``--resume_from_checkpoint``
+True or one of its checkpoints) or replaced (``--overwrite_output_dir``); one that is an input folder or
+holds an input file is always refused. ``kill -9`` at any moment leaves every ``checkpoint-N`` complete;
 the next run removes what the killed one left in ``<output_dir>/.partial`` and names it.
 """
 
@@ -39,6 +40,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from huggingface_hub.utils import logging as hub_logging
 from torch.utils.data import Sampler
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
@@ -263,8 +265,7 @@ class EgoExorTrainer(Trainer):
         if self.args.should_save:
             with atomic.atomic_folder(run_dir / name) as temporary:
                 os.replace(run_dir / STAGING / name, temporary)
-            limit = self.args.save_total_limit
-            for old in checkpoint_folders(run_dir)[:-limit] if limit and limit > 0 else []:
+            for old in rotated_out(run_dir, name, self.args.save_total_limit):
                 remove_checkpoint(old)
             (run_dir / STAGING).rmdir()
 
@@ -288,6 +289,14 @@ def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
         return []
     steps = {int(m.group(1)): p for p in output.iterdir() if (m := _CHECKPOINT_NAME.fullmatch(p.name)) and p.is_dir()}
     return [steps[step] for step in sorted(steps)]
+
+
+def rotated_out(output_dir: Path, written: str, limit: int | None) -> list[Path]:
+    """The checkpoints ``--save_total_limit`` removes once ``written`` is saved: all but ``written`` and the
+    ``limit - 1`` highest steps among the others. ``written`` stays even when higher steps exist (after a
+    resume from an older checkpoint); None or 0: no limit."""
+    others = [folder for folder in checkpoint_folders(output_dir) if folder.name != written]
+    return others[: max(len(others) - limit + 1, 0)] if limit else []
 
 
 def incomplete(checkpoint: Path) -> str | None:
@@ -355,16 +364,39 @@ def resume_checkpoint(args) -> str | None:
     return str(complete[-1])
 
 
+def _input_paths(setup: TrainSetup, resume: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """The run's input files and local input folders, by flag (what ``--output_dir`` may not be or hold)."""
+    train, model, data = setup.train, setup.model, setup.data
+    files = {"--data_path": train.data_path, "--hdf5_path": train.hdf5_path,
+             "--token_weight_path": train.token_weight_path, "--audio_cache": data.audio_cache,
+             "--config": setup.config_file}  # fmt: skip
+    folders = {"--tokenizer": train.tokenizer, "--model_name_or_path": model.model_name_or_path,
+               "--vision_tower": model.vision_tower, "--audio_encoder": data.audio_encoder,
+               "--resume_from_checkpoint": resume}  # fmt: skip
+    return ({flag: path for flag, path in files.items() if path is not None},
+            {flag: path for flag, path in folders.items() if path is not None and Path(path).is_dir()})  # fmt: skip
+
+
 def check_output_dir(setup: TrainSetup, resume: str | None) -> None:
-    """The overwrite rule for ``--output_dir``: an earlier run there (checkpoints, a trained model) is
-    refused unless this run resumes it or replaces it (``--overwrite_output_dir``)."""
-    output = cli.check_output(setup.trainer.output_dir, folder=True, overwrite=True, flag="--output_dir")
+    """The overwrite rule for ``--output_dir``: never an input folder nor one holding an input file; an
+    earlier run there (checkpoints, a trained model) is refused unless this run resumes it (from a
+    checkpoint in it) or replaces it (``--overwrite_output_dir``)."""
+    output = Path(setup.trainer.output_dir)
+    files, folders = _input_paths(setup, resume)
+    for flag, folder in folders.items():
+        if cli.same_file(folder, output):
+            raise cli.CommandError(f"--output_dir {output}: is the {flag} folder; write the output elsewhere")
+    for flag, file in files.items():
+        if output.resolve() in Path(file).resolve().parents:
+            raise cli.CommandError(f"--output_dir {output}: holds the {flag} file {file}; write the output elsewhere")
+    output = cli.check_output(output, folder=True, overwrite=True, flag="--output_dir")
     overwrite = setup.train.overwrite_output_dir
-    if overwrite and resume and output.resolve() in Path(resume).resolve().parents:
+    continues = resume is not None and Path(resume).resolve().parent == output.resolve()
+    if overwrite and continues:
         raise cli.CommandError(f"--overwrite_output_dir would remove the checkpoint to resume from ({resume})")
     earlier = [folder.name for folder in checkpoint_folders(output)]
     earlier += [NON_LORA_FILE] if (output / NON_LORA_FILE).is_file() else []
-    if earlier and not (overwrite or resume):
+    if earlier and not (overwrite or continues):
         raise cli.CommandError(
             f"--output_dir {output}: holds an earlier run ({', '.join(earlier)}); pass --resume_from_checkpoint "
             "True to continue it or --overwrite_output_dir to replace it"
@@ -375,6 +407,8 @@ def check_training_arguments(args) -> None:
     """The ranges of :data:`_TRAINER_RANGES`, and something to train (epochs or steps)."""
     for name, low, high, exclusive_low in _TRAINER_RANGES:
         cli.check_range(f"--{name}", getattr(args, name), low, high, exclusive_low=exclusive_low)
+    if args.save_total_limit is not None:
+        cli.check_range("--save_total_limit", args.save_total_limit, 0)
     if args.save_strategy == "steps":
         cli.check_range("--save_steps", args.save_steps, 0, exclusive_low=True)
     if args.max_steps <= 0 and args.num_train_epochs <= 0:
@@ -382,6 +416,19 @@ def check_training_arguments(args) -> None:
             f"--num_train_epochs {args.num_train_epochs} and --max_steps {args.max_steps}: nothing to train "
             "(set one of them above 0)"
         )
+
+
+def check_pretrained_names(setup: TrainSetup) -> None:
+    """Each pretrained name (tokenizer, LLM, vision tower, audio encoder) is a folder, in the Hugging Face
+    cache, or answers one quick hub request: else one line naming the flag, not a minute of retries."""
+    tokenizer = setup.train.tokenizer
+    for flag, name in (
+        ("--tokenizer", None if tokenizer == "tiny" else tokenizer),
+        ("--model_name_or_path", setup.model.model_name_or_path),
+        ("--vision_tower", setup.model.vision_tower),
+        ("--audio_encoder", setup.data.audio_encoder),
+    ):
+        cli.check_pretrained(name, flag)
 
 
 def build_training(setup: TrainSetup) -> EgoExorTrainer:
@@ -407,6 +454,7 @@ def build_training(setup: TrainSetup) -> EgoExorTrainer:
         cli.open_hdf5(setup.data.audio_cache, "--audio_cache").close()
     if train.token_weight_path is not None:
         cli.input_file(train.token_weight_path, "--token_weight_path")
+    check_pretrained_names(setup)
     if train.tokenizer == "tiny":
         tokenizer = build_tiny_tokenizer()
         tokenizer.pad_token = tokenizer.unk_token
@@ -449,7 +497,11 @@ def _run(argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # INFO from egoexor's loggers only: a root logger at INFO would add every library's INFO lines, and repeat
+    # huggingface_hub's, which it prints with its own handler too.
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("egoexor").setLevel(logging.INFO)
+    hub_logging.disable_propagation()
     argv = list(sys.argv[1:] if argv is None else argv)
     return cli.run(COMMAND, lambda: _run(argv), errors=(ConfigError, SampleError, SampleInputError, ReadError))
 

@@ -8,6 +8,7 @@ afterwards, and the output side exactly as it was (no debris). All of them fail 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ import torch
 from test_cli_safety import _dead_pid, _dir, _file, snapshot
 
 from egoexor import atomic, train
+from egoexor.config import parse_train_args
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE
 from egoexor.train import STAGING, TRAINER_STATE_NAME
 
@@ -59,6 +62,9 @@ def inputs(merged_file, sample_files, tmp_path_factory) -> Path:
     (root / "truncated.h5").write_bytes(data[: len(data) // 2])
     (root / "freqs_not_json.json").write_text("{")
     (root / "bad.yaml").write_text("model: [unclosed\n")
+    (root / "tokenizer").mkdir()
+    (root / "tokenizer" / "tokenizer.json").write_text("{}")
+    _checkpoint("checkpoint-1")(Env(root, root))
     return root
 
 
@@ -173,6 +179,36 @@ CASES = [
     Case("overwrite the checkpoint to resume", lambda e: argv(e, "--resume_from_checkpoint", "True",
                                                               "--overwrite_output_dir"),
          "--overwrite_output_dir would remove the checkpoint to resume from", _checkpoint("run", "checkpoint-2")),
+    # resuming another folder's checkpoint does not license replacing this folder's earlier run
+    Case("resume from elsewhere into an earlier run",
+         lambda e: argv(e, "--resume_from_checkpoint", str(e.inp / "checkpoint-1")),
+         f"holds an earlier run ({NON_LORA_FILE})", _file("run", NON_LORA_FILE)),
+    Case("resume from elsewhere into earlier checkpoints",
+         lambda e: argv(e, "--resume_from_checkpoint", str(e.inp / "checkpoint-1")),
+         "holds an earlier run (checkpoint-2)", _checkpoint("run", "checkpoint-2")),
+    # --- the output folder is never an input folder, nor holds an input file -----------------------------------------
+    Case("output is the tokenizer", lambda e: argv(e, "--tokenizer", str(e.inp / "tokenizer"), "--output_dir",
+                                                   str(e.inp / "tokenizer")),
+         "tokenizer: is the --tokenizer folder"),
+    Case("output is the audio encoder", lambda e: argv(e, "--audio_encoder", str(e.inp / "tokenizer"),
+                                                       "--output_dir", str(e.inp / "tokenizer")),
+         "is the --audio_encoder folder"),
+    Case("output is the checkpoint to resume",
+         lambda e: argv(e, "--resume_from_checkpoint", str(e.inp / "checkpoint-1"), "--output_dir",
+                        str(e.inp / "checkpoint-1")),
+         "checkpoint-1: is the --resume_from_checkpoint folder"),
+    Case("output holds the samples", lambda e: argv(e, "--output_dir", str(e.inp)), "holds the --data_path file"),
+    Case("output holds the HDF5 file", lambda e: argv(e, "--output_dir", str(e.inp), data=str(e.out / "train.json")),
+         "holds the --hdf5_path file", lambda e: shutil.copy(e.inp / "train.json", e.out)),
+    Case("output holds the token weights", lambda e: argv(e, "--token_weight_path", str(e.out / "run" / "freqs.json")),
+         "holds the --token_weight_path file", _file("run", "freqs.json")),
+    Case("output holds the audio cache", lambda e: argv(e, "--audio_cache", str(e.out / "run" / "audio.h5")),
+         "holds the --audio_cache file", _file("run", "audio.h5")),
+    Case("output holds the config", lambda e: [*argv(e), "--config", str(e.out / "run" / "tiny.yaml")],
+         "holds the --config file", _file("run", "tiny.yaml", text=Path(TINY).read_text())),
+    Case("save_total_limit negative", lambda e: argv(e, "--save_total_limit", "-3"), "--save_total_limit must be >= 0"),
+    Case("a second value for a one-value flag", lambda e: argv(e, "--learning_rate", "1e-3", "2e-3"),
+         "--learning_rate takes one value, got 1e-3 2e-3"),
 ]  # fmt: skip
 
 
@@ -281,6 +317,7 @@ import os, sys, time
 from pathlib import Path
 import torch
 from egoexor import atomic, train
+from egoexor.config import parse_train_args
 
 hang, marker = os.environ["HANG"], Path(os.environ["MARKER"])
 save, fsync = torch.save, atomic._fsync
@@ -383,3 +420,72 @@ def test_a_real_process_prints_the_error_line_alone(tmp_path):
     result = subprocess.run([sys.executable, "-m", "egoexor.train", "--config", TINY, "--lora_r", "0"],
                             capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert (result.returncode, result.stderr) == (2, "egoexor.train: error: lora_r must be >= 1, got 0\n")
+
+
+# --- Regressions of the review of issue 15 ---------------------------------------------------------------------
+
+
+def test_only_a_checkpoint_in_the_output_folder_continues_its_run(tmp_path):
+    """``--resume_from_checkpoint`` lifts the earlier-run refusal only for a checkpoint of ``--output_dir``."""
+    _checkpoint("run", "checkpoint-2")(Env(tmp_path, tmp_path))
+    _checkpoint("elsewhere", "checkpoint-1")(Env(tmp_path, tmp_path))
+    setup = parse_train_args(["--config", TINY, "--output_dir", str(tmp_path / "run")])
+    train.check_output_dir(setup, str(tmp_path / "run" / "checkpoint-2"))
+    with pytest.raises(train.cli.CommandError, match="holds an earlier run"):
+        train.check_output_dir(setup, str(tmp_path / "elsewhere" / "checkpoint-1"))
+    overwrite = parse_train_args(["--config", TINY, "--output_dir", str(tmp_path / "run"), "--overwrite_output_dir"])
+    train.check_output_dir(overwrite, str(tmp_path / "elsewhere" / "checkpoint-1"))
+
+
+def _one_error_line(args: list[str], cwd: Path, **env: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "egoexor.train", *args], capture_output=True, text=True, cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **env}, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("egoexor.train: error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed")
+def test_deepspeed_without_deepspeed_is_one_line(tmp_path):
+    line = _one_error_line(["--config", TINY, "--deepspeed", str(ROOT / "configs" / "zero2.json")], tmp_path)
+    assert "needs deepspeed (pip install 'egoexor[gpu]')" in line
+
+
+def test_an_unreachable_pretrained_name_is_one_line_naming_its_flag(sample_files, merged_file, tmp_path):
+    """Offline, with an empty Hugging Face cache: one line, at once (not a minute of retries and logs)."""
+    args = ["--config", TINY, "--data_path", str(sample_files["train"]), "--hdf5_path", str(merged_file),
+            "--output_dir", str(tmp_path / "run"), "--audio_encoder", "laion/larger_clap_general"]  # fmt: skip
+    start = time.monotonic()
+    line = _one_error_line(args, tmp_path, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    assert "--audio_encoder 'laion/larger_clap_general': not a folder and not in the Hugging Face cache" in line
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "run").exists()
+
+
+def test_multi_value_flags_reach_the_parser():
+    setup = parse_train_args(["--config", TINY, "--report_to", "tensorboard", "mlflow", "--label_names", "a", "b"])
+    assert setup.trainer.report_to == ["tensorboard", "mlflow"] and setup.trainer.label_names == ["a", "b"]
+    assert parse_train_args(["--config", TINY, "--report_to", "none"]).trainer.report_to == []
+    with pytest.raises(train.ConfigError, match="--report_to telepathy: expected none, all, or some of"):
+        parse_train_args(["--config", TINY, "--report_to", "tensorboard", "telepathy"])
+
+
+@pytest.mark.parametrize("argv", [["--config", str(ROOT / "configs" / "egoexor.yaml")],
+                                  ["--config", str(ROOT / "configs" / "reference.yaml")],
+                                  ["--config", TINY, "--gradient_checkpointing", "True"],
+                                  ["--config", TINY, "--gradient_checkpointing"]])  # fmt: skip
+def test_activation_checkpointing_without_a_deprecation_warning(argv):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert parse_train_args(argv).trainer.activation_checkpointing is True
+
+
+def test_rotation_keeps_the_checkpoint_just_written(tmp_path):
+    """After a resume from checkpoint-2 with checkpoint-5 present, saving checkpoint-3 keeps checkpoint-3."""
+    for step in (2, 3, 5):
+        _checkpoint(f"checkpoint-{step}")(Env(tmp_path, tmp_path))
+    names = lambda limit: [p.name for p in train.rotated_out(tmp_path, "checkpoint-3", limit)]  # noqa: E731
+    assert names(1) == ["checkpoint-2", "checkpoint-5"]
+    assert names(2) == ["checkpoint-2"]
+    assert names(3) == names(None) == names(0) == []
