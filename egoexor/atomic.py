@@ -8,7 +8,7 @@ the rename itself survives a crash. A folder replaces an existing folder by an a
 Temporary names are ``.<name>.<host>.<pid>.<random>.tmp``. An exception (Ctrl-C included) removes
 the temporary output; ``kill -9`` cannot, so on entry every writer removes the temporary outputs of
 the same target left by processes of this host that no longer exist (never those of a live process,
-nor of another host, whose processes it cannot see).
+nor of another host, whose processes it cannot see), and records them for :func:`removed_stale`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
-import logging
 import os
 import re
 import shutil
@@ -26,11 +25,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
-
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+#: Stale temporaries the writers removed, not yet reported.
+_removed: list[Path] = []
 
 
 def _umask() -> int:
@@ -65,6 +64,13 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def removed_stale() -> list[Path]:
+    """The stale temporaries the writers removed since the last call (for a warning)."""
+    removed = list(_removed)
+    _removed.clear()
+    return removed
+
+
 def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     """Remove the temporary outputs of ``target`` left by dead processes of this host; return them."""
     target = Path(target)
@@ -76,7 +82,6 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
         match = pattern.fullmatch(entry.name)
         if match and not _alive(int(match.group(1))):
             _remove(entry)
-            logger.warning("removed %s, left by an interrupted run (process %s)", entry, match.group(1))
             stale.append(entry)
     return stale
 
@@ -107,7 +112,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target)
+    _removed.extend(remove_stale_temporaries(target))
     handle, name = tempfile.mkstemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(handle)
     temporary = Path(name)
@@ -131,7 +136,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target)
+    _removed.extend(remove_stale_temporaries(target))
     temporary = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield temporary

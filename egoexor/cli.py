@@ -13,9 +13,9 @@ A command is a Python function behind a thin ``main``::
 
     def _run(args) -> int:
         samples = cli.read_json(args.samples, "--samples")           # CommandError naming the file
-        cli.check_output(args.out, inputs=[args.samples], overwrite=args.overwrite, folder=True)
+        cli.check_output(args.out, inputs=[args.samples], overwrite=args.overwrite, owner=COMMAND)
         ...                                                           # everything checkable, then the work
-        with atomic.atomic_folder(args.out) as temporary: ...         # or atomic.atomic_output(file)
+        with cli.output_folder(args.out, COMMAND) as temporary: ...   # or atomic.atomic_output(file)
         return 0
 
     def main(argv=None) -> int:
@@ -34,8 +34,11 @@ The rules :func:`run` enforces:
   :func:`check_range` checks a value that did not come through a flag type (a dataclass field).
 
 Outputs follow one rule (:func:`check_output`, called before any heavy work): an existing output is
-refused unless ``--overwrite``; an output that is one of the inputs, or a folder output that holds
-one, is always refused. Writing goes through :mod:`egoexor.atomic` (temporary name, fsync, rename).
+refused unless ``--overwrite``; an output that is one of the inputs, holds one, or replaces a file inside
+an input folder is always refused. ``--overwrite`` replaces a folder only where it is empty or holds the
+marker file its command writes into every output folder (:func:`output_folder`), never the current
+folder, one of its ancestors or the home folder. Writing goes through :mod:`egoexor.atomic` (temporary
+name, fsync, rename); the temporary outputs it removes, left by killed runs, are named in warnings.
 """
 
 from __future__ import annotations
@@ -45,11 +48,15 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import h5py
+import huggingface_hub
+
+from egoexor import atomic
 
 #: Exit status of a user mistake, as argparse uses it.
 EXIT_ERROR = 2
@@ -149,6 +156,44 @@ def input_file(path: str | os.PathLike, flag: str | None = None) -> Path:
     return path
 
 
+def input_folder(path: str | os.PathLike, flag: str | None = None) -> Path:
+    """``path`` as an existing folder, else :class:`CommandError` naming it (:func:`input_file`'s twin)."""
+    path = Path(path)
+    if not path.is_dir():
+        problem = "is a file, expected a folder" if path.exists() else "no such folder"
+        raise CommandError(f"{_where(path, flag)}: {problem}")
+    return path
+
+
+def local_path(name: str | os.PathLike | None) -> Path | None:
+    """``name`` (a model or tokenizer: a hub name or a folder) as a path where it exists, else ``None``:
+    what an output must not replace."""
+    return Path(name) if name is not None and Path(name).exists() else None
+
+
+def check_pretrained(name: str | None, what: str, hint: str = "", file: str = "config.json") -> None:
+    """Fail at once, in one line, where loading ``name`` (a folder or a hub name) would fail only after a
+    minute of download retries (as transformers does without network): a hub name whose ``file`` is missing
+    from the local Hugging Face cache while offline (``HF_HUB_OFFLINE``) or while the hub cannot be reached."""
+    if name is None or Path(name).is_dir():
+        return
+    suffix = f"; {hint}" if hint else ""
+    try:
+        if isinstance(huggingface_hub.try_to_load_from_cache(name, file), str):
+            return
+    except ValueError:  # huggingface_hub's HFValidationError: not a repository name either ('/no/such/folder')
+        raise CommandError(f"{what} {name}: no such folder{suffix}") from None
+    if huggingface_hub.is_offline_mode():
+        raise CommandError(f"{what} {name!r}: not a folder and not in the Hugging Face cache (offline){suffix}")
+    try:
+        huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(name, file), timeout=10)
+    except Exception as error:  # whatever fails this one request (no network, no such repository) fails loading
+        raise CommandError(
+            f"{what} {name!r}: not a folder, not in the Hugging Face cache, and not on the hub "
+            f"({one_line(error, gist=True)}){suffix}"
+        ) from None
+
+
 def open_hdf5(path: str | os.PathLike, flag: str | None = None) -> h5py.File:
     """Open an HDF5 file read-only; a missing, non-HDF5, truncated or unreadable one is a :class:`CommandError`."""
     path = input_file(path, flag)
@@ -182,36 +227,77 @@ def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
         return Path(first).resolve() == Path(second).resolve()
 
 
+def marker(command: str) -> str:
+    """The name of the file that marks a folder as an output of ``command`` (``.egoexor.evaluate``)."""
+    return f".{command}"
+
+
+def _protected(path: Path) -> str | None:
+    """Why a folder output must never be replaced: the current folder, one of its ancestors, the home folder."""
+    resolved = path.resolve()
+    if resolved == Path.home().resolve():
+        return "is the home folder"
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        return "is the current folder or holds it"
+    return None
+
+
 def check_output(
     path: str | os.PathLike,
     *,
     inputs: Iterable[str | os.PathLike | None] = (),
     overwrite: bool = False,
     folder: bool = False,
+    owner: str | None = None,
     flag: str | None = None,
 ) -> Path:
-    """Apply the overwrite rule to one output (a file, or a ``folder`` replaced as a whole).
+    """Apply the overwrite rule to one output (a file, or a folder replaced as a whole).
 
-    Refused always: an output that is one of ``inputs`` (after symlinks and hard links), a folder
-    output holding an input, a file output that is a folder and vice versa. Refused without
-    ``overwrite``: an output that exists (an empty folder holds nothing and counts as absent).
+    Refused always: an output that is one of ``inputs`` (after symlinks and hard links), a folder output
+    holding an input, an existing output inside an input folder, a file output that is a folder and vice
+    versa, a folder output that is the current folder, one of its ancestors or the home folder. Refused
+    without ``overwrite``: an output that exists (an empty folder holds nothing and counts as absent).
+    ``owner`` (a command) makes the output a folder, which ``overwrite`` replaces only where it holds that
+    command's :func:`marker`; a caller with its own rule for existing folders passes ``folder=True`` instead.
     """
     path = Path(path)
     where = _where(path, flag)
+    folder = folder or owner is not None
     for source in (Path(p) for p in inputs if p is not None):
         if same_file(source, path):
             raise CommandError(f"{where}: is also an input ({source}); write the output elsewhere")
         if folder and path.resolve() in source.resolve().parents:
             raise CommandError(f"{where}: holds the input {source}; replacing it would delete the input")
+        if path.exists() and source.is_dir() and source.resolve() in path.resolve().parents:
+            raise CommandError(f"{where}: is inside the input folder {source}; write the output elsewhere")
     blocking = next((parent for parent in path.parents if parent.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise CommandError(f"{where}: cannot be created: {blocking} is a file, not a folder")
     if path.exists() and path.is_dir() != folder:
         expected, found = ("a folder", "a file") if folder else ("a file", "a folder")
         raise CommandError(f"{where}: is {found}, expected {expected}")
-    if path.exists() and not overwrite and not (folder and not any(path.iterdir())):
+    protected = _protected(path) if folder else None
+    if protected:
+        raise CommandError(f"{where}: {protected}; write the output into a folder of its own")
+    if not path.exists() or (folder and not any(path.iterdir())):
+        return path
+    if not overwrite:
         raise CommandError(f"{where}: already exists (pass --overwrite to replace it)")
+    if owner is not None and not (path / marker(owner)).is_file():
+        raise CommandError(
+            f"{where}: not replaced: it holds files and no {marker(owner)} (not an output of {owner}); "
+            "remove it yourself or choose another folder"
+        )
     return path
+
+
+@contextmanager
+def output_folder(path: str | os.PathLike, command: str) -> Iterator[Path]:
+    """:func:`egoexor.atomic.atomic_folder` with ``command``'s :func:`marker` in it (which lets a later
+    ``--overwrite`` replace the folder)."""
+    with atomic.atomic_folder(path) as temporary:
+        (temporary / marker(command)).write_text(f"written by python -m {command}\n")
+        yield temporary
 
 
 def warn(command: str, message: str) -> None:
@@ -219,26 +305,39 @@ def warn(command: str, message: str) -> None:
     print(f"{command}: warning: {message}", file=sys.stderr)
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException, *, gist: bool = False) -> str:
+    """An error's message on one line: an ``OSError`` as ``file: reason``; with ``gist``, a library's (often
+    long, multi-line) message shortened to its type and first sentence."""
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         message = f"{error.filename}: {error.strerror}"
     else:
-        message = str(error) or type(error).__name__
+        message = str(error).strip() or type(error).__name__
+    if gist:
+        return f"{type(error).__name__}: {message.strip().splitlines()[0].split('. ')[0]}"
     return " ".join(message.split())
+
+
+def _warn_stale(command: str) -> None:
+    for path in atomic.removed_stale():
+        warn(command, f"removed {path}, left by an interrupted run")
 
 
 def run(command: str, body: Callable[[], int | None], errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run a command's body (argument parsing included) and turn user mistakes into one line.
 
+    Stale temporary outputs the body removed (:func:`egoexor.atomic.removed_stale`) are named in warnings.
     Returns the exit status: the body's (``None`` is 0), 2 after a :class:`CommandError`, an ``OSError``
     or one of ``errors``, 130 after Ctrl-C. Anything else is a bug and keeps its traceback.
     """
     try:
         status = body()
     except (CommandError, OSError, *errors) as error:
-        print(f"{command}: error: {_one_line(error)}", file=sys.stderr)
+        _warn_stale(command)
+        print(f"{command}: error: {one_line(error)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
+        _warn_stale(command)
         print(f"{command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    _warn_stale(command)
     return 0 if status is None else status

@@ -27,12 +27,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import huggingface_hub
 import torch
 from safetensors.torch import save_file
 
 from egoexor import cli
-from egoexor.atomic import atomic_folder
 from egoexor.config import DataConfig, ModelConfig
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE, build_model
 
@@ -68,18 +66,10 @@ def is_reference_checkpoint(folder: Path) -> bool:
     return not (folder / CONFIG_FILE).is_file() and any((folder / name).is_file() for name in REFERENCE_FILES)
 
 
-def input_folder(path: Path, flag: str | None = None) -> Path:
-    """``path`` as an existing folder, else :class:`cli.CommandError` naming it (``cli.input_file``'s twin)."""
-    if not path.is_dir():
-        problem = "is a file, expected a folder" if path.exists() else "no such folder"
-        raise cli.CommandError(f"{flag} {path}: {problem}" if flag else f"{path}: {problem}")
-    return path
-
-
 def check_reference_folder(folder: Path, flag: str | None = None) -> tuple[dict, dict]:
     """``config.json`` and ``adapter_config.json`` of a released folder that has all of :data:`REFERENCE_FILES`."""
     where = f"{flag} {folder}" if flag else str(folder)
-    input_folder(folder, flag)
+    cli.input_folder(folder, flag)
     missing = [name for name in REFERENCE_FILES if not (folder / name).is_file()]
     if missing:
         raise ConversionError(f"{where}: not the released checkpoint folder: no {', '.join(missing)}")
@@ -90,35 +80,6 @@ def check_reference_folder(folder: Path, flag: str | None = None) -> tuple[dict,
             raise ConversionError(f"{folder / name}: expected a JSON object, got {type(config).__name__}")
         configs.append(config)
     return configs[0], configs[1]
-
-
-def _first_line(error: Exception) -> str:
-    """The gist of a library's (often long, multi-line) message: its first sentence."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0].split('. ')[0]}" if lines else type(error).__name__
-
-
-def check_pretrained(name: str | None, what: str, hint: str = "") -> None:
-    """Fail at once, in one line, where loading ``name`` (a folder or a hub name) would fail only after a
-    minute of download retries (as transformers does without network): a hub name missing from the local
-    Hugging Face cache while offline (``HF_HUB_OFFLINE``) or while the hub cannot be reached."""
-    if name is None or Path(name).is_dir():
-        return
-    suffix = f"; {hint}" if hint else ""
-    try:
-        if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
-            return
-    except ValueError:  # huggingface_hub's HFValidationError: not a repository name either ('/no/such/folder')
-        raise cli.CommandError(f"{what} {name}: no such folder{suffix}") from None
-    if huggingface_hub.is_offline_mode():
-        raise cli.CommandError(f"{what} {name!r}: not a folder and not in the Hugging Face cache (offline){suffix}")
-    try:
-        huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(name, "config.json"), timeout=10)
-    except Exception as error:  # whatever fails this one request (no network, no such repository) fails loading
-        raise cli.CommandError(
-            f"{what} {name!r}: not a folder, not in the Hugging Face cache, and not on the hub ({_first_line(error)})"
-            f"{suffix}"
-        ) from None
 
 
 def map_key(key: str) -> str | None:
@@ -138,7 +99,8 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, KeyError or UnpicklingError on a bad file
-        raise ConversionError(f"{path}: not a readable PyTorch weights file ({_first_line(error)})") from None
+        gist = cli.one_line(error, gist=True)
+        raise ConversionError(f"{path}: not a readable PyTorch weights file ({gist})") from None
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise ConversionError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
     return state
@@ -158,9 +120,11 @@ def model_config_from(llava: dict, adapter: dict, base: str, vision_tower: str |
         raise ConversionError(f"config.json / adapter_config.json: unusable value ({error})") from None
 
 
-def _check_output(folder: Path, output: Path, overwrite: bool) -> Path:
-    """The overwrite rule of :mod:`egoexor.cli`, and no output inside the input folder (that would change it)."""
-    output = cli.check_output(output, inputs=[folder], overwrite=overwrite, folder=True)
+def _check_output(folder: Path, output: Path, config: ModelConfig, overwrite: bool) -> Path:
+    """The overwrite rule of :mod:`egoexor.cli` (the base LLM's and CLIP's folders are inputs too), and no
+    output inside the input folder (that would change it)."""
+    models = [cli.local_path(config.model_name_or_path), cli.local_path(config.vision_tower)]
+    output = cli.check_output(output, inputs=[folder, *models], overwrite=overwrite, owner=COMMAND)
     if folder.resolve() in output.resolve().parents:
         raise cli.CommandError(f"{output}: is inside the input folder {folder}; write the output elsewhere")
     return output
@@ -177,10 +141,10 @@ def convert(folder: str | Path, output: str | Path, base: str = DEFAULT_BASE, vi
     """
     folder, output = Path(folder), Path(output)
     llava, adapter_config = check_reference_folder(folder)
-    output = _check_output(folder, output, overwrite)
     config = dataclasses.replace(model_config_from(llava, adapter_config, base, vision_tower), **model_overrides)
-    check_pretrained(config.model_name_or_path, "base LLM")
-    check_pretrained(config.vision_tower, "vision tower")
+    output = _check_output(folder, output, config, overwrite)
+    cli.check_pretrained(config.model_name_or_path, "base LLM")
+    cli.check_pretrained(config.vision_tower, "vision tower")
     non_lora = _load_bin(folder / REFERENCE_NON_LORA)
     adapter = _load_bin(folder / REFERENCE_ADAPTER)
     model = build_model(config)
@@ -211,7 +175,7 @@ def convert(folder: str | Path, output: str | Path, base: str = DEFAULT_BASE, vi
     data = DataConfig(image_size=model.vision_tower.vision_tower.config.image_size,
                       tokens_per_branch=config.tokens_per_branch)  # fmt: skip
     saved_config = {"model": dataclasses.asdict(config), "data": dataclasses.asdict(data)}
-    with atomic_folder(output) as temporary:  # files are fsynced and the folder renamed into place
+    with cli.output_folder(output, COMMAND) as temporary:  # files are fsynced and the folder renamed into place
         save_file(mapped, temporary / NON_LORA_FILE)
         save_file(adapter_ours, temporary / "adapter_model.safetensors")
         model.language_model.peft_config["default"].save_pretrained(temporary)

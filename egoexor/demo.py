@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from egoexor import cli
-from egoexor.atomic import atomic_folder, write_json
+from egoexor.atomic import write_json
 
 COMMAND = "egoexor.demo"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -84,14 +84,15 @@ def run(out: Path, seed: int = 0, epochs: int | None = None, config: Path = CONF
         overwrite: bool = False) -> dict:  # fmt: skip
     """Run every stage into ``out``; returns the paths it wrote and the metrics.
 
-    ``out`` must be absent or empty unless ``overwrite``; it is replaced only when every stage is done.
+    ``out`` must be absent or empty, or an earlier demo with ``overwrite``; it is replaced only when every
+    stage is done.
     ``frames`` per take (the tiny profile's own are few): a few hundred training frames let the tiny
     model learn the scene graphs from the images instead of memorising single frames.
     """
-    out = cli.check_output(out, overwrite=overwrite, folder=True, flag="--out")
+    out = cli.check_output(out, overwrite=overwrite, owner=COMMAND, flag="--out")
     if not config.is_file():
         raise cli.CommandError(f"{config}: missing; the demo reads it from the source checkout (pip install -e .)")
-    with atomic_folder(out) as work:
+    with cli.output_folder(out, COMMAND) as work:
         print(f"== writing into {work}, which becomes {out} when every stage is done", flush=True)
         _pipeline(work, seed, epochs, config, frames)
     evaluation = out / "evaluation"

@@ -47,7 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from egoexor import cli, metrics, scene_graph, vocab
-from egoexor.atomic import atomic_folder, atomic_output, write_json, write_text
+from egoexor.atomic import atomic_output, write_json, write_text
 from egoexor.data.samples import Sample, SampleError, sample_from_record
 from egoexor.metrics import Protocol
 from egoexor.scene_graph import ParseMode, Triplet
@@ -491,12 +491,12 @@ def _parser() -> cli.ArgumentParser:
 
 def _run(args) -> int:
     out = cli.check_output(
-        args.out, inputs=[args.predictions, args.samples], overwrite=args.overwrite, folder=True, flag="--out"
+        args.out, inputs=[args.predictions, args.samples], overwrite=args.overwrite, owner=COMMAND, flag="--out"
     )
     predictions = _read_file(args.predictions, read_predictions, "--predictions")
     samples = _read_file(args.samples, read_samples, "--samples")
     result = _score(predictions, samples, args.protocol, progress=len(samples) >= _PROGRESS_MIN_SAMPLES)
-    with atomic_folder(out) as temporary:
+    with cli.output_folder(out, COMMAND) as temporary:
         write_outputs(result, temporary)
     print(format_headline(result))
     print(f"wrote {out}/metrics.json, report.md, f1_per_predicate.png, confusion_matrix.png")

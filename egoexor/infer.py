@@ -8,7 +8,8 @@ evaluation of :mod:`egoexor.evaluate` on the result. Writes into ``--out``:
 * ``raw_predictions.json``: ``{sample_id: generated text}``;
 * ``metrics.json``, ``report.md`` and the plots of :mod:`egoexor.evaluate` (a one-line warning
   counts predictions the parser dropped: unparsable text, unknown names);
-* ``run.json``: what the predictions come from (checkpoint, samples, HDF5, settings).
+* ``run.json``: what the predictions come from (checkpoint, samples, HDF5, every setting that changes
+  the outputs); ``.egoexor.infer`` marks the folder as this command's.
 
 Resumable: generated texts are appended to ``raw_predictions.rank<R>.jsonl`` as each batch finishes;
 a rerun of the same run (same ``run.json``) skips the samples found there, so an interrupted or
@@ -17,15 +18,18 @@ samples over the ranks (rank r takes every K-th sample from r); rank 0 merges th
 
 The overwrite rule of :mod:`egoexor.cli`, with resuming: ``--out`` may be absent, empty or hold this
 very run; anything else (another run's predictions, other files) is refused unless ``--overwrite``,
-which replaces the folder by a fresh one. An ``--out`` that is, or holds, an input is always refused.
-Every result file is written atomically.
+which replaces an earlier run's folder by a fresh one (never a folder of other files). An ``--out`` that
+is, holds, or is a file inside an input (the checkpoint and the model folders it names included) is always
+refused. ``--out`` appears only once the model has loaded; every result file is written atomically.
 
 Everything checkable is checked before the model is loaded, each failure one line naming the flag,
-file or sample (exit status 2): the checkpoint folder, the HDF5 file, the samples (each sample's take
-and frame must be in the HDF5 file; takes without RGB frames are named in a warning), the audio cache
-(an embedding for every take whose samples use audio), the output rule, and that every pretrained
-part the checkpoint names (LLM, CLIP, the CLAP audio encoder when samples use audio and no
-``--audio_cache`` is given) is a folder, in the Hugging Face cache, or reachable on the hub.
+file or sample (exit status 2): the checkpoint folder and its weight files (present, safetensors headers
+readable), the HDF5 file, the samples (each sample's take and frame must be in the HDF5 file; takes
+without RGB frames are named in a warning), the audio cache (an embedding for every take whose samples
+use audio), the output rule, and that every pretrained part the checkpoint names (LLM, CLIP, the CLAP
+audio encoder when samples use audio and no ``--audio_cache`` is given) is a folder, in the Hugging Face
+cache, or reachable on the hub. Weights that still fail to load (not fitting the configuration, an LLM
+folder without its files) are one line too.
 
 ``--checkpoint`` is an egoexor checkpoint (``checkpoint-N/`` of ``python -m egoexor.train``) or the
 authors' released folder, converted on the fly into ``--out``/converted (see :mod:`egoexor.convert_reference`).
@@ -37,6 +41,7 @@ import json
 import os
 import sys
 import time
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import replace
@@ -44,19 +49,18 @@ from pathlib import Path
 
 import h5py
 import torch
+from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from egoexor import cli, evaluate, scene_graph
-from egoexor.atomic import atomic_folder, write_json
+from egoexor.atomic import write_json
 from egoexor.config import ConfigError, DataConfig, ModelConfig
 from egoexor.convert_reference import (
     DEFAULT_BASE,
     REFERENCE_FILES,
-    check_pretrained,
     check_reference_folder,
     convert,
-    input_folder,
     is_reference_checkpoint,
     model_config_from,
 )
@@ -68,6 +72,7 @@ from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE
 
 COMMAND = "egoexor.infer"
 RUN_FILE = "run.json"
+ADAPTER_FILE = "adapter_model.safetensors"
 #: Errors that are the user's input (besides :class:`cli.CommandError` and ``OSError``): one line, exit 2.
 ERRORS = (ConfigError, SampleInputError, ReadError)
 _AUDIO_HINT = "pass --audio_cache with embeddings from python -m egoexor.data.precompute_audio"
@@ -137,18 +142,16 @@ def reference_predictions(texts: dict[str, str]) -> dict[str, list[list[str]]]:
     return {i: [[s, p, o] for s, o, p in scene_graph.split_fields(text, "reference")] for i, text in texts.items()}
 
 
-def checkpoint_configs(folder: Path, bits: int, converted: Path | None) -> tuple[ModelConfig, DataConfig]:
+def checkpoint_configs(folder: Path, bits: int) -> tuple[ModelConfig, DataConfig]:
     """The model and data configuration of an egoexor or a released checkpoint folder, read without weights.
 
-    A released folder not yet converted (into ``converted``, by an earlier attempt of the same run)
-    gets the configuration :func:`convert` writes: the reference preset and the default data configuration.
+    A released folder gets the configuration :func:`convert` writes: the reference preset and the default
+    data configuration (whose image size the loaded CLIP tower sets).
     """
-    input_folder(folder, "--checkpoint")
+    cli.input_folder(folder, "--checkpoint")
     if is_reference_checkpoint(folder):
-        if converted is None or not (converted / CONFIG_FILE).is_file():
-            llava, adapter = check_reference_folder(folder, "--checkpoint")
-            return replace(model_config_from(llava, adapter, DEFAULT_BASE, None), bits=bits), DataConfig()
-        folder = converted
+        llava, adapter = check_reference_folder(folder, "--checkpoint")
+        return replace(model_config_from(llava, adapter, DEFAULT_BASE, None), bits=bits), DataConfig()
     if not (folder / CONFIG_FILE).is_file() or not (folder / NON_LORA_FILE).is_file():
         inside = sorted(path.parent.name for path in folder.glob(f"*/{CONFIG_FILE}"))
         hint = f"; it holds checkpoints: pass one of them, e.g. {folder / inside[-1]}" if inside else ""
@@ -166,6 +169,18 @@ def checkpoint_configs(folder: Path, bits: int, converted: Path | None) -> tuple
     if model.model_name_or_path is None and not (folder / "tokenizer_config.json").is_file():
         raise cli.CommandError(f"--checkpoint {folder}: no tokenizer_config.json, and no LLM to take a tokenizer from")
     return model, data
+
+
+def check_weights(folder: Path, model: ModelConfig) -> None:
+    """The weight files of an egoexor checkpoint are there and their safetensors headers read (a truncated
+    file fails here, in one line naming it, instead of after the model is built)."""
+    for name in (NON_LORA_FILE, ADAPTER_FILE) if model.lora_enable else (NON_LORA_FILE,):
+        path = cli.input_file(folder / name, "--checkpoint")
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError as error:
+            raise cli.CommandError(f"--checkpoint {path}: not a readable safetensors file ({error})") from None
 
 
 def read_samples(path: Path) -> list[Sample]:
@@ -209,7 +224,9 @@ def _stamp(path: Path) -> list[int]:
 
 def check_out(out: Path, inputs: Sequence[Path | None], run: dict, overwrite: bool) -> bool:
     """Apply the overwrite rule to ``--out``; ``True`` when it holds this very run, to be resumed."""
-    cli.check_output(out, inputs=inputs, overwrite=True, folder=True, flag="--out")  # what --overwrite cannot lift
+    # without --overwrite, only what it cannot lift: the resume rule below decides about an existing folder
+    owner = COMMAND if overwrite else None
+    cli.check_output(out, inputs=inputs, overwrite=True, folder=True, owner=owner, flag="--out")
     if overwrite or not out.is_dir() or not any(out.iterdir()):
         return False
     record = out / RUN_FILE
@@ -225,20 +242,25 @@ def check_out(out: Path, inputs: Sequence[Path | None], run: dict, overwrite: bo
 def load_model(checkpoint: Path, bits: int, device: torch.device, converted: Path):
     """The model, tokenizer and data configuration of an egoexor or a released reference checkpoint.
 
-    A released folder is converted once (by rank 0) into ``converted``.
+    A released folder is converted into ``converted`` unless it is there already. Weights that do not
+    load (files that do not fit the configuration, an LLM folder without its files) are a
+    :class:`cli.CommandError` naming the checkpoint.
     """
     from egoexor.data.tokenizer import load_tokenizer
     from egoexor.model.build import load_trained
 
     if is_reference_checkpoint(checkpoint):
-        if int(os.environ.get("RANK", "0")) == 0 and not (converted / CONFIG_FILE).is_file():
+        if not (converted / CONFIG_FILE).is_file():
             convert(checkpoint, converted, bits=bits)
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()
         checkpoint = converted
-    model, data_config = load_trained(checkpoint, bits=bits)
-    has_tokenizer = (checkpoint / "tokenizer_config.json").is_file()
-    tokenizer = load_tokenizer(checkpoint if has_tokenizer else model.config.name_or_path, data_config.model_max_length)
+    try:
+        with warnings.catch_warnings():  # peft reads the property transformers 5 deprecated: noise in every run
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            model, data_config = load_trained(checkpoint, bits=bits)
+        source = checkpoint if (checkpoint / "tokenizer_config.json").is_file() else model.config.name_or_path
+        tokenizer = load_tokenizer(source, data_config.model_max_length)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        raise cli.CommandError(f"--checkpoint {checkpoint}: cannot load the model: {cli.one_line(error)}") from None
     return model.to(device), tokenizer, data_config
 
 
@@ -294,33 +316,43 @@ def _run(args) -> int:
         except SampleError as error:  # names the file, the first sample missing and the count
             raise cli.CommandError(f"--hdf5 {error}") from None
         without_rgb = sorted({s.take.path for s in samples if layout.RGB not in h5[s.take.path]})
+    model_config, data_config = checkpoint_configs(args.checkpoint, args.bits)
+    data_config = replace(data_config, **overrides)
+    if not is_reference_checkpoint(args.checkpoint):
+        check_weights(args.checkpoint, model_config)
+    if args.audio_cache is not None:
+        check_audio_cache(args.audio_cache, samples, data_config.audio_norm)
+    uses_audio = args.audio_cache is None and any("audio" in sample.modalities for sample in samples)
+    where = f"--checkpoint {args.checkpoint}"
+    cli.check_pretrained(model_config.model_name_or_path, f"{where}: its LLM")
+    cli.check_pretrained(model_config.vision_tower, f"{where}: its vision tower")
+    audio_encoder = data_config.audio_encoder if uses_audio else None
+    cli.check_pretrained(audio_encoder, f"{where}: its audio encoder", _AUDIO_HINT)
     weights = sorted(p for p in args.checkpoint.glob("*") if p.suffix in (".safetensors", ".bin"))
     run = {"checkpoint": str(args.checkpoint.resolve()), "weights": {p.name: _stamp(p) for p in weights},
            "samples": [str(args.samples.resolve()), *_stamp(args.samples)],
-           "hdf5": [str(args.hdf5.resolve()), *_stamp(args.hdf5)], "bits": args.bits,
-           "max_new_tokens": args.max_new_tokens, "world_size": world, **overrides}  # fmt: skip
-    inputs = [args.checkpoint, args.hdf5, args.samples, args.audio_cache]
+           "hdf5": [str(args.hdf5.resolve()), *_stamp(args.hdf5)], "bits": args.bits, "protocol": args.protocol,
+           "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "world_size": world,
+           **overrides}  # fmt: skip
+    models = [model_config.model_name_or_path, model_config.vision_tower, audio_encoder]
+    inputs = [args.checkpoint, args.hdf5, args.samples, args.audio_cache, *map(cli.local_path, models)]
     resume = check_out(args.out, inputs, run, args.overwrite)
-    converted = args.out / "converted"
-    model_config, data_config = checkpoint_configs(args.checkpoint, args.bits, converted if resume else None)
-    data_config = replace(data_config, **overrides)
-    if args.audio_cache is not None:
-        check_audio_cache(args.audio_cache, samples, data_config.audio_norm)
-    check_pretrained(model_config.model_name_or_path, f"--checkpoint {args.checkpoint}: its LLM")
-    check_pretrained(model_config.vision_tower, f"--checkpoint {args.checkpoint}: its vision tower")
-    if args.audio_cache is None and any("audio" in sample.modalities for sample in samples):
-        check_pretrained(data_config.audio_encoder, f"--checkpoint {args.checkpoint}: its audio encoder", _AUDIO_HINT)
     if without_rgb and rank == 0:
         cli.warn(COMMAND, f"samples of take(s) without {layout.RGB} get no images: {', '.join(without_rgb)}")
 
     device = _distributed(world)
-    if rank == 0 and not resume:
-        with atomic_folder(args.out) as fresh:
-            (fresh / RUN_FILE).write_text(json.dumps(run, indent=2))
+    # --out appears only once the model has loaded: rank 0 loads (and converts a released folder) into a
+    # temporary folder that becomes --out with run.json; the other ranks load after it, from --out
+    fresh = rank == 0 and not resume
+    if fresh:
+        with cli.output_folder(args.out, COMMAND) as temporary:
+            model, tokenizer, loaded = load_model(args.checkpoint, args.bits, device, temporary / "converted")
+            (temporary / RUN_FILE).write_text(json.dumps(run, indent=2))
     if world > 1:
         torch.distributed.barrier()
+    if not fresh:
+        model, tokenizer, loaded = load_model(args.checkpoint, args.bits, device, args.out / "converted")
     # the loaded configuration, not the checked one: a released folder's image size comes from its CLIP tower
-    model, tokenizer, loaded = load_model(args.checkpoint, args.bits, device, converted)
     dataset = EgoExorDataset(samples[rank::world], args.hdf5, tokenizer, replace(loaded, **overrides), "generate")
     start = time.perf_counter()
     try:

@@ -207,6 +207,9 @@ CASES = [
     Case("token-freq file exists", "samples", lambda e: with_tokenizer(e, "--tokenizer", str(e.tokenizer)),
          "already exists", _file(make_samples.token_freqs_file_name("test", 1))),
     Case("abbreviated flag", "samples", lambda e: samples(e, "--n-perm", "2"), "unrecognized arguments: --n-perm"),
+    Case("samples file replaces a tokenizer file, --overwrite", "samples",
+         lambda e: ["--hdf5", str(e.inp / "merged.h5"), "--out", str(e.tokenizer), "--tokenizer", str(e.tokenizer),
+                    "--name", "tokenizer.json", "--overwrite"], "tokenizer.json: is inside the input folder"),
     # --- precompute_audio -------------------------------------------------------------------------------------------
     Case("batch size -1", "audio", lambda e: audio(e, "--batch_size", "-1"), "--batch_size: must be >= 1, got -1"),
     Case("batch size 0", "audio", lambda e: audio(e, "--batch_size", "0"), "--batch_size"),
@@ -223,6 +226,8 @@ CASES = [
          "no take has audio/snippets"),
     Case("encoder missing", "audio", lambda e: audio(e, encoder=e.inp / "nope"), "--audio_encoder"),
     Case("encoder folder empty", "audio", lambda e: audio(e, encoder=e.inp / "empty_dir"), "--audio_encoder"),
+    Case("out replaces a file of the encoder folder, --overwrite", "audio",
+         lambda e: audio(e, "--overwrite", out=str(e.clap / "config.json")), "is inside the input folder"),
     Case("unknown audio_norm", "audio", lambda e: audio(e, "--audio_norm", "loud"), "invalid choice: 'loud'"),
     # --- synthetic --------------------------------------------------------------------------------------------------
     Case("existing dataset file", "synthetic", lambda e: ["--out", str(e.out), "--frames", "4"],
@@ -260,6 +265,14 @@ CASES = [
          lambda e: evaluate_argv(e, "--overwrite", out=str(e.inp / "predictions.json")), "is also an input"),
     Case("out is a file, --overwrite", "evaluate", lambda e: evaluate_argv(e, "--overwrite"),
          "is a file, expected a folder", _file("eval")),
+    Case("out an unrelated folder, --overwrite", "evaluate", lambda e: evaluate_argv(e, "--overwrite"),
+         "eval: not replaced: it holds files and no .egoexor.evaluate", _file("eval", "sub", "thesis.tex")),
+    Case("out the current folder, --overwrite", "evaluate", lambda e: evaluate_argv(e, "--overwrite", out="."),
+         ".: is the current folder or holds it"),
+    Case("out an ancestor of the current folder, --overwrite", "evaluate",
+         lambda e: evaluate_argv(e, "--overwrite", out=".."), "is the current folder or holds it"),
+    Case("out the home folder, --overwrite", "evaluate",
+         lambda e: evaluate_argv(e, "--overwrite", out=str(Path.home())), "is the home folder"),
     Case("unknown protocol", "evaluate", lambda e: evaluate_argv(e, "--protocol", "mine"), "invalid choice"),
     Case("abbreviated flag", "evaluate", lambda e: evaluate_argv(e, "--overwr"), "unrecognized arguments: --overwr"),
 ]  # fmt: skip
@@ -346,6 +359,7 @@ def _interrupt_synthetic(monkeypatch, e: Env) -> list[str]:
 
 def _interrupt_evaluate(monkeypatch, e: Env) -> list[str]:
     _file("eval", "report.md", text="the old report")(e)
+    _file("eval", cli.marker(evaluate.COMMAND))(e)  # an earlier evaluation, which --overwrite may replace
     monkeypatch.setattr(evaluate, "_plot_confusion", _raise_on_call(1))
     return evaluate_argv(e, "--overwrite")
 
@@ -369,7 +383,7 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_temporary(command, arrange, e
         with h5py.File(path, "r") as h5:
             assert layout.check_layout(h5) >= 1
     if command == "evaluate":
-        assert [p.name for p in (env.out / "eval").iterdir()] == ["report.md"]
+        assert sorted(p.name for p in (env.out / "eval").iterdir()) == [".egoexor.evaluate", "report.md"]
         assert (env.out / "eval" / "report.md").read_text() == "the old report"
     elif command != "synthetic":
         assert not [p for p in env.out.rglob("*") if p.is_file()]
@@ -402,7 +416,7 @@ def _start_merge(files: list[Path], output: Path) -> tuple[subprocess.Popen, Pat
     pytest.fail(f"the merge never showed a temporary output: {process.communicate()}")
 
 
-def test_kill_9_during_a_merge_leaves_a_stale_temporary_that_the_next_run_removes(large_inputs, tmp_path, caplog):
+def test_kill_9_during_a_merge_leaves_a_stale_temporary_that_the_next_run_removes(large_inputs, tmp_path, capsys):
     output = tmp_path / "out" / "merged.h5"
     process, temporary = _start_merge(large_inputs, output)
     process.kill()
@@ -412,7 +426,9 @@ def test_kill_9_during_a_merge_leaves_a_stale_temporary_that_the_next_run_remove
     code = merge_h5.main(["--data_dir", str(large_inputs[0].parent), "--input_files",
                           *[p.name for p in large_inputs], "--output_file", str(output), "--quiet"])  # fmt: skip
     assert code == 0
-    assert f"removed {temporary}, left by an interrupted run (process {process.pid})" in caplog.text
+    assert f".{atomic._HOST}.{process.pid}." in temporary.name
+    warning = f"egoexor-merge-h5: warning: removed {temporary}, left by an interrupted run"
+    assert capsys.readouterr().err.splitlines() == [warning]
     assert [p.name for p in output.parent.iterdir()] == ["merged.h5"]
     with h5py.File(output, "r") as h5:
         assert layout.check_layout(h5) == 4
@@ -498,9 +514,40 @@ def test_evaluate_overwrite_replaces_the_folder_and_a_rerun_without_it_is_refuse
     assert (env.out / "eval" / "notes.txt").exists()
     assert evaluate.main(evaluate_argv(env, "--overwrite")) == 0
     assert sorted(p.name for p in (env.out / "eval").iterdir()) == [
-        "confusion_matrix.png", "f1_per_predicate.png", "metrics.json", "report.md"
+        ".egoexor.evaluate", "confusion_matrix.png", "f1_per_predicate.png", "metrics.json", "report.md"
     ]  # fmt: skip
     assert [p.name for p in env.out.iterdir()] == ["eval"]
+
+
+@pytest.mark.parametrize("command", ["samples", "audio"])
+def test_a_hub_name_not_cached_offline_is_one_line_before_any_work(command, env, monkeypatch, capsys):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(make_samples, "make_samples", _raise_on_call(0))  # no sample may be made first
+    monkeypatch.setattr(precompute_audio, "ClapAudioEmbedder", _raise_on_call(0))
+    if command == "samples":
+        argv, flag = with_tokenizer(env, "--tokenizer", "nobody/no-such-tokenizer"), "--tokenizer"
+    else:
+        argv, flag = audio(env, encoder="nobody/no-such-clap"), "--audio_encoder"
+    name, main = COMMANDS[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{name}: error: {flag} 'nobody/no-such-"), err
+    assert "not in the Hugging Face cache (offline)" in err[0]
+    assert list(env.out.iterdir()) == []
+
+
+def test_overwrite_replaces_a_folder_of_the_same_command_only(env, capsys):
+    cli.check_output(env.out / "absent", overwrite=False, owner="x")  # absent or empty: nothing to replace
+    (env.out / "mine").mkdir()
+    with cli.output_folder(env.out / "mine", "x") as temporary:
+        (temporary / "a.txt").write_text("a")
+    assert cli.check_output(env.out / "mine", overwrite=True, owner="x") == env.out / "mine"
+    with pytest.raises(cli.CommandError, match="already exists"):
+        cli.check_output(env.out / "mine", overwrite=False, owner="x")
+    with pytest.raises(cli.CommandError, match=r"mine: not replaced: it holds files and no \.y "):
+        cli.check_output(env.out / "mine", overwrite=True, owner="y")
 
 
 # --- Warnings: accepted, but named. --------------------------------------------------------------------------------

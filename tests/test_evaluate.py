@@ -314,7 +314,7 @@ def test_cli_writes_every_output_and_prints_the_headline(inputs, tmp_path, capsy
     argv = ["--predictions", str(predictions), "--samples", str(samples), "--protocol", "gt", "--out", str(out)]
     assert main(argv) == 0
     written = sorted(path.name for path in out.iterdir())  # no temporary files left behind
-    assert written == ["confusion_matrix.png", "f1_per_predicate.png", "metrics.json", "report.md"]
+    assert written == [".egoexor.evaluate", "confusion_matrix.png", "f1_per_predicate.png", "metrics.json", "report.md"]
     result = json.loads((out / "metrics.json").read_text())
     assert result["protocol"] == "gt" and result["missing_predictions"]["count"] == 1
     assert set(result["surgery_types"]) == {"MISS", "Ultrasound"}

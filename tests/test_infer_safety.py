@@ -10,6 +10,7 @@ is loaded. The hub is offline for the battery (or unreachable, where a case says
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,8 @@ import h5py
 import huggingface_hub
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 from test_cli_safety import _dir, _file, snapshot
 from test_infer import checkpoint, few_samples, infer_args, reference_run  # noqa: F401  (fixtures)
 
@@ -31,7 +34,7 @@ from egoexor.convert_reference import REFERENCE_ADAPTER, REFERENCE_NON_LORA
 from egoexor.data.dataset import AudioCache
 from egoexor.data.reader import EgoExorReader
 from egoexor.data.samples import load_samples
-from egoexor.model.build import CONFIG_FILE
+from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE
 from egoexor.model.egoexor_llava import EgoExorLlava
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,11 +86,29 @@ def inputs(checkpoint, few_samples, merged_file, tmp_path_factory) -> Path:  # n
         "ckpt_clap": lambda c: c["data"].update(audio_encoder="laion/larger_clap_general"),
         "ckpt_clap_folder": lambda c: c["data"].update(audio_encoder=str(root / "no_clap")),
         "ckpt_hub_llm": lambda c: c["model"].update(model_name_or_path="nobody/no-such-llm", llm_config=None),
+        "ckpt_local_llm": lambda c: c["model"].update(model_name_or_path=str(root / "llm"), llm_config=None),
+        "ckpt_llm_without_config": lambda c: c["model"].update(model_name_or_path=str(root / "empty_dir"),
+                                                              llm_config=None),
     }
+    (root / "llm").mkdir()
+    (root / "llm" / "weights.bin").write_text("a local LLM folder\n")
     for name, edit in edits.items():
         _edited_checkpoint(checkpoint, root / name, edit)
     shutil.copytree(checkpoint, root / "ckpt_bad_json")
     (root / "ckpt_bad_json" / CONFIG_FILE).write_text("{")
+    # weight files that are missing, truncated, or do not fit the configuration (the last two fail at loading)
+    shutil.copytree(checkpoint, root / "ckpt_no_adapter")
+    (root / "ckpt_no_adapter" / infer.ADAPTER_FILE).unlink()
+    shutil.copytree(checkpoint, root / "ckpt_truncated")
+    data = (root / "ckpt_truncated" / NON_LORA_FILE).read_bytes()
+    (root / "ckpt_truncated" / NON_LORA_FILE).write_bytes(data[: len(data) // 2])
+    weight_edits: dict[str, Callable[[dict], dict]] = {
+        "ckpt_extra_key": lambda state: {**state, "frobnicate": torch.zeros(2)},
+        "ckpt_wrong_shape": lambda state: {**state, next(iter(state)): torch.zeros(3)},
+    }
+    for name, edit in weight_edits.items():
+        shutil.copytree(checkpoint, root / name)
+        save_file(edit(load_file(root / name / NON_LORA_FILE)), root / name / NON_LORA_FILE)
     # audio caches: empty, and one made with another audio_norm
     with h5py.File(root / "audio_empty.h5", "w"):
         pass
@@ -184,6 +205,10 @@ CASES = [
          "released: its LLM 'liuhaotian/llava-v1.5-7b': not a folder and not in the Hugging Face cache (offline)"),
     Case("released folder incomplete", "infer", lambda e: run_infer(e, ckpt="released_partial"),
          f"not the released checkpoint folder: no adapter_config.json, {REFERENCE_ADAPTER}"),
+    Case("checkpoint adapter missing", "infer", lambda e: run_infer(e, ckpt="ckpt_no_adapter"),
+         f"ckpt_no_adapter/{infer.ADAPTER_FILE}: no such file"),
+    Case("checkpoint weights truncated", "infer", lambda e: run_infer(e, ckpt="ckpt_truncated"),
+         f"ckpt_truncated/{NON_LORA_FILE}: not a readable safetensors file (Error while deserializing header"),
     # --- egoexor.infer: data --------------------------------------------------------------------------------------
     Case("hdf5 missing", "infer", lambda e: run_infer(e, hdf5="nope.h5"), "--hdf5"),
     Case("hdf5 is a folder", "infer", lambda e: run_infer(e, hdf5="folder.h5"), "is a folder"),
@@ -228,6 +253,14 @@ CASES = [
          lambda e: run_infer(e, "--overwrite", out=str(e.inp / "samples.json")), "is also an input"),
     Case("out is a file, --overwrite", "infer", lambda e: run_infer(e, "--overwrite"), "is a file, expected a folder",
          _file("eval")),
+    Case("out is the checkpoint's LLM folder, --overwrite", "infer",
+         lambda e: run_infer(e, "--overwrite", ckpt="ckpt_local_llm", out=str(e.inp / "llm")), "is also an input"),
+    Case("out replaces a file of the LLM folder, --overwrite", "infer",
+         lambda e: run_infer(e, "--overwrite", ckpt="ckpt_local_llm", out=str(e.inp / "llm" / "weights.bin")),
+         "is inside the input folder"),
+    Case("out an unrelated folder, --overwrite", "infer", lambda e: run_infer(e, "--overwrite"),
+         "eval: not replaced: it holds files and no .egoexor.infer", _file("eval", "sub", "thesis.tex")),
+    Case("out the current folder", "infer", lambda e: run_infer(e, out="."), "is the current folder or holds it"),
     # --- egoexor.convert_reference --------------------------------------------------------------------------------
     Case("input missing", "convert", lambda e: run_convert(e, source="nope"), "nope: no such folder"),
     Case("input is a file", "convert", lambda e: run_convert(e, source="a_file"), "a_file: is a file"),
@@ -249,6 +282,13 @@ CASES = [
          "holds the input"),
     Case("output is a file, --overwrite", "convert", lambda e: run_convert(e, "--overwrite"),
          "is a file, expected a folder", _file("converted")),
+    Case("output is the base LLM folder, --overwrite", "convert",
+         lambda e: run_convert(e, "--overwrite", output=str(e.inp / "empty_dir")), "is also an input"),
+    Case("output holds the vision tower, --overwrite", "convert",
+         lambda e: run_convert(e, "--overwrite", "--vision_tower", str(e.out / "tower" / "clip"),
+                               output=str(e.out / "tower")), "holds the input", _file("tower", "clip", "config.json")),
+    Case("output an unrelated folder, --overwrite", "convert", lambda e: run_convert(e, "--overwrite"),
+         "not replaced: it holds files and no .egoexor.convert_reference", _file("converted", "notes.txt")),
     Case("base not cached, offline", "convert", lambda e: run_convert(e, "--base", "nobody/no-such-llm"),
          "base LLM 'nobody/no-such-llm': not a folder and not in the Hugging Face cache (offline)"),
     Case("base not cached, no network", "convert", lambda e: run_convert(e, "--base", "nobody/no-such-llm"),
@@ -305,6 +345,35 @@ def test_the_battery_covers_every_command_with_enough_cases():
     assert len(CASES) >= 25
 
 
+@pytest.mark.parametrize(("ckpt", "says"), [
+    ("ckpt_llm_without_config", "cannot load the model: cannot read the LLM checkpoint"),
+    ("ckpt_extra_key", f"{NON_LORA_FILE}: keys the model does not have, e.g. ['frobnicate']"),
+    ("ckpt_wrong_shape", "cannot load the model: Error(s) in loading state_dict for EgoExorLlava: size mismatch"),
+])  # fmt: skip
+def test_a_model_that_fails_to_load_is_one_line_and_leaves_no_out(ckpt, says, env):
+    """Real processes: the failure comes after the model is built, where libraries raise their own errors."""
+    process = subprocess.run([sys.executable, "-m", "egoexor.infer", *run_infer(env, ckpt=ckpt)], cwd=ROOT,
+                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    lines = process.stderr.splitlines()
+    assert process.returncode == 2, process.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"egoexor.infer: error: --checkpoint {env.inp / ckpt}"), lines
+    assert says in lines[0]
+    assert list(env.out.iterdir()) == []  # no --out, no temporary
+
+
+def test_the_run_identity_holds_every_setting_that_changes_the_outputs(
+    checkpoint, merged_file, few_samples, reference_run, tmp_path, capsys  # noqa: F811
+):
+    run = json.loads((reference_run / infer.RUN_FILE).read_text())
+    assert run["protocol"] == "paper" and run["batch_size"] == 1 and run["max_new_tokens"] == 5
+    assert (reference_run / cli.marker(infer.COMMAND)).is_file()
+    out = tmp_path / "out"
+    shutil.copytree(reference_run, out)
+    for other in (["--batch_size", "2"], ["--protocol", "gt"]):
+        assert infer.main(infer_args(checkpoint, merged_file, few_samples, out, *other)) == 2
+        assert "holds predictions of another run" in capsys.readouterr().err
+
+
 # --- Interrupted and killed inference: the rerun resumes to the same predictions. ---------------------------------
 
 
@@ -325,7 +394,7 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes_to_the_same_predictio
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == "egoexor.infer: interrupted" and "Traceback" not in err
     assert len((tmp_path / "raw_predictions.rank0.jsonl").read_text().splitlines()) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw_predictions.rank0.jsonl", "run.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".egoexor.infer", "raw_predictions.rank0.jsonl", "run.json"]
     monkeypatch.setattr(EgoExorLlava, "generate", generate)
     assert infer.main(infer_args(checkpoint, merged_file, few_samples, tmp_path)) == 0
     assert len((tmp_path / "raw_predictions.rank0.jsonl").read_text().splitlines()) == 6  # only the rest ran
@@ -433,6 +502,7 @@ def test_interrupted_demo_is_one_line_exit_130_and_keeps_the_earlier_demo(tmp_pa
     earlier = tmp_path / "demo"
     _dir("demo", "evaluation")(Env(tmp_path, tmp_path))
     (earlier / "evaluation" / "report.md").write_text("the earlier demo")
+    (earlier / cli.marker(demo.COMMAND)).write_text("")  # an earlier demo: --overwrite may replace it
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

@@ -146,17 +146,30 @@ def _parser() -> cli.ArgumentParser:
     return parser  # fmt: skip
 
 
+def _tokenizer(name: str):
+    """The tokenizer of the token-frequency file, loaded before any sample is made: a mistake is one line."""
+    from egoexor.data.tokenizer import load_tokenizer
+
+    skip = "pass --no-token-freqs to skip the token-frequency file"
+    cli.check_pretrained(name, "--tokenizer", skip, file="tokenizer_config.json")
+    try:
+        return load_tokenizer(name)
+    except (OSError, ValueError) as error:  # transformers: OSError if absent, ValueError if not a tokenizer
+        raise cli.CommandError(f"--tokenizer {name}: {error} ({skip})") from None
+
+
 def _run(args) -> int:
     name = args.name or samples_file_name(args.split, args.n_permutations, args.modality_dropout_prob)
     if Path(name).name != name or name in (".", ".."):
         raise cli.CommandError(f"--name {name!r}: must be a file name, not a path (the folder is --out)")
     out = Path(args.out)
-    inputs = [Path(args.hdf5), Path(args.tokenizer) if Path(args.tokenizer).exists() else None]
+    inputs = [Path(args.hdf5), cli.local_path(args.tokenizer)]
     samples_path = cli.check_output(out / name, inputs=inputs, overwrite=args.overwrite)
-    freqs_path = None
+    freqs_path = tokenizer = None
     if not args.no_token_freqs:
         freqs_path = out / token_freqs_file_name(args.split, args.n_permutations)
         cli.check_output(freqs_path, inputs=inputs, overwrite=args.overwrite)
+        tokenizer = _tokenizer(args.tokenizer)
     rng = random.Random(args.seed)
     with cli.open_hdf5(args.hdf5, "--hdf5") as h5:
         samples, skipped = make_samples(
@@ -168,17 +181,7 @@ def _run(args) -> int:
             f"--hdf5 {args.hdf5}: splits/{args.split} gives no sample "
             f"({len(skipped)} frames without annotations; --reduce-ratio {args.reduce_ratio})"
         )
-    token_counts = None
-    if freqs_path is not None:
-        from egoexor.data.tokenizer import load_tokenizer
-
-        try:
-            tokenizer = load_tokenizer(args.tokenizer)
-        except (OSError, ValueError) as error:  # transformers: OSError if absent, ValueError if not a tokenizer
-            raise cli.CommandError(
-                f"--tokenizer {args.tokenizer}: {error} (pass --no-token-freqs to skip the token-frequency file)"
-            ) from None
-        token_counts = count_tokens(samples, tokenizer)
+    token_counts = None if tokenizer is None else count_tokens(samples, tokenizer)
     rng.shuffle(samples)
     write_json(samples_path, [s.to_record() for s in samples], indent=4)
     print(f"wrote {samples_path}: {len(samples)} samples, {len(skipped)} frames without annotations skipped")

@@ -77,9 +77,9 @@ def _parser() -> cli.ArgumentParser:
 
 
 def _run(args) -> int:
-    encoder = Path(args.audio_encoder)
+    cli.check_pretrained(args.audio_encoder, "--audio_encoder")
     out = cli.check_output(
-        args.out, inputs=[args.hdf5, encoder if encoder.exists() else None], overwrite=args.overwrite, flag="--out"
+        args.out, inputs=[args.hdf5, cli.local_path(args.audio_encoder)], overwrite=args.overwrite, flag="--out"
     )
     with cli.open_hdf5(args.hdf5, "--hdf5") as h5:
         if not audio_takes(h5):

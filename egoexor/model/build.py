@@ -79,7 +79,10 @@ def checkpoint_layout(config_dict: dict) -> str:
 
 def _read_config(name_or_path: str) -> dict:
     try:
-        return json.loads(Path(cached_file(name_or_path, "config.json")).read_text())
+        path = cached_file(name_or_path, "config.json")
+        if path is None:  # transformers 5: a local folder without the file
+            raise OSError(f"no config.json in {name_or_path}")
+        return json.loads(Path(path).read_text())
     except OSError as error:
         raise OSError(f"cannot read the LLM checkpoint {name_or_path!r}: {error}") from error
 
