@@ -187,10 +187,6 @@ class DataConfig:
             cli.check_range(name, getattr(self, name), 0, exclusive_low=True)
         cli.check_range("modality_dropout", self.modality_dropout, 0, 1)
 
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
-
     @staticmethod
     def choices(name: str) -> tuple[str, ...]:
         """The allowed values of a choice field, for command-line ``choices`` and messages."""
