@@ -167,10 +167,7 @@ def _run(args) -> int:
     if args.merge:
         procedures = [out / name for name in names if name != SPLITS_FILE]
         summary = merge_files(procedures, out / SPLITS_FILE, args.merge, overwrite=args.overwrite, progress=True)
-        for line in summary.lines():
-            print(line)
-        for warning in summary.warnings():
-            cli.warn(COMMAND, warning)
+        summary.report(COMMAND)
     return 0
 
 

@@ -66,6 +66,13 @@ class MergeSummary:
         out += [f"skipped duplicate take {take} (the first file's copy was kept)" for take in self.skipped_takes]
         return out
 
+    def report(self, command: str) -> None:
+        """The summary on stdout, each warning as ``<command>: warning: ...`` on stderr."""
+        for line in self.lines():
+            print(line)
+        for warning in self.warnings():
+            cli.warn(command, warning)
+
 
 def _check_input(path: Path) -> tuple[dict[TakeKey, int], list[TakeKey]]:
     """Check one per-procedure file; return its takes with their frame counts, and those without rgb."""
@@ -227,10 +234,7 @@ def _run(args) -> int:
         strict=args.strict,
         progress=not args.quiet,
     )
-    for line in summary.lines():
-        print(line)
-    for warning in summary.warnings():
-        cli.warn(COMMAND, warning)
+    summary.report(COMMAND)
     return 0
 
 
