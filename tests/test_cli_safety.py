@@ -298,8 +298,11 @@ def env(inputs, tokenizer_dir, clap_dir, tmp_path) -> Env:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.command}: {c.id}" for c in CASES])
-def test_bad_input_is_one_clear_line_and_changes_nothing(case: Case, env: Env, capsys):
+def test_bad_input_is_one_clear_line_and_changes_nothing(case: Case, env: Env, capsys, monkeypatch):
     name, main = COMMANDS[case.command]
+    cwd = env.out / "cwd"  # "." and ".." of the current-folder cases: never where the inputs are
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     if case.setup:
         case.setup(env)
     argv = case.argv(env)
