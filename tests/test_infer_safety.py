@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_cli_safety import Case as BatteryCase
 from test_cli_safety import _dir, _file, snapshot
 from test_infer import checkpoint, few_samples, infer_args, reference_run  # noqa: F401  (fixtures)
 
@@ -154,14 +155,9 @@ def run_demo(e: Env, *extra: str) -> list[str]:
 
 
 @dataclass
-class Case:
-    id: str
-    command: str
-    argv: Callable[[Env], list[str]]
-    #: Must appear in the error line: what is wrong and where.
-    says: str
-    #: Prepares the output side (an existing output) before the snapshot.
-    setup: Callable[[Env], None] | None = None
+class Case(BatteryCase):
+    """A case of the shared battery, run with the hub in a given state."""
+
     #: How the Hugging Face hub behaves: ``offline`` (HF_HUB_OFFLINE) or ``unreachable`` (no network).
     hub: str = "offline"
 
