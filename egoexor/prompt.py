@@ -14,6 +14,12 @@ from typing import Literal
 
 IMAGE_PLACEHOLDER = "<image>"
 
+#: The id the collator writes into visual-token positions: out of any vocabulary (the reference's
+#: ``IMAGE_TOKEN_INDEX``); the model embeds a real id there and overwrites the embedding.
+IMAGE_TOKEN_ID = -200
+#: The label of every position that is not supervised (prompt, visual tokens, padding).
+IGNORE_INDEX = -100
+
 #: The human turn's instruction (reference ``scene_graph_templates.py``), verbatim: it spells
 #: ``anaesthetist``, ``close to`` and ``lying on`` and omits ``microscope`` and ``syringe``,
 #: unlike the answers; kept as is because the released model was trained on it.

@@ -47,7 +47,7 @@ sys.path[:0] = [str(ROOT / "scripts" / "parity"), str(ROOT / "tests")]
 
 import egoexor_side  # noqa: E402
 
-from egoexor.data.dataset import IMAGE_TOKEN_ID  # noqa: E402
+from egoexor.prompt import IMAGE_TOKEN_ID  # noqa: E402
 
 SPLIT, PERMUTATIONS = "train", 2
 #: Takes whose samples the reference's model accepts in one batch (every sample with ego views,

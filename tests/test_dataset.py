@@ -13,11 +13,11 @@ from egoexor.cli import CommandError
 from egoexor.config import ConfigError, DataConfig
 from egoexor.data import layout, transforms
 from egoexor.data.audio import ClapAudioEmbedder
-from egoexor.data.dataset import IGNORE_INDEX, IMAGE_TOKEN_ID, AudioCache, Collator, EgoExorDataset, SampleInputError
+from egoexor.data.dataset import AudioCache, Collator, EgoExorDataset, SampleInputError
 from egoexor.data.layout import TakeKey
 from egoexor.data.precompute_audio import precompute
 from egoexor.data.samples import load_samples
-from egoexor.prompt import SYSTEM
+from egoexor.prompt import IGNORE_INDEX, IMAGE_TOKEN_ID, SYSTEM
 
 TOKENS = 4
 MISS_FULL, EXO_ONLY, MISS_2, ULTRASOUND = (TakeKey("MISS", 1, 1), TakeKey("MISS", 1, 2), TakeKey("MISS", 2, 1),

@@ -54,12 +54,7 @@ from egoexor.data import transforms, views
 from egoexor.data.audio import ClapAudioEmbedder
 from egoexor.data.reader import EgoExorReader, ReadError
 from egoexor.data.samples import Sample, load_samples
-from egoexor.prompt import IMAGE_PLACEHOLDER, chat_prompt
-
-#: The id the collator writes into visual-token positions: out of any vocabulary (the reference's
-#: ``IMAGE_TOKEN_INDEX``); the model embeds a real id there and overwrites the embedding.
-IMAGE_TOKEN_ID = -200
-IGNORE_INDEX = -100
+from egoexor.prompt import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, chat_prompt
 
 Mode = Literal["train", "eval", "generate"]
 MODES = ("train", "eval", "generate")

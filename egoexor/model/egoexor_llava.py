@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from egoexor.data.dataset import IGNORE_INDEX, IMAGE_TOKEN_ID
 from egoexor.model.fusion import ImagePooler
 from egoexor.model.vision import CLIPVisionTower
+from egoexor.prompt import IGNORE_INDEX, IMAGE_TOKEN_ID
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
