@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from egoexor import cli, evaluate, scene_graph
 from egoexor.atomic import write_json
-from egoexor.config import ConfigError, DataConfig, ModelConfig
+from egoexor.config import DROPPABLE_MODALITIES, ConfigError, DataConfig, ModelConfig
 from egoexor.convert_reference import (
     DEFAULT_BASE,
     REFERENCE_FILES,
@@ -292,6 +292,9 @@ def _parser() -> cli.ArgumentParser:
     parser.add_argument("--rescale_dark_frames", choices=("true", "false"), default=None,
                         help="true: multiply frames whose maximum is 1 by 255, as the reference did "
                         "(default: the checkpoint's)")
+    parser.add_argument("--drop_modalities", type=cli.names_flag(DROPPABLE_MODALITIES), default=None,
+                        help="comma-separated inputs to remove from every sample, as modality dropout does (e.g. "
+                        f"gaze,audio; '' removes none): {', '.join(DROPPABLE_MODALITIES)} (default: the checkpoint's)")
     parser.add_argument("--num_workers", type=cli.int_flag(0), default=4,
                         help="data loading processes (0: in the main one)")
     parser.add_argument("--audio_cache", type=Path, default=None,
@@ -308,6 +311,7 @@ def _run(args) -> int:
         ("prompt_roles", args.prompt_roles), ("flip_rule", args.flip_rule), ("row_matching", args.row_matching),
         ("camera_selection", args.camera_selection), ("audio_cache", args.audio_cache and str(args.audio_cache)),
         ("rescale_dark_frames", None if args.rescale_dark_frames is None else args.rescale_dark_frames == "true"),
+        ("drop_modalities", None if args.drop_modalities is None else list(args.drop_modalities)),
     ) if v is not None}  # fmt: skip
     samples = read_samples(args.samples)
     with cli.open_hdf5(args.hdf5, "--hdf5") as h5:

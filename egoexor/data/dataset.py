@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from egoexor import vocab
 from egoexor.config import DataConfig
 from egoexor.data import transforms, views
 from egoexor.data.audio import ClapAudioEmbedder
@@ -58,6 +59,15 @@ from egoexor.prompt import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, chat
 
 Mode = Literal["train", "eval", "generate"]
 MODES = ("train", "eval", "generate")
+
+
+#: The ``drop_modalities`` name (``egoexor.config.DROPPABLE_MODALITIES``) of each sample modality with a token.
+_DROP_NAME = {"eye_gaze": "gaze", "hand_tracking": "hands", "audio": "audio", "point_cloud": "point_cloud"}
+
+
+def _view_modality(source: str, ego: bool) -> str:
+    """The ``drop_modalities`` name that blanks a view of a branch (``ego``, else exo)."""
+    return "ego_frames" if ego else "ultrasound" if source == vocab.ULTRASOUND_SOURCE else "exo_frames"
 
 
 class SampleInputError(ValueError):
@@ -146,9 +156,9 @@ class EgoExorDataset(Dataset):
         config, available, training = self.config, sample.modalities, self.mode == "train"
 
         def kept(modality: str) -> bool:
-            """Available, and not dropped by modality dropout (training only; one draw each)."""
+            """Available, not dropped by modality dropout (training only; one draw each), not removed by name."""
             dropped = training and config.modality_dropout > 0 and rng.random() < config.modality_dropout
-            return modality in available and not dropped
+            return modality in available and not dropped and _DROP_NAME[modality] not in config.drop_modalities
 
         # A gaze token needs both gaze and depth: they are kept or dropped together (one draw).
         use_gaze = use_depth = kept("eye_gaze") and "eye_gaze_depth" in available
@@ -163,7 +173,7 @@ class EgoExorDataset(Dataset):
 
         # Ego branch: views and their per-device rows.
         ego = []
-        if "ego_frames" in available:
+        if "ego_frames" in available and "ego" not in config.drop_modalities:
             n_depth = len(point.gaze_depth) if point.gaze_depth is not None else 0
             ego = views.ego_views(point.sources, point.rgb, point.gaze, n_depth, point.hands, config.row_matching,
                                   generating=self.mode == "generate", selection=config.camera_selection)  # fmt: skip
@@ -192,7 +202,7 @@ class EgoExorDataset(Dataset):
         exo = views.exo_cameras(
             point.sources, "exo_frames" in available, "ultrasound" in available, config.camera_selection,
             sample_views=training and config.exo_views == "reference", max_views=config.max_exo_views, rng=rng,
-        ) if point.rgb is not None else []  # fmt: skip
+        ) if point.rgb is not None and "exo" not in config.drop_modalities else []  # fmt: skip
         item["exo_images"] = self._images(point, exo, ego=False)
         item["audio"] = item["point_cloud"] = None
         if exo and use_audio:
@@ -215,6 +225,9 @@ class EgoExorDataset(Dataset):
         size, rescale = self.config.image_size, self.config.rescale_dark_frames
         images = torch.empty(len(cameras), 3, size, size)
         for view, camera in enumerate(cameras):
+            if _view_modality(point.sources[camera], ego) in self.config.drop_modalities:
+                images[view] = 0  # the view stays (its gaze and hand tokens too) but shows nothing
+                continue
             flip = transforms.is_flipped(point.sources[camera], ego, self.config.flip_rule)
             transforms.image(point.rgb[camera], size, flip, rescale, out=images[view].numpy())
         return images
