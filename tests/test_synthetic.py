@@ -268,7 +268,8 @@ def _modality_features(dataset, key) -> dict[str, np.ndarray]:
         if layout.AUDIO_SNIPPETS in take:
             spectrum = np.abs(np.fft.rfft(take[layout.AUDIO_SNIPPETS][()][:, :, 0], axis=1))
             features["audio"] = spectrum.argmax(axis=1)[:, None].astype(np.float32)
-        features["point_cloud"] = np.median(take[layout.POINT_COORDINATES][()], axis=1)
+        if layout.POINT_COORDINATES in take:
+            features["point_cloud"] = np.median(take[layout.POINT_COORDINATES][()], axis=1)
     return {kind: np.nan_to_num(feature) for kind, feature in features.items()}  # a frame without valid rows: 0
 
 

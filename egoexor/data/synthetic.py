@@ -12,12 +12,29 @@ groups, dtypes, attributes, gzip + per-frame chunking, raw camelCase/typo spelli
   and NaN gaze, NaN/+inf/>1 m gaze depth, partly-NaN and all-NaN hand rows;
 * the ultrasound screen in the middle of the camera axis; source names stored as bytes.
 
-The learnable signal: every frame shows one of K template scene graphs. The template tints every
-camera (a per-template colour) and places a bright square at a per-template spot; the gaze and the
-hands of every ego device point at that spot, the audio carries a per-template tone and the point
-cloud a per-template cluster. So image -> scene graph is learnable; the other modalities agree.
+Two learnable signals:
 
-``python -m egoexor.data.synthetic --out DIR --profile tiny|realistic --seed S [--overwrite]``
+``templates`` (profiles ``tiny``, ``realistic``): every frame shows one of K template scene graphs. The
+template tints every camera (a per-template colour) and places a bright square at a per-template spot;
+the gaze and the hands of every ego device point at that spot, the audio carries a per-template tone and
+the point cloud a per-template cluster. So image -> scene graph is learnable; the other modalities agree.
+
+``parts`` (profile ``parts``, the modality benchmark behind ``python -m egoexor.ablate``): the scene graph
+of a frame is one triplet per input, :data:`PARTS`, each with a fixed (subject, object) pair and a
+predicate out of a group of three of its own (disjoint groups, 21 of the 22 predicates). Each part's
+level (which of its three predicates) is drawn per frame independently of the others and shows in its
+input alone: a tint of the ego cameras, the spot the gaze points at (nothing is drawn there), the spot
+the hands are at, a tint of the room cameras, the grey level of the ultrasound screen, the tone of the
+audio snippet (snippets do not overlap here, so a snippet holds its own frame's sound only) and the
+position of the point cloud's dense cluster (colours are random). Every other input is independent of
+it, so removing an input leaves its part to a guess (macro F1 at most 1/3 over its group) and should
+leave the other parts as they were. A part is in a take's graphs where its samples can see its input
+(``take_parts``): MISS takes have no ultrasound screen, the Ultrasound take has no audio; every graph has
+six triplets. Gaze rows belong to devices without a calibration offset in the reference's fixation table,
+so ``gaze_fixation`` moves nothing; frames are 32x32 pixels, so gaze and hands are read with
+``gaze_scale``/``hand_scale`` 32.
+
+``python -m egoexor.data.synthetic --out DIR --profile tiny|realistic|parts --seed S [--overwrite]``
 
 Existing files of the same names in ``DIR`` (a download folder's ``miss_1.h5``, say) are refused
 unless ``--overwrite``, before anything is written; each file is written atomically.
@@ -178,7 +195,8 @@ def _realistic() -> Profile:
 
 
 def _parts() -> Profile:
-    """Three takes; their gaze devices have no calibration offset (``transforms.GAZE_FIXATION_TAKES``)."""
+    """Three takes with six parts each; their gaze devices have no calibration offset
+    (``transforms.GAZE_FIXATION_TAKES``)."""
     size = {"height": 32, "width": 32}
     return Profile(
         name="parts",
@@ -579,7 +597,8 @@ def _parser() -> cli.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder (created if needed)")
     parser.add_argument(
         "--profile", choices=sorted(PROFILES), default="tiny",
-        help="tiny: small images, seconds; realistic: 336x336 cameras, 48 kHz audio, 8192-point clouds, ~1 GB",
+        help="tiny: small images, seconds; realistic: 336x336 cameras, 48 kHz audio, 8192-point clouds, ~1 GB; "
+        "parts: each input alone sets one triplet (the modality benchmark of egoexor.ablate)",
     )
     parser.add_argument("--seed", type=cli.int_flag(0), default=0,
                         help="random seed; the same seed writes the same data")
