@@ -71,15 +71,13 @@ class AudioCache:
 
     def __init__(self, path: str | os.PathLike, audio_norm: str) -> None:
         self.path = Path(path)
-        if not self.path.is_file() or not h5py.is_hdf5(self.path):
-            raise FileNotFoundError(f"{self.path}: no audio cache (HDF5) there")
+        self._reader = EgoExorReader(self.path)  # checks that it is an HDF5 file
         with h5py.File(self.path, "r") as h5:
             if h5.attrs.get("audio_norm") != audio_norm:
                 raise ValueError(
                     f"{self.path}: embeddings were computed with audio_norm={h5.attrs.get('audio_norm')!r}, "
                     f"the configuration asks for {audio_norm!r}"
                 )
-        self._reader = EgoExorReader(self.path)
 
     def embedding(self, sample: Sample) -> np.ndarray:
         path = f"{sample.take.path}/audio/{self.DATASET}"

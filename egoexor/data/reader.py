@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 
 import h5py
 import numpy as np
 
-from egoexor import vocab
+from egoexor import cli, vocab
 from egoexor.data import layout
 from egoexor.data.layout import TakeKey
 from egoexor.scene_graph import Triplet, triplets_from_annotation
@@ -74,11 +73,7 @@ class EgoExorReader:
     """Random access to timepoints of a per-procedure or merged EgoExOR file."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ReadError(f"{self.path}: no such file")
-        if not h5py.is_hdf5(self.path):
-            raise ReadError(f"{self.path}: not an HDF5 file")
+        self.path = cli.input_hdf5(path, error=ReadError)
         self._h5: h5py.File | None = None
         self._pid: int | None = None
 
