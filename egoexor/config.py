@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -19,6 +20,7 @@ from typing import Literal
 import yaml
 
 from egoexor import cli
+from egoexor.prompt import PromptRoles
 
 
 class ConfigError(cli.CommandError):
@@ -38,11 +40,20 @@ def _choices(cls: type) -> dict[str, tuple]:
     return {f.name: typing.get_args(hints[f.name]) for f in fields(cls) if typing.get_origin(hints[f.name]) is Literal}
 
 
+class _ChoiceFields:
+    """Base of the config dataclasses: a ``Literal`` field's annotation is the one place its values are spelled."""
+
+    @classmethod
+    def choices(cls, name: str) -> tuple:
+        """The allowed values of a choice field, for command-line ``choices`` and messages."""
+        return _choices(cls)[name]
+
+
 EXTRA_FEATURES = ("gaze", "hand", "audio", "point_cloud")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_ChoiceFields):
     """The model (``egoexor.model.build``). Defaults: the paper's architecture on LLaVA-1.5-7B."""
 
     #: ``paper``: separate 2-layer ego and exo fusion encoders; ``reference``: the released checkpoint's
@@ -130,7 +141,7 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_ChoiceFields):
     """How samples become model inputs (``egoexor.data.dataset``)."""
 
     #: Side of the square CLIP input (336 for CLIP ViT-L/14-336). Training sets it from the vision tower.
@@ -175,7 +186,7 @@ class DataConfig:
     #: sample (the reference's ``multimodal_drop_prop``; its flag never took effect: 0 reproduces it).
     modality_dropout: float = 0.0
     #: Role names of the prompt at inference (``reference_inference``: the reference's human/gpt).
-    prompt_roles: Literal["train", "reference_inference"] = "train"
+    prompt_roles: PromptRoles = "train"
     #: Longest token sequence after the visual tokens are inserted.
     model_max_length: int = 2048
 
@@ -186,11 +197,6 @@ class DataConfig:
         for name in ("gaze_scale", "hand_scale", "depth_scale"):
             cli.check_range(name, getattr(self, name), 0, exclusive_low=True)
         cli.check_range("modality_dropout", self.modality_dropout, 0, 1)
-
-    @staticmethod
-    def choices(name: str) -> tuple[str, ...]:
-        """The allowed values of a choice field, for command-line ``choices`` and messages."""
-        return _choices(DataConfig)[name]
 
 
 @dataclass
@@ -276,9 +282,22 @@ class TrainSetup:
     config_file: str | None = None
 
 
-#: DataConfig fields that training derives from the model (the vision tower's input size, the
-#: model's tokens per branch): neither a flag nor a YAML key.
+#: DataConfig fields that follow from the model (the vision tower's input size, the model's tokens per
+#: branch): neither a flag nor a YAML key; :func:`data_for_model` sets them.
 DERIVED_DATA_FIELDS = ("image_size", "tokens_per_branch")
+
+
+def data_for_model(data: DataConfig, model: ModelConfig, image_size: int) -> DataConfig:
+    """``data`` with its :data:`DERIVED_DATA_FIELDS` taken from the model (``image_size``: its vision tower's
+    input side), as training reads samples and checkpoints save them. Such a field set to another value
+    than its default and the model's is a mistake, not something to replace silently."""
+    derived = dict(zip(DERIVED_DATA_FIELDS, (image_size, model.tokens_per_branch), strict=True))
+    defaults = {field.name: field.default for field in fields(DataConfig)}
+    for name, value in derived.items():
+        given = getattr(data, name)
+        if given not in (defaults[name], value):
+            raise ConfigError(f"data.{name} {given} differs from the model's {value} (it follows from the model)")
+    return dataclasses.replace(data, **derived)
 
 
 def _base_type(annotation):
@@ -493,11 +512,6 @@ def parse_train_args(argv: list[str]) -> TrainSetup:
     return TrainSetup(*configs, trainer, warnings, config_file)
 
 
-def resolved_config(setup: TrainSetup) -> dict:
-    """The model and data configuration as saved with every checkpoint."""
-    return {"model": dataclasses.asdict(setup.model), "data": dataclasses.asdict(setup.data)}
-
-
 def _field_docs(cls: type) -> dict[str, str]:
     """The ``#:`` comment above each field of a config dataclass (its documentation)."""
     import inspect
@@ -518,3 +532,33 @@ def _field_docs(cls: type) -> dict[str, str]:
 def train_help() -> str:
     """``python -m egoexor.train --help``: every flag ``train`` accepts, with its default and meaning."""
     return train_parser().format_help()
+
+
+# --------------------------------------------------------------------------------------------------
+# The configuration every checkpoint folder holds (written by training and by the reference import)
+
+#: The file of a checkpoint folder that holds its model and data configuration.
+CONFIG_FILE = "egoexor_config.json"
+
+
+def checkpoint_config(model: ModelConfig, data: DataConfig) -> dict:
+    """The content of :data:`CONFIG_FILE`: what rebuilds the model and reads its inputs."""
+    return {"model": dataclasses.asdict(model), "data": dataclasses.asdict(data)}
+
+
+def read_checkpoint_config(
+    folder: str | os.PathLike, flag: str | None = None, **model_overrides
+) -> tuple[ModelConfig, DataConfig]:
+    """The configuration :func:`checkpoint_config` saved in ``folder``; ``model_overrides`` replace model
+    fields (``bits=16``: a 4-bit-trained model on bf16 weights). A malformed or invalid file is one line
+    naming it (and ``flag``, the command-line flag that gave the folder)."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{cli.flagged(Path(folder), flag)}: no {CONFIG_FILE} (not an egoexor checkpoint)")
+    saved = cli.read_json(path, flag)
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(part), dict) for part in ("model", "data")):
+        raise ConfigError(f"{cli.flagged(path, flag)}: expected a 'model' and a 'data' section")
+    try:
+        return ModelConfig(**{**saved["model"], **model_overrides}), DataConfig(**saved["data"])
+    except (TypeError, ConfigError) as error:
+        raise ConfigError(f"{cli.flagged(path, flag)}: {error}") from None

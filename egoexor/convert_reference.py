@@ -21,7 +21,6 @@ converts it on the fly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import sys
 from collections.abc import Sequence
@@ -30,9 +29,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from egoexor import cli
-from egoexor.config import DataConfig, ModelConfig
-from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE, build_model
+from egoexor import atomic, cli
+from egoexor.config import CONFIG_FILE, DataConfig, ModelConfig, checkpoint_config, data_for_model
+from egoexor.model.build import NON_LORA_FILE, build_model
 
 COMMAND = "egoexor.convert_reference"
 REFERENCE_NON_LORA = "non_lora_trainables.bin"
@@ -68,11 +67,12 @@ def is_reference_checkpoint(folder: Path) -> bool:
 
 def check_reference_folder(folder: Path, flag: str | None = None) -> tuple[dict, dict]:
     """``config.json`` and ``adapter_config.json`` of a released folder that has all of :data:`REFERENCE_FILES`."""
-    where = f"{flag} {folder}" if flag else str(folder)
     cli.input_folder(folder, flag)
     missing = [name for name in REFERENCE_FILES if not (folder / name).is_file()]
     if missing:
-        raise ConversionError(f"{where}: not the released checkpoint folder: no {', '.join(missing)}")
+        raise ConversionError(
+            f"{cli.flagged(folder, flag)}: not the released checkpoint folder: no {', '.join(missing)}"
+        )
     configs = []
     for name in REFERENCE_FILES[:2]:
         config = cli.read_json(folder / name, flag)
@@ -171,15 +171,12 @@ def convert(folder: str | Path, output: str | Path, base: str = DEFAULT_BASE, vi
     if missing:
         raise ConversionError(f"{REFERENCE_ADAPTER}: lacks {len(missing)} LoRA weight(s), e.g. {sorted(missing)[0]!r}")
     adapter_ours = {key: tensor.contiguous() for key, tensor in adapter.items()}
-    # the data must fit the model: CLIP's input size and the branch token count (as training sets them)
-    data = DataConfig(image_size=model.vision_tower.vision_tower.config.image_size,
-                      tokens_per_branch=config.tokens_per_branch)  # fmt: skip
-    saved_config = {"model": dataclasses.asdict(config), "data": dataclasses.asdict(data)}
+    data = data_for_model(DataConfig(), config, model.vision_tower.vision_tower.config.image_size)
     with cli.output_folder(output, COMMAND) as temporary:  # files are fsynced and the folder renamed into place
         save_file(mapped, temporary / NON_LORA_FILE)
         save_file(adapter_ours, temporary / "adapter_model.safetensors")
         model.language_model.peft_config["default"].save_pretrained(temporary)
-        (temporary / CONFIG_FILE).write_text(json.dumps(saved_config, indent=2))
+        atomic.write_json(temporary / CONFIG_FILE, checkpoint_config(config, data))
     return {"mapped": sorted(mapped), "adapter": sorted(adapter_ours), "recomputed_buffers": sorted(skipped)}
 
 

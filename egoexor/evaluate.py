@@ -180,8 +180,7 @@ def evaluate(
 def _score(
     predictions: dict[str, Prediction], samples: list[Sample], protocol: Protocol, progress: bool
 ) -> dict[str, Any]:
-    if protocol not in metrics.PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(metrics.PROTOCOLS)}")
+    metrics.check_protocol(protocol)
     mode = metrics.PARSE_MODE[protocol]
     missing = sorted({sample.id for sample in samples if sample.id not in predictions})
     unmatched = sorted(set(predictions) - {sample.id for sample in samples})

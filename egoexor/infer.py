@@ -53,9 +53,9 @@ from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from egoexor import cli, evaluate, scene_graph
+from egoexor import cli, evaluate, metrics, scene_graph
 from egoexor.atomic import write_json
-from egoexor.config import ConfigError, DataConfig, ModelConfig
+from egoexor.config import ConfigError, DataConfig, ModelConfig, read_checkpoint_config
 from egoexor.convert_reference import (
     DEFAULT_BASE,
     REFERENCE_FILES,
@@ -159,13 +159,7 @@ def checkpoint_configs(folder: Path, bits: int) -> tuple[ModelConfig, DataConfig
             f"--checkpoint {folder}: neither an egoexor checkpoint ({CONFIG_FILE}, {NON_LORA_FILE}) nor the "
             f"released reference folder ({', '.join(REFERENCE_FILES)}){hint}"
         )
-    saved = cli.read_json(folder / CONFIG_FILE, "--checkpoint")
-    if not isinstance(saved, dict) or not all(isinstance(saved.get(part), dict) for part in ("model", "data")):
-        raise cli.CommandError(f"--checkpoint {folder / CONFIG_FILE}: expected a 'model' and a 'data' section")
-    try:
-        model, data = ModelConfig(**{**saved["model"], "bits": bits}), DataConfig(**saved["data"])
-    except (TypeError, ConfigError) as error:
-        raise cli.CommandError(f"--checkpoint {folder / CONFIG_FILE}: {error}") from None
+    model, data = read_checkpoint_config(folder, "--checkpoint", bits=bits)
     if model.model_name_or_path is None and not (folder / "tokenizer_config.json").is_file():
         raise cli.CommandError(f"--checkpoint {folder}: no tokenizer_config.json, and no LLM to take a tokenizer from")
     return model, data
@@ -271,12 +265,12 @@ def _parser() -> cli.ArgumentParser:
     parser.add_argument("--samples", required=True, type=Path, help="sample JSON of the split to evaluate (test)")
     parser.add_argument("--out", required=True, type=Path,
                         help="output folder (predictions, metrics, plots); a rerun of the same run resumes it")
-    parser.add_argument("--protocol", choices=("paper", "gt"), default="paper",
+    parser.add_argument("--protocol", choices=metrics.PROTOCOLS, default="paper",
                         help="paper: the published evaluator; gt: ground-truth entity set (MM-OR/4D-OR)")
     parser.add_argument("--batch_size", type=cli.int_flag(1), default=16,
                         help="samples per generation batch (reference: 16)")
     parser.add_argument("--max_new_tokens", type=cli.int_flag(1), default=300, help="longest answer (reference: 300)")
-    parser.add_argument("--bits", type=int, choices=(4, 8, 16), default=16,
+    parser.add_argument("--bits", type=int, choices=ModelConfig.choices("bits"), default=16,
                         help="LLM weights at inference (reference: 16, bf16, although trained on 4-bit)")
     parser.add_argument("--prompt_roles", choices=DataConfig.choices("prompt_roles"), default=None,
                         help="reference_inference: the reference's human:/gpt: roles (default: the training roles)")

@@ -47,7 +47,7 @@ from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from egoexor import atomic, cli
-from egoexor.config import ConfigError, TrainSetup, parse_train_args, resolved_config, train_help
+from egoexor.config import ConfigError, TrainSetup, checkpoint_config, data_for_model, parse_train_args, train_help
 from egoexor.data import layout
 from egoexor.data.dataset import Collator, EgoExorDataset, SampleInputError
 from egoexor.data.reader import ReadError
@@ -220,7 +220,7 @@ class EgoExorTrainer(Trainer):
             return
         output = Path(output_dir or self.args.output_dir)
         model = self.accelerator.unwrap_model(self.model)
-        save_checkpoint(model, output, resolved_config(self.setup))
+        save_checkpoint(model, output, checkpoint_config(self.setup.model, self.setup.data))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output)
         with atomic.atomic_output(output / TRAINING_ARGS_NAME) as temporary:
@@ -470,11 +470,10 @@ def build_training(setup: TrainSetup) -> EgoExorTrainer:
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, the LLM's vocabulary only {vocab_size}")
     if weights is not None:  # ids past the tokenizer's (padding rows of the vocabulary) get the floor weight
         weights = torch.cat([weights, weights.min().expand(vocab_size - len(weights))])
-    vision = model.vision_tower.vision_tower.config
     data_config = replace(
-        setup.data, image_size=vision.image_size, tokens_per_branch=setup.model.tokens_per_branch,
+        data_for_model(setup.data, setup.model, model.vision_tower.vision_tower.config.image_size),
         modality_dropout=setup.data.modality_dropout if train.do_multimodal_augment else 0.0,
-    )  # fmt: skip
+    )
     dataset = EgoExorDataset(samples, train.hdf5_path, tokenizer, data_config, "train", seed=setup.trainer.seed)
     return EgoExorTrainer(
         model=model, args=setup.trainer, train_dataset=dataset, data_collator=Collator(tokenizer.pad_token_id),

@@ -69,7 +69,7 @@ def _parser() -> cli.ArgumentParser:
     parser.add_argument("--hdf5", required=True, help="merged EgoExOR file")
     parser.add_argument("--out", required=True, help="sidecar HDF5 to write")
     parser.add_argument("--audio_encoder", default=defaults.audio_encoder, help="CLAP model: hub name or folder")
-    parser.add_argument("--audio_norm", default=defaults.audio_norm, choices=("reference", "per_snippet"),
+    parser.add_argument("--audio_norm", default=defaults.audio_norm, choices=DataConfig.choices("audio_norm"),
                         help="snippet normalisation before CLAP (must match the training configuration)")
     parser.add_argument("--batch_size", type=cli.int_flag(1), default=32, help="snippets per CLAP call")
     cli.add_overwrite_flag(parser)

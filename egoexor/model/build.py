@@ -36,7 +36,7 @@ from transformers import (
 from transformers.utils import cached_file
 
 from egoexor import atomic
-from egoexor.config import DataConfig, ModelConfig
+from egoexor.config import CONFIG_FILE, DataConfig, ModelConfig, read_checkpoint_config
 from egoexor.model.egoexor_llava import EgoExorLlava, mlp2x_gelu
 from egoexor.model.fusion import ImagePooler
 from egoexor.model.point_transformer import PointTransformerV3
@@ -45,7 +45,6 @@ from egoexor.model.vision import CLIPVisionTower
 logger = logging.getLogger(__name__)
 
 NON_LORA_FILE = "non_lora_trainables.safetensors"
-CONFIG_FILE = "egoexor_config.json"
 
 #: Projector keys in the two LLaVA layouts -> our ``mm_projector`` keys.
 _PROJECTOR_KEYS = {
@@ -323,11 +322,7 @@ def load_trained(checkpoint: str | Path, **overrides) -> tuple[EgoExorLlava, Dat
     ``overrides`` replace model-config fields, e.g. ``bits=16`` to run a 4-bit-trained model on
     bf16 weights at inference, as the reference did.
     """
-    folder = Path(checkpoint)
-    config_file = folder / CONFIG_FILE
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE} (not an egoexor checkpoint)")
-    config = json.loads(config_file.read_text())
-    model = build_model(ModelConfig(**{**config["model"], **overrides}))
-    load_checkpoint_weights(model, folder)
-    return model, DataConfig(**config["data"])
+    model_config, data_config = read_checkpoint_config(checkpoint, **overrides)
+    model = build_model(model_config)
+    load_checkpoint_weights(model, Path(checkpoint))
+    return model, data_config
