@@ -5,7 +5,7 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ import torch
 from transformers import CLIPVisionModel
 
 from egoexor import infer
-from egoexor.config import DataConfig
+from egoexor.config import checkpoint_config
 from egoexor.convert_reference import REFERENCE_ADAPTER, REFERENCE_NON_LORA, ConversionError, convert
 from egoexor.data.dataset import Collator, EgoExorDataset
 from egoexor.data.samples import load_samples
@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_model_config, tokenizer, tmp_path_factory):
+def checkpoint(tiny_model_config, tiny_data_config, tokenizer, tmp_path_factory):
     """An (untrained) tiny checkpoint in the format training writes."""
     folder = tmp_path_factory.mktemp("checkpoint")
     torch.manual_seed(0)
     model = build_model(tiny_model_config)
-    data = DataConfig(image_size=32, tokens_per_branch=16, audio_encoder=None)
-    save_checkpoint(model, folder, {"model": asdict(tiny_model_config), "data": asdict(data)})
+    data = replace(tiny_data_config, audio_encoder=None)
+    save_checkpoint(model, folder, checkpoint_config(tiny_model_config, data))
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -128,9 +128,9 @@ def released(tmp_path_factory, tokenizer, tiny_model_config):
 
     Every tensor written is first moved away from its initial value, so that only a real import restores it.
     """
+    from conftest import TINY_LLM, TINY_VISION
     from peft import get_peft_model_state_dict
     from test_model import _save_tiny_llava_v15
-    from tiny_config import TINY_LLM, TINY_VISION
     from transformers import CLIPVisionConfig
 
     root = tmp_path_factory.mktemp("released")

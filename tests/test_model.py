@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import TINY_LLM, TINY_TOKENS, TINY_VISION
 from safetensors.torch import load_file, save_file
-from tiny_config import TINY_LLM, TINY_TOKENS, TINY_VISION
 from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
 from egoexor.data.dataset import Collator, EgoExorDataset
@@ -257,7 +257,7 @@ def test_trainable_dtype_bfloat16_includes_the_lora_adapters(bits, tiny_model_co
 
 
 def test_lora_targets_every_linear_layer_but_lm_head():
-    llm = LlamaForCausalLM(LlamaConfig(**TINY_LLM, vocab_size=100))
+    llm = LlamaForCausalLM(LlamaConfig(**{**TINY_LLM, "vocab_size": 100}))
     assert lora_target_modules(llm) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
@@ -271,7 +271,7 @@ def test_parameter_summary_lists_every_part(model):
 def _save_tiny_llava_v15(folder, tokenizer):
     """A tiny checkpoint in liuhaotian/llava-v1.5's layout: LLaMA weights + model.mm_projector.* + llava config."""
     torch.manual_seed(1)
-    llm = LlamaForCausalLM(LlamaConfig(**TINY_LLM, vocab_size=len(tokenizer)))
+    llm = LlamaForCausalLM(LlamaConfig(**{**TINY_LLM, "vocab_size": len(tokenizer)}))
     llm.save_pretrained(folder)
     state = load_file(folder / "model.safetensors")
     hidden, width = TINY_VISION["hidden_size"], TINY_LLM["hidden_size"]
@@ -300,7 +300,8 @@ def test_llava_v15_checkpoint_loads_with_its_projector(tmp_path, tokenizer, tiny
 def test_llava_hf_checkpoint_loads_with_its_projector(tmp_path, tokenizer, tiny_model_config):
     torch.manual_seed(2)
     llava = LlavaForConditionalGeneration(LlavaConfig(
-        text_config=LlamaConfig(**TINY_LLM, vocab_size=len(tokenizer)), vision_config=CLIPVisionConfig(**TINY_VISION),
+        text_config=LlamaConfig(**{**TINY_LLM, "vocab_size": len(tokenizer)}),
+        vision_config=CLIPVisionConfig(**TINY_VISION),
     ))  # fmt: skip
     llava.save_pretrained(tmp_path)
     assert checkpoint_layout(json.loads((tmp_path / "config.json").read_text())) == "llava-hf"
