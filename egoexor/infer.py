@@ -65,7 +65,9 @@ from egoexor.convert_reference import (
     model_config_from,
 )
 from egoexor.data import layout
-from egoexor.data.dataset import AudioCache, Collator, EgoExorDataset, SampleInputError
+from egoexor.data.audio import AudioCache
+from egoexor.data.dataset import EgoExorDataset
+from egoexor.data.processor import Collator, SampleInputError
 from egoexor.data.reader import ReadError
 from egoexor.data.samples import Sample, SampleError, check_in_hdf5, load_samples
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE

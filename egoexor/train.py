@@ -49,7 +49,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from egoexor import atomic, cli
 from egoexor.config import ConfigError, TrainSetup, checkpoint_config, data_for_model, parse_train_args, train_help
 from egoexor.data import layout
-from egoexor.data.dataset import Collator, EgoExorDataset, SampleInputError
+from egoexor.data.dataset import EgoExorDataset
+from egoexor.data.processor import Collator, SampleInputError
 from egoexor.data.reader import ReadError
 from egoexor.data.samples import Sample, SampleError, check_in_hdf5, load_samples
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE, load_checkpoint_weights, save_checkpoint

@@ -59,7 +59,8 @@ def measure_loader(work: Path, n: int, workers: int) -> dict:
     from torch.utils.data import DataLoader
 
     from egoexor.config import DataConfig
-    from egoexor.data.dataset import Collator, EgoExorDataset
+    from egoexor.data.dataset import EgoExorDataset
+    from egoexor.data.processor import Collator
     from egoexor.data.samples import load_samples
     from egoexor.data.tokenizer import load_tokenizer
 

@@ -354,7 +354,8 @@ def model_checks(work: Path, src: Path, python: str, tokenizer: Path, merged: Pa
                  tokenizer_obj, report: Report, golden: dict) -> None:
     """Forward, generation and checkpoint import of the parity model, both sides."""
     from egoexor.convert_reference import convert
-    from egoexor.data.dataset import Collator, EgoExorDataset
+    from egoexor.data.dataset import EgoExorDataset
+    from egoexor.data.processor import Collator
     from egoexor.model.build import load_trained
 
     model = egoexor_side.build_model()

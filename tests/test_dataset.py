@@ -1,5 +1,6 @@
 """Dataset + collator: every modality's values on the synthetic quirks, mixed batches, labels."""
 
+import re
 import shutil
 from dataclasses import replace
 
@@ -11,11 +12,12 @@ from torch.utils.data import DataLoader
 
 from egoexor.cli import CommandError
 from egoexor.config import ConfigError, DataConfig
-from egoexor.data import layout, transforms
-from egoexor.data.audio import ClapAudioEmbedder
-from egoexor.data.dataset import AudioCache, Collator, EgoExorDataset, SampleInputError
+from egoexor.data import layout, processor, transforms
+from egoexor.data.audio import AudioCache, ClapAudioEmbedder
+from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.layout import TakeKey
 from egoexor.data.precompute_audio import precompute
+from egoexor.data.processor import Collator, SampleInputError
 from egoexor.data.samples import load_samples
 from egoexor.prompt import IGNORE_INDEX, IMAGE_TOKEN_ID, SYSTEM
 
@@ -226,6 +228,54 @@ def test_audio_cache_equals_on_the_fly(validation, merged_file, tokenizer, confi
     assert torch.allclose(live, cached, atol=1e-5)
     with pytest.raises(ValueError, match="audio_norm='reference'"):
         AudioCache(cache, "per_snippet")
+
+
+def hand_made_item(ids: list[int], n_ego: int, n_exo: int, size: int = 8) -> dict:
+    """An item with ``n_ego`` ego views (gaze on each, a hand row on the last) and no audio or cloud."""
+    hand_mask = torch.zeros(n_ego, dtype=torch.bool)
+    hand_mask[n_ego - 1 :] = True
+    return {
+        "input_ids": torch.tensor(ids),
+        "labels": torch.tensor([IGNORE_INDEX, *ids[1:]]),
+        "ego_images": torch.ones(n_ego, 3, size, size),
+        "gaze": torch.ones(n_ego, 3),
+        "gaze_mask": torch.ones(n_ego, dtype=torch.bool),
+        "hands": torch.ones(n_ego, 16),
+        "hand_mask": hand_mask,
+        "exo_images": torch.ones(n_exo, 3, size, size),
+        "audio": None,
+        "point_cloud": None,
+    }
+
+
+def test_collator_gives_every_documented_key_with_its_dtype_and_shape():
+    documented = re.findall(r"^``(\w+)``\s+(\w+) \[", processor.__doc__, flags=re.MULTILINE)
+    assert len(documented) == 16
+    items = [hand_made_item([1, 5, 6], n_ego=2, n_exo=1), hand_made_item([1, 7], n_ego=0, n_exo=0)]
+    batch = Collator(pad_token_id=0, padding_side="left")(items)
+    assert [(key, str(batch[key].dtype).removeprefix("torch.")) for key in batch] == documented
+    assert {key: tuple(tensor.shape) for key, tensor in batch.items()} == {
+        "input_ids": (2, 3),
+        "attention_mask": (2, 3),
+        "labels": (2, 3),
+        "ego_images": (2, 2, 3, 8, 8),
+        "ego_view_mask": (2, 2),
+        "gaze": (2, 2, 3),
+        "gaze_mask": (2, 2),
+        "hands": (2, 2, 16),
+        "hand_mask": (2, 2),
+        "exo_images": (2, 1, 3, 8, 8),
+        "exo_view_mask": (2, 1),
+        "audio": (2, 0),
+        "audio_mask": (2,),
+        "point_cloud": (0, 6),
+        "point_cloud_batch": (0,),
+        "point_cloud_mask": (2,),
+    }
+    assert batch["input_ids"][1].tolist() == [0, 1, 7] and batch["labels"][1].tolist() == [IGNORE_INDEX] * 2 + [7]
+    assert batch["ego_view_mask"].tolist() == [[True, True], [False, False]] and not batch["ego_images"][1].any()
+    assert batch["hand_mask"].tolist() == [[False, True], [False, False]] and not batch["gaze"][1].any()
+    assert not batch["audio_mask"].any() and not batch["point_cloud_mask"].any()
 
 
 def test_dataloader_workers_give_the_same_batches(validation, merged_file, tokenizer, config):

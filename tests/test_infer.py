@@ -15,7 +15,8 @@ from transformers import CLIPVisionModel
 from egoexor import infer
 from egoexor.config import checkpoint_config
 from egoexor.convert_reference import REFERENCE_ADAPTER, REFERENCE_NON_LORA, ConversionError, convert
-from egoexor.data.dataset import Collator, EgoExorDataset
+from egoexor.data.dataset import EgoExorDataset
+from egoexor.data.processor import Collator
 from egoexor.data.samples import load_samples
 from egoexor.model.build import build_model, load_trained, save_checkpoint
 from egoexor.model.egoexor_llava import EgoExorLlava

@@ -32,7 +32,7 @@ from test_infer import checkpoint, few_samples, infer_args, reference_run  # noq
 
 from egoexor import cli, convert_reference, demo, evaluate, infer
 from egoexor.convert_reference import REFERENCE_ADAPTER, REFERENCE_NON_LORA
-from egoexor.data.dataset import AudioCache
+from egoexor.data.audio import AudioCache
 from egoexor.data.reader import EgoExorReader
 from egoexor.data.samples import load_samples
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE

@@ -9,8 +9,9 @@ from conftest import TINY_LLM, TINY_TOKENS, TINY_VISION
 from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
-from egoexor.data.dataset import Collator, EgoExorDataset
+from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.layout import TakeKey
+from egoexor.data.processor import Collator
 from egoexor.data.samples import load_samples
 from egoexor.model.build import build_model, checkpoint_layout, lora_target_modules, parameter_summary
 from egoexor.model.vision import CLIPVisionTower

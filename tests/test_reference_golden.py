@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "parity
 
 import egoexor_side  # noqa: E402
 
-from egoexor.data.dataset import Collator, EgoExorDataset  # noqa: E402
+from egoexor.data.dataset import EgoExorDataset  # noqa: E402
+from egoexor.data.processor import Collator  # noqa: E402
 from egoexor.data.tokenizer import load_tokenizer  # noqa: E402
 from egoexor.data.transforms import audio_snippet  # noqa: E402
 from egoexor.prompt import IMAGE_TOKEN_ID  # noqa: E402

@@ -13,7 +13,8 @@ from llama_tokenizer import VOCAB_DIR, write_tokenizer_folder
 from transformers import LlamaTokenizer
 
 from egoexor import scene_graph, vocab
-from egoexor.data.dataset import EgoExorDataset, SampleInputError
+from egoexor.data.dataset import EgoExorDataset
+from egoexor.data.processor import SampleInputError
 from egoexor.data.samples import load_samples
 from egoexor.data.tokenizer import build_tiny_tokenizer, load_tokenizer
 from egoexor.prompt import HUMAN_TURN, IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, ROLES, chat_prompt

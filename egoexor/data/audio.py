@@ -2,7 +2,8 @@
 
 ``laion/larger_clap_general`` turns each frame's 1-s stereo snippet (normalised and mixed to mono
 by :func:`egoexor.data.transforms.audio_snippet`) into one L2-normalised 512-d vector. Computing it
-in every data worker is slow; ``python -m egoexor.data.precompute_audio`` caches it once.
+in every data worker is slow; ``python -m egoexor.data.precompute_audio`` caches it once, and
+:class:`AudioCache` reads the cached embeddings back.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel
 
 from egoexor.data import transforms
-from egoexor.data.layout import AUDIO_SAMPLE_RATE
+from egoexor.data.layout import AUDIO_SAMPLE_RATE, TakeKey
+from egoexor.data.reader import EgoExorReader, ReadError
+from egoexor.data.samples import Sample
 
 
 class ClapAudioEmbedder:
@@ -40,6 +44,33 @@ class ClapAudioEmbedder:
         mono = [transforms.audio_snippet(s, self.audio_norm) for s in snippets]
         inputs = self.features(mono, sampling_rate=AUDIO_SAMPLE_RATE, return_tensors="pt")
         return self.model.get_audio_features(**inputs).pooler_output.float().numpy()
+
+
+class AudioCache:
+    """Per-frame audio embeddings written by ``python -m egoexor.data.precompute_audio``."""
+
+    DATASET = "clap"
+
+    def __init__(self, path: str | os.PathLike, audio_norm: str) -> None:
+        self.path = Path(path)
+        self._reader = EgoExorReader(self.path)  # checks that it is an HDF5 file
+        with h5py.File(self.path, "r") as h5:
+            if h5.attrs.get("audio_norm") != audio_norm:
+                raise ValueError(
+                    f"{self.path}: embeddings were computed with audio_norm={h5.attrs.get('audio_norm')!r}, "
+                    f"the configuration asks for {audio_norm!r}"
+                )
+
+    @classmethod
+    def dataset_path(cls, take: TakeKey) -> str:
+        """Where the embeddings of a take's frames are, [F, D]: keyed like the main file."""
+        return f"{take.path}/audio/{cls.DATASET}"
+
+    def embedding(self, sample: Sample) -> np.ndarray:
+        path = self.dataset_path(sample.take)
+        if path not in self._reader.h5:
+            raise ReadError(f"{self.path}: no embeddings for {sample.take.path}")
+        return self._reader.h5[path][sample.frame]
 
 
 def save_tiny_clap(directory: str | os.PathLike, projection_dim: int = 512) -> Path:
