@@ -120,7 +120,12 @@ def generate_shard(model, dataset: EgoExorDataset, log: Path, batch_size: int, m
             # PTv3 shuffles its serialisation orders even in eval mode (as the reference): a seed per batch
             # makes a rerun, a resumed run and a sharded run give the same answers for the same batches.
             torch.manual_seed(zlib.crc32(ids[0].encode()))
-            generated = model.generate(batch, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+            generated = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
             texts = tokenizer.batch_decode(generated.tolist(), skip_special_tokens=True)
             for sample_id, text in zip(ids, texts, strict=True):
                 done[sample_id] = text

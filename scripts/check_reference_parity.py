@@ -375,7 +375,7 @@ def model_checks(work: Path, src: Path, python: str, tokenizer: Path, merged: Pa
     exo_orders = [item.get("exo_source_names", []) for item in reference["items"]]
     batch = egoexor_batch(train, Collator(tokenizer_obj.pad_token_id), indices, exo_orders)
     with torch.no_grad():
-        logits = model(batch)["logits"].float()
+        logits = model(**batch)["logits"].float()
     compared, failures, worst = forward_differences(reference, logits, batch)
     report.add("forward (logits, float32)", compared, failures, worst)
     golden["logits"] = {"indices": list(indices), "reference": reference["logits"],
@@ -385,7 +385,7 @@ def model_checks(work: Path, src: Path, python: str, tokenizer: Path, merged: Pa
     failures, ids = [], []
     for index, names, theirs in zip(indices, exo_orders, reference["generated"], strict=True):
         single = egoexor_batch(train, Collator(tokenizer_obj.pad_token_id, "left"), [index], [names], generate)
-        ours = model.generate(single, max_new_tokens=NEW_TOKENS, eos_token_id=tokenizer_obj.eos_token_id)[0]
+        ours = model.generate(**single, max_new_tokens=NEW_TOKENS, eos_token_id=tokenizer_obj.eos_token_id)[0]
         ids.append(theirs.tolist())
         if ours.tolist() != theirs.tolist():
             failures.append(f"sample {index}: greedy ids {ours.tolist()} vs the reference's {theirs.tolist()}")

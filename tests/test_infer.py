@@ -183,9 +183,9 @@ def test_released_checkpoint_imports_with_every_tensor_accounted_for(released, t
     loaded.eval()
     with torch.no_grad():
         torch.manual_seed(0)
-        expected = native(validation_batch)["logits"]
+        expected = native(**validation_batch)["logits"]
         torch.manual_seed(0)
-        assert torch.equal(loaded(validation_batch)["logits"], expected)
+        assert torch.equal(loaded(**validation_batch)["logits"], expected)
 
 
 def test_converted_released_checkpoint_runs_inference(released, tmp_path, merged_file, few_samples, clap_dir):

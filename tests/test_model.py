@@ -1,6 +1,7 @@
 """The model on CPU with the tiny configuration: shapes, gradients, splicing, presets, loading, generation."""
 
 import json
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -31,6 +32,15 @@ def make_batch(samples, merged_file, tokenizer, data_config, mode="eval"):
     return Collator(tokenizer.pad_token_id, side)([dataset[i] for i in range(len(samples))])
 
 
+def visual_inputs(batch):
+    """The batch's keyword arguments of ``EgoExorLlava.visual_features``."""
+    return {key: value for key, value in batch.items() if key not in ("input_ids", "attention_mask", "labels")}
+
+
+def point_cloud_inputs(batch):
+    return batch["point_cloud"], batch["point_cloud_batch"], batch["point_cloud_mask"]
+
+
 def mixed_samples(validation):
     """Full, exo-only, ultrasound (no audio), ego-only, no point cloud, and text only."""
     full = next(s for s in validation if s.take == MISS_FULL)
@@ -52,7 +62,7 @@ def test_mixed_modality_batch_forward(model, validation, merged_file, tokenizer,
     batch = make_batch(mixed_samples(validation), merged_file, tokenizer, tiny_data_config)
     assert batch["ego_view_mask"].any(1).tolist() == [True, False, True, True, True, False]
     assert batch["exo_view_mask"].any(1).tolist() == [True, True, True, False, True, False]
-    output = model(batch)
+    output = model(**batch)
     assert output["logits"].shape == (*batch["input_ids"].shape, len(tokenizer))
     assert torch.isfinite(output["loss"])
 
@@ -62,9 +72,9 @@ def test_visual_tokens_land_exactly_on_the_placeholders(model, validation, merge
     model.eval()
     with torch.no_grad():  # same seed: PTv3 shuffles its serialisation orders even in eval mode (reference)
         torch.manual_seed(0)
-        embeds = model.input_embeddings(batch)
+        embeds = model.input_embeddings(batch["input_ids"], **visual_inputs(batch))
         torch.manual_seed(0)
-        visual = model.visual_features(batch)
+        visual = model.visual_features(**visual_inputs(batch))
         text = model.language_model.get_input_embeddings()(batch["input_ids"].clamp(min=0))
     placeholders = batch["input_ids"] == IMAGE_TOKEN_ID
     assert torch.equal(embeds[placeholders], visual)
@@ -80,7 +90,7 @@ def test_placeholder_count_mismatch_is_a_clear_error(model, validation, merged_f
     wrong = replace(tiny_data_config, tokens_per_branch=TINY_TOKENS + 1)
     batch = make_batch(mixed_samples(validation)[:1], merged_file, tokenizer, wrong)
     with pytest.raises(ValueError, match="tokens_per_branch of the data and the model differ"):
-        model(batch)
+        model(**batch)
 
 
 def _gradients_after_two_steps(model, batch):
@@ -89,7 +99,7 @@ def _gradients_after_two_steps(model, batch):
     optimizer = torch.optim.SGD(trainable, lr=1e-2)
     for _ in range(2):
         optimizer.zero_grad()
-        model(batch)["loss"].backward()
+        model(**batch)["loss"].backward()
         optimizer.step()
     return {name: p.grad for name, p in model.named_parameters()}
 
@@ -146,7 +156,7 @@ def test_reference_preset_names_match_the_released_checkpoint(tiny_model_config,
     assert not any("ego_bert" in n or "exo_bert" in n for n in names)
     assert model.image_pooler.bert.config.num_hidden_layers == 3
     batch = make_batch(mixed_samples(validation), merged_file, tokenizer, tiny_data_config)
-    assert torch.isfinite(model(batch)["loss"])
+    assert torch.isfinite(model(**batch)["loss"])
 
 
 def test_paper_preset_has_two_separate_two_layer_branches(model):
@@ -163,9 +173,9 @@ def test_point_clouds_of_different_sizes_in_one_batch(model, validation, merged_
     batch["point_cloud_mask"] = torch.tensor([True, False, True])
     model.eval()
     with torch.no_grad():
-        tokens = model.image_pooler.point_cloud_tokens(batch)
+        tokens = model.image_pooler.point_cloud_tokens(*point_cloud_inputs(batch))
         assert tokens.shape == (3, TINY_VISION["hidden_size"]) and torch.isfinite(tokens).all()
-        assert torch.isfinite(model(batch)["loss"])
+        assert torch.isfinite(model(**batch)["loss"])
     model.train()
 
 
@@ -184,7 +194,7 @@ def _reference_visual_tokens(model, batch):
     pooler = model.image_pooler
     ptv3 = pooler.point_transformer
     torch.manual_seed(0)  # PTv3 shuffles its serialisation orders
-    clouds = pooler.point_cloud_tokens(batch) if batch["point_cloud_mask"].any() else None
+    clouds = pooler.point_cloud_tokens(*point_cloud_inputs(batch)) if batch["point_cloud_mask"].any() else None
     fused = []
     for b in range(len(batch["input_ids"])):
         for branch in ("ego", "exo"):
@@ -235,7 +245,7 @@ def test_unmasked_extras_follow_the_reference_sequence(tiny_model_config, valida
         with torch.no_grad():
             expected = _reference_visual_tokens(model, batch)
             torch.manual_seed(0)
-            actual = model.visual_features(batch)
+            actual = model.visual_features(**visual_inputs(batch))
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -251,7 +261,7 @@ def test_trainable_dtype_bfloat16_includes_the_lora_adapters(bits, tiny_model_co
         name for name in trainable if ".project_pc." in name
     }
     batch = make_batch(mixed_samples(validation)[:2], merged_file, tokenizer, tiny_data_config, "train")
-    model(batch)["loss"].backward()
+    model(**batch)["loss"].backward()
     for name in lora:
         if "lora_B" in name:  # lora_A's gradient is zero while lora_B is at its zero init
             assert trainable[name].grad.dtype == torch.bfloat16 and trainable[name].grad.abs().sum() > 0, name
@@ -319,14 +329,14 @@ def test_greedy_generation_with_cache_equals_recomputation(model, validation, me
     samples = mixed_samples(validation)[:3]
     batch = make_batch(samples, merged_file, tokenizer, tiny_data_config, "generate")
     model.eval()
-    generated = model.generate(batch, max_new_tokens=6, eos_token_id=-1)
+    generated = model.generate(**batch, max_new_tokens=6, eos_token_id=-1)
     assert generated.shape == (3, 6)
     with torch.no_grad():
         for b in range(3):  # each sample alone, no cache, full recomputation each step
             single = make_batch(samples[b : b + 1], merged_file, tokenizer, tiny_data_config, "generate")
             ids = single["input_ids"]
             for step in range(6):
-                logits = model({**single, "input_ids": ids, "attention_mask": torch.ones_like(ids)})["logits"]
+                logits = model(**{**single, "input_ids": ids, "attention_mask": torch.ones_like(ids)})["logits"]
                 token = logits[0, -1].argmax()
                 assert token == generated[b, step], (b, step)
                 ids = torch.cat([ids, token.view(1, 1)], dim=1)
@@ -336,7 +346,113 @@ def test_greedy_generation_with_cache_equals_recomputation(model, validation, me
 def test_generation_stops_rows_at_eos(model, validation, merged_file, tokenizer, tiny_data_config):
     batch = make_batch(mixed_samples(validation)[:2], merged_file, tokenizer, tiny_data_config, "generate")
     model.eval()
-    first = model.generate(batch, max_new_tokens=1, eos_token_id=-1)[:, 0]
-    stopped = model.generate(batch, max_new_tokens=5, eos_token_id=int(first[0]), pad_token_id=-7)
-    assert stopped[0, 0] == first[0] and (stopped[0, 1:] == -7).all()
+    first = model.generate(**batch, max_new_tokens=1, eos_token_id=-1)[:, 0]
+    # the pad is fed back to the LLM, so it must be a vocabulary id: one the model does not write there
+    unstopped = model.generate(**batch, max_new_tokens=5, eos_token_id=-1)[0, 1:].tolist()
+    pad = next(token for token in range(len(tokenizer)) if token not in unstopped)
+    stopped = model.generate(**batch, max_new_tokens=5, eos_token_id=int(first[0]), pad_token_id=pad)
+    assert stopped[0, 0] == first[0] and (stopped[0, 1:] == pad).all()
     model.train()
+
+
+def _cached_greedy_loop(model, batch, max_new_tokens, eos_token_id, pad_token_id):
+    """The oracle: the hand-written greedy decoding with a KV cache that ``EgoExorLlava.generate`` was before
+    it called the library's ``generate``. Positions start at each sample's first real token; a row stops at
+    EOS (later positions hold the pad), decoding stops when every row has."""
+    mask = batch["attention_mask"]
+    embeds = model.input_embeddings(batch["input_ids"], **visual_inputs(batch))
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    outputs = model.language_model(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+    )
+    finished = torch.zeros(len(mask), dtype=torch.bool)
+    generated = []
+    for _ in range(max_new_tokens):
+        predicted = outputs.logits[:, -1].argmax(-1)
+        generated.append(predicted.masked_fill(finished, pad_token_id))
+        finished |= predicted == eos_token_id
+        if finished.all():
+            break
+        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        outputs = model.language_model(  # finished rows keep decoding; their tokens are discarded
+            input_ids=predicted[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=outputs.past_key_values,
+            use_cache=True,
+        )
+    return torch.stack(generated, dim=1)
+
+
+def _decode_with_llm_inputs(model, decode, *args, **kwargs):
+    """``decode(*args, **kwargs)``'s token ids, and the position ids the LLM received at each step."""
+    seen = []
+    llm = model.language_model.get_base_model()
+    hook = llm.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["position_ids"]), with_kwargs=True)
+    try:
+        torch.manual_seed(0)  # PTv3 shuffles its serialisation orders
+        with torch.no_grad():
+            return decode(*args, **kwargs), seen
+    finally:
+        hook.remove()
+
+
+def _first_steps(ids, token):
+    """Per row, the first step that produced ``token`` (None: never)."""
+    return [row.index(token) if token in row else None for row in ids.tolist()]
+
+
+def test_library_generation_equals_the_cached_greedy_loop(model, validation, merged_file, tokenizer, tiny_data_config):
+    full, exo_only, _, ego_only, _, text_only = mixed_samples(validation)
+    batch = make_batch([full, exo_only, ego_only, text_only], merged_file, tokenizer, tiny_data_config, "generate")
+    lengths = batch["attention_mask"].sum(1)
+    assert len(set(lengths.tolist())) == 3 and (batch["attention_mask"][:, -1] == 1).all()  # ragged, left-padded
+    steps, pad = 10, tokenizer.pad_token_id
+    model.eval()
+    free, _ = _decode_with_llm_inputs(model, _cached_greedy_loop, model, batch, steps, -1, pad)
+    # EOS ids that stop the rows at different steps: every row, or some rows with the others running to the limit
+    tokens = sorted(set(free.flatten().tolist()) - {pad})
+    everywhere = [t for t in tokens if None not in _first_steps(free, t) and len(set(_first_steps(free, t))) > 1]
+    somewhere = [t for t in tokens if None in _first_steps(free, t) and len(set(_first_steps(free, t))) > 1]
+    assert everywhere and somewhere
+    compared = 0
+    for eos in (everywhere[0], somewhere[0]):
+        ours, our_positions = _decode_with_llm_inputs(
+            model, model.generate, **batch, max_new_tokens=steps, eos_token_id=eos, pad_token_id=pad
+        )
+        expected, positions = _decode_with_llm_inputs(model, _cached_greedy_loop, model, batch, steps, eos, pad)
+        assert torch.equal(ours, expected), eos
+        assert (ours == pad).any()  # rows padded after their EOS
+        # one LLM call per new token (the loop made an unused last call when it ran to the limit)
+        assert len(our_positions) == ours.shape[1] and len(positions) in (ours.shape[1], ours.shape[1] + 1)
+        assert all(torch.equal(a, b) for a, b in zip(our_positions, positions[: len(our_positions)], strict=True))
+        compared += ours.numel()
+    assert expected.shape[1] == steps and compared > 4 * steps
+    model.train()
+
+
+def test_checkpoint_generation_config_leaves_decoding_greedy(
+    tmp_path, validation, merged_file, tokenizer, tiny_model_config, tiny_data_config
+):
+    _save_tiny_llava_v15(tmp_path, tokenizer)
+    settings = {"do_sample": True, "temperature": 0.9, "top_p": 0.6, "forced_bos_token_id": 5, "bos_token_id": 1}
+    (tmp_path / "generation_config.json").write_text(json.dumps(settings))
+    config = replace(tiny_model_config, model_name_or_path=str(tmp_path), llm_config=None, lora_enable=False)
+    model = build_model(config).eval()
+    batch = make_batch(mixed_samples(validation)[:2], merged_file, tokenizer, tiny_data_config, "generate")
+    torch.manual_seed(0)
+    ours = model.generate(**batch, max_new_tokens=3, eos_token_id=-1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = _cached_greedy_loop(model, batch, 3, -1, tokenizer.pad_token_id)
+    assert torch.equal(ours, expected) and not (expected[:, 0] == 5).all()  # the file would force token 5 first
+
+
+def test_activation_checkpointing_without_deprecation_warnings(tiny_model_config):
+    model = build_model(tiny_model_config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.activation_checkpointing_enable()
+    assert [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))] == []
+    assert model.language_model.get_base_model().is_activation_checkpointing

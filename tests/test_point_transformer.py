@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from egoexor.model.encoders import encode_point_clouds
 from egoexor.model.point_transformer import (
     ORDERS,
     PointTransformerV3,
@@ -17,7 +18,6 @@ from egoexor.model.point_transformer import (
     SerializedPooling,
     build_kernel_map,
     build_window_layout,
-    encode_point_clouds,
     hilbert_encode,
     serialization_code,
     submanifold_conv,

@@ -130,7 +130,7 @@ def test_parity_model_logits_and_greedy_ids_equal_the_references(datasets, llama
     batch = egoexor_batch(train, Collator(llama.pad_token_id), indices, exo_orders)
     assert torch.equal(batch["attention_mask"], torch.from_numpy(golden["mask"]))
     with torch.no_grad():
-        logits = model(batch)["logits"].float()
+        logits = model(**batch)["logits"].float()
     mask = batch["attention_mask"].bool()
     top_ids = torch.from_numpy(golden["top_ids"])
     top_values = torch.from_numpy(golden["top_values"])
@@ -141,6 +141,6 @@ def test_parity_model_logits_and_greedy_ids_equal_the_references(datasets, llama
     assert float((logits.sum(-1) - sums)[mask].abs().max()) <= 1e-2
     for index, names, expected in zip(indices, exo_orders, golden["generated"].tolist(), strict=True):
         single = egoexor_batch(train, Collator(llama.pad_token_id, "left"), [index], [names], generate)
-        assert model.generate(single, max_new_tokens=len(expected), eos_token_id=llama.eos_token_id)[0].tolist() == (
+        assert model.generate(**single, max_new_tokens=len(expected), eos_token_id=llama.eos_token_id)[0].tolist() == (
             expected
         )

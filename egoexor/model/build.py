@@ -1,4 +1,4 @@
-"""Build the model from a :class:`~egoexor.config.ModelConfig`: LLM (4/8/16-bit), LoRA, CLIP, pooler, projector.
+"""Build the model from a :class:`~egoexor.config.ModelConfig`: LLM (4/8/16-bit), LoRA, CLIP, fusion, projector.
 
 LLM checkpoints are read in three layouts:
 
@@ -9,8 +9,8 @@ LLM checkpoints are read in three layouts:
   mapped onto ``LlamaForCausalLM``; ``multi_modal_projector.linear_{1,2}`` initialise the projector;
 * any other causal LM (``AutoModelForCausalLM``): the projector starts random.
 
-Trainable: LoRA on every linear layer of the LLM except ``lm_head``, the projector, the pooler
-(fusion encoders, gaze/hand/audio encoders, ``project_pc``; PTv3 itself only with
+Trainable: LoRA on every linear layer of the LLM except ``lm_head``, the projector, the branch fusion
+(``image_pooler``: fusion encoders, gaze/hand/audio encoders, ``project_pc``; PTv3 itself only with
 ``train_point_transformer``) and the last CLIP layers (``unfreeze_n_vision_tower_layers``).
 Trainable weights, LoRA adapters included, are kept in ``trainable_dtype`` (float32 master copies by default).
 """
@@ -29,6 +29,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     BitsAndBytesConfig,
+    GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -38,8 +39,7 @@ from transformers.utils import cached_file
 from egoexor import atomic
 from egoexor.config import CONFIG_FILE, DataConfig, ModelConfig, read_checkpoint_config
 from egoexor.model.egoexor_llava import EgoExorLlava, mlp2x_gelu
-from egoexor.model.fusion import ImagePooler
-from egoexor.model.point_transformer import PointTransformerV3
+from egoexor.model.fusion import BranchFusion
 from egoexor.model.vision import CLIPVisionTower
 
 logger = logging.getLogger(__name__)
@@ -151,15 +151,20 @@ def _load(name: str, layout: str, config: ModelConfig) -> PreTrainedModel:
     try:
         if layout == "llava-v1.5":
             llama_config = LlamaConfig.from_dict(_read_config(name))
-            return LlamaForCausalLM.from_pretrained(name, config=llama_config, **kwargs)
-        if layout == "llava-hf":
+            model = LlamaForCausalLM.from_pretrained(name, config=llama_config, **kwargs)
+        elif layout == "llava-hf":
             text_config = AutoConfig.from_pretrained(name).text_config
-            return LlamaForCausalLM.from_pretrained(
+            model = LlamaForCausalLM.from_pretrained(
                 name, config=text_config, key_mapping=_LLAVA_HF_KEY_MAPPING, **kwargs
             )
-        return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except OSError as error:
         raise OSError(f"cannot load the LLM {name!r}: {error}") from error
+    # EgoExorLlava.generate decodes greedily: a checkpoint's generation_config.json (sampling, penalties,
+    # forced tokens) would otherwise fill every setting it leaves unset
+    model.generation_config = GenerationConfig()
+    return model
 
 
 def lora_target_modules(model: nn.Module) -> list[str]:
@@ -210,24 +215,14 @@ def _build_model(config: ModelConfig) -> EgoExorLlava:
         config.vision_config if config.vision_config is not None else config.vision_tower,
         config.mm_vision_select_layer, config.unfreeze_n_vision_tower_layers, dtype=trainable_dtype,
     )  # fmt: skip
-    hidden = vision.hidden_size
-    point_transformer = None
-    if "point_cloud" in config.features:
-        point_transformer = PointTransformerV3(project_pc_dim=hidden, **(config.point_transformer or {}))
-        point_transformer.requires_grad_(config.train_point_transformer)
-    pooler = ImagePooler(
-        hidden, config.preset, config.tokens_per_branch, config.resolved_fusion_layers, config.fusion_heads,
-        config.fusion_max_positions, config.encoder_hidden, config.audio_dim, frozenset(config.features),
-        point_transformer, config.point_cloud_grid_size, config.mask_extras,
-    )  # fmt: skip
-    projector = mlp2x_gelu(hidden, language_model.config.hidden_size)
+    fusion = BranchFusion(config, vision.hidden_size)
+    projector = mlp2x_gelu(vision.hidden_size, language_model.config.hidden_size)
     if projector_state is not None:
         projector.load_state_dict(projector_state)
-    pooler.to(trainable_dtype)
-    if point_transformer is not None:
-        point_transformer.float()  # PTv3 runs in float32, as in the reference
-        point_transformer.project_pc.requires_grad_(True)
-    model = EgoExorLlava(language_model, vision, pooler, projector.to(trainable_dtype))
+    fusion.to(trainable_dtype)
+    if fusion.point_transformer is not None:
+        fusion.point_transformer.float()  # PTv3 runs in float32, as in the reference
+    model = EgoExorLlava(language_model, vision, fusion, projector.to(trainable_dtype))
     logger.info("parameters:\n%s", parameter_summary(model))
     return model
 
