@@ -55,7 +55,6 @@ from egoexor.data.reader import ReadError
 from egoexor.data.samples import Sample, SampleError, check_in_hdf5, load_samples
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE, load_checkpoint_weights, save_checkpoint
 from egoexor.model.egoexor_llava import next_token_loss
-from egoexor.prompt import IGNORE_INDEX
 
 COMMAND = "egoexor.train"
 logger = logging.getLogger(COMMAND)
@@ -121,26 +120,6 @@ def length_grouped_indices(lengths: Sequence[int], batch_size: int, world_size: 
             totals[target] += lengths[i]
         order += [i for chunk in chunks for i in chunk]
     return order
-
-
-@torch.no_grad()
-def teacher_forced_accuracy(model, dataset: EgoExorDataset, batch_size: int = 8) -> float:
-    """Share of supervised answer tokens (EOS included) that greedy next-token prediction gets right."""
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=Collator(dataset.tokenizer.pad_token_id))
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    for batch in loader:
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"})["logits"]
-        predicted, target = logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
-        supervised = target != IGNORE_INDEX
-        correct += int((predicted[supervised] == target[supervised]).sum())
-        total += int(supervised.sum())
-    model.train(was_training)
-    return correct / max(total, 1)
 
 
 class LengthGroupedSampler(Sampler):
@@ -433,35 +412,29 @@ def check_pretrained_names(setup: TrainSetup) -> None:
         cli.check_pretrained(name, flag)
 
 
+def train(setup: TrainSetup) -> EgoExorTrainer:
+    """The command as a function: check everything, build, train (resuming where ``--resume_from_checkpoint``
+    says), save the final model into ``--output_dir``; returns the trainer, its model trained. User mistakes
+    raise :class:`cli.CommandError` (a :class:`ConfigError`, a :class:`SampleError`...) before the model is built."""
+    for warning in setup.warnings:
+        cli.warn(COMMAND, warning)
+    resume = resume_checkpoint(setup.trainer)
+    check_output_dir(setup, resume)
+    trainer = build_training(setup)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_final_model()
+    return trainer
+
+
 def build_training(setup: TrainSetup) -> EgoExorTrainer:
-    """Everything ``main`` runs, checked in order of cost: flags, inputs, tokenizer, model, trainer."""
-    from egoexor.data.tokenizer import build_tiny_tokenizer, load_tokenizer
+    """Everything :func:`train` runs, checked in order of cost: flags, inputs, tokenizer, model, trainer."""
     from egoexor.model.build import build_model
 
-    train = setup.train
     check_training_arguments(setup.trainer)
-    for flag in ("data_path", "hdf5_path"):
-        if getattr(train, flag) is None:
-            raise ConfigError(f"--{flag} is required")
-    samples = load_samples(cli.input_file(train.data_path, "--data_path"))
-    if not samples:
-        raise cli.CommandError(f"--data_path {train.data_path}: the sample list is empty")
-    with cli.open_hdf5(train.hdf5_path, "--hdf5_path") as h5:
-        check_in_hdf5(samples, h5)
-        without_rgb = sorted(key.path for key in {s.take for s in samples} if layout.RGB not in h5[key.path])
-    if without_rgb:
-        n = sum(s.take.path in without_rgb for s in samples)
-        cli.warn(COMMAND, f"{n} samples have no images: take(s) without {layout.RGB}: {', '.join(without_rgb)}")
-    if setup.data.audio_cache is not None:
-        cli.open_hdf5(setup.data.audio_cache, "--audio_cache").close()
-    if train.token_weight_path is not None:
-        cli.input_file(train.token_weight_path, "--token_weight_path")
+    samples = check_inputs(setup)
     check_pretrained_names(setup)
-    if train.tokenizer == "tiny":
-        tokenizer = build_tiny_tokenizer()
-        tokenizer.pad_token = tokenizer.unk_token
-    else:
-        tokenizer = load_tokenizer(train.tokenizer or setup.model.model_name_or_path, setup.data.model_max_length)
+    tokenizer = _tokenizer(setup)
+    train = setup.train
     weights = token_weights(train.token_weight_path, tokenizer, len(tokenizer)) if train.token_weight_path else None
 
     torch.manual_seed(setup.trainer.seed)
@@ -482,18 +455,45 @@ def build_training(setup: TrainSetup) -> EgoExorTrainer:
     )  # fmt: skip
 
 
+def check_inputs(setup: TrainSetup) -> list[Sample]:
+    """The training samples, once they, the HDF5 file, the audio cache and the token-frequency file passed
+    their checks (takes without RGB frames are named in a warning)."""
+    train = setup.train
+    for flag in ("data_path", "hdf5_path"):
+        if getattr(train, flag) is None:
+            raise ConfigError(f"--{flag} is required")
+    samples = load_samples(cli.input_file(train.data_path, "--data_path"))
+    if not samples:
+        raise cli.CommandError(f"--data_path {train.data_path}: the sample list is empty")
+    with cli.open_hdf5(train.hdf5_path, "--hdf5_path") as h5:
+        check_in_hdf5(samples, h5)
+        without_rgb = sorted(key.path for key in {s.take for s in samples} if layout.RGB not in h5[key.path])
+    if without_rgb:
+        n = sum(s.take.path in without_rgb for s in samples)
+        cli.warn(COMMAND, f"{n} samples have no images: take(s) without {layout.RGB}: {', '.join(without_rgb)}")
+    if setup.data.audio_cache is not None:
+        cli.open_hdf5(setup.data.audio_cache, "--audio_cache").close()
+    if train.token_weight_path is not None:
+        cli.input_file(train.token_weight_path, "--token_weight_path")
+    return samples
+
+
+def _tokenizer(setup: TrainSetup):
+    """``--tokenizer``: the built-in tiny one, a hub name or folder, or (unset) the LLM's."""
+    from egoexor.data.tokenizer import build_tiny_tokenizer, load_tokenizer
+
+    if setup.train.tokenizer != "tiny":
+        return load_tokenizer(setup.train.tokenizer or setup.model.model_name_or_path, setup.data.model_max_length)
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
+
+
 def _run(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
         print(train_help())
         return 0
-    setup = parse_train_args(argv)
-    for warning in setup.warnings:
-        cli.warn(COMMAND, warning)
-    resume = resume_checkpoint(setup.trainer)
-    check_output_dir(setup, resume)
-    trainer = build_training(setup)
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_final_model()
+    train(parse_train_args(argv))
     return 0
 
 

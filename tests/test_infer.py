@@ -75,6 +75,10 @@ def test_two_sharded_processes_equal_one(checkpoint, merged_file, few_samples, r
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "raw_predictions.rank1.jsonl").is_file()
+    # each rank generated a share of its own (accelerate's split_between_processes), together every sample once
+    logs = [tmp_path / f"raw_predictions.rank{rank}.jsonl" for rank in (0, 1)]
+    shares = [[json.loads(line)["id"] for line in log.read_text().splitlines()] for log in logs]
+    assert all(shares) and sorted(shares[0] + shares[1]) == sorted(s.id for s in load_samples(few_samples))
     assert json.loads((tmp_path / "raw_predictions.json").read_text()) == json.loads(
         (reference_run / "raw_predictions.json").read_text()
     )

@@ -14,15 +14,20 @@ permutations); training weights its loss with it.
 The command follows :mod:`egoexor.cli`: existing output files need ``--overwrite``, an output that is
 the HDF5 file is always refused, a split that yields no sample is an error, and takes without
 ``frames/rgb`` (samples with no images) are named in a warning.
+
+The Python API: :func:`write_samples` is the command (its flags are its parameters); :func:`make_samples`
+makes the samples of a split in memory.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -158,39 +163,77 @@ def _tokenizer(name: str):
         raise cli.CommandError(f"--tokenizer {name}: {error} ({skip})") from None
 
 
-def _run(args) -> int:
-    name = args.name or samples_file_name(args.split, args.n_permutations, args.modality_dropout_prob)
+@dataclass
+class SamplesSummary:
+    """What :func:`write_samples` wrote: the samples in the written order, the frames skipped for lack of
+    annotations, the token counts (None without a tokenizer), and the takes without ``frames/rgb``."""
+
+    samples_file: Path
+    samples: list[Sample]
+    skipped: list[str]
+    token_freqs_file: Path | None
+    token_counts: dict[str, int] | None
+    takes_without_rgb: list[str]
+
+    def report(self, command: str) -> None:
+        """The summary on stdout, the samples without images as a warning on stderr."""
+        skipped = f"{len(self.skipped)} frames without annotations skipped"
+        print(f"wrote {self.samples_file}: {len(self.samples)} samples, {skipped}")
+        if self.token_freqs_file is not None:
+            print(f"wrote {self.token_freqs_file}: {len(self.token_counts)} distinct tokens")
+        if self.takes_without_rgb:
+            n = sum(s.take.path in self.takes_without_rgb for s in self.samples)
+            takes = ", ".join(self.takes_without_rgb)
+            cli.warn(command, f"{n} samples have no images: take(s) without {layout.RGB}: {takes}")
+
+
+def write_samples(
+    hdf5: str | os.PathLike,
+    split: str = "train",
+    out: str | os.PathLike = "data/llava_samples",
+    *,
+    n_permutations: int = 1,
+    modality_dropout_prob: float = 0.0,
+    seed: int = 42,
+    reduce_ratio: int = 1,
+    name: str | None = None,
+    tokenizer: str | None = DEFAULT_TOKENIZER,
+    overwrite: bool = False,
+) -> SamplesSummary:
+    """The command as a function: the samples of ``split`` into ``out``/``name`` (default: the reference's
+    name) and, unless ``tokenizer`` is None, their token frequencies beside them. The outputs and the
+    tokenizer are checked before a sample is made; user mistakes raise :class:`cli.CommandError`."""
+    name = name or samples_file_name(split, n_permutations, modality_dropout_prob)
     if Path(name).name != name or name in (".", ".."):
         raise cli.CommandError(f"--name {name!r}: must be a file name, not a path (the folder is --out)")
-    out = Path(args.out)
-    inputs = [Path(args.hdf5), cli.local_path(args.tokenizer)]
-    samples_path = cli.check_output(out / name, inputs=inputs, overwrite=args.overwrite)
-    freqs_path = tokenizer = None
-    if not args.no_token_freqs:
-        freqs_path = out / token_freqs_file_name(args.split, args.n_permutations)
-        cli.check_output(freqs_path, inputs=inputs, overwrite=args.overwrite)
-        tokenizer = _tokenizer(args.tokenizer)
-    rng = random.Random(args.seed)
-    with cli.open_hdf5(args.hdf5, "--hdf5") as h5:
-        samples, skipped = make_samples(
-            h5, args.split, rng, args.n_permutations, args.modality_dropout_prob, args.reduce_ratio
-        )
+    freqs_name = None if tokenizer is None else token_freqs_file_name(split, n_permutations)
+    inputs = [Path(hdf5), cli.local_path(tokenizer)]
+    samples_path, freqs_path = (
+        file and cli.check_output(Path(out) / file, inputs=inputs, overwrite=overwrite) for file in (name, freqs_name)
+    )
+    loaded = None if tokenizer is None else _tokenizer(tokenizer)
+    rng = random.Random(seed)
+    with cli.open_hdf5(hdf5, "--hdf5") as h5:
+        samples, skipped = make_samples(h5, split, rng, n_permutations, modality_dropout_prob, reduce_ratio)
         without_rgb = sorted(key.path for key in {s.take for s in samples} if layout.RGB not in h5[key.path])
     if not samples:
         raise cli.CommandError(
-            f"--hdf5 {args.hdf5}: splits/{args.split} gives no sample "
-            f"({len(skipped)} frames without annotations; --reduce-ratio {args.reduce_ratio})"
+            f"--hdf5 {hdf5}: splits/{split} gives no sample "
+            f"({len(skipped)} frames without annotations; --reduce-ratio {reduce_ratio})"
         )
-    token_counts = None if tokenizer is None else count_tokens(samples, tokenizer)
+    token_counts = None if loaded is None else count_tokens(samples, loaded)
     rng.shuffle(samples)
     write_json(samples_path, [s.to_record() for s in samples], indent=4)
-    print(f"wrote {samples_path}: {len(samples)} samples, {len(skipped)} frames without annotations skipped")
     if freqs_path is not None:
         write_json(freqs_path, token_counts, indent=4)
-        print(f"wrote {freqs_path}: {len(token_counts)} distinct tokens")
-    if without_rgb:
-        n = sum(s.take.path in without_rgb for s in samples)
-        cli.warn(COMMAND, f"{n} samples have no images: take(s) without {layout.RGB}: {', '.join(without_rgb)}")
+    return SamplesSummary(samples_path, samples, skipped, freqs_path, token_counts, without_rgb)
+
+
+def _run(args) -> int:
+    flags = vars(args)  # each flag is a parameter of write_samples, but for --no-token-freqs
+    if flags.pop("no_token_freqs"):
+        flags["tokenizer"] = None
+    write_samples(**flags).report(COMMAND)
     return 0
 
 

@@ -152,6 +152,24 @@ def merge_files(
         if any(cli.same_file(path, earlier) for earlier in inputs[:index]):
             raise cli.CommandError(f"{path}: given twice in the input files")
     output = cli.check_output(output_file, inputs=[*inputs, splits_file], overwrite=overwrite)
+    summary, n_copies = _plan(inputs, splits_file, output)
+    if strict and summary.takes_without_rgb:
+        raise cli.CommandError(f"take(s) without {layout.RGB} (no images): {', '.join(summary.takes_without_rgb)}")
+    if strict and summary.dangling_rows:
+        counts = ", ".join(f"{n} in {name}" for name, n in summary.dangling_rows.items())
+        raise cli.CommandError(f"{splits_file}: split rows point at takes or frames missing from the inputs ({counts})")
+
+    try:
+        _write(inputs, splits_file, output, summary, n_copies, progress)
+    except OSError as error:  # h5py's messages name neither file
+        raise cli.CommandError(f"{output}: merging failed: {error}") from None
+    summary.bytes = output.stat().st_size
+    return summary
+
+
+def _plan(inputs: list[Path], splits_file: str | os.PathLike | None, output: Path) -> tuple[MergeSummary, int]:
+    """Check every input; the summary of the merge (all but the skipped duplicates and the size) and the
+    number of take copies it makes."""
     frames: dict[TakeKey, int] = {}
     without_rgb: set[TakeKey] = set()
     n_copies = 0
@@ -166,18 +184,7 @@ def merge_files(
     summary.takes_without_rgb = [key.path for key in sorted(without_rgb)]
     summary.split_sizes = {name: len(rows) for name, rows in splits.items()}
     summary.dangling_rows = {name: n for name, rows in splits.items() if (n := _dangling(rows, frames))}
-    if strict and summary.takes_without_rgb:
-        raise cli.CommandError(f"take(s) without {layout.RGB} (no images): {', '.join(summary.takes_without_rgb)}")
-    if strict and summary.dangling_rows:
-        counts = ", ".join(f"{n} in {name}" for name, n in summary.dangling_rows.items())
-        raise cli.CommandError(f"{splits_file}: split rows point at takes or frames missing from the inputs ({counts})")
-
-    try:
-        _write(inputs, splits_file, output, summary, n_copies, progress)
-    except OSError as error:  # h5py's messages name neither file
-        raise cli.CommandError(f"{output}: merging failed: {error}") from None
-    summary.bytes = output.stat().st_size
-    return summary
+    return summary, n_copies
 
 
 def _write(
