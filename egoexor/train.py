@@ -24,6 +24,9 @@ The command follows :mod:`egoexor.cli`: a bad flag, sample file, HDF5 file or ou
 True or one of its checkpoints) or replaced (``--overwrite_output_dir``); one that is an input folder or
 holds an input file is always refused. ``kill -9`` at any moment leaves every ``checkpoint-N`` complete;
 the next run removes what the killed one left in ``<output_dir>/.partial`` and names it.
+
+The Python API is :func:`train`, given the :class:`TrainSetup` that :func:`egoexor.config.parse_train_args`
+makes of the flags; :func:`build_training` stops short of training and returns the trainer.
 """
 
 from __future__ import annotations

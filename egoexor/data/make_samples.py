@@ -82,9 +82,13 @@ def _available_modalities(take: h5py.Group, sources: list[str], rng: random.Rand
 
 
 def make_samples(
-    h5: h5py.File, split: str, rng: random.Random, n_permutations: int = 1, modality_dropout_prob: float = 0.0,
+    h5: h5py.File,
+    split: str,
+    rng: random.Random,
+    n_permutations: int = 1,
+    modality_dropout_prob: float = 0.0,
     reduce_ratio: int = 1,
-) -> tuple[list[Sample], list[str]]:  # fmt: skip
+) -> tuple[list[Sample], list[str]]:
     """Samples of one split in generation order, and the frames skipped for lack of annotations.
 
     ``rng`` must be ``random.Random(seed)``; the reference then counts tokens in this order and
@@ -92,15 +96,10 @@ def make_samples(
     """
     if n_permutations < 1:
         raise ValueError(f"n_permutations must be at least 1, got {n_permutations}")
-    rows = layout.read_split(h5, split)
-    frames = [(str(r["surgery_type"]), int(r["procedure_id"]), int(r["take_id"]), int(r["frame_id"])) for r in rows]
-    if split != "train":
-        frames = rng.sample(frames, len(frames) // reduce_ratio)
     samples: list[Sample] = []
     skipped: list[str] = []
     sources_cache: dict[TakeKey, list[str]] = {}
-    for surgery_type, procedure_id, take_id, frame in frames:
-        key = TakeKey(surgery_type, procedure_id, take_id)
+    for key, frame in _split_frames(h5, split, rng, reduce_ratio):
         if key.path not in h5:
             raise LayoutError(f"{h5.filename}: splits/{split} names {key.path}, which the file does not have")
         take = h5[key.path]
@@ -111,13 +110,20 @@ def make_samples(
             skipped.append(f"{key.path}/{annotation}")
             continue
         triplets = triplets_from_annotation(take[annotation][()])
+        common = {"take": key, "frame": frame, "modalities": frozenset(modalities), "question": HUMAN_TURN}
         for permutation in range(n_permutations):
             rng.shuffle(triplets)
-            samples.append(Sample(
-                id=f"{key.name}_{frame}_{permutation}", take=key, frame=frame, modalities=frozenset(modalities),
-                question=HUMAN_TURN, answer=serialize(triplets),
-            ))  # fmt: skip
+            samples.append(Sample(id=f"{key.name}_{frame}_{permutation}", answer=serialize(triplets), **common))
     return samples, skipped
+
+
+def _split_frames(h5: h5py.File, split: str, rng: random.Random, reduce_ratio: int) -> list[tuple[TakeKey, int]]:
+    """The split's frames in the reference's order: those of validation and test drawn at random (1 in
+    ``reduce_ratio`` of them), those of train as listed."""
+    rows = layout.read_split(h5, split)
+    keys = [TakeKey(str(r["surgery_type"]), int(r["procedure_id"]), int(r["take_id"])) for r in rows]
+    frames = list(zip(keys, (int(r["frame_id"]) for r in rows), strict=True))
+    return frames if split == "train" else rng.sample(frames, len(frames) // reduce_ratio)
 
 
 def count_tokens(samples: Sequence[Sample], tokenizer) -> dict[str, int]:
