@@ -142,7 +142,7 @@ class ModelConfig(_ChoiceFields):
 
 @dataclass
 class DataConfig(_ChoiceFields):
-    """How samples become model inputs (``egoexor.data.dataset``)."""
+    """How samples become model inputs (``egoexor.data.dataset`` and ``egoexor.data.processor``)."""
 
     #: Side of the square CLIP input (336 for CLIP ViT-L/14-336). Training sets it from the vision tower.
     image_size: int = 336

@@ -1,7 +1,8 @@
 """Read one timepoint of a take as plain numpy arrays (no torch, no normalisation).
 
 Everything a later stage needs is here in the file's own units; what to do with it (which cameras
-form which branch, gaze scaling, channel flips) is decided in ``egoexor.data.transforms``. An absent
+form which branch, gaze scaling, channel flips) is decided in ``egoexor.data.views`` and
+``egoexor.data.transforms``. An absent
 group gives ``None``; a bad address (unknown take, frame out of range) raises :class:`ReadError`
 naming the file, the take and the frame.
 

@@ -7,7 +7,7 @@ placeholders; the language model then runs on ``inputs_embeds``. Per sample the 
 the ego branch's N tokens (if the sample has ego views) followed by the exo branch's N tokens (if
 it has exo views), so any branch or modality may be absent for any sample.
 
-Inputs are tensors passed by keyword, named like the batch dict of :mod:`egoexor.data.dataset`
+Inputs are tensors passed by keyword, named like the batch dict of :mod:`egoexor.data.processor`
 (``model(**batch)``, as the HF Trainer calls a model).
 """
 
@@ -85,7 +85,7 @@ class EgoExorLlava(nn.Module):
     ) -> Tensor | None:
         """[sum of placeholders, H]: each sample's ego then exo tokens, projected; None without views.
 
-        Shapes and meanings are the batch keys' (:mod:`egoexor.data.dataset`); an extra input left out
+        Shapes and meanings are the batch keys' (:mod:`egoexor.data.processor`); an extra input left out
         counts as absent from every sample.
         """
         n_ego, n_exo = int(ego_view_mask.sum()), int(exo_view_mask.sum())
