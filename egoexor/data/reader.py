@@ -2,9 +2,8 @@
 
 Everything a later stage needs is here in the file's own units; what to do with it (which cameras
 form which branch, gaze scaling, channel flips) is decided in ``egoexor.data.views`` and
-``egoexor.data.transforms``. An absent
-group gives ``None``; a bad address (unknown take, frame out of range) raises :class:`ReadError`
-naming the file, the take and the frame.
+``egoexor.data.transforms``. An absent group gives ``None``; a bad address (unknown take, frame out
+of range) raises :class:`ReadError` naming the file, the take and the frame.
 
 The file is opened lazily and reopened after a fork, so one :class:`EgoExorReader` can be handed
 to DataLoader workers.
