@@ -186,5 +186,8 @@ def footprint_table(parts: dict[str, PartFootprint]) -> str:
 
 
 def gib(size: float) -> str:
-    """Bytes as GiB with two decimals (MiB below 0.1 GiB, so small parts do not read as zero)."""
-    return f"{size / 2**30:.2f} GiB" if size >= 0.1 * 2**30 else f"{size / 2**20:.1f} MiB"
+    """Bytes as GiB with two decimals; MiB below 0.1 GiB and KiB below 0.1 MiB, so no part reads as zero."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if size >= 0.1 * scale:
+            return f"{size / scale:.2f} GiB" if unit == "GiB" else f"{size / scale:.1f} MiB"
+    return f"{size / 2**10:.1f} KiB"
