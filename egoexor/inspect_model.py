@@ -110,39 +110,46 @@ def _flops_table(shapes: Shapes, seq: int, workload: TrainingWorkload) -> str:
     return "\n".join(lines)
 
 
-def report(config: ModelConfig, batch: int, seq: int, gpus: int, inference: InferenceWorkload, meta: bool) -> str:
+def _plans(config: ModelConfig, work: TrainingWorkload, gpus: int, inference: InferenceWorkload) -> tuple[dict, dict]:
+    """Training and inference plans of both presets (meta builds of ``config``), keyed by column title."""
+    training, infer = {}, {}
+    for preset in PRESETS:
+        model, full = build_on_meta(replace(config, preset=preset)), full_size_config(replace(config, preset=preset))
+        parts = footprint(model, full)
+        shapes, trainable = Shapes.from_config(full), sum(r.trainable for r in parts.values())
+        weights = sum(r.bytes for r in parts.values())
+        training[f"{preset}, 1 GPU / DDP"] = training_terms(shapes, weights, trainable, work)
+        zero2 = replace(work, zero2_gpus=gpus)
+        training[f"{preset}, ZeRO-2 x {gpus}"] = training_terms(shapes, deepspeed_weight_bytes(parts), trainable, zero2)
+        for bits in (16, 4):
+            bits_config = replace(full, bits=bits)
+            weights = sum(r.bytes for r in footprint(model, bits_config).values())
+            infer[f"{preset}, {bits}-bit LLM"] = inference_terms(Shapes.from_config(bits_config), weights, inference)
+    return training, infer
+
+
+def report(config: ModelConfig, work: TrainingWorkload, gpus: int, inference: InferenceWorkload, meta: bool) -> str:
     """The four sections of the module docstring as one Markdown text."""
     from egoexor.model.build import build_model
 
-    models = {preset: build_on_meta(replace(config, preset=preset)) for preset in PRESETS}
-    configs = {preset: full_size_config(replace(config, preset=preset)) for preset in PRESETS}
-    parts = {preset: footprint(models[preset], configs[preset]) for preset in PRESETS}
-    measured = footprint(build_model(config), config) if not meta else parts[config.preset]
-    how = "calculated on the meta device" if meta else "measured on the built model"
-    sections = [f"## Parameters and bytes as trained ({config.preset} preset, {how})", footprint_table(measured)]
-    training, infer = {}, {}
-    for preset in PRESETS:
-        shapes, trainable = Shapes.from_config(configs[preset]), sum(r.trainable for r in parts[preset].values())
-        work = TrainingWorkload(batch=batch, seq=seq)
-        weights = sum(r.bytes for r in parts[preset].values())
-        training[f"{preset}, 1 GPU / DDP"] = training_terms(shapes, weights, trainable, work)
-        training[f"{preset}, ZeRO-2 x {gpus}"] = training_terms(
-            shapes, deepspeed_weight_bytes(parts[preset]), trainable, replace(work, zero2_gpus=gpus)
-        )
-        for bits in (16, 4):
-            bits_config = replace(configs[preset], bits=bits)
-            weights = sum(r.bytes for r in footprint(models[preset], bits_config).values())
-            infer[f"{preset}, {bits}-bit LLM"] = inference_terms(Shapes.from_config(bits_config), weights, inference)
-    work = TrainingWorkload(batch=batch, seq=seq)
-    sections += [
-        f"## Training memory per GPU (batch {batch}, sequence {seq}, {work.ego_views} ego + {work.exo_views} exo "
-        "views, bf16 autocast, gradient checkpointing, AdamW)",
+    if meta:
+        parts, how = footprint(build_on_meta(config), full_size_config(config)), "calculated on the meta device"
+    else:
+        parts, how = footprint(build_model(config), config), "measured on the built model"
+    training, infer = _plans(config, work, gpus, inference)
+    views = f"{work.ego_views} ego + {work.exo_views} exo views"
+    inference_views = f"{inference.ego_views} ego + {inference.exo_views} exo views"
+    sections = [
+        f"## Parameters and bytes as trained ({config.preset} preset, {how})",
+        footprint_table(parts),
+        f"## Training memory per GPU (batch {work.batch}, sequence {work.seq}, {views}, bf16 autocast, "
+        "gradient checkpointing, AdamW)",
         _plan_table(training),
-        f"## Inference memory (batch {inference.batch}, prompt <= {inference.prompt} + {inference.new_tokens} new "
-        f"tokens, {inference.ego_views} ego + {inference.exo_views} exo views)",
+        f"## Inference memory (batch {inference.batch}, prompt <= {inference.prompt} + {inference.new_tokens} "
+        f"new tokens, {inference_views})",
         _plan_table(infer),
         "## Compute",
-        _flops_table(Shapes.from_config(configs[config.preset]), seq, work),
+        _flops_table(Shapes.from_config(full_size_config(config)), work.seq, work),
         "All plan numbers are calculated (egoexor/memory_plan.py states formulas and assumptions); "
         "no GPU has measured them.",
     ]
@@ -158,14 +165,8 @@ def _run(argv: list[str]) -> int:
     inference = InferenceWorkload(
         batch=args.inference_batch_size, new_tokens=args.max_new_tokens, prompt=setup.data.model_max_length
     )
-    text = report(
-        setup.model,
-        setup.trainer.per_device_train_batch_size,
-        setup.data.model_max_length,
-        args.gpus,
-        inference,
-        args.meta,
-    )
+    work = TrainingWorkload(batch=setup.trainer.per_device_train_batch_size, seq=setup.data.model_max_length)
+    text = report(setup.model, work, args.gpus, inference, args.meta)
     print(text, end="")
     return 0
 
