@@ -68,4 +68,5 @@ def test_memory_formulas_match_what_autograd_keeps(report):
     measured, planned = report["saved_bytes"], report["planned_bytes"]
     for part in ("CLIP", "projector", "LLM layer per token"):
         assert measured[part] == pytest.approx(planned[part], rel=0.02), part
-    assert measured["fusion"] == pytest.approx(planned["fusion"], rel=0.1)  # CPU math attention: fp32 q, k, v
+    # the fusion encoders' CPU path differs more: math attention with float32 q, k, v, bf16 dropout masks
+    assert measured["fusion"] == pytest.approx(planned["fusion"], rel=0.1)
