@@ -14,7 +14,13 @@ from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.layout import TakeKey
 from egoexor.data.processor import Collator
 from egoexor.data.samples import load_samples
-from egoexor.model.build import build_model, checkpoint_layout, lora_target_modules, parameter_summary
+from egoexor.model.build import (
+    build_model,
+    checkpoint_layout,
+    load_language_model,
+    lora_target_modules,
+    parameter_summary,
+)
 from egoexor.model.vision import CLIPVisionTower
 from egoexor.prompt import IGNORE_INDEX, IMAGE_TOKEN_ID
 
@@ -265,6 +271,20 @@ def test_trainable_dtype_bfloat16_includes_the_lora_adapters(bits, tiny_model_co
     for name in lora:
         if "lora_B" in name:  # lora_A's gradient is zero while lora_B is at its zero init
             assert trainable[name].grad.dtype == torch.bfloat16 and trainable[name].grad.abs().sum() > 0, name
+
+
+def test_quantised_llm_from_a_config_builds_on_ranks_that_do_not_save(tiny_model_config, monkeypatch):
+    """Under torchrun, transformers' ``save_pretrained`` writes on rank 0 only: a config-built 4-bit LLM must
+    not go through it, or every other rank reloads an empty folder."""
+    from transformers import PreTrainedModel
+
+    monkeypatch.setattr(PreTrainedModel, "should_save_on_this_rank", lambda self, is_main_process: False)
+    torch.manual_seed(0)
+    llm, _ = load_language_model(replace(tiny_model_config, bits=4))
+    assert any(type(module).__name__ == "Linear4bit" for module in llm.modules())
+    torch.manual_seed(0)  # the same random weights, written and read back
+    expected = LlamaForCausalLM(LlamaConfig(**tiny_model_config.llm_config))
+    torch.testing.assert_close(llm.get_input_embeddings().weight, expected.get_input_embeddings().weight)
 
 
 def test_lora_targets_every_linear_layer_but_lm_head():

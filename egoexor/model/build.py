@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -34,7 +35,7 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedModel,
 )
-from transformers.utils import cached_file
+from transformers.utils import SAFE_WEIGHTS_NAME, cached_file
 
 from egoexor import atomic
 from egoexor.config import CONFIG_FILE, DataConfig, ModelConfig, read_checkpoint_config
@@ -130,7 +131,9 @@ def load_language_model(config: ModelConfig) -> tuple[PreTrainedModel, dict[str,
         if config.bits == 16:
             return model.to(_torch_dtype(config.dtype)), None
         with tempfile.TemporaryDirectory() as folder:  # quantisation happens in from_pretrained
-            model.save_pretrained(folder)
+            # written by hand: save_pretrained writes on rank 0 only, and every rank needs its own copy
+            model.config.save_pretrained(folder)
+            save_model(model, os.path.join(folder, SAFE_WEIGHTS_NAME))
             return _load(folder, "causal-lm", config), None
     name = str(config.model_name_or_path)
     layout = checkpoint_layout(_read_config(name))
