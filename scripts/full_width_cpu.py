@@ -55,10 +55,11 @@ def synthetic_batches(work: Path) -> tuple[dict, dict]:
     import h5py
 
     from egoexor.data.audio import save_tiny_clap
-    from egoexor.data.dataset import Collator, EgoExorDataset
+    from egoexor.data.dataset import EgoExorDataset
     from egoexor.data.layout import TakeKey
     from egoexor.data.make_samples import make_samples
     from egoexor.data.merge_h5 import merge_files
+    from egoexor.data.processor import Collator
     from egoexor.data.synthetic import generate
     from egoexor.data.tokenizer import build_tiny_tokenizer
 
@@ -148,7 +149,7 @@ def train_step(model: nn.Module, batch: dict) -> dict:
     )
     start = time.perf_counter()
     with meter.measuring(), torch.autocast("cpu", dtype=torch.bfloat16):
-        output = model(batch)
+        output = model(**batch)
     hook.remove()
     output["loss"].backward()
     no_gradient = [name for name, p in trainable.items() if p.grad is None]
@@ -243,7 +244,7 @@ def run() -> dict:
     report["planned_bytes"] = planned_cpu_bytes(model)
     model.eval()
     start = time.perf_counter()
-    generated = model.generate(generate_batch, max_new_tokens=2, eos_token_id=-1)
+    generated = model.generate(**generate_batch, max_new_tokens=2, eos_token_id=-1)
     report.update(generate_s=time.perf_counter() - start, generated_shape=list(generated.shape))
     report["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
     full = Shapes.from_config(full_size_config(ModelConfig()))

@@ -97,7 +97,8 @@ def _signature(item: dict) -> tuple:
 def uniform_samples(sample_file: Path, merged_file: Path, out: Path, count: int) -> Path:
     """``count`` training samples with one :func:`_signature`, as a sample file."""
     from egoexor.config import DataConfig
-    from egoexor.data.dataset import Collator, EgoExorDataset
+    from egoexor.data.dataset import EgoExorDataset
+    from egoexor.data.processor import Collator
     from egoexor.data.samples import load_samples
     from egoexor.data.tokenizer import build_tiny_tokenizer
 
