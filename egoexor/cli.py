@@ -138,6 +138,21 @@ def float_flag(
     return _flag_type(float, "a number", low, high, exclusive_low)
 
 
+def names_flag(choices: Iterable[str]) -> Callable[[str], tuple[str, ...]]:
+    """An argparse ``type``: comma-separated names, each one of ``choices`` (an empty text: none)."""
+    choices = tuple(choices)
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        unknown = [name for name in names if name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; choose from {', '.join(choices)}")
+        return names
+
+    parse.__name__ = "comma-separated names"
+    return parse
+
+
 def flagged(path: Path, flag: str | None) -> str:
     """How a message names a path: with the flag that gave it, when there is one."""
     return f"{flag} {path}" if flag else str(path)

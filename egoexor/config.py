@@ -50,6 +50,9 @@ class _ChoiceFields:
 
 
 EXTRA_FEATURES = ("gaze", "hand", "audio", "point_cloud")
+#: What ``drop_modalities`` can remove: the inputs (view modalities are blanked, token modalities left out, as
+#: modality dropout does) and the two branches, each with its views and extra tokens (``egoexor.data.dataset``).
+DROPPABLE_MODALITIES = ("ego_frames", "gaze", "hands", "exo_frames", "ultrasound", "audio", "point_cloud", "ego", "exo")
 
 
 @dataclass
@@ -185,6 +188,8 @@ class DataConfig(_ChoiceFields):
     #: Probability of dropping each of gaze+depth, hands, audio and point cloud from a training
     #: sample (the reference's ``multimodal_drop_prop``; its flag never took effect: 0 reproduces it).
     modality_dropout: float = 0.0
+    #: Inputs removed from every sample, in training and at inference (ablations; see DROPPABLE_MODALITIES).
+    drop_modalities: tuple[str, ...] = ()
     #: Role names of the prompt at inference (``reference_inference``: the reference's human/gpt).
     prompt_roles: PromptRoles = "train"
     #: Longest token sequence after the visual tokens are inserted.
@@ -197,6 +202,11 @@ class DataConfig(_ChoiceFields):
         for name in ("gaze_scale", "hand_scale", "depth_scale"):
             cli.check_range(name, getattr(self, name), 0, exclusive_low=True)
         cli.check_range("modality_dropout", self.modality_dropout, 0, 1)
+        self.drop_modalities = tuple(self.drop_modalities)
+        unknown = [name for name in self.drop_modalities if name not in DROPPABLE_MODALITIES]
+        if unknown:
+            choices = ", ".join(DROPPABLE_MODALITIES)
+            raise ConfigError(f"drop_modalities: unknown {', '.join(unknown)}; choose from {choices}")
 
 
 @dataclass

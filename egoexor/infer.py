@@ -62,7 +62,7 @@ from tqdm import tqdm
 
 from egoexor import cli, evaluate, metrics, scene_graph
 from egoexor.atomic import write_json
-from egoexor.config import ConfigError, DataConfig, ModelConfig, read_checkpoint_config
+from egoexor.config import DROPPABLE_MODALITIES, ConfigError, DataConfig, ModelConfig, read_checkpoint_config
 from egoexor.convert_reference import (
     DEFAULT_BASE,
     REFERENCE_FILES,
@@ -312,6 +312,9 @@ def _parser() -> cli.ArgumentParser:
         boolean = typing.get_type_hints(DataConfig)[name] is bool
         choices = tuple(_BOOLEANS) if boolean else DataConfig.choices(name)
         parser.add_argument(f"--{name}", choices=choices, default=None, help=description)
+    parser.add_argument("--drop_modalities", type=cli.names_flag(DROPPABLE_MODALITIES), default=None,
+                        help="comma-separated inputs to remove from every sample, as modality dropout does (e.g. "
+                        f"gaze,audio; '' removes none): {', '.join(DROPPABLE_MODALITIES)} (default: the checkpoint's)")
     parser.add_argument("--num_workers", type=cli.int_flag(0), default=4,
                         help="data loading processes (0: in the main one)")
     parser.add_argument("--audio_cache", type=Path, default=None,
@@ -502,8 +505,9 @@ def write_results(out: Path, texts: dict[str, str], samples: Sequence[Sample], p
 
 def _run(args) -> int:
     flags = vars(args)
-    overrides = {name: flags.pop(name) for name in DATA_OVERRIDES}
-    overrides = {name: _BOOLEANS.get(value, value) for name, value in overrides.items() if value is not None}
+    overrides = {name: _BOOLEANS.get(value, value) for name in DATA_OVERRIDES if (value := flags.pop(name)) is not None}
+    if (dropped := flags.pop("drop_modalities")) is not None:
+        overrides["drop_modalities"] = list(dropped)  # a list, as run.json reads it back
     infer(**flags, overrides=overrides)
     return 0
 

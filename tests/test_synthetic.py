@@ -1,4 +1,8 @@
-"""The synthetic generator writes the released layout, its quirks, and a learnable signal."""
+"""The synthetic generator writes the released layout, its quirks, and a learnable signal (``templates``: every
+modality shows the frame's scene graph; ``parts``: each modality shows its own part of it)."""
+
+import random
+import warnings
 
 import h5py
 import numpy as np
@@ -7,8 +11,10 @@ import pytest
 from egoexor import vocab
 from egoexor.data import layout
 from egoexor.data.layout import TakeKey
-from egoexor.data.synthetic import generate, main
-from egoexor.scene_graph import triplets_from_annotation
+from egoexor.data.make_samples import make_samples
+from egoexor.data.merge_h5 import merge_files
+from egoexor.data.synthetic import PARTS, generate, main
+from egoexor.scene_graph import Triplet, parse, triplets_from_annotation
 
 MISS_FULL = TakeKey("MISS", 1, 1)
 EXO_ONLY = TakeKey("MISS", 1, 2)
@@ -206,3 +212,94 @@ def test_cli(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--seed", "2", "--frames", "4", "--overwrite"]) == 0
     assert (tmp_path / "miss_1.h5").read_bytes() != before
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def parts_dataset(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("parts"), "parts", seed=0, n_frames=90)
+
+
+#: The sample modality (``make_samples``) that carries each part.
+PART_SAMPLE_MODALITY = {"ego_frames": "ego_frames", "gaze": "eye_gaze", "hands": "hand_tracking",
+                        "exo_frames": "exo_frames", "ultrasound": "ultrasound", "audio": "audio",
+                        "point_cloud": "point_cloud"}  # fmt: skip
+
+
+def test_parts_are_disjoint_predicate_groups_one_per_modality():
+    assert [p.modality for p in PARTS] == ["ego_frames", "gaze", "hands", "exo_frames", "ultrasound", "audio",
+                                           "point_cloud"]  # fmt: skip
+    predicates = [name for part in PARTS for name in part.predicates]
+    assert len(predicates) == len(set(predicates)) == 21 and set(predicates) <= set(vocab.PREDICATES)
+    assert len({(p.subject, p.object) for p in PARTS}) == len(PARTS)
+    assert {p.subject for p in PARTS} | {p.object for p in PARTS} <= set(vocab.ENTITIES)
+
+
+def test_parts_annotations_follow_the_levels(parts_dataset):
+    expected_parts = {"MISS": set(PART_SAMPLE_MODALITY) - {"ultrasound"},
+                      "Ultrasound": set(PART_SAMPLE_MODALITY) - {"audio"}}
+    for key, levels in parts_dataset.part_levels.items():
+        h5, take = open_take(parts_dataset, key)
+        with h5:
+            for name, group in take["annotations"].items():
+                frame = int(name.removeprefix("frame_"))
+                triplets = triplets_from_annotation(group["rel_annotations"][()])
+                expected = [Triplet(p.subject, p.object, p.predicates[levels[frame, i]]) for i, p in enumerate(PARTS)
+                            if p.modality in expected_parts[key.surgery_type]]  # fmt: skip
+                assert triplets == expected
+    stacked = np.concatenate(list(parts_dataset.part_levels.values()))
+    correlation = np.corrcoef(stacked.T) - np.eye(len(PARTS))
+    assert np.abs(correlation).max() < 0.2  # independent draws per part
+
+
+def _modality_features(dataset, key) -> dict[str, np.ndarray]:
+    """One simple feature per modality and frame (nan where the take lacks the modality)."""
+    h5, take = open_take(dataset, key)
+    with h5:
+        sources = layout.take_sources(take)
+        rgb = take[layout.RGB][()].astype(np.float32).mean(axis=(2, 3))  # [F, C, 3] mean colour per camera
+        cams = {kind: [i for i, s in enumerate(sources) if test(s)] for kind, test in (
+            ("ego_frames", lambda s: s in vocab.EGO_SOURCES), ("ultrasound", lambda s: s == vocab.ULTRASOUND_SOURCE),
+            ("exo_frames", lambda s: s in vocab.EXO_SOURCES and s != vocab.ULTRASOUND_SOURCE))}  # fmt: skip
+        features = {kind: rgb[:, ids].mean(axis=1) for kind, ids in cams.items() if ids}
+        gaze = take[layout.GAZE][()][:, :, 1:]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings(action="ignore", category=RuntimeWarning):
+            features["gaze"] = np.nanmedian(np.where(gaze >= 0, gaze, np.nan), axis=1)  # invalid rows are (-1, -1)
+        features["hands"] = np.nanmean(take[layout.HANDS][()][:, :, 1:].reshape(len(gaze), -1, 2), axis=1)
+        if layout.AUDIO_SNIPPETS in take:
+            spectrum = np.abs(np.fft.rfft(take[layout.AUDIO_SNIPPETS][()][:, :, 0], axis=1))
+            features["audio"] = spectrum.argmax(axis=1)[:, None].astype(np.float32)
+        features["point_cloud"] = np.median(take[layout.POINT_COORDINATES][()], axis=1)
+    return {kind: np.nan_to_num(feature) for kind, feature in features.items()}  # a frame without valid rows: 0
+
+
+def test_each_modality_shows_its_own_part_and_nothing_of_the_others(parts_dataset):
+    """Nearest-centroid classifiers: a modality's feature recovers its own part's level on held-out frames,
+    and no other part's level better than chance (1/3)."""
+    for m, modality in enumerate(p.modality for p in PARTS):
+        features, levels = [], []
+        for key, take_levels in parts_dataset.part_levels.items():
+            feature = _modality_features(parts_dataset, key).get(modality)
+            if feature is not None:
+                features.append(feature)
+                levels.append(take_levels)
+        features, levels = np.concatenate(features), np.concatenate(levels)
+        train = np.arange(len(features)) % 2 == 0
+        for p in range(len(PARTS)):
+            centroids = np.array([features[train & (levels[:, p] == k)].mean(axis=0) for k in range(3)])
+            guess = np.argmin(((features[~train, None] - centroids) ** 2).sum(-1), axis=1)
+            accuracy = (guess == levels[~train, p]).mean()
+            if p == m:
+                assert accuracy > 0.95, (modality, accuracy)
+            else:
+                assert accuracy < 0.5, (modality, PARTS[p].modality, accuracy)
+
+
+def test_parts_samples_see_exactly_the_modalities_of_their_parts(parts_dataset, tmp_path):
+    merged = tmp_path / "egoexor.h5"
+    merge_files(parts_dataset.files, parts_dataset.splits_file, merged)
+    with h5py.File(merged, "r") as h5:
+        samples, _ = make_samples(h5, "train", random.Random(0))
+    by_pair = {(p.subject, p.object): p.modality for p in PARTS}
+    for sample in samples:
+        shown = {PART_SAMPLE_MODALITY[by_pair[t.subject, t.object]] for t in parse(sample.answer, "robust")}
+        assert shown == sample.modalities - {"eye_gaze_depth"}, sample.id

@@ -27,6 +27,14 @@ MODES = ("train", "eval", "generate")
 
 #: The modalities modality dropout may remove, in the order of its draws.
 DROPPABLE = ("eye_gaze", "hand_tracking", "point_cloud", "audio")
+#: The sample modalities removed by each ``drop_modalities`` name of an extra input (the names of views and
+#: branches act on views: :meth:`EgoExorProcessor.images`, :meth:`EgoExorDataset._ego_views`, ``_exo_cameras``).
+_REMOVED_BY = {
+    "gaze": ("eye_gaze", "eye_gaze_depth"),
+    "hands": ("hand_tracking",),
+    "audio": ("audio",),
+    "point_cloud": ("point_cloud",),
+}
 #: The reader field of each modality read on its own (every camera frame is always read).
 _FIELD_OF_MODALITY = {
     "eye_gaze": "gaze",
@@ -98,11 +106,12 @@ class EgoExorDataset(Dataset):
 
     def _kept_modalities(self, sample: Sample, rng: random.Random) -> frozenset[str]:
         """The sample's modalities less those modality dropout removes: in training, one draw for each of
-        :data:`DROPPABLE` in order, whether or not the sample has it. A gaze token needs both gaze and
-        depth: they are kept or dropped together (by the ``eye_gaze`` draw)."""
+        :data:`DROPPABLE` in order, whether or not the sample has it, and those ``drop_modalities`` removes.
+        A gaze token needs both gaze and depth: they are kept or dropped together (by the ``eye_gaze`` draw)."""
         rate = self.config.modality_dropout if self.mode == "train" else 0.0
         dropped = {modality for modality in DROPPABLE if rate > 0 and rng.random() < rate}
-        kept = sample.modalities - dropped
+        removed = {modality for name in self.config.drop_modalities for modality in _REMOVED_BY.get(name, ())}
+        kept = sample.modalities - dropped - removed
         if not {"eye_gaze", "eye_gaze_depth"} <= kept:
             kept -= {"eye_gaze", "eye_gaze_depth"}
         return kept
@@ -117,7 +126,7 @@ class EgoExorDataset(Dataset):
 
     def _ego_views(self, point: Timepoint, modalities: frozenset[str]) -> list[views.EgoView]:
         """The ego branch: the non-black ego cameras with the gaze, depth and hand rows of each."""
-        if "ego_frames" not in modalities:
+        if "ego_frames" not in modalities or "ego" in self.config.drop_modalities:
             return []
         config, n_depth = self.config, len(point.gaze_depth) if point.gaze_depth is not None else 0
         return views.ego_views(
@@ -133,7 +142,7 @@ class EgoExorDataset(Dataset):
 
     def _exo_cameras(self, point: Timepoint, modalities: frozenset[str], rng: random.Random) -> list[int]:
         """The exo branch: room cameras and the ultrasound screen (a random subset in training)."""
-        if point.rgb is None:
+        if point.rgb is None or "exo" in self.config.drop_modalities:
             return []
         config = self.config
         return views.exo_cameras(

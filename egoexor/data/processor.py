@@ -53,6 +53,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from egoexor import vocab
 from egoexor.config import DataConfig
 from egoexor.data import transforms
 from egoexor.data.audio import ClapAudioEmbedder
@@ -65,6 +66,11 @@ from egoexor.prompt import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, chat
 class SampleInputError(ValueError):
     """A sample's data cannot become model input; the message names the sample and its frame."""
 
+
+
+def _view_modality(source: str, ego: bool) -> str:
+    """The ``drop_modalities`` name that blanks a view of a branch (``ego``, else exo)."""
+    return "ego_frames" if ego else "ultrasound" if source == vocab.ULTRASOUND_SOURCE else "exo_frames"
 
 class EgoExorProcessor:
     """One sample's read arrays and text -> the tensors of its item (numbers by ``egoexor.data.transforms``).
@@ -83,6 +89,9 @@ class EgoExorProcessor:
         size, rescale = self.config.image_size, self.config.rescale_dark_frames
         images = torch.empty(len(cameras), 3, size, size)
         for view, camera in enumerate(cameras):
+            if _view_modality(point.sources[camera], ego) in self.config.drop_modalities:
+                images[view] = 0  # the view stays (its gaze and hand tokens too) but shows nothing
+                continue
             flip = transforms.is_flipped(point.sources[camera], ego, self.config.flip_rule)
             transforms.image(point.rgb[camera], size, flip, rescale, out=images[view].numpy())
         return images

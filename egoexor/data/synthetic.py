@@ -30,6 +30,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import h5py
 import numpy as np
@@ -91,8 +92,14 @@ class Profile:
     #: (the reference shuffles), which no model can predict: the tiny profile keeps graphs small so
     #: that near-perfect teacher-forced accuracy stays reachable.
     triplets_per_template: tuple[int, int] = (2, 5)
-    #: Share of the template colour in every pixel (the rest is the camera's own background).
+    #: Share of the template (or part) colour in every pixel (the rest is the camera's own background).
     template_weight: float = 0.5
+    #: ``templates``: every modality shows the frame's template; ``parts``: each modality shows its own
+    #: part of the scene graph (:data:`PARTS`).
+    signal: Literal["templates", "parts"] = "templates"
+    #: Samples from one frame's audio snippet to the next; None: ``snippet_samples // FPS``, overlapping 1-s
+    #: snippets as released (a snippet then holds the sound of the next 15 frames, not of its own alone).
+    snippet_hop: int | None = None
 
     def files(self) -> dict[str, list[TakeSpec]]:
         """Per-procedure file name -> its takes (``miss_1.h5``, ``ultrasound_1.h5``, ...)."""
@@ -170,7 +177,107 @@ def _realistic() -> Profile:
     )  # fmt: skip
 
 
-PROFILES = {"tiny": _tiny, "realistic": _realistic}
+def _parts() -> Profile:
+    """Three takes; their gaze devices have no calibration offset (``transforms.GAZE_FIXATION_TAKES``)."""
+    size = {"height": 32, "width": 32}
+    return Profile(
+        name="parts",
+        takes=(
+            TakeSpec(
+                TakeKey("MISS", 1, 1), ("head_surgeon", "assistant", "or_light", "external_1", "external_2"),
+                n_frames=160, **size, gaze_sources=("assistant", "head_surgeon"), n_points=64, unannotated=(3,),
+                sources_as_bytes=True,
+            ),
+            TakeSpec(
+                TakeKey("MISS", 2, 1), ("head_surgeon", "circulator", "external_1", "microscope", "external_3"),
+                n_frames=160, **size, gaze_sources=("head_surgeon", "circulator"), n_points=64, unannotated=(8,),
+            ),
+            TakeSpec(
+                TakeKey("Ultrasound", 1, 1), ("head_surgeon", "circulator", "external_1", "ultrasound", "external_2"),
+                n_frames=200, **size, gaze_sources=("circulator", "head_surgeon"), audio=False, n_points=64,
+                unannotated=(5,),
+            ),
+        ),
+        snippet_samples=480,
+        snippet_hop=480,  # one frame's sound per snippet: the audio part changes every frame
+        n_templates=0,
+        noise_sigma=4.0,
+        template_weight=0.7,
+        signal="parts",
+    )  # fmt: skip
+
+
+PROFILES = {"tiny": _tiny, "realistic": _realistic, "parts": _parts}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One triplet of the ``parts`` scene graph: its predicate is set by one modality alone."""
+
+    #: The modality that shows it, as ``DataConfig.drop_modalities`` names it.
+    modality: str
+    subject: str
+    object: str
+    #: The predicate of each level of the part's value (one level drawn per frame).
+    predicates: tuple[str, ...]
+
+
+#: The parts of the ``parts`` profile's scene graphs: disjoint predicate groups, 3 predicates each.
+PARTS: tuple[Part, ...] = (
+    Part("ego_frames", "head_surgeon", "scalpel", ("holding", "cutting", "dropping")),
+    Part("gaze", "assistant", "microscope_screen", ("looking", "controlling", "positioning")),
+    Part("hands", "assistant", "patient", ("touching", "disinfection", "dressing")),
+    Part("exo_frames", "circulator", "instrument_table", ("closeto", "manipulating", "preparing")),
+    Part("ultrasound", "head_surgeon", "ultrasound_probe", ("scanning", "applying", "inserting")),
+    Part("audio", "anesthetist", "anesthesia_equipment", ("anaesthetising", "injecting", "aspirating")),
+    Part("point_cloud", "patient", "operating_table", ("lyingon", "entering", "removing")),
+)
+_LEVELS = 3
+#: What each level looks like in each modality.
+_EGO_TINTS = np.array([[220, 40, 40], [40, 200, 40], [40, 60, 230]], np.float32)
+_ROOM_TINTS = np.array([[230, 200, 30], [30, 210, 210], [210, 40, 210]], np.float32)
+_ULTRASOUND_GREYS = np.array([30.0, 128.0, 225.0], np.float32)
+_GAZE_SPOTS = np.array([[0.2, 0.25], [0.8, 0.3], [0.45, 0.8]], np.float32)
+_HAND_SPOTS = np.array([[0.25, 0.75], [0.5, 0.25], [0.8, 0.7]], np.float32)
+_TONES = np.array([10.0, 25.0, 40.0])  # cycles per snippet
+_CLOUD_CENTRES = np.array([[-2.0, -2.0, 1.0], [0.0, 2.0, 1.5], [2.0, -1.0, 0.5]])
+
+
+def take_parts(spec: TakeSpec) -> tuple[Part, ...]:
+    """The parts a take's samples can see: those whose modality the take records (and, for audio, the ego
+    cameras that ``make_samples`` requires and the exo views that carry the audio token)."""
+    ego = any(s in vocab.EGO_SOURCES for s in spec.sources)
+    room = any(s in vocab.EXO_SOURCES and s != vocab.ULTRASOUND_SOURCE for s in spec.sources)
+    recorded = {
+        "ego_frames": ego, "gaze": bool(spec.gaze_sources), "hands": bool(spec.gaze_sources), "exo_frames": room,
+        "ultrasound": vocab.ULTRASOUND_SOURCE in spec.sources, "audio": spec.audio and ego and room,
+        "point_cloud": spec.n_points > 0 and any(s in vocab.EXTERNAL_SOURCES for s in spec.sources),
+    }  # fmt: skip
+    return tuple(part for part in PARTS if recorded[part.modality])
+
+
+class _PartsSignal:
+    """The ``parts`` signal: each part's level, drawn per frame, shows in its own modality only."""
+
+    def __init__(self, profile: Profile, spec: TakeSpec, levels: np.ndarray) -> None:
+        self.weight, self.parts = profile.template_weight, take_parts(spec)
+        self.levels = {part.modality: levels[:, i] for i, part in enumerate(PARTS)}  # [F] each
+        self.gaze_spots, self.hand_spots = _GAZE_SPOTS[self.levels["gaze"]], _HAND_SPOTS[self.levels["hands"]]
+        self.tones = _TONES[self.levels["audio"]]
+        self.cloud_centres, self.cloud_colours = _CLOUD_CENTRES[self.levels["point_cloud"]], None
+
+    def triplets(self, frame: int) -> list[Triplet]:
+        return [Triplet(p.subject, p.object, p.predicates[self.levels[p.modality][frame]]) for p in self.parts]
+
+    def image(self, frame: int, source: str, background: np.ndarray) -> np.ndarray:
+        """Ego cameras tinted by the ego level, room cameras by the room level, the screen grey by its level."""
+        if source in vocab.EGO_SOURCES:
+            colour = _EGO_TINTS[self.levels["ego_frames"][frame]]
+        elif source == vocab.ULTRASOUND_SOURCE:
+            colour = _ULTRASOUND_GREYS[self.levels["ultrasound"][frame]].repeat(3)
+        else:
+            colour = _ROOM_TINTS[self.levels["exo_frames"][frame]]
+        return (1 - self.weight) * background + self.weight * colour
 
 
 @dataclass
@@ -186,6 +293,8 @@ class SyntheticDataset:
     frame_templates: dict[TakeKey, np.ndarray] = field(default_factory=dict)
     #: Template screen position (u, v) in 0-1 of every template.
     hotspots: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    #: ``parts`` profile: the level of every part (columns in :data:`PARTS` order) of every frame of every take.
+    part_levels: dict[TakeKey, np.ndarray] = field(default_factory=dict)
 
 
 def make_templates(rng: np.random.Generator, n_templates: int, sizes: tuple[int, int]) -> list[list[Triplet]]:
@@ -230,11 +339,41 @@ def _dataset(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: object
     )
 
 
-class _TakeWriter:
-    """Writes one take frame by frame so that memory stays bounded at the realistic size."""
+class _TemplateSignal:
+    """The ``templates`` signal: every modality shows the frame's template scene graph (module docstring)."""
 
-    def __init__(self, spec: TakeSpec, profile: Profile, palette: np.ndarray, hotspots: np.ndarray, rng) -> None:
-        self.spec, self.profile, self.palette, self.hotspots, self.rng = spec, profile, palette, hotspots, rng
+    def __init__(self, profile: Profile, templates, frame_templates: np.ndarray, palette, hotspots) -> None:
+        self.templates, self.frame_templates, self.palette = templates, frame_templates, palette
+        self.weight, self.hotspot = profile.template_weight, hotspots[frame_templates]  # [F, 2] in 0-1
+        self.gaze_spots = self.hand_spots = self.hotspot
+        self.tones = 20.0 + 15.0 * frame_templates  # cycles per snippet
+        self.cloud_centres = np.concatenate([self.hotspot * 4 - 2, np.ones((len(frame_templates), 1))], axis=1)
+        self.cloud_colours = palette[frame_templates] / 255.0
+
+    def triplets(self, frame: int) -> list[Triplet]:
+        return self.templates[self.frame_templates[frame]]
+
+    def image(self, frame: int, source: str, background: np.ndarray) -> np.ndarray:
+        """The template tint over the camera's background, with a bright square at the template spot."""
+        colour = self.palette[self.frame_templates[frame]]
+        img = (1 - self.weight) * background + self.weight * colour
+        height, width = img.shape[:2]
+        side = max(2, min(height, width) // 4)
+        u, v = self.hotspot[frame]
+        x0 = int(u * width) - side // 2
+        y0 = int(v * height) - side // 2
+        img[max(y0, 0) : y0 + side, max(x0, 0) : x0 + side] = 255 - colour
+        return img
+
+
+class _TakeWriter:
+    """Writes one take frame by frame so that memory stays bounded at the realistic size.
+
+    The layout and the quirks are the writer's; what the frames show comes from the profile's signal.
+    """
+
+    def __init__(self, spec: TakeSpec, profile: Profile, signal, rng) -> None:
+        self.spec, self.profile, self.signal, self.rng = spec, profile, signal, rng
         yy, xx = np.mgrid[0 : spec.height, 0 : spec.width]
         # A per-camera smooth background, so cameras differ and images are not flat colour.
         self.backgrounds = [
@@ -243,19 +382,12 @@ class _TakeWriter:
             for c in range(len(spec.sources))
         ]
 
-    def image(self, template: int, camera: int) -> np.ndarray:
-        spec = self.spec
-        weight = self.profile.template_weight
-        img = (1 - weight) * self.backgrounds[camera] + weight * self.palette[template]
-        side = max(2, min(spec.height, spec.width) // 4)
-        u, v = self.hotspots[template]
-        x0 = int(u * spec.width) - side // 2
-        y0 = int(v * spec.height) - side // 2
-        img[max(y0, 0) : y0 + side, max(x0, 0) : x0 + side] = 255 - self.palette[template]
+    def image(self, frame: int, camera: int) -> np.ndarray:
+        img = self.signal.image(frame, self.spec.sources[camera], self.backgrounds[camera])
         img += self.rng.standard_normal(img.shape, dtype=np.float32) * self.profile.noise_sigma
         return np.clip(img, 0, 255).astype(np.uint8)
 
-    def write(self, group: h5py.Group, templates: list[list[Triplet]], frame_templates: np.ndarray) -> None:
+    def write(self, group: h5py.Group) -> None:
         spec = self.spec
         sources = group.create_group(layout.SOURCES_GROUP)
         sources.attrs["source_count"] = len(spec.sources)
@@ -268,24 +400,25 @@ class _TakeWriter:
             stack = np.zeros((n_cams, spec.height, spec.width, 3), np.uint8)
             for camera, name in enumerate(spec.sources):
                 if name != vocab.BLANK_SOURCE and (frame, name) not in black and (frame, "*") not in black:
-                    stack[camera] = self.image(frame_templates[frame], camera)
+                    stack[camera] = self.image(frame, camera)
             rgb[frame] = stack
         if spec.gaze_sources:
-            self._write_ego(group, frame_templates)
+            self._write_ego(group)
         if spec.audio:
-            self._write_audio(group, frame_templates)
+            self._write_audio(group)
         if spec.n_points:
-            self._write_point_cloud(group, frame_templates)
-        self._write_annotations(group, templates, frame_templates)
+            self._write_point_cloud(group)
+        self._write_annotations(group)
 
-    def _write_ego(self, group: h5py.Group, frame_templates: np.ndarray) -> None:
+    def _write_ego(self, group: h5py.Group) -> None:
         spec, rng = self.spec, self.rng
         n_frames, n_rows = spec.n_frames, len(spec.gaze_sources)
         ids = np.array([vocab.SOURCES[s] for s in spec.gaze_sources], np.float32)
-        spot = self.hotspots[frame_templates] * np.array([spec.width, spec.height], np.float32)  # [F, 2] px
+        size = np.array([spec.width, spec.height], np.float32)
+        gaze_spot, hand_spot = self.signal.gaze_spots * size, self.signal.hand_spots * size  # [F, 2] px
         gaze = np.empty((n_frames, n_rows, 3), np.float32)
         gaze[:, :, 0] = ids
-        gaze[:, :, 1:] = spot[:, None, :] + rng.normal(0, 0.5, (n_frames, n_rows, 2))
+        gaze[:, :, 1:] = gaze_spot[:, None, :] + rng.normal(0, 0.5, (n_frames, n_rows, 2))
         invalid = rng.random((n_frames, n_rows)) < 0.05
         invalid[0, min(1, n_rows - 1)] = True
         gaze[invalid, 1:] = -1.0
@@ -301,7 +434,7 @@ class _TakeWriter:
         offsets = np.array([-4, 3, -3, 1, 4, 3, 3, 1, -5, 5, -4, 2, 5, 5, 4, 2], np.float32)
         hands = np.empty((n_frames, n_rows, 17), np.float32)
         hands[:, :, 0] = ids
-        hands[:, :, 1:] = np.tile(spot, 8)[:, None, :] + offsets + rng.normal(0, 0.5, (n_frames, n_rows, 16))
+        hands[:, :, 1:] = np.tile(hand_spot, 8)[:, None, :] + offsets + rng.normal(0, 0.5, (n_frames, n_rows, 16))
         partly = rng.random((n_frames, n_rows)) < 0.1
         partly[0, 0] = True
         hands[partly, 1:9] = np.nan  # the left hand is not tracked
@@ -309,13 +442,13 @@ class _TakeWriter:
         for path, data in ((layout.GAZE, gaze), (layout.GAZE_DEPTH, depth), (layout.HANDS, hands)):
             _dataset(group, path, data.shape, np.float32)[...] = data
 
-    def _write_audio(self, group: h5py.Group, frame_templates: np.ndarray) -> None:
+    def _write_audio(self, group: h5py.Group) -> None:
         spec, snippet = self.spec, self.profile.snippet_samples
-        hop = max(1, snippet // layout.FPS)
+        hop = self.profile.snippet_hop or max(1, snippet // layout.FPS)
         total = hop * spec.n_frames + snippet
         t = np.arange(total, dtype=np.float32) / snippet  # seconds, in snippet units
         # The tone of the frame whose hop a sample falls in, plus microphone noise.
-        frequency = 20.0 + 15.0 * frame_templates[np.minimum(np.arange(total) // hop, spec.n_frames - 1)]
+        frequency = self.signal.tones[np.minimum(np.arange(total) // hop, spec.n_frames - 1)]
         mono = 0.3 * np.sin(2 * np.pi * frequency * t) + 0.02 * self.rng.standard_normal(total, dtype=np.float32)
         waveform = np.stack([mono, 0.8 * mono], axis=1).astype(np.float32)
         group.create_dataset(layout.AUDIO_WAVEFORM, data=waveform, compression="gzip", compression_opts=_GZIP_LEVEL)
@@ -323,21 +456,20 @@ class _TakeWriter:
         for frame in range(spec.n_frames):
             snippets[frame] = waveform[frame * hop : frame * hop + snippet]
 
-    def _write_point_cloud(self, group: h5py.Group, frame_templates: np.ndarray) -> None:
-        spec, rng, n = self.spec, self.rng, self.spec.n_points
+    def _write_point_cloud(self, group: h5py.Group) -> None:
+        spec, rng, n, signal = self.spec, self.rng, self.spec.n_points, self.signal
         coords = _dataset(group, layout.POINT_COORDINATES, (spec.n_frames, n, 3), np.float32)
         colors = _dataset(group, layout.POINT_COLORS, (spec.n_frames, n, 3), np.float32)
         cluster = n // 4
         for frame in range(spec.n_frames):
-            template = frame_templates[frame]
             xyz = rng.uniform([-3, -3, 0], [3, 3, 2.5], (n, 3)).astype(np.float32)  # the room, metres
-            centre = np.array([*(self.hotspots[template] * 4 - 2), 1.0], np.float32)
-            xyz[:cluster] = centre + rng.normal(0, 0.1, (cluster, 3))
+            xyz[:cluster] = signal.cloud_centres[frame].astype(np.float32) + rng.normal(0, 0.1, (cluster, 3))
             rgb = rng.uniform(0, 1, (n, 3)).astype(np.float32)
-            rgb[:cluster] = self.palette[template] / 255.0
+            if signal.cloud_colours is not None:
+                rgb[:cluster] = signal.cloud_colours[frame]
             coords[frame], colors[frame] = xyz, rgb
 
-    def _write_annotations(self, group: h5py.Group, templates, frame_templates: np.ndarray) -> None:
+    def _write_annotations(self, group: h5py.Group) -> None:
         rng = self.rng
         raw_entity_ids = {name: i for i, name in enumerate(vocab.RAW_ENTITY_VOCAB)}
         raw_relation_ids = {name: i for i, name in enumerate(vocab.RAW_RELATION_VOCAB)}
@@ -347,7 +479,7 @@ class _TakeWriter:
                 continue
             rows = [
                 (raw_spelling(t.subject, rng), raw_spelling(t.predicate, rng), raw_spelling(t.object, rng))
-                for t in templates[frame_templates[frame]]
+                for t in self.signal.triplets(frame)
             ]
             ids = [(raw_entity_ids[s], raw_relation_ids[p], raw_entity_ids[o]) for s, p, o in rows]
             frame_group = annotations.create_group(f"frame_{frame}")
@@ -416,16 +548,21 @@ def generate(
     palette = rng.uniform(30, 225, (profile.n_templates, 3)).astype(np.float32)
     hotspots = rng.uniform(0.2, 0.8, (profile.n_templates, 2)).astype(np.float32)
     dataset = SyntheticDataset(directory, [], directory / _SPLITS_FILE, profile, templates, hotspots=hotspots)
+
+    def signal(spec: TakeSpec) -> _TemplateSignal | _PartsSignal:
+        if profile.signal == "parts":
+            dataset.part_levels[spec.key] = rng.integers(0, _LEVELS, (spec.n_frames, len(PARTS)))
+            return _PartsSignal(profile, spec, dataset.part_levels[spec.key])
+        dataset.frame_templates[spec.key] = rng.integers(0, profile.n_templates, spec.n_frames)
+        return _TemplateSignal(profile, templates, dataset.frame_templates[spec.key], palette, hotspots)
+
     with tqdm(total=len(profile.takes), desc=f"synthetic {profile.name}", unit="take", disable=not progress) as bar:
         for file_name, specs in profile.files().items():
 
             def write(h5: h5py.File, specs: Sequence[TakeSpec] = specs) -> None:
                 _write_metadata(h5)
                 for spec in specs:
-                    frame_templates = rng.integers(0, profile.n_templates, spec.n_frames)
-                    dataset.frame_templates[spec.key] = frame_templates
-                    writer = _TakeWriter(spec, profile, palette, hotspots, rng)
-                    writer.write(h5.create_group(spec.key.path), templates, frame_templates)
+                    _TakeWriter(spec, profile, signal(spec), rng).write(h5.create_group(spec.key.path))
                     bar.update()
 
             _write_atomically(directory / file_name, write)

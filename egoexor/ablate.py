@@ -1,0 +1,220 @@
+"""Modality ablation: ``python -m egoexor.ablate --checkpoint DIR --hdf5 F --samples S --out DIR``.
+
+Loads the model once, then generates answers for the samples with nothing removed and with each input
+(or branch) removed in turn, and scores each run with :mod:`egoexor.evaluate`. Removing an input is
+``DataConfig.drop_modalities`` (``python -m egoexor.infer --drop_modalities``): a token input (gaze, hands,
+audio, point cloud) is left out as training-time modality dropout leaves it out; a view input (ego frames,
+exo frames, the ultrasound screen) keeps its views, which carry the branch's extra tokens, but shows
+nothing in them; a branch (``ego``, ``exo``) goes with all its views and tokens. Writes into ``--out``:
+
+* ``ablation.md``: the table, one row per removed input (``none``: the full model), columns macro F1
+  overall, exact-triplet F1 and the macro F1 of each predicate group;
+* ``ablation.json``: the same numbers, the groups and the settings;
+* ``ablation.png``: the table as a heat map;
+* ``predictions/<removed>.jsonl``: every generated answer of each run.
+
+Predicate groups (``--groups``): ``parts``, the groups of the synthetic modality benchmark
+(``python -m egoexor.data.synthetic --profile parts``, :data:`egoexor.data.synthetic.PARTS`), each named
+after the only input that shows it, so that the diagonal of the table shows each input's own part; ``none``:
+overall scores only. A group's score is the mean F1 of its predicates that have ground-truth support, as
+the headline macro F1 (which also counts ``none``). A guess that ignores the input scores at most 1/K on a
+group of K equally frequent predicates (1/3 for the ``parts`` groups): that is chance.
+
+Inputs are checked as ``egoexor.infer`` checks them, before the model loads; ``--out`` follows the
+overwrite rule of :mod:`egoexor.cli` and appears, complete, only at the end. Errors are one line (exit 2),
+Ctrl-C one line (exit 130).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from egoexor import cli, evaluate, infer, metrics
+from egoexor.atomic import write_json, write_text
+from egoexor.config import DROPPABLE_MODALITIES, DataConfig
+from egoexor.convert_reference import is_reference_checkpoint
+from egoexor.data.dataset import EgoExorDataset
+from egoexor.data.samples import Sample, SampleError, check_in_hdf5
+from egoexor.data.synthetic import PARTS
+
+COMMAND = "egoexor.ablate"
+#: The row of the run with every input.
+NOTHING_REMOVED = "none"
+#: Predicate groups by ``--groups`` name.
+GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
+    "parts": {part.modality: part.predicates for part in PARTS},
+    "none": {},
+}
+
+
+def scores(result: dict[str, Any], groups: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """Macro F1 overall, exact-triplet F1 and each group's macro F1 (None: no predicate of it in the ground truth)."""
+    overall = result["overall"]
+    report = overall["relation_report"]
+    per_group = {}
+    for name, predicates in groups.items():
+        macro = metrics.macro_over_supported(report, predicates) if report else None
+        per_group[name] = None if macro is None else macro["f1-score"]
+    return {
+        "macro_f1": overall["macro"]["f1-score"] if overall["macro"] else None,
+        "triplet_f1": overall["triplet"]["f1-score"],
+        "groups": per_group,
+    }
+
+
+def ablate(model, tokenizer, data_config: DataConfig, samples: list[Sample], args, folder: Path) -> list[dict]:
+    """One generation and evaluation per removed input; each run's answers go to ``folder/<removed>.jsonl``."""
+    device = next(model.parameters()).device
+    records = [sample.to_record() for sample in samples]
+    rows = []
+    for removed in (NOTHING_REMOVED, *args.modalities):
+        drop = data_config.drop_modalities + (() if removed == NOTHING_REMOVED else (removed,))
+        dataset = EgoExorDataset(samples, args.hdf5, tokenizer, replace(data_config, drop_modalities=drop), "generate")
+        print(f"== removed: {removed}", flush=True)
+        texts = infer.generate_shard(model, dataset, folder / f"{removed}.jsonl", args.batch_size,
+                                     args.max_new_tokens, device, args.num_workers)  # fmt: skip
+        result = evaluate.evaluate(texts, records, args.protocol)
+        rows.append({"removed": removed, **scores(result, GROUPS[args.groups])})
+    return rows
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    return ["macro F1", "triplet F1", *rows[0]["groups"]]
+
+
+def _values(row: dict) -> list[float | None]:
+    return [row["macro_f1"], row["triplet_f1"], *row["groups"].values()]
+
+
+def format_table(rows: list[dict], protocol: str, n_samples: int) -> str:
+    """``ablation.md``."""
+    lines = [
+        f"# Modality ablation (protocol `{protocol}`, {n_samples} samples)",
+        "",
+        "One row per removed input (`none`: every input); macro F1 overall, exact-triplet F1, and the macro F1 of "
+        "each predicate group (the mean F1 of its predicates with ground-truth support; chance is at most 1/K for "
+        "K equally frequent predicates). `-`: nothing of it in the ground truth.",
+        "",
+        "| removed | " + " | ".join(_columns(rows)) + " |",
+        "|---" * (len(_columns(rows)) + 1) + "|",
+    ]
+    lines += ["| " + " | ".join([row["removed"], *map(_cell, _values(row))]) + " |" for row in rows]
+    return "\n".join([*lines, "", "![heat map](ablation.png)", ""])
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """``ablation.png``: removed input x score, coloured 0 (dark) to 1 (bright)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = _columns(rows)
+    table = np.array([[math.nan if v is None else v for v in _values(row)] for row in rows], dtype=np.float64)
+    figure = Figure(figsize=(1.2 * len(columns) + 2, 0.45 * len(rows) + 1.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    image = axes.imshow(table, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    figure.colorbar(image, ax=axes, label="F1")
+    for (row, column), value in np.ndenumerate(table):
+        if not math.isnan(value):
+            colour = "black" if value > 0.6 else "white"
+            axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=8, color=colour)
+    axes.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    axes.set_yticks(range(len(rows)), [row["removed"] for row in rows])
+    axes.set_xlabel("score (groups: macro F1 of the predicates the input alone sets)")
+    axes.set_ylabel("removed input")
+    axes.set_title("Modality ablation")
+    figure.savefig(path, format="png", dpi=100)
+
+
+def _parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog=f"python -m {COMMAND}", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder (ours or the released one)")
+    parser.add_argument("--hdf5", required=True, type=Path, help="merged EgoExOR file")
+    parser.add_argument("--samples", required=True, type=Path, help="sample JSON of the split to evaluate")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (ablation.json, .md, .png)")
+    parser.add_argument("--modalities", type=cli.names_flag(DROPPABLE_MODALITIES), default=DROPPABLE_MODALITIES,
+                        help="comma-separated inputs and branches to remove, each in turn (default: all of "
+                        f"{', '.join(DROPPABLE_MODALITIES)})")
+    parser.add_argument("--groups", choices=tuple(GROUPS), default="parts",
+                        help="parts: the predicate groups of the synthetic modality benchmark (--profile parts); "
+                        "none: overall scores only")
+    parser.add_argument("--protocol", choices=("paper", "gt"), default="gt",
+                        help="gt: ground-truth entity set (MM-OR/4D-OR); paper: the published evaluator")
+    parser.add_argument("--batch_size", type=cli.int_flag(1), default=16, help="samples per generation batch")
+    parser.add_argument("--max_new_tokens", type=cli.int_flag(1), default=300, help="longest answer")
+    parser.add_argument("--bits", type=int, choices=(4, 8, 16), default=16, help="LLM weights at inference")
+    parser.add_argument("--num_workers", type=cli.int_flag(0), default=4,
+                        help="data loading processes (0: in the main one)")
+    parser.add_argument("--audio_cache", type=Path, default=None,
+                        help="audio embeddings written by python -m egoexor.data.precompute_audio")
+    cli.add_overwrite_flag(parser)
+    return parser  # fmt: skip
+
+
+def _check_inputs(args) -> list[Sample]:
+    """What ``egoexor.infer`` checks before loading a model; the samples."""
+    samples = infer.read_samples(args.samples)
+    with cli.open_hdf5(args.hdf5, "--hdf5") as h5:
+        try:
+            check_in_hdf5(samples, h5)
+        except SampleError as error:
+            raise cli.CommandError(f"--hdf5 {error}") from None
+    model_config, data_config = infer.checkpoint_configs(args.checkpoint, args.bits)
+    if not is_reference_checkpoint(args.checkpoint):
+        infer.check_weights(args.checkpoint, model_config)
+    if args.audio_cache is not None:
+        infer.check_audio_cache(args.audio_cache, samples, data_config.audio_norm)
+    uses_audio = args.audio_cache is None and any("audio" in sample.modalities for sample in samples)
+    where = f"--checkpoint {args.checkpoint}"
+    cli.check_pretrained(model_config.model_name_or_path, f"{where}: its LLM")
+    cli.check_pretrained(model_config.vision_tower, f"{where}: its vision tower")
+    cli.check_pretrained(data_config.audio_encoder if uses_audio else None, f"{where}: its audio encoder")
+    return samples
+
+
+def run(argv: Sequence[str] | None = None) -> list[dict]:
+    """The command as a function: the table's rows (see :func:`scores`); user mistakes raise
+    :class:`cli.CommandError` or one of ``egoexor.infer.ERRORS``."""
+    args = _parser().parse_args(argv)
+    inputs = [args.checkpoint, args.hdf5, args.samples, args.audio_cache]
+    out = cli.check_output(args.out, inputs=inputs, overwrite=args.overwrite, owner=COMMAND, flag="--out")
+    samples = _check_inputs(args)
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    with cli.output_folder(out, COMMAND) as folder:
+        model, tokenizer, data_config = infer.load_model(args.checkpoint, args.bits, device, folder / "converted")
+        if args.audio_cache is not None:
+            data_config = replace(data_config, audio_cache=str(args.audio_cache))
+        (folder / "predictions").mkdir()
+        rows = ablate(model, tokenizer, data_config, samples, args, folder / "predictions")
+        settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+        write_json(folder / "ablation.json", {"rows": rows, "groups": GROUPS[args.groups], "settings": settings})
+        write_text(folder / "ablation.md", format_table(rows, args.protocol, len(samples)))
+        plot(rows, folder / "ablation.png")
+    print(format_table(rows, args.protocol, len(samples)))
+    print(f"wrote {out}: ablation.json, ablation.md, ablation.png, predictions/")
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2 for bad input, 130 after Ctrl-C)."""
+
+    def body() -> None:
+        run(argv)
+
+    return cli.run(COMMAND, body, errors=infer.ERRORS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

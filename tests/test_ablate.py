@@ -1,0 +1,109 @@
+"""``egoexor.ablate`` and ``egoexor.infer --drop_modalities``: outputs, the overwrite rule, bad inputs.
+
+An untrained tiny checkpoint is enough here: these tests are about the command, not about what it measures
+(the learning tests in ``test_learning_modalities.py`` are).
+"""
+
+import json
+
+import pytest
+from test_infer import checkpoint, few_samples, infer_args  # noqa: F401  (fixtures)
+
+from egoexor import ablate, infer
+from egoexor.config import DROPPABLE_MODALITIES
+from egoexor.data.synthetic import PARTS
+
+
+def ablate_args(checkpoint, merged_file, samples, out, *extra):  # noqa: F811
+    return ["--checkpoint", str(checkpoint), "--hdf5", str(merged_file), "--samples", str(samples), "--out", str(out),
+            "--max_new_tokens", "5", "--batch_size", "3", "--num_workers", "0", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ablation(checkpoint, merged_file, few_samples, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("ablation") / "out"
+    assert ablate.main(ablate_args(checkpoint, merged_file, few_samples, out, "--modalities", "gaze,exo")) == 0
+    return out
+
+
+def test_outputs_one_row_per_removed_input_and_a_column_per_group(ablation, few_samples, capsys):  # noqa: F811
+    result = json.loads((ablation / "ablation.json").read_text())
+    assert [row["removed"] for row in result["rows"]] == ["none", "gaze", "exo"]
+    assert result["groups"] == {part.modality: list(part.predicates) for part in PARTS}
+    for row in result["rows"]:
+        assert set(row["groups"]) == {part.modality for part in PARTS}
+        assert all(value is None or 0 <= value <= 1 for value in (row["macro_f1"], row["triplet_f1"],
+                                                                  *row["groups"].values()))  # fmt: skip
+    table = (ablation / "ablation.md").read_text().splitlines()
+    header = next(line for line in table if line.startswith("| removed |"))
+    assert header.split(" | ")[1:4] == ["macro F1", "triplet F1", "ego_frames"]
+    assert sum(line.startswith(("| none ", "| gaze ", "| exo ")) for line in table) == 3
+    assert (ablation / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ids = {record["id"] for record in json.loads(few_samples.read_text())}
+    for removed in ("none", "gaze", "exo"):
+        lines = (ablation / "predictions" / f"{removed}.jsonl").read_text().splitlines()
+        assert {json.loads(line)["id"] for line in lines} == ids
+
+
+def test_existing_output_is_refused_and_overwrite_replaces_it(ablation, checkpoint, merged_file, few_samples,  # noqa: F811
+                                                             capsys):  # fmt: skip
+    before = (ablation / "ablation.json").read_text()
+    assert ablate.main(ablate_args(checkpoint, merged_file, few_samples, ablation, "--modalities", "audio")) == 2
+    assert "already exists (pass --overwrite" in capsys.readouterr().err
+    assert (ablation / "ablation.json").read_text() == before
+    argv = ablate_args(checkpoint, merged_file, few_samples, ablation, "--modalities", "audio", "--groups", "none")
+    assert ablate.main([*argv, "--overwrite"]) == 0
+    result = json.loads((ablation / "ablation.json").read_text())
+    assert [row["removed"] for row in result["rows"]] == ["none", "audio"] and result["groups"] == {}
+    assert not (ablation / "predictions" / "gaze.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--modalities": "gaze,eye_gaze"}, "argument --modalities: unknown eye_gaze; choose from ego_frames"),
+        ({"--groups": "predicates"}, "argument --groups: invalid choice: 'predicates'"),
+        ({"--checkpoint": "{tmp}/nowhere"}, "--checkpoint {tmp}/nowhere: no such folder"),
+        ({"--samples": "{tmp}/nowhere.json"}, "--samples {tmp}/nowhere.json: no such file"),
+        ({"--out": "{checkpoint}"}, "--out {checkpoint}: is also an input"),
+        ({"--out": "{checkpoint}/.."}, "holds the input {checkpoint}"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(change, message, checkpoint, merged_file, few_samples,  # noqa: F811
+                                                         tmp_path, capsys):  # fmt: skip
+    values = {"--checkpoint": str(checkpoint), "--out": str(tmp_path / "out"), "--samples": str(few_samples)}
+    values.update({flag: value.format(tmp=tmp_path, checkpoint=checkpoint) for flag, value in change.items()})
+    argv = ablate_args(values["--checkpoint"], merged_file, values["--samples"], values["--out"])
+    argv += [token for flag in ("--modalities", "--groups") if flag in values for token in (flag, values[flag])]
+    before = sorted(path.name for path in checkpoint.iterdir())
+    assert ablate.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("egoexor.ablate: error: ")
+    assert message.format(tmp=tmp_path, checkpoint=checkpoint) in err[0]
+    assert not (tmp_path / "out").exists() and sorted(path.name for path in checkpoint.iterdir()) == before
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_no_output(checkpoint, merged_file, few_samples, tmp_path,  # noqa: F811
+                                                          monkeypatch, capsys):  # fmt: skip
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(infer, "generate_shard", interrupt)
+    assert ablate.main(ablate_args(checkpoint, merged_file, few_samples, tmp_path / "out")) == 130
+    assert capsys.readouterr().err.strip() == "egoexor.ablate: interrupted"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_infer_drop_modalities_is_checked_and_recorded_as_another_run(checkpoint, merged_file, few_samples,  # noqa: F811
+                                                                       tmp_path, capsys):  # fmt: skip
+    argv = infer_args(checkpoint, merged_file, few_samples, tmp_path / "out", "--num_workers", "0")
+    assert infer.main([*argv, "--drop_modalities", "gaze,smell"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"egoexor.infer: error: argument --drop_modalities: unknown smell; choose from "
+                   f"{', '.join(DROPPABLE_MODALITIES)} (see --help)")  # fmt: skip
+    assert infer.main([*argv, "--drop_modalities", "gaze,audio"]) == 0
+    assert json.loads((tmp_path / "out" / infer.RUN_FILE).read_text())["drop_modalities"] == ["gaze", "audio"]
+    assert infer.main([*argv, "--drop_modalities", "gaze,audio"]) == 0  # the same run: resumed, not refused
+    capsys.readouterr()
+    assert infer.main([*argv, "--drop_modalities", "hands"]) == 2  # another run
+    assert "holds predictions of another run" in capsys.readouterr().err
