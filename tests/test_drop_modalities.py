@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from egoexor.config import DROPPABLE_MODALITIES, ConfigError, DataConfig
-from egoexor.data.dataset import Collator, EgoExorDataset
+from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.layout import TakeKey
+from egoexor.data.processor import Collator
 from egoexor.data.samples import load_samples
 
 MISS_FULL, ULTRASOUND = TakeKey("MISS", 1, 1), TakeKey("Ultrasound", 1, 1)
