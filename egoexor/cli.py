@@ -86,9 +86,10 @@ class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
 def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
     """The ``--overwrite`` flag of every command that writes a file or folder."""
     parser.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="replace existing outputs (an output that is also an input is refused even so)",
-    )  # fmt: skip
+    )
 
 
 def _range_problem(value: float, low: float | None, high: float | None, exclusive_low: bool) -> str | None:

@@ -127,8 +127,14 @@ class ModelConfig(_ChoiceFields):
             raise ConfigError("give exactly one of model_name_or_path and llm_config")
         if (self.vision_tower is None) == (self.vision_config is None):
             raise ConfigError("give exactly one of vision_tower and vision_config")
-        for name in ("tokens_per_branch", "fusion_heads", "fusion_max_positions", "encoder_hidden", "audio_dim",
-                     "lora_r"):  # fmt: skip
+        for name in (
+            "tokens_per_branch",
+            "fusion_heads",
+            "fusion_max_positions",
+            "encoder_hidden",
+            "audio_dim",
+            "lora_r",
+        ):
             cli.check_range(name, getattr(self, name), 1)
         cli.check_range("unfreeze_n_vision_tower_layers", self.unfreeze_n_vision_tower_layers, 0)
         if self.fusion_layers is not None:
@@ -365,9 +371,19 @@ def _flag_dataclass(cls: type, skip: tuple[str, ...] = ()) -> type:
         kind, annotation = _base_type(hints[field.name]), hints[field.name]
         if kind in (dict, tuple):
             annotation = str | None
-        specs.append((field.name, annotation, dataclasses.field(default=field.default, metadata={
-            "help": docs.get(field.name, "") + (" (JSON)" if kind is dict else " (comma-separated)" if kind is tuple
-                                                 else "")})))  # fmt: skip
+        specs.append(
+            (
+                field.name,
+                annotation,
+                dataclasses.field(
+                    default=field.default,
+                    metadata={
+                        "help": docs.get(field.name, "")
+                        + (" (JSON)" if kind is dict else " (comma-separated)" if kind is tuple else "")
+                    },
+                ),
+            )
+        )
     return dataclasses.make_dataclass(f"{cls.__name__}Flags", specs)
 
 
@@ -401,16 +417,23 @@ def train_parser():
         pass
 
     flag_classes = [_flag_dataclass(cls, DERIVED_DATA_FIELDS if cls is DataConfig else ()) for cls in SECTIONS.values()]
-    epilog = "\n".join([
-        "A YAML config (--config; sections model, data, train, trainer) sets the defaults; flags override it.",
-        "Reference flags with another name here: " + ", ".join(
-            f"--{flag} -> --{name}" for flag, (_, name) in REFERENCE_ALIASES.items()),
-        "Reference flags accepted without effect (a warning says why): " + ", ".join(f"--{f}" for f in NO_EFFECT),
-    ])  # fmt: skip
+    epilog = "\n".join(
+        [
+            "A YAML config (--config; sections model, data, train, trainer) sets the defaults; flags override it.",
+            "Reference flags with another name here: "
+            + ", ".join(f"--{flag} -> --{name}" for flag, (_, name) in REFERENCE_ALIASES.items()),
+            "Reference flags accepted without effect (a warning says why): " + ", ".join(f"--{f}" for f in NO_EFFECT),
+        ]
+    )
     import argparse
 
-    parser = Parser([*flag_classes, TrainingArguments], prog="python -m egoexor.train", allow_abbrev=False,
-                    epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = Parser(
+        [*flag_classes, TrainingArguments],
+        prog="python -m egoexor.train",
+        allow_abbrev=False,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", default=None, help="YAML file of model/data/train/trainer defaults")
     report_to = next(action for action in parser._actions if action.dest == "report_to")
     report_to.nargs = "+"  # a list field that HfArgumentParser reads as one string: --report_to tensorboard wandb
@@ -464,8 +487,12 @@ def parse_train_args(argv: list[str]) -> TrainSetup:
 
     config_file, flags, warnings = _prepass(list(argv))
     content = _read_yaml(config_file) if config_file else {}
-    defaults = {"output_dir": "runs/egoexor", "remove_unused_columns": False, "ddp_find_unused_parameters": True,
-                "save_only_model": False}  # fmt: skip
+    defaults = {
+        "output_dir": "runs/egoexor",
+        "remove_unused_columns": False,
+        "ddp_find_unused_parameters": True,
+        "save_only_model": False,
+    }
     trainer_fields = {f.name for f in fields(TrainingArguments)}
     for section, cls in (*SECTIONS.items(), ("trainer", TrainingArguments)):
         values = dict(content.get(section) or {})
@@ -474,8 +501,10 @@ def parse_train_args(argv: list[str]) -> TrainSetup:
         if unknown:
             raise ConfigError(f"section {section}: unknown key(s) {', '.join(sorted(unknown))}")
         if section == "data" and set(values) & set(DERIVED_DATA_FIELDS):
-            raise ConfigError(f"section data: {', '.join(sorted(set(values) & set(DERIVED_DATA_FIELDS)))} "
-                              "follow from the model (set model.tokens_per_branch or the vision tower)")  # fmt: skip
+            raise ConfigError(
+                f"section data: {', '.join(sorted(set(values) & set(DERIVED_DATA_FIELDS)))} "
+                "follow from the model (set model.tokens_per_branch or the vision tower)"
+            )
         if section != "trainer":
             hints = typing.get_type_hints(cls)
             values = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}

@@ -56,8 +56,10 @@ def _pipeline(work: Path, seed: int, epochs: int | None, config: Path, frames: i
     from egoexor.infer import infer
     from egoexor.train import train
 
-    dataset = _stage(f"synthetic data (tiny profile, {frames} frames per take)",
-                     lambda: generate(work / "data", "tiny", seed=seed, n_frames=frames))  # fmt: skip
+    dataset = _stage(
+        f"synthetic data (tiny profile, {frames} frames per take)",
+        lambda: generate(work / "data", "tiny", seed=seed, n_frames=frames),
+    )
     merged = work / "egoexor.h5"
     _stage("merge", lambda: merge_files(dataset.files, dataset.splits_file, merged))
     files = _stage("samples", lambda: _write_samples(merged, work / "samples"))
@@ -73,8 +75,14 @@ def _pipeline(work: Path, seed: int, epochs: int | None, config: Path, frames: i
     )
 
 
-def run(out: Path, seed: int = 0, epochs: int | None = None, config: Path = CONFIG, frames: int = 120,
-        overwrite: bool = False) -> dict:  # fmt: skip
+def run(
+    out: Path,
+    seed: int = 0,
+    epochs: int | None = None,
+    config: Path = CONFIG,
+    frames: int = 120,
+    overwrite: bool = False,
+) -> dict:
     """Run every stage into ``out``; returns the paths it wrote and the metrics.
 
     ``out`` must be absent or empty, or an earlier demo with ``overwrite``; it is replaced only when every
@@ -90,21 +98,25 @@ def run(out: Path, seed: int = 0, epochs: int | None = None, config: Path = CONF
         _pipeline(work, seed, epochs, config, frames)
     evaluation = out / "evaluation"
     return {
-        "checkpoint": out / "run", "hdf5": out / "egoexor.h5", "evaluation": evaluation,
+        "checkpoint": out / "run",
+        "hdf5": out / "egoexor.h5",
+        "evaluation": evaluation,
         "samples": {split: out / "samples" / f"{split}.json" for split in ("train", "validation", "test")},
         "metrics": cli.read_json(evaluation / "metrics.json"),
-    }  # fmt: skip
+    }
 
 
 def _parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(prog=f"python -m {COMMAND}", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("outputs/demo"),
-                        help="folder for everything it writes (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("outputs/demo"), help="folder for everything it writes (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=cli.int_flag(0), default=0, help="seed of the data and of training")
-    parser.add_argument("--epochs", type=cli.int_flag(1), default=None,
-                        help="training epochs (default: configs/tiny.yaml's)")
+    parser.add_argument(
+        "--epochs", type=cli.int_flag(1), default=None, help="training epochs (default: configs/tiny.yaml's)"
+    )
     cli.add_overwrite_flag(parser)
-    return parser  # fmt: skip
+    return parser
 
 
 def _run(args) -> int:
@@ -112,9 +124,11 @@ def _run(args) -> int:
     start = time.perf_counter()
     result = run(args.out, args.seed, args.epochs, overwrite=args.overwrite)
     overall = result["metrics"]["overall"]
-    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; held-out macro F1 (gt protocol) "
-          f"{overall['macro']['f1-score']:.3f}, triplet F1 {overall['triplet']['f1-score']:.3f}; "
-          f"report: {result['evaluation'] / 'report.md'}")  # fmt: skip
+    print(
+        f"\ndemo finished in {time.perf_counter() - start:.0f} s; held-out macro F1 (gt protocol) "
+        f"{overall['macro']['f1-score']:.3f}, triplet F1 {overall['triplet']['f1-score']:.3f}; "
+        f"report: {result['evaluation'] / 'report.md'}"
+    )
     return 0
 
 

@@ -200,10 +200,13 @@ def _score(
         if sample.id in predictions:
             dropped.add(sample.id, predictions[sample.id])
     frames = (
-        (sample.take.name, scene_graph.parse(sample.answer, mode),
-         prediction_triplets(predictions.get(sample.id, ""), mode))
+        (
+            sample.take.name,
+            scene_graph.parse(sample.answer, mode),
+            prediction_triplets(predictions.get(sample.id, ""), mode),
+        )
         for sample in tqdm(samples, desc="scoring", unit="frame", disable=not progress, file=sys.stderr)
-    )  # fmt: skip
+    )
     result = metrics.compute_metrics(frames, protocol)
     return {
         **result,

@@ -115,14 +115,26 @@ def _read_log(path: Path) -> dict[str, str]:
     return done
 
 
-def generate_shard(model, dataset: EgoExorDataset, log: Path, batch_size: int, max_new_tokens: int,
-                   device: torch.device, num_workers: int = 0, progress: bool = True) -> dict[str, str]:  # fmt: skip
+def generate_shard(
+    model,
+    dataset: EgoExorDataset,
+    log: Path,
+    batch_size: int,
+    max_new_tokens: int,
+    device: torch.device,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, str]:
     """Generate the dataset's samples not yet in ``log``, appending each batch to it; all texts."""
     tokenizer = dataset.tokenizer
     done = _read_log(log)
     todo = [i for i, sample in enumerate(dataset.samples) if sample.id not in done]
-    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=Collator(tokenizer.pad_token_id, padding_side="left"))  # fmt: skip
+    loader = DataLoader(
+        Subset(dataset, todo),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=Collator(tokenizer.pad_token_id, padding_side="left"),
+    )
     model.eval()
     with log.open("a") as handle, tqdm(total=len(todo), unit="sample", disable=not progress, desc="generating") as bar:
         for start, batch in zip(range(0, len(todo), batch_size), loader, strict=True):
@@ -299,30 +311,56 @@ def _parser() -> cli.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder (ours or the released one)")
     parser.add_argument("--hdf5", required=True, type=Path, help="merged EgoExOR file")
     parser.add_argument("--samples", required=True, type=Path, help="sample JSON of the split to evaluate (test)")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="output folder (predictions, metrics, plots); a rerun of the same run resumes it")
-    parser.add_argument("--protocol", choices=metrics.PROTOCOLS, default="paper",
-                        help="paper: the published evaluator; gt: ground-truth entity set (MM-OR/4D-OR)")
-    parser.add_argument("--batch_size", type=cli.int_flag(1), default=16,
-                        help="samples per generation batch (reference: 16)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output folder (predictions, metrics, plots); a rerun of the same run resumes it",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=metrics.PROTOCOLS,
+        default="paper",
+        help="paper: the published evaluator; gt: ground-truth entity set (MM-OR/4D-OR)",
+    )
+    parser.add_argument(
+        "--batch_size", type=cli.int_flag(1), default=16, help="samples per generation batch (reference: 16)"
+    )
     parser.add_argument("--max_new_tokens", type=cli.int_flag(1), default=300, help="longest answer (reference: 300)")
-    parser.add_argument("--bits", type=int, choices=ModelConfig.choices("bits"), default=16,
-                        help="LLM weights at inference (reference: 16, bf16, although trained on 4-bit)")
+    parser.add_argument(
+        "--bits",
+        type=int,
+        choices=ModelConfig.choices("bits"),
+        default=16,
+        help="LLM weights at inference (reference: 16, bf16, although trained on 4-bit)",
+    )
     for name, description in DATA_OVERRIDES.items():
         boolean = typing.get_type_hints(DataConfig)[name] is bool
         choices = tuple(_BOOLEANS) if boolean else DataConfig.choices(name)
         parser.add_argument(f"--{name}", choices=choices, default=None, help=description)
-    parser.add_argument("--drop_modalities", type=cli.names_flag(DROPPABLE_MODALITIES), default=None,
-                        help="comma-separated inputs to remove from every sample, as modality dropout does (e.g. "
-                        f"gaze,audio; '' removes none): {', '.join(DROPPABLE_MODALITIES)} (default: the checkpoint's)")
-    parser.add_argument("--num_workers", type=cli.int_flag(0), default=4,
-                        help="data loading processes (0: in the main one)")
-    parser.add_argument("--audio_cache", type=Path, default=None,
-                        help="audio embeddings written by python -m egoexor.data.precompute_audio")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an --out holding another run's predictions or other files (a rerun of the "
-                        "same run resumes without it; with it, that run starts afresh)")
-    return parser  # fmt: skip
+    parser.add_argument(
+        "--drop_modalities",
+        type=cli.names_flag(DROPPABLE_MODALITIES),
+        default=None,
+        help="comma-separated inputs to remove from every sample, as modality dropout does (e.g. "
+        f"gaze,audio; '' removes none): {', '.join(DROPPABLE_MODALITIES)} (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--num_workers", type=cli.int_flag(0), default=4, help="data loading processes (0: in the main one)"
+    )
+    parser.add_argument(
+        "--audio_cache",
+        type=Path,
+        default=None,
+        help="audio embeddings written by python -m egoexor.data.precompute_audio",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an --out holding another run's predictions or other files (a rerun of the "
+        "same run resumes without it; with it, that run starts afresh)",
+    )
+    return parser
 
 
 @dataclass

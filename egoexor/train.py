@@ -72,12 +72,20 @@ _CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 #: (a negative learning rate or batch size fails only after the model is built, or trains nonsense):
 #: (field, low, high, low excluded). num_train_epochs: any finite value (max_steps may override it).
 _TRAINER_RANGES = (
-    ("learning_rate", 0, None, True), ("per_device_train_batch_size", 1, None, False),
-    ("per_device_eval_batch_size", 1, None, False), ("gradient_accumulation_steps", 1, None, False),
-    ("num_train_epochs", None, None, False), ("warmup_steps", 0, None, False), ("weight_decay", 0, None, False),
-    ("max_grad_norm", 0, None, False), ("adam_beta1", 0, 1, False), ("adam_beta2", 0, 1, False),
-    ("adam_epsilon", 0, None, True), ("dataloader_num_workers", 0, None, False), ("seed", 0, 2**32 - 1, False),
-)  # fmt: skip
+    ("learning_rate", 0, None, True),
+    ("per_device_train_batch_size", 1, None, False),
+    ("per_device_eval_batch_size", 1, None, False),
+    ("gradient_accumulation_steps", 1, None, False),
+    ("num_train_epochs", None, None, False),
+    ("warmup_steps", 0, None, False),
+    ("weight_decay", 0, None, False),
+    ("max_grad_norm", 0, None, False),
+    ("adam_beta1", 0, 1, False),
+    ("adam_beta2", 0, 1, False),
+    ("adam_epsilon", 0, None, True),
+    ("dataloader_num_workers", 0, None, False),
+    ("seed", 0, 2**32 - 1, False),
+)
 
 
 def token_weights(path: str | os.PathLike, tokenizer, vocab_size: int) -> torch.Tensor:
@@ -182,10 +190,13 @@ class EgoExorTrainer(Trainer):
             if parameter.requires_grad:
                 groups.setdefault((name in decay, "mm_projector" in name), []).append(parameter)
         parameter_groups = [
-            {"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0,
-             **({"lr": projector_lr} if projector else {})}
+            {
+                "params": params,
+                "weight_decay": self.args.weight_decay if decayed else 0.0,
+                **({"lr": projector_lr} if projector else {}),
+            }
             for (decayed, projector), params in sorted(groups.items())
-        ]  # fmt: skip
+        ]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls(parameter_groups, **optimizer_kwargs)
         return self.optimizer
@@ -339,26 +350,40 @@ def resume_checkpoint(args) -> str | None:
     complete = [folder for folder in folders if not incomplete(folder)]
     if not complete:
         found = f" (incomplete: {', '.join(f.name for f in folders)})" if folders else ""
-        raise cli.CommandError(f"--resume_from_checkpoint True: no complete checkpoint-N folder in {args.output_dir}"
-                               f"{found}")  # fmt: skip
+        raise cli.CommandError(
+            f"--resume_from_checkpoint True: no complete checkpoint-N folder in {args.output_dir}{found}"
+        )
     skipped = folders[folders.index(complete[-1]) + 1 :]
     if skipped:
-        cli.warn(COMMAND, f"resuming from {complete[-1]}, skipping incomplete " + ", ".join(
-            f"{folder.name} ({incomplete(folder)})" for folder in skipped))  # fmt: skip
+        cli.warn(
+            COMMAND,
+            f"resuming from {complete[-1]}, skipping incomplete "
+            + ", ".join(f"{folder.name} ({incomplete(folder)})" for folder in skipped),
+        )
     return str(complete[-1])
 
 
 def _input_paths(setup: TrainSetup, resume: str | None) -> tuple[dict[str, str], dict[str, str]]:
     """The run's input files and local input folders, by flag (what ``--output_dir`` may not be or hold)."""
     train, model, data = setup.train, setup.model, setup.data
-    files = {"--data_path": train.data_path, "--hdf5_path": train.hdf5_path,
-             "--token_weight_path": train.token_weight_path, "--audio_cache": data.audio_cache,
-             "--config": setup.config_file}  # fmt: skip
-    folders = {"--tokenizer": train.tokenizer, "--model_name_or_path": model.model_name_or_path,
-               "--vision_tower": model.vision_tower, "--audio_encoder": data.audio_encoder,
-               "--resume_from_checkpoint": resume}  # fmt: skip
-    return ({flag: path for flag, path in files.items() if path is not None},
-            {flag: path for flag, path in folders.items() if path is not None and Path(path).is_dir()})  # fmt: skip
+    files = {
+        "--data_path": train.data_path,
+        "--hdf5_path": train.hdf5_path,
+        "--token_weight_path": train.token_weight_path,
+        "--audio_cache": data.audio_cache,
+        "--config": setup.config_file,
+    }
+    folders = {
+        "--tokenizer": train.tokenizer,
+        "--model_name_or_path": model.model_name_or_path,
+        "--vision_tower": model.vision_tower,
+        "--audio_encoder": data.audio_encoder,
+        "--resume_from_checkpoint": resume,
+    }
+    return (
+        {flag: path for flag, path in files.items() if path is not None},
+        {flag: path for flag, path in folders.items() if path is not None and Path(path).is_dir()},
+    )
 
 
 def check_output_dir(setup: TrainSetup, resume: str | None) -> None:
@@ -453,9 +478,14 @@ def build_training(setup: TrainSetup) -> EgoExorTrainer:
     )
     dataset = EgoExorDataset(samples, train.hdf5_path, tokenizer, data_config, "train", seed=setup.trainer.seed)
     return EgoExorTrainer(
-        model=model, args=setup.trainer, train_dataset=dataset, data_collator=Collator(tokenizer.pad_token_id),
-        processing_class=tokenizer, setup=replace(setup, data=data_config), token_weights=weights,
-    )  # fmt: skip
+        model=model,
+        args=setup.trainer,
+        train_dataset=dataset,
+        data_collator=Collator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        setup=replace(setup, data=data_config),
+        token_weights=weights,
+    )
 
 
 def check_inputs(setup: TrainSetup) -> list[Sample]:

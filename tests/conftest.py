@@ -61,8 +61,18 @@ def sample_files(merged_file: Path, tokenizer_dir: Path, tmp_path_factory: pytes
     out = tmp_path_factory.mktemp("samples")
     files = {}
     for split, n in (("train", 2), ("validation", 1), ("test", 1)):
-        argv = ["--hdf5", str(merged_file), "--split", split, "--n-permutations", str(n), "--out", str(out),
-                "--tokenizer", str(tokenizer_dir)]  # fmt: skip
+        argv = [
+            "--hdf5",
+            str(merged_file),
+            "--split",
+            split,
+            "--n-permutations",
+            str(n),
+            "--out",
+            str(out),
+            "--tokenizer",
+            str(tokenizer_dir),
+        ]
         assert main(argv) == 0
         files[split] = out / samples_file_name(split, n, 0.0)
     return files

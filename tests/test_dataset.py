@@ -22,8 +22,12 @@ from egoexor.data.samples import load_samples
 from egoexor.prompt import IGNORE_INDEX, IMAGE_TOKEN_ID, SYSTEM
 
 TOKENS = 4
-MISS_FULL, EXO_ONLY, MISS_2, ULTRASOUND = (TakeKey("MISS", 1, 1), TakeKey("MISS", 1, 2), TakeKey("MISS", 2, 1),
-                                           TakeKey("Ultrasound", 1, 1))  # fmt: skip
+MISS_FULL, EXO_ONLY, MISS_2, ULTRASOUND = (
+    TakeKey("MISS", 1, 1),
+    TakeKey("MISS", 1, 2),
+    TakeKey("MISS", 2, 1),
+    TakeKey("Ultrasound", 1, 1),
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +49,12 @@ def make(samples, merged_file, tokenizer, config, mode="eval", **overrides):
 
 
 def test_mixed_batch_shapes_and_masks(validation, merged_file, tokenizer, config):
-    chosen = [pick(validation, MISS_FULL), pick(validation, EXO_ONLY), pick(validation, MISS_2, 1),
-              pick(validation, ULTRASOUND)]  # fmt: skip
+    chosen = [
+        pick(validation, MISS_FULL),
+        pick(validation, EXO_ONLY),
+        pick(validation, MISS_2, 1),
+        pick(validation, ULTRASOUND),
+    ]
     dataset = make(chosen, merged_file, tokenizer, config)
     batch = Collator(tokenizer.pad_token_id)([dataset[i] for i in range(4)])
     assert batch["ego_images"].shape == (4, 4, 3, 32, 32)
@@ -178,7 +186,7 @@ def test_dark_frames_are_rescaled_only_with_the_switch(validation, merged_file, 
 
 def test_reference_camera_selection_keeps_a_blank_camera_inside_the_exo_range(
     validation, merged_file, tokenizer, config, tmp_path
-):  # fmt: skip
+):
     sample = pick(validation, EXO_ONLY)  # cameras or_light, external_1, blank
 
     def blank_in_the_middle(group, stack):  # -> or_light, blank (black), external_1
@@ -202,8 +210,9 @@ def test_text_only_sample_has_no_visual_tokens(validation, merged_file, tokenize
     assert (item["input_ids"] != IMAGE_TOKEN_ID).all()
     assert len(item["ego_images"]) == len(item["exo_images"]) == 0
     assert item["audio"] is None and item["point_cloud"] is None
-    batch = Collator(tokenizer.pad_token_id)([item, make([pick(validation, MISS_FULL)], merged_file, tokenizer,
-                                                         config)[0]])  # fmt: skip
+    batch = Collator(tokenizer.pad_token_id)(
+        [item, make([pick(validation, MISS_FULL)], merged_file, tokenizer, config)[0]]
+    )
     assert batch["ego_view_mask"][0].sum() == 0 and batch["ego_view_mask"][1].sum() == 4
 
 
@@ -282,8 +291,9 @@ def test_dataloader_workers_give_the_same_batches(validation, merged_file, token
     dataset = make(validation[:8], merged_file, tokenizer, config, mode="train", audio_encoder=None)
     collate = Collator(tokenizer.pad_token_id)
     serial = list(DataLoader(dataset, batch_size=4, collate_fn=collate))
-    parallel = list(DataLoader(dataset, batch_size=4, collate_fn=collate, num_workers=2,
-                               multiprocessing_context="fork"))  # fmt: skip
+    parallel = list(
+        DataLoader(dataset, batch_size=4, collate_fn=collate, num_workers=2, multiprocessing_context="fork")
+    )
     for a, b in zip(serial, parallel, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -37,8 +37,21 @@ def checkpoint(tiny_model_config, tiny_data_config, tokenizer, tmp_path_factory)
 
 
 def infer_args(checkpoint, merged_file, samples, out, *extra):
-    return ["--checkpoint", str(checkpoint), "--hdf5", str(merged_file), "--samples", str(samples), "--out", str(out),
-            "--max_new_tokens", "5", "--batch_size", "1", *extra]  # fmt: skip
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--hdf5",
+        str(merged_file),
+        "--samples",
+        str(samples),
+        "--out",
+        str(out),
+        "--max_new_tokens",
+        "5",
+        "--batch_size",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +82,24 @@ def test_outputs_and_reference_format(reference_run, few_samples):
 def test_two_sharded_processes_equal_one(checkpoint, merged_file, few_samples, reference_run, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29563",
-         "-m", "egoexor.infer", *infer_args(checkpoint, merged_file, few_samples, tmp_path)],
-        capture_output=True, text=True, timeout=600, env=env, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29563",
+            "-m",
+            "egoexor.infer",
+            *infer_args(checkpoint, merged_file, few_samples, tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "raw_predictions.rank1.jsonl").is_file()
     # each rank generated a share of its own (accelerate's split_between_processes), together every sample once
@@ -145,9 +172,16 @@ def released(tmp_path_factory, tokenizer, tiny_model_config):
     _save_tiny_llava_v15(base, tokenizer)
     tokenizer.save_pretrained(base)  # llava-v1.5-7b ships its tokenizer
     CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).save_pretrained(clip)
-    config = replace(tiny_model_config, preset="reference", mask_extras=False, model_name_or_path=str(base),
-                     llm_config=None, vision_tower=str(clip), vision_config=None,
-                     unfreeze_n_vision_tower_layers=2)  # fmt: skip
+    config = replace(
+        tiny_model_config,
+        preset="reference",
+        mask_extras=False,
+        model_name_or_path=str(base),
+        llm_config=None,
+        vision_tower=str(clip),
+        vision_config=None,
+        unfreeze_n_vision_tower_layers=2,
+    )
     native = build_model(config)
     state = reference_non_lora_trainables(native, {**TINY_LLM, "vocab_size": len(tokenizer)}, unfrozen=2)
     generator = torch.Generator().manual_seed(3)
@@ -157,13 +191,25 @@ def released(tmp_path_factory, tokenizer, tiny_model_config):
             tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.05)
     torch.save(state, folder / REFERENCE_NON_LORA)
     torch.save(get_peft_model_state_dict(native.language_model), folder / REFERENCE_ADAPTER)
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": config.lora_r,
-                                                            "lora_alpha": config.lora_alpha, "lora_dropout": 0.05}))
-    (folder / "config.json").write_text(json.dumps({"model_type": "llava", "mm_vision_tower": str(clip),
-                                                    "mm_vision_select_layer": -2}))  # fmt: skip
-    overrides = {k: getattr(config, k) for k in ("tokens_per_branch", "fusion_heads", "fusion_max_positions",
-                                                 "encoder_hidden", "point_transformer", "bits", "dtype",
-                                                 "unfreeze_n_vision_tower_layers")}  # fmt: skip
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": 0.05})
+    )
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "llava", "mm_vision_tower": str(clip), "mm_vision_select_layer": -2})
+    )
+    overrides = {
+        k: getattr(config, k)
+        for k in (
+            "tokens_per_branch",
+            "fusion_heads",
+            "fusion_max_positions",
+            "encoder_hidden",
+            "point_transformer",
+            "bits",
+            "dtype",
+            "unfreeze_n_vision_tower_layers",
+        )
+    }
     return folder, base, native, overrides
 
 
@@ -174,9 +220,10 @@ def test_released_checkpoint_imports_with_every_tensor_accounted_for(released, t
     rotary = {k for k in written if ".rotary_emb." in k}
     assert len(rotary) == 3 * native.language_model.config.num_hidden_layers
     assert set(report["recomputed_buffers"]) == rotary | {
-        PREFIX + "image_pooler.bert.embeddings.position_ids", PREFIX + "image_pooler.bert.embeddings.token_type_ids",
+        PREFIX + "image_pooler.bert.embeddings.position_ids",
+        PREFIX + "image_pooler.bert.embeddings.token_type_ids",
         PREFIX + "vision_tower.vision_tower.vision_model.embeddings.position_ids",
-    }  # fmt: skip
+    }
     assert len(report["mapped"]) + len(report["recomputed_buffers"]) == len(written)
     loaded, _ = load_trained(tmp_path)
     native_state, loaded_state = native.state_dict(), loaded.state_dict()
@@ -200,8 +247,10 @@ def test_converted_released_checkpoint_runs_inference(released, tmp_path, merged
     assert (saved["data"]["image_size"], saved["data"]["tokens_per_branch"]) == (32, 16)  # from the model
     saved["data"]["audio_encoder"] = str(clap_dir)  # the tiny CLAP stands in for laion/larger_clap_general
     config_file.write_text(json.dumps(saved))
-    assert infer.main(infer_args(tmp_path / "converted", merged_file, few_samples, tmp_path / "out",
-                                 "--num_workers", "0")) == 0  # fmt: skip
+    assert (
+        infer.main(infer_args(tmp_path / "converted", merged_file, few_samples, tmp_path / "out", "--num_workers", "0"))
+        == 0
+    )
     assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())) == 6
 
 

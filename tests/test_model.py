@@ -129,8 +129,9 @@ def test_gradients_reach_every_trainable_part_and_no_frozen_one(
     trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"language_model", "vision_tower", "image_pooler", "mm_projector"}
     names = [name for name, p in model.named_parameters() if p.requires_grad]
-    assert any("lora_B" in n for n in names) and not any(n.startswith("language_model") and "lora_" not in n
-                                                         for n in names)  # fmt: skip
+    assert any("lora_B" in n for n in names) and not any(
+        n.startswith("language_model") and "lora_" not in n for n in names
+    )
     assert any(".project_pc." in n for n in names)
     assert not any("point_transformer" in n and ".project_pc." not in n for n in names)  # PTv3 frozen
     if bits == 4:
@@ -149,15 +150,22 @@ def test_vision_tower_trains_the_last_layers_counted_from_the_last(unfreeze, exp
     assert not any(p.requires_grad for p in tower.vision_tower.post_layernorm.parameters())
 
 
-def test_reference_preset_names_match_the_released_checkpoint(tiny_model_config, validation, merged_file,
-                                                              tokenizer, tiny_data_config):  # fmt: skip
+def test_reference_preset_names_match_the_released_checkpoint(
+    tiny_model_config, validation, merged_file, tokenizer, tiny_data_config
+):
     model = build_model(replace(tiny_model_config, preset="reference", mask_extras=False))
     names = set(model.state_dict())
-    for key in ("image_pooler.bert.encoder.layer.2.attention.self.query.weight",
-                "image_pooler.bert.embeddings.position_embeddings.weight", "image_pooler.bert.pooler.dense.weight",
-                "image_pooler.gaze_encoder.mlp.0.weight", "image_pooler.hand_encoder.mlp.2.bias",
-                "image_pooler.audio_projector.weight", "image_pooler.point_transformer.project_pc.weight",
-                "mm_projector.0.weight", "mm_projector.2.bias"):  # fmt: skip
+    for key in (
+        "image_pooler.bert.encoder.layer.2.attention.self.query.weight",
+        "image_pooler.bert.embeddings.position_embeddings.weight",
+        "image_pooler.bert.pooler.dense.weight",
+        "image_pooler.gaze_encoder.mlp.0.weight",
+        "image_pooler.hand_encoder.mlp.2.bias",
+        "image_pooler.audio_projector.weight",
+        "image_pooler.point_transformer.project_pc.weight",
+        "mm_projector.0.weight",
+        "mm_projector.2.bias",
+    ):
         assert key in names, key
     assert not any("ego_bert" in n or "exo_bert" in n for n in names)
     assert model.image_pooler.bert.config.num_hidden_layers == 3
@@ -214,8 +222,10 @@ def _reference_visual_tokens(model, batch):
             attended = [torch.ones(n_views * patches), torch.zeros((slots - n_views) * patches)]
             extras = []
             if branch == "ego":
-                for encoder, rows, present in ((pooler.gaze_encoder, batch["gaze"], batch["gaze_mask"]),
-                                               (pooler.hand_encoder, batch["hands"], batch["hand_mask"])):  # fmt: skip
+                for encoder, rows, present in (
+                    (pooler.gaze_encoder, batch["gaze"], batch["gaze_mask"]),
+                    (pooler.hand_encoder, batch["hands"], batch["hand_mask"]),
+                ):
                     if present.any():
                         extras += [encoder(rows[b, :n_views]), torch.zeros(slots - n_views, width)]
             else:
@@ -235,8 +245,9 @@ def _reference_visual_tokens(model, batch):
     return model.mm_projector(torch.cat(fused))
 
 
-def test_unmasked_extras_follow_the_reference_sequence(tiny_model_config, validation, merged_file, tokenizer,
-                                                       tiny_data_config):  # fmt: skip
+def test_unmasked_extras_follow_the_reference_sequence(
+    tiny_model_config, validation, merged_file, tokenizer, tiny_data_config
+):
     model = build_model(replace(tiny_model_config, preset="reference", mask_extras=False)).eval()
     full, _, ultrasound, _, no_cloud, _ = mixed_samples(validation)
     no_gaze = replace(no_cloud, modalities=no_cloud.modalities - {"eye_gaze"})
@@ -256,8 +267,9 @@ def test_unmasked_extras_follow_the_reference_sequence(tiny_model_config, valida
 
 
 @pytest.mark.parametrize("bits", [16, 4])
-def test_trainable_dtype_bfloat16_includes_the_lora_adapters(bits, tiny_model_config, validation, merged_file,
-                                                             tokenizer, tiny_data_config):  # fmt: skip
+def test_trainable_dtype_bfloat16_includes_the_lora_adapters(
+    bits, tiny_model_config, validation, merged_file, tokenizer, tiny_data_config
+):
     model = build_model(replace(tiny_model_config, bits=bits, trainable_dtype="bfloat16"))
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     lora = [name for name in trainable if "lora_" in name]
@@ -294,8 +306,17 @@ def test_lora_targets_every_linear_layer_but_lm_head():
 
 def test_parameter_summary_lists_every_part(model):
     table = parameter_summary(model)
-    for part in ("LoRA", "language model", "vision tower", "fusion encoders", "gaze/hand/audio encoders",
-                 "point transformer", "point cloud projection", "mm projector", "total"):  # fmt: skip
+    for part in (
+        "LoRA",
+        "language model",
+        "vision tower",
+        "fusion encoders",
+        "gaze/hand/audio encoders",
+        "point transformer",
+        "point cloud projection",
+        "mm projector",
+        "total",
+    ):
         assert f"| {part} |" in table
 
 
@@ -307,13 +328,20 @@ def _save_tiny_llava_v15(folder, tokenizer):
     state = load_file(folder / "model.safetensors")
     hidden, width = TINY_VISION["hidden_size"], TINY_LLM["hidden_size"]
     projector = {
-        "model.mm_projector.0.weight": torch.randn(width, hidden), "model.mm_projector.0.bias": torch.randn(width),
-        "model.mm_projector.2.weight": torch.randn(width, width), "model.mm_projector.2.bias": torch.randn(width),
-    }  # fmt: skip
+        "model.mm_projector.0.weight": torch.randn(width, hidden),
+        "model.mm_projector.0.bias": torch.randn(width),
+        "model.mm_projector.2.weight": torch.randn(width, width),
+        "model.mm_projector.2.bias": torch.randn(width),
+    }
     save_file({**state, **projector}, folder / "model.safetensors", metadata={"format": "pt"})
     config = json.loads((folder / "config.json").read_text())
-    config.update(model_type="llava", architectures=["LlavaLlamaForCausalLM"], mm_projector_type="mlp2x_gelu",
-                  mm_hidden_size=hidden, mm_vision_select_layer=-2)  # fmt: skip
+    config.update(
+        model_type="llava",
+        architectures=["LlavaLlamaForCausalLM"],
+        mm_projector_type="mlp2x_gelu",
+        mm_hidden_size=hidden,
+        mm_vision_select_layer=-2,
+    )
     (folder / "config.json").write_text(json.dumps(config))
     return llm, projector
 
@@ -330,22 +358,24 @@ def test_llava_v15_checkpoint_loads_with_its_projector(tmp_path, tokenizer, tiny
 
 def test_llava_hf_checkpoint_loads_with_its_projector(tmp_path, tokenizer, tiny_model_config):
     torch.manual_seed(2)
-    llava = LlavaForConditionalGeneration(LlavaConfig(
-        text_config=LlamaConfig(**{**TINY_LLM, "vocab_size": len(tokenizer)}),
-        vision_config=CLIPVisionConfig(**TINY_VISION),
-    ))  # fmt: skip
+    llava = LlavaForConditionalGeneration(
+        LlavaConfig(
+            text_config=LlamaConfig(**{**TINY_LLM, "vocab_size": len(tokenizer)}),
+            vision_config=CLIPVisionConfig(**TINY_VISION),
+        )
+    )
     llava.save_pretrained(tmp_path)
     assert checkpoint_layout(json.loads((tmp_path / "config.json").read_text())) == "llava-hf"
     config = replace(tiny_model_config, model_name_or_path=str(tmp_path), llm_config=None, lora_enable=False)
     model = build_model(config)
     assert torch.equal(model.mm_projector[0].weight, llava.model.multi_modal_projector.linear_1.weight)
-    assert torch.equal(model.language_model.model.layers[1].mlp.up_proj.weight,
-                       llava.model.language_model.layers[1].mlp.up_proj.weight)  # fmt: skip
+    assert torch.equal(
+        model.language_model.model.layers[1].mlp.up_proj.weight, llava.model.language_model.layers[1].mlp.up_proj.weight
+    )
     assert torch.equal(model.language_model.lm_head.weight, llava.lm_head.weight)
 
 
-def test_greedy_generation_with_cache_equals_recomputation(model, validation, merged_file, tokenizer,
-                                                           tiny_data_config):  # fmt: skip
+def test_greedy_generation_with_cache_equals_recomputation(model, validation, merged_file, tokenizer, tiny_data_config):
     samples = mixed_samples(validation)[:3]
     batch = make_batch(samples, merged_file, tokenizer, tiny_data_config, "generate")
     model.eval()

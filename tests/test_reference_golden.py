@@ -47,8 +47,10 @@ def datasets(sample_files, merged_file, llama, tmp_path_factory):
     """The reference's data settings; audio embedded by the parity check's CLAP stand-in."""
     cache = egoexor_side.write_audio_cache(merged_file, tmp_path_factory.mktemp("audio") / "stand_in.h5")
     config = egoexor_side.data_config(cache)
-    return {mode: EgoExorDataset(sample_files["train"], merged_file, llama, config, mode=mode)
-            for mode in ("train", "generate")}  # fmt: skip
+    return {
+        mode: EgoExorDataset(sample_files["train"], merged_file, llama, config, mode=mode)
+        for mode in ("train", "generate")
+    }
 
 
 def test_training_ids_labels_and_inference_prompts_equal_the_references(datasets):
@@ -88,9 +90,11 @@ def test_every_sample_tensor_equals_the_references_after_bfloat16_rounding(datas
             ours["ego images"] = item["ego_images"]
         for name in record["exo"]:
             ours[f"exo image {name}"] = item["exo_images"][exo.index(name)]
-        for key, tensor, mask in (("eye_gaze", item["gaze"][:, :2], item["gaze_mask"]),
-                                  ("eye_gaze_depth", item["gaze"][:, 2], item["gaze_mask"]),
-                                  ("hand_tracking", item["hands"], item["hand_mask"])):  # fmt: skip
+        for key, tensor, mask in (
+            ("eye_gaze", item["gaze"][:, :2], item["gaze_mask"]),
+            ("eye_gaze_depth", item["gaze"][:, 2], item["gaze_mask"]),
+            ("hand_tracking", item["hands"], item["hand_mask"]),
+        ):
             if key in record:
                 rows = record[key][2][0]  # the reference's rows: exactly our unmasked views, in order
                 assert mask.tolist() == [True] * rows + [False] * (len(mask) - rows), (sample.id, key)

@@ -76,12 +76,28 @@ class AudioCache:
 def save_tiny_clap(directory: str | os.PathLike, projection_dim: int = 512) -> Path:
     """A randomly initialised, small CLAP in the released format (for tests and the CPU demo)."""
     audio = ClapAudioConfig(
-        depths=[1, 1], num_attention_heads=[1, 1], hidden_size=32, patch_embeds_hidden_size=16, window_size=4,
-        spec_size=256, patch_size=16, patch_stride=(16, 16), num_mel_bins=64, enable_fusion=False,
-        projection_dim=32, projection_hidden_size=32,
-    )  # fmt: skip
-    text = {"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 1,
-            "intermediate_size": 32, "projection_dim": 32, "projection_hidden_size": 32}  # fmt: skip
+        depths=[1, 1],
+        num_attention_heads=[1, 1],
+        hidden_size=32,
+        patch_embeds_hidden_size=16,
+        window_size=4,
+        spec_size=256,
+        patch_size=16,
+        patch_stride=(16, 16),
+        num_mel_bins=64,
+        enable_fusion=False,
+        projection_dim=32,
+        projection_hidden_size=32,
+    )
+    text = {
+        "vocab_size": 64,
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 1,
+        "intermediate_size": 32,
+        "projection_dim": 32,
+        "projection_hidden_size": 32,
+    }
     torch.manual_seed(0)
     model = ClapModel(ClapConfig(text_config=text, audio_config=audio.to_dict(), projection_dim=projection_dim))
     model.save_pretrained(directory)

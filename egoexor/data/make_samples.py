@@ -141,20 +141,32 @@ def _parser() -> cli.ArgumentParser:
     )
     parser.add_argument("--hdf5", required=True, help="merged EgoExOR file (egoexor-merge-h5 output)")
     parser.add_argument("--split", default="train", choices=layout.SPLIT_NAMES, help="split (default: train)")
-    parser.add_argument("--n-permutations", type=cli.int_flag(1), default=1,
-                        help="samples per frame, each with the triplets in another random order (paper: 4)")
-    parser.add_argument("--modality-dropout-prob", type=cli.float_flag(0.0, 1.0), default=0.0,
-                        help="probability of dropping each optional modality from a frame's available list")
+    parser.add_argument(
+        "--n-permutations",
+        type=cli.int_flag(1),
+        default=1,
+        help="samples per frame, each with the triplets in another random order (paper: 4)",
+    )
+    parser.add_argument(
+        "--modality-dropout-prob",
+        type=cli.float_flag(0.0, 1.0),
+        default=0.0,
+        help="probability of dropping each optional modality from a frame's available list",
+    )
     parser.add_argument("--seed", type=cli.int_flag(), default=42, help="random seed (reference: 42)")
-    parser.add_argument("--reduce-ratio", type=cli.int_flag(1), default=1,
-                        help="keep 1/N of the validation/test frames (reference: 1)")
+    parser.add_argument(
+        "--reduce-ratio", type=cli.int_flag(1), default=1, help="keep 1/N of the validation/test frames (reference: 1)"
+    )
     parser.add_argument("--out", default="data/llava_samples", help="output folder")
     parser.add_argument("--name", default=None, help="sample file name (default: the reference's name)")
-    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
-                        help="tokenizer for the token-frequency file: hub name or local folder")
+    parser.add_argument(
+        "--tokenizer",
+        default=DEFAULT_TOKENIZER,
+        help="tokenizer for the token-frequency file: hub name or local folder",
+    )
     parser.add_argument("--no-token-freqs", action="store_true", help="do not write the token-frequency file")
     cli.add_overwrite_flag(parser)
-    return parser  # fmt: skip
+    return parser
 
 
 def _tokenizer(name: str):

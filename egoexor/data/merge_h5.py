@@ -188,9 +188,13 @@ def _plan(inputs: list[Path], splits_file: str | os.PathLike | None, output: Pat
 
 
 def _write(
-    inputs: list[Path], splits_file: str | os.PathLike | None, output: Path, summary: MergeSummary, n_copies: int,
+    inputs: list[Path],
+    splits_file: str | os.PathLike | None,
+    output: Path,
+    summary: MergeSummary,
+    n_copies: int,
     progress: bool,
-) -> None:  # fmt: skip
+) -> None:
     with atomic_output(output) as temporary, h5py.File(temporary, "w") as out:
         with tqdm(total=n_copies, desc="merging", unit="take", disable=not progress) as bar:
             for index, path in enumerate(inputs):
@@ -217,16 +221,26 @@ def _parser() -> cli.ArgumentParser:
         "Relative paths are taken inside --data_dir.",
     )
     parser.add_argument("--data_dir", required=True, help="folder holding the downloaded files")
-    parser.add_argument("--input_files", nargs="+", required=True,
-                        help="per-procedure files (miss_1.h5 ...), in order: on a duplicate take the first wins")
-    parser.add_argument("--splits_file", default=None,
-                        help="splits.h5 whose splits/ group is copied in (without it splits/ stays empty)")
+    parser.add_argument(
+        "--input_files",
+        nargs="+",
+        required=True,
+        help="per-procedure files (miss_1.h5 ...), in order: on a duplicate take the first wins",
+    )
+    parser.add_argument(
+        "--splits_file",
+        default=None,
+        help="splits.h5 whose splits/ group is copied in (without it splits/ stays empty)",
+    )
     parser.add_argument("--output_file", required=True, help="merged file to write")
     cli.add_overwrite_flag(parser)
-    parser.add_argument("--strict", action="store_true",
-                        help="fail if a split row points at a take or frame missing from the merged data, "
-                        "or if a take has no frames/rgb (otherwise both are warnings)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail if a split row points at a take or frame missing from the merged data, "
+        "or if a take has no frames/rgb (otherwise both are warnings)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 

@@ -67,10 +67,10 @@ class SampleInputError(ValueError):
     """A sample's data cannot become model input; the message names the sample and its frame."""
 
 
-
 def _view_modality(source: str, ego: bool) -> str:
     """The ``drop_modalities`` name that blanks a view of a branch (``ego``, else exo)."""
     return "ego_frames" if ego else "ultrasound" if source == vocab.ULTRASOUND_SOURCE else "exo_frames"
+
 
 class EgoExorProcessor:
     """One sample's read arrays and text -> the tensors of its item (numbers by ``egoexor.data.transforms``).

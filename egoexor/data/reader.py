@@ -26,9 +26,14 @@ from egoexor.scene_graph import Triplet, triplets_from_annotation
 #: What :meth:`EgoExorReader.read` can read, and the datasets behind each name.
 FIELDS: tuple[str, ...] = ("rgb", "gaze", "gaze_depth", "hands", "audio", "point_cloud", "annotations")
 _FIELD_OF_PATH = {
-    layout.RGB: "rgb", layout.GAZE: "gaze", layout.GAZE_DEPTH: "gaze_depth", layout.HANDS: "hands",
-    layout.AUDIO_SNIPPETS: "audio", layout.POINT_COORDINATES: "point_cloud", layout.POINT_COLORS: "point_cloud",
-}  # fmt: skip
+    layout.RGB: "rgb",
+    layout.GAZE: "gaze",
+    layout.GAZE_DEPTH: "gaze_depth",
+    layout.HANDS: "hands",
+    layout.AUDIO_SNIPPETS: "audio",
+    layout.POINT_COORDINATES: "point_cloud",
+    layout.POINT_COLORS: "point_cloud",
+}
 
 
 class ReadError(LookupError):

@@ -49,11 +49,19 @@ NON_LORA_FILE = "non_lora_trainables.safetensors"
 
 #: Projector keys in the two LLaVA layouts -> our ``mm_projector`` keys.
 _PROJECTOR_KEYS = {
-    "llava-v1.5": {"model.mm_projector.0.weight": "0.weight", "model.mm_projector.0.bias": "0.bias",
-                   "model.mm_projector.2.weight": "2.weight", "model.mm_projector.2.bias": "2.bias"},
-    "llava-hf": {"multi_modal_projector.linear_1.weight": "0.weight", "multi_modal_projector.linear_1.bias": "0.bias",
-                 "multi_modal_projector.linear_2.weight": "2.weight", "multi_modal_projector.linear_2.bias": "2.bias"},
-}  # fmt: skip
+    "llava-v1.5": {
+        "model.mm_projector.0.weight": "0.weight",
+        "model.mm_projector.0.bias": "0.bias",
+        "model.mm_projector.2.weight": "2.weight",
+        "model.mm_projector.2.bias": "2.bias",
+    },
+    "llava-hf": {
+        "multi_modal_projector.linear_1.weight": "0.weight",
+        "multi_modal_projector.linear_1.bias": "0.bias",
+        "multi_modal_projector.linear_2.weight": "2.weight",
+        "multi_modal_projector.linear_2.bias": "2.bias",
+    },
+}
 #: llava-hf language-model keys (older and newer transformers) -> LlamaForCausalLM keys.
 _LLAVA_HF_KEY_MAPPING = {
     r"^language_model\.model\.": "model.",
@@ -69,8 +77,9 @@ def _torch_dtype(name: str) -> torch.dtype:
 def checkpoint_layout(config_dict: dict) -> str:
     """``llava-v1.5``, ``llava-hf`` or ``causal-lm`` from a checkpoint's ``config.json``."""
     architectures = config_dict.get("architectures") or []
-    if "LlavaLlamaForCausalLM" in architectures or (config_dict.get("model_type") == "llava" and "mm_projector_type"
-                                                    in config_dict):  # fmt: skip
+    if "LlavaLlamaForCausalLM" in architectures or (
+        config_dict.get("model_type") == "llava" and "mm_projector_type" in config_dict
+    ):
         return "llava-v1.5"
     if "LlavaForConditionalGeneration" in architectures:
         return "llava-hf"
@@ -89,8 +98,10 @@ def _read_config(name_or_path: str) -> dict:
 
 def _checkpoint_tensors(name_or_path: str, keys: set[str]) -> dict[str, torch.Tensor]:
     """The named tensors of a (possibly sharded) safetensors or PyTorch checkpoint."""
-    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
-                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):  # fmt: skip
+    for index_name, single in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
         index = cached_file(name_or_path, index_name, _raise_exceptions_for_missing_entries=False)
         if index is not None:
             weight_map = json.loads(Path(index).read_text())["weight_map"]
@@ -119,9 +130,11 @@ def _quantization(config: ModelConfig) -> BitsAndBytesConfig | None:
     if config.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=_torch_dtype(config.dtype),
-    )  # fmt: skip
+    )
 
 
 def load_language_model(config: ModelConfig) -> tuple[PreTrainedModel, dict[str, torch.Tensor] | None]:
@@ -183,9 +196,13 @@ def _add_lora(model: PreTrainedModel, config: ModelConfig) -> nn.Module:
     if config.bits in (4, 8):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, bias="none",
-        target_modules=lora_target_modules(model), task_type="CAUSAL_LM",
-    )  # fmt: skip
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        bias="none",
+        target_modules=lora_target_modules(model),
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     # peft makes the adapters float32; with trainable_dtype bfloat16 they are bf16 like every other trainable
     # weight, as the reference's were (train.py casts the LLM to bf16 before adding LoRA in 16-bit mode and
@@ -216,8 +233,10 @@ def _build_model(config: ModelConfig) -> EgoExorLlava:
     trainable_dtype = _torch_dtype(config.trainable_dtype)
     vision = CLIPVisionTower.from_name_or_config(
         config.vision_config if config.vision_config is not None else config.vision_tower,
-        config.mm_vision_select_layer, config.unfreeze_n_vision_tower_layers, dtype=trainable_dtype,
-    )  # fmt: skip
+        config.mm_vision_select_layer,
+        config.unfreeze_n_vision_tower_layers,
+        dtype=trainable_dtype,
+    )
     fusion = BranchFusion(config, vision.hidden_size)
     projector = mlp2x_gelu(vision.hidden_size, language_model.config.hidden_size)
     if projector_state is not None:
