@@ -482,11 +482,26 @@ def parse_train_args(argv: list[str]) -> TrainSetup:
 
     Precedence: dataclass defaults, then the YAML (``--config``), then the flags.
     """
-    import torch
+    config_file, flags, warnings = _prepass(list(argv))
+    defaults = _yaml_defaults(_read_yaml(config_file) if config_file else {})
+    pairs = split_flags(flags)
+    flags = _without_cuda(defaults, flags, pairs, warnings)
+    deepspeed = next((values[0] for name, values in reversed(pairs) if name == "deepspeed"), defaults.get("deepspeed"))
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"--deepspeed {deepspeed} needs deepspeed (pip install 'egoexor[gpu]')")
+    parser = train_parser()
+    parser.set_defaults(**defaults)
+    model, data, train, trainer = _parse_flags(parser, flags, pairs)
+    _check_reporting(trainer.report_to)
+    configs = [_from_flags(cls, parsed) for cls, parsed in zip(SECTIONS.values(), (model, data, train), strict=True)]
+    return TrainSetup(*configs, trainer, warnings, config_file)
+
+
+def _yaml_defaults(content: dict) -> dict:
+    """The YAML's sections as parser defaults over egoexor's own Trainer defaults; unknown keys and derived
+    data fields are a :class:`ConfigError` naming the section."""
     from transformers import TrainingArguments
 
-    config_file, flags, warnings = _prepass(list(argv))
-    content = _read_yaml(config_file) if config_file else {}
     defaults = {
         "output_dir": "runs/egoexor",
         "remove_unused_columns": False,
@@ -510,20 +525,28 @@ def parse_train_args(argv: list[str]) -> TrainSetup:
             values = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
             values = {k: ",".join(v) if isinstance(v, tuple) else v for k, v in values.items()}
         defaults.update(values)
-    pairs = split_flags(flags)
-    if not torch.cuda.is_available():
-        if defaults.get("tf32") or any(name == "tf32" and values[0].lower() == "true" for name, values in pairs):
-            warnings.append("--tf32 has no effect here: no CUDA device")
-            defaults.pop("tf32", None)
-            flags = [token for name, values in pairs if name != "tf32" for token in (f"--{name}", *values)]
-        if not defaults.get("use_cpu") and not any(name == "use_cpu" for name, _ in pairs):
-            warnings.append("no CUDA device: training on the CPU")
-            defaults["use_cpu"] = True
-    deepspeed = next((values[0] for name, values in reversed(pairs) if name == "deepspeed"), defaults.get("deepspeed"))
-    if deepspeed and importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError(f"--deepspeed {deepspeed} needs deepspeed (pip install 'egoexor[gpu]')")
-    parser = train_parser()
-    parser.set_defaults(**defaults)
+    return defaults
+
+
+def _without_cuda(defaults: dict, flags: list[str], pairs, warnings: list[str]) -> list[str]:
+    """On a machine without CUDA: ``tf32`` dropped and CPU training made explicit, each with a warning."""
+    import torch
+
+    if torch.cuda.is_available():
+        return flags
+    if defaults.get("tf32") or any(name == "tf32" and values[0].lower() == "true" for name, values in pairs):
+        warnings.append("--tf32 has no effect here: no CUDA device")
+        defaults.pop("tf32", None)
+        flags = [token for name, values in pairs if name != "tf32" for token in (f"--{name}", *values)]
+    if not defaults.get("use_cpu") and not any(name == "use_cpu" for name, _ in pairs):
+        warnings.append("no CUDA device: training on the CPU")
+        defaults["use_cpu"] = True
+    return flags
+
+
+def _parse_flags(parser, flags: list[str], pairs) -> tuple:
+    """The model, data, train and Trainer sections from the flags; an unknown flag or a flag given too many
+    values is a :class:`ConfigError`."""
     try:
         model, data, train, trainer, *_, unknown = parser.parse_args_into_dataclasses(
             args=flags, return_remaining_strings=True
@@ -536,19 +559,22 @@ def parse_train_args(argv: list[str]) -> TrainSetup:
             raise ConfigError(f"unknown flag {flag} (see --help)")
         name, values = next((n, v) for n, v in pairs if unknown[0] in v[1:])
         raise ConfigError(f"--{name} takes one value, got {' '.join(values)}")
+    return model, data, train, trainer
+
+
+def _check_reporting(report_to: list[str]) -> None:
+    """Each ``--report_to`` integration is known and, for wandb, installed."""
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
-    unsupported = [name for name in trainer.report_to if name not in INTEGRATION_TO_CALLBACK]
+    unsupported = [name for name in report_to if name not in INTEGRATION_TO_CALLBACK]
     if unsupported:  # "none" and "all" became [] or the installed integrations unless given with others
         choices = ", ".join(INTEGRATION_TO_CALLBACK)
         raise ConfigError(f"--report_to {' '.join(unsupported)}: expected none, all, or some of {choices}")
-    if "wandb" in trainer.report_to:
+    if "wandb" in report_to:
         try:
             import wandb  # noqa: F401
         except ImportError:
             raise ConfigError("--report_to wandb needs wandb (pip install 'egoexor[gpu]'), or use none") from None
-    configs = [_from_flags(cls, parsed) for cls, parsed in zip(SECTIONS.values(), (model, data, train), strict=True)]
-    return TrainSetup(*configs, trainer, warnings, config_file)
 
 
 def _field_docs(cls: type) -> dict[str, str]:
