@@ -79,8 +79,9 @@ def ablate(model, tokenizer, data_config: DataConfig, samples: list[Sample], arg
         drop = data_config.drop_modalities + (() if removed == NOTHING_REMOVED else (removed,))
         dataset = EgoExorDataset(samples, args.hdf5, tokenizer, replace(data_config, drop_modalities=drop), "generate")
         print(f"== removed: {removed}", flush=True)
-        texts = infer.generate_shard(model, dataset, folder / f"{removed}.jsonl", args.batch_size,
-                                     args.max_new_tokens, device, args.num_workers)  # fmt: skip
+        texts = infer.generate_shard(
+            model, dataset, folder / f"{removed}.jsonl", args.batch_size, args.max_new_tokens, device, args.num_workers
+        )
         result = evaluate.evaluate(texts, records, args.protocol)
         rows.append({"removed": removed, **scores(result, GROUPS[args.groups])})
     return rows
@@ -144,23 +145,40 @@ def _parser() -> cli.ArgumentParser:
     parser.add_argument("--hdf5", required=True, type=Path, help="merged EgoExOR file")
     parser.add_argument("--samples", required=True, type=Path, help="sample JSON of the split to evaluate")
     parser.add_argument("--out", required=True, type=Path, help="output folder (ablation.json, .md, .png)")
-    parser.add_argument("--modalities", type=cli.names_flag(DROPPABLE_MODALITIES), default=DROPPABLE_MODALITIES,
-                        help="comma-separated inputs and branches to remove, each in turn (default: all of "
-                        f"{', '.join(DROPPABLE_MODALITIES)})")
-    parser.add_argument("--groups", choices=tuple(GROUPS), default="parts",
-                        help="parts: the predicate groups of the synthetic modality benchmark (--profile parts); "
-                        "none: overall scores only")
-    parser.add_argument("--protocol", choices=("paper", "gt"), default="gt",
-                        help="gt: ground-truth entity set (MM-OR/4D-OR); paper: the published evaluator")
+    parser.add_argument(
+        "--modalities",
+        type=cli.names_flag(DROPPABLE_MODALITIES),
+        default=DROPPABLE_MODALITIES,
+        help="comma-separated inputs and branches to remove, each in turn (default: all of "
+        f"{', '.join(DROPPABLE_MODALITIES)})",
+    )
+    parser.add_argument(
+        "--groups",
+        choices=tuple(GROUPS),
+        default="parts",
+        help="parts: the predicate groups of the synthetic modality benchmark (--profile parts); "
+        "none: overall scores only",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("paper", "gt"),
+        default="gt",
+        help="gt: ground-truth entity set (MM-OR/4D-OR); paper: the published evaluator",
+    )
     parser.add_argument("--batch_size", type=cli.int_flag(1), default=16, help="samples per generation batch")
     parser.add_argument("--max_new_tokens", type=cli.int_flag(1), default=300, help="longest answer")
     parser.add_argument("--bits", type=int, choices=(4, 8, 16), default=16, help="LLM weights at inference")
-    parser.add_argument("--num_workers", type=cli.int_flag(0), default=4,
-                        help="data loading processes (0: in the main one)")
-    parser.add_argument("--audio_cache", type=Path, default=None,
-                        help="audio embeddings written by python -m egoexor.data.precompute_audio")
+    parser.add_argument(
+        "--num_workers", type=cli.int_flag(0), default=4, help="data loading processes (0: in the main one)"
+    )
+    parser.add_argument(
+        "--audio_cache",
+        type=Path,
+        default=None,
+        help="audio embeddings written by python -m egoexor.data.precompute_audio",
+    )
     cli.add_overwrite_flag(parser)
-    return parser  # fmt: skip
+    return parser
 
 
 def _check_inputs(args) -> list[Sample]:

@@ -18,9 +18,9 @@ import errno
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +90,13 @@ def _prefix(target: Path) -> str:
     return f".{target.name}.{_HOST}.{os.getpid()}."
 
 
+def _temporary_name(target: Path) -> Path:
+    """A fresh temporary name beside ``target``. It is named before it is created, inside the ``try`` that
+    removes it: a Ctrl-C arriving just after the creation then still removes it (``mkstemp`` would return
+    the name only after creating the file)."""
+    return target.parent / f"{_prefix(target)}{secrets.token_hex(4)}.tmp"
+
+
 def _exchange(first: Path, second: Path) -> bool:
     """Swap two paths atomically; ``False`` where the kernel or the filesystem cannot."""
     renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
@@ -108,15 +115,14 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; it replaces ``path`` when the block succeeds.
 
     The parent folder is created; the file gets the usual permissions (0666 less the umask),
-    not ``mkstemp``'s 0600. On any exception the temporary file is removed.
+    not the 0600 it is created with. On any exception the temporary file is removed.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     _removed.extend(remove_stale_temporaries(target))
-    handle, name = tempfile.mkstemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    temporary = Path(name)
+    temporary = _temporary_name(target)
     try:
+        os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         yield temporary
         os.chmod(temporary, 0o666 & ~_umask())
         _fsync(temporary)
@@ -137,8 +143,9 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     _removed.extend(remove_stale_temporaries(target))
-    temporary = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
+    temporary = _temporary_name(target)
     try:
+        os.mkdir(temporary, 0o700)
         yield temporary
         os.chmod(temporary, 0o777 & ~_umask())
         for folder, _, files in os.walk(temporary):
@@ -147,7 +154,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
             _fsync(Path(folder))
         if target.is_dir() and any(target.iterdir()):
             if not _exchange(temporary, target):
-                aside = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
+                aside = _temporary_name(target)
                 os.replace(target, aside)
                 os.replace(temporary, target)
                 temporary = aside

@@ -86,9 +86,10 @@ class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
 def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
     """The ``--overwrite`` flag of every command that writes a file or folder."""
     parser.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="replace existing outputs (an output that is also an input is refused even so)",
-    )  # fmt: skip
+    )
 
 
 def _range_problem(value: float, low: float | None, high: float | None, exclusive_low: bool) -> str | None:
@@ -153,21 +154,28 @@ def names_flag(choices: Iterable[str]) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
-def _where(path: Path, flag: str | None) -> str:
+def flagged(path: Path, flag: str | None) -> str:
     """How a message names a path: with the flag that gave it, when there is one."""
     return f"{flag} {path}" if flag else str(path)
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file (``"no such file"``), or ``None``."""
+    if path.is_dir():
+        return "is a folder, expected a file"
+    if not path.is_file():
+        return "no such file"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied)"
+    return None
 
 
 def input_file(path: str | os.PathLike, flag: str | None = None) -> Path:
     """``path`` as an existing regular file, else :class:`CommandError` naming it."""
     path = Path(path)
-    where = _where(path, flag)
-    if path.is_dir():
-        raise CommandError(f"{where}: is a folder, expected a file")
-    if not path.is_file():
-        raise CommandError(f"{where}: no such file")
-    if not os.access(path, os.R_OK):
-        raise CommandError(f"{where}: not readable (permission denied)")
+    problem = _file_problem(path)
+    if problem:
+        raise CommandError(f"{flagged(path, flag)}: {problem}")
     return path
 
 
@@ -176,7 +184,7 @@ def input_folder(path: str | os.PathLike, flag: str | None = None) -> Path:
     path = Path(path)
     if not path.is_dir():
         problem = "is a file, expected a folder" if path.exists() else "no such folder"
-        raise CommandError(f"{_where(path, flag)}: {problem}")
+        raise CommandError(f"{flagged(path, flag)}: {problem}")
     return path
 
 
@@ -209,22 +217,31 @@ def check_pretrained(name: str | None, what: str, hint: str = "", file: str = "c
         ) from None
 
 
+def input_hdf5(
+    path: str | os.PathLike, flag: str | None = None, error: Callable[[str], Exception] = CommandError
+) -> Path:
+    """``path`` as an existing file with the HDF5 signature, else ``error`` (a module's own error type, where
+    it has one) with a message naming it: the one "is this HDF5" check."""
+    path = Path(path)
+    problem = _file_problem(path) or (None if h5py.is_hdf5(path) else "not an HDF5 file")
+    if problem:
+        raise error(f"{flagged(path, flag)}: {problem}")
+    return path
+
+
 def open_hdf5(path: str | os.PathLike, flag: str | None = None) -> h5py.File:
     """Open an HDF5 file read-only; a missing, non-HDF5, truncated or unreadable one is a :class:`CommandError`."""
-    path = input_file(path, flag)
-    where = _where(path, flag)
-    if not h5py.is_hdf5(path):
-        raise CommandError(f"{where}: not an HDF5 file")
+    path = input_hdf5(path, flag)
     try:
         return h5py.File(path, "r")
     except OSError as error:  # h5py's message does not name the file (e.g. "truncated file: eof = ...")
-        raise CommandError(f"{where}: cannot read the HDF5 file ({error})") from None
+        raise CommandError(f"{flagged(path, flag)}: cannot read the HDF5 file ({error})") from None
 
 
 def read_json(path: str | os.PathLike, flag: str | None = None) -> Any:
     """Parse a JSON file; a missing, unreadable or malformed one is a :class:`CommandError` naming it."""
     path = input_file(path, flag)
-    where = _where(path, flag)
+    where = flagged(path, flag)
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
@@ -276,7 +293,7 @@ def check_output(
     command's :func:`marker`; a caller with its own rule for existing folders passes ``folder=True`` instead.
     """
     path = Path(path)
-    where = _where(path, flag)
+    where = flagged(path, flag)
     folder = folder or owner is not None
     for source in (Path(p) for p in inputs if p is not None):
         if same_file(source, path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -19,6 +20,7 @@ from typing import Literal
 import yaml
 
 from egoexor import cli
+from egoexor.prompt import PromptRoles
 
 
 class ConfigError(cli.CommandError):
@@ -38,6 +40,15 @@ def _choices(cls: type) -> dict[str, tuple]:
     return {f.name: typing.get_args(hints[f.name]) for f in fields(cls) if typing.get_origin(hints[f.name]) is Literal}
 
 
+class _ChoiceFields:
+    """Base of the config dataclasses: a ``Literal`` field's annotation is the one place its values are spelled."""
+
+    @classmethod
+    def choices(cls, name: str) -> tuple:
+        """The allowed values of a choice field, for command-line ``choices`` and messages."""
+        return _choices(cls)[name]
+
+
 EXTRA_FEATURES = ("gaze", "hand", "audio", "point_cloud")
 #: What ``drop_modalities`` can remove: the inputs (view modalities are blanked, token modalities left out, as
 #: modality dropout does) and the two branches, each with its views and extra tokens (``egoexor.data.dataset``).
@@ -45,7 +56,7 @@ DROPPABLE_MODALITIES = ("ego_frames", "gaze", "hands", "exo_frames", "ultrasound
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_ChoiceFields):
     """The model (``egoexor.model.build``). Defaults: the paper's architecture on LLaVA-1.5-7B."""
 
     #: ``paper``: separate 2-layer ego and exo fusion encoders; ``reference``: the released checkpoint's
@@ -116,8 +127,14 @@ class ModelConfig:
             raise ConfigError("give exactly one of model_name_or_path and llm_config")
         if (self.vision_tower is None) == (self.vision_config is None):
             raise ConfigError("give exactly one of vision_tower and vision_config")
-        for name in ("tokens_per_branch", "fusion_heads", "fusion_max_positions", "encoder_hidden", "audio_dim",
-                     "lora_r"):  # fmt: skip
+        for name in (
+            "tokens_per_branch",
+            "fusion_heads",
+            "fusion_max_positions",
+            "encoder_hidden",
+            "audio_dim",
+            "lora_r",
+        ):
             cli.check_range(name, getattr(self, name), 1)
         cli.check_range("unfreeze_n_vision_tower_layers", self.unfreeze_n_vision_tower_layers, 0)
         if self.fusion_layers is not None:
@@ -133,8 +150,8 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
-    """How samples become model inputs (``egoexor.data.dataset``)."""
+class DataConfig(_ChoiceFields):
+    """How samples become model inputs (``egoexor.data.dataset`` and ``egoexor.data.processor``)."""
 
     #: Side of the square CLIP input (336 for CLIP ViT-L/14-336). Training sets it from the vision tower.
     image_size: int = 336
@@ -180,7 +197,7 @@ class DataConfig:
     #: Inputs removed from every sample, in training and at inference (ablations; see DROPPABLE_MODALITIES).
     drop_modalities: tuple[str, ...] = ()
     #: Role names of the prompt at inference (``reference_inference``: the reference's human/gpt).
-    prompt_roles: Literal["train", "reference_inference"] = "train"
+    prompt_roles: PromptRoles = "train"
     #: Longest token sequence after the visual tokens are inserted.
     model_max_length: int = 2048
 
@@ -196,11 +213,6 @@ class DataConfig:
         if unknown:
             choices = ", ".join(DROPPABLE_MODALITIES)
             raise ConfigError(f"drop_modalities: unknown {', '.join(unknown)}; choose from {choices}")
-
-    @staticmethod
-    def choices(name: str) -> tuple[str, ...]:
-        """The allowed values of a choice field, for command-line ``choices`` and messages."""
-        return _choices(DataConfig)[name]
 
 
 @dataclass
@@ -286,9 +298,22 @@ class TrainSetup:
     config_file: str | None = None
 
 
-#: DataConfig fields that training derives from the model (the vision tower's input size, the
-#: model's tokens per branch): neither a flag nor a YAML key.
+#: DataConfig fields that follow from the model (the vision tower's input size, the model's tokens per
+#: branch): neither a flag nor a YAML key; :func:`data_for_model` sets them.
 DERIVED_DATA_FIELDS = ("image_size", "tokens_per_branch")
+
+
+def data_for_model(data: DataConfig, model: ModelConfig, image_size: int) -> DataConfig:
+    """``data`` with its :data:`DERIVED_DATA_FIELDS` taken from the model (``image_size``: its vision tower's
+    input side), as training reads samples and checkpoints save them. Such a field set to another value
+    than its default and the model's is a mistake, not something to replace silently."""
+    derived = dict(zip(DERIVED_DATA_FIELDS, (image_size, model.tokens_per_branch), strict=True))
+    defaults = {field.name: field.default for field in fields(DataConfig)}
+    for name, value in derived.items():
+        given = getattr(data, name)
+        if given not in (defaults[name], value):
+            raise ConfigError(f"data.{name} {given} differs from the model's {value} (it follows from the model)")
+    return dataclasses.replace(data, **derived)
 
 
 def _base_type(annotation):
@@ -346,9 +371,19 @@ def _flag_dataclass(cls: type, skip: tuple[str, ...] = ()) -> type:
         kind, annotation = _base_type(hints[field.name]), hints[field.name]
         if kind in (dict, tuple):
             annotation = str | None
-        specs.append((field.name, annotation, dataclasses.field(default=field.default, metadata={
-            "help": docs.get(field.name, "") + (" (JSON)" if kind is dict else " (comma-separated)" if kind is tuple
-                                                 else "")})))  # fmt: skip
+        specs.append(
+            (
+                field.name,
+                annotation,
+                dataclasses.field(
+                    default=field.default,
+                    metadata={
+                        "help": docs.get(field.name, "")
+                        + (" (JSON)" if kind is dict else " (comma-separated)" if kind is tuple else "")
+                    },
+                ),
+            )
+        )
     return dataclasses.make_dataclass(f"{cls.__name__}Flags", specs)
 
 
@@ -382,16 +417,23 @@ def train_parser():
         pass
 
     flag_classes = [_flag_dataclass(cls, DERIVED_DATA_FIELDS if cls is DataConfig else ()) for cls in SECTIONS.values()]
-    epilog = "\n".join([
-        "A YAML config (--config; sections model, data, train, trainer) sets the defaults; flags override it.",
-        "Reference flags with another name here: " + ", ".join(
-            f"--{flag} -> --{name}" for flag, (_, name) in REFERENCE_ALIASES.items()),
-        "Reference flags accepted without effect (a warning says why): " + ", ".join(f"--{f}" for f in NO_EFFECT),
-    ])  # fmt: skip
+    epilog = "\n".join(
+        [
+            "A YAML config (--config; sections model, data, train, trainer) sets the defaults; flags override it.",
+            "Reference flags with another name here: "
+            + ", ".join(f"--{flag} -> --{name}" for flag, (_, name) in REFERENCE_ALIASES.items()),
+            "Reference flags accepted without effect (a warning says why): " + ", ".join(f"--{f}" for f in NO_EFFECT),
+        ]
+    )
     import argparse
 
-    parser = Parser([*flag_classes, TrainingArguments], prog="python -m egoexor.train", allow_abbrev=False,
-                    epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = Parser(
+        [*flag_classes, TrainingArguments],
+        prog="python -m egoexor.train",
+        allow_abbrev=False,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", default=None, help="YAML file of model/data/train/trainer defaults")
     report_to = next(action for action in parser._actions if action.dest == "report_to")
     report_to.nargs = "+"  # a list field that HfArgumentParser reads as one string: --report_to tensorboard wandb
@@ -440,13 +482,32 @@ def parse_train_args(argv: list[str]) -> TrainSetup:
 
     Precedence: dataclass defaults, then the YAML (``--config``), then the flags.
     """
-    import torch
+    config_file, flags, warnings = _prepass(list(argv))
+    defaults = _yaml_defaults(_read_yaml(config_file) if config_file else {})
+    pairs = split_flags(flags)
+    flags = _without_cuda(defaults, flags, pairs, warnings)
+    deepspeed = next((values[0] for name, values in reversed(pairs) if name == "deepspeed"), defaults.get("deepspeed"))
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"--deepspeed {deepspeed} needs deepspeed (pip install 'egoexor[gpu]')")
+    parser = train_parser()
+    parser.set_defaults(**defaults)
+    model, data, train, trainer = _parse_flags(parser, flags, pairs)
+    _check_reporting(trainer.report_to)
+    configs = [_from_flags(cls, parsed) for cls, parsed in zip(SECTIONS.values(), (model, data, train), strict=True)]
+    return TrainSetup(*configs, trainer, warnings, config_file)
+
+
+def _yaml_defaults(content: dict) -> dict:
+    """The YAML's sections as parser defaults over egoexor's own Trainer defaults; unknown keys and derived
+    data fields are a :class:`ConfigError` naming the section."""
     from transformers import TrainingArguments
 
-    config_file, flags, warnings = _prepass(list(argv))
-    content = _read_yaml(config_file) if config_file else {}
-    defaults = {"output_dir": "runs/egoexor", "remove_unused_columns": False, "ddp_find_unused_parameters": True,
-                "save_only_model": False}  # fmt: skip
+    defaults = {
+        "output_dir": "runs/egoexor",
+        "remove_unused_columns": False,
+        "ddp_find_unused_parameters": True,
+        "save_only_model": False,
+    }
     trainer_fields = {f.name for f in fields(TrainingArguments)}
     for section, cls in (*SECTIONS.items(), ("trainer", TrainingArguments)):
         values = dict(content.get(section) or {})
@@ -455,27 +516,37 @@ def parse_train_args(argv: list[str]) -> TrainSetup:
         if unknown:
             raise ConfigError(f"section {section}: unknown key(s) {', '.join(sorted(unknown))}")
         if section == "data" and set(values) & set(DERIVED_DATA_FIELDS):
-            raise ConfigError(f"section data: {', '.join(sorted(set(values) & set(DERIVED_DATA_FIELDS)))} "
-                              "follow from the model (set model.tokens_per_branch or the vision tower)")  # fmt: skip
+            raise ConfigError(
+                f"section data: {', '.join(sorted(set(values) & set(DERIVED_DATA_FIELDS)))} "
+                "follow from the model (set model.tokens_per_branch or the vision tower)"
+            )
         if section != "trainer":
             hints = typing.get_type_hints(cls)
             values = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
             values = {k: ",".join(v) if isinstance(v, tuple) else v for k, v in values.items()}
         defaults.update(values)
-    pairs = split_flags(flags)
-    if not torch.cuda.is_available():
-        if defaults.get("tf32") or any(name == "tf32" and values[0].lower() == "true" for name, values in pairs):
-            warnings.append("--tf32 has no effect here: no CUDA device")
-            defaults.pop("tf32", None)
-            flags = [token for name, values in pairs if name != "tf32" for token in (f"--{name}", *values)]
-        if not defaults.get("use_cpu") and not any(name == "use_cpu" for name, _ in pairs):
-            warnings.append("no CUDA device: training on the CPU")
-            defaults["use_cpu"] = True
-    deepspeed = next((values[0] for name, values in reversed(pairs) if name == "deepspeed"), defaults.get("deepspeed"))
-    if deepspeed and importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError(f"--deepspeed {deepspeed} needs deepspeed (pip install 'egoexor[gpu]')")
-    parser = train_parser()
-    parser.set_defaults(**defaults)
+    return defaults
+
+
+def _without_cuda(defaults: dict, flags: list[str], pairs, warnings: list[str]) -> list[str]:
+    """On a machine without CUDA: ``tf32`` dropped and CPU training made explicit, each with a warning."""
+    import torch
+
+    if torch.cuda.is_available():
+        return flags
+    if defaults.get("tf32") or any(name == "tf32" and values[0].lower() == "true" for name, values in pairs):
+        warnings.append("--tf32 has no effect here: no CUDA device")
+        defaults.pop("tf32", None)
+        flags = [token for name, values in pairs if name != "tf32" for token in (f"--{name}", *values)]
+    if not defaults.get("use_cpu") and not any(name == "use_cpu" for name, _ in pairs):
+        warnings.append("no CUDA device: training on the CPU")
+        defaults["use_cpu"] = True
+    return flags
+
+
+def _parse_flags(parser, flags: list[str], pairs) -> tuple:
+    """The model, data, train and Trainer sections from the flags; an unknown flag or a flag given too many
+    values is a :class:`ConfigError`."""
     try:
         model, data, train, trainer, *_, unknown = parser.parse_args_into_dataclasses(
             args=flags, return_remaining_strings=True
@@ -488,24 +559,22 @@ def parse_train_args(argv: list[str]) -> TrainSetup:
             raise ConfigError(f"unknown flag {flag} (see --help)")
         name, values = next((n, v) for n, v in pairs if unknown[0] in v[1:])
         raise ConfigError(f"--{name} takes one value, got {' '.join(values)}")
+    return model, data, train, trainer
+
+
+def _check_reporting(report_to: list[str]) -> None:
+    """Each ``--report_to`` integration is known and, for wandb, installed."""
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
-    unsupported = [name for name in trainer.report_to if name not in INTEGRATION_TO_CALLBACK]
+    unsupported = [name for name in report_to if name not in INTEGRATION_TO_CALLBACK]
     if unsupported:  # "none" and "all" became [] or the installed integrations unless given with others
         choices = ", ".join(INTEGRATION_TO_CALLBACK)
         raise ConfigError(f"--report_to {' '.join(unsupported)}: expected none, all, or some of {choices}")
-    if "wandb" in trainer.report_to:
+    if "wandb" in report_to:
         try:
             import wandb  # noqa: F401
         except ImportError:
             raise ConfigError("--report_to wandb needs wandb (pip install 'egoexor[gpu]'), or use none") from None
-    configs = [_from_flags(cls, parsed) for cls, parsed in zip(SECTIONS.values(), (model, data, train), strict=True)]
-    return TrainSetup(*configs, trainer, warnings, config_file)
-
-
-def resolved_config(setup: TrainSetup) -> dict:
-    """The model and data configuration as saved with every checkpoint."""
-    return {"model": dataclasses.asdict(setup.model), "data": dataclasses.asdict(setup.data)}
 
 
 def _field_docs(cls: type) -> dict[str, str]:
@@ -528,3 +597,33 @@ def _field_docs(cls: type) -> dict[str, str]:
 def train_help() -> str:
     """``python -m egoexor.train --help``: every flag ``train`` accepts, with its default and meaning."""
     return train_parser().format_help()
+
+
+# --------------------------------------------------------------------------------------------------
+# The configuration every checkpoint folder holds (written by training and by the reference import)
+
+#: The file of a checkpoint folder that holds its model and data configuration.
+CONFIG_FILE = "egoexor_config.json"
+
+
+def checkpoint_config(model: ModelConfig, data: DataConfig) -> dict:
+    """The content of :data:`CONFIG_FILE`: what rebuilds the model and reads its inputs."""
+    return {"model": dataclasses.asdict(model), "data": dataclasses.asdict(data)}
+
+
+def read_checkpoint_config(
+    folder: str | os.PathLike, flag: str | None = None, **model_overrides
+) -> tuple[ModelConfig, DataConfig]:
+    """The configuration :func:`checkpoint_config` saved in ``folder``; ``model_overrides`` replace model
+    fields (``bits=16``: a 4-bit-trained model on bf16 weights). A malformed or invalid file is one line
+    naming it (and ``flag``, the command-line flag that gave the folder)."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{cli.flagged(Path(folder), flag)}: no {CONFIG_FILE} (not an egoexor checkpoint)")
+    saved = cli.read_json(path, flag)
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(part), dict) for part in ("model", "data")):
+        raise ConfigError(f"{cli.flagged(path, flag)}: expected a 'model' and a 'data' section")
+    try:
+        return ModelConfig(**{**saved["model"], **model_overrides}), DataConfig(**saved["data"])
+    except (TypeError, ConfigError) as error:
+        raise ConfigError(f"{cli.flagged(path, flag)}: {error}") from None

@@ -21,7 +21,6 @@ converts it on the fly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import sys
 from collections.abc import Sequence
@@ -30,9 +29,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from egoexor import cli
-from egoexor.config import DataConfig, ModelConfig
-from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE, build_model
+from egoexor import atomic, cli
+from egoexor.config import CONFIG_FILE, DataConfig, ModelConfig, checkpoint_config, data_for_model
+from egoexor.model.build import NON_LORA_FILE, build_model
 
 COMMAND = "egoexor.convert_reference"
 REFERENCE_NON_LORA = "non_lora_trainables.bin"
@@ -46,14 +45,20 @@ _KEY_RULES: tuple[tuple[re.Pattern, str | None], ...] = (
     (re.compile(r"^base_model\.model\.model\.mm_projector\.(.+)$"), r"mm_projector.\1"),
     (re.compile(r"^base_model\.model\.model\.image_pooler\.bert\.embeddings\.(position_ids|token_type_ids)$"), None),
     (re.compile(r"^base_model\.model\.model\.image_pooler\.(.+)$"), r"image_pooler.\1"),
-    (re.compile(r"^base_model\.model\.model\.vision_tower\.vision_tower\.vision_model\.embeddings\.position_ids$"),
-     None),
-    (re.compile(r"^base_model\.model\.model\.vision_tower\.vision_tower\.vision_model\.(.+)$"),
-     r"vision_tower.vision_tower.\1"),
+    (
+        re.compile(r"^base_model\.model\.model\.vision_tower\.vision_tower\.vision_model\.embeddings\.position_ids$"),
+        None,
+    ),
+    (
+        re.compile(r"^base_model\.model\.model\.vision_tower\.vision_tower\.vision_model\.(.+)$"),
+        r"vision_tower.vision_tower.\1",
+    ),
     # transformers 4.31 kept a rotary embedding with these buffers in every LLaMA attention layer
-    (re.compile(r"^base_model\.model\.model\.layers\.\d+\.self_attn\.rotary_emb\.(inv_freq|cos_cached|sin_cached)$"),
-     None),
-)  # fmt: skip
+    (
+        re.compile(r"^base_model\.model\.model\.layers\.\d+\.self_attn\.rotary_emb\.(inv_freq|cos_cached|sin_cached)$"),
+        None,
+    ),
+)
 
 
 class ConversionError(cli.CommandError):
@@ -68,11 +73,12 @@ def is_reference_checkpoint(folder: Path) -> bool:
 
 def check_reference_folder(folder: Path, flag: str | None = None) -> tuple[dict, dict]:
     """``config.json`` and ``adapter_config.json`` of a released folder that has all of :data:`REFERENCE_FILES`."""
-    where = f"{flag} {folder}" if flag else str(folder)
     cli.input_folder(folder, flag)
     missing = [name for name in REFERENCE_FILES if not (folder / name).is_file()]
     if missing:
-        raise ConversionError(f"{where}: not the released checkpoint folder: no {', '.join(missing)}")
+        raise ConversionError(
+            f"{cli.flagged(folder, flag)}: not the released checkpoint folder: no {', '.join(missing)}"
+        )
     configs = []
     for name in REFERENCE_FILES[:2]:
         config = cli.read_json(folder / name, flag)
@@ -110,12 +116,17 @@ def model_config_from(llava: dict, adapter: dict, base: str, vision_tower: str |
     """The reference preset with the released run's LoRA and vision settings (from its two JSON files)."""
     try:
         return ModelConfig(
-            preset="reference", mask_extras=False, model_name_or_path=base,
+            preset="reference",
+            mask_extras=False,
+            model_name_or_path=base,
             vision_tower=vision_tower or llava.get("mm_vision_tower", "openai/clip-vit-large-patch14-336"),
             mm_vision_select_layer=int(llava.get("mm_vision_select_layer", -2)),
-            lora_r=int(adapter.get("r", 128)), lora_alpha=int(adapter.get("lora_alpha", 256)),
-            lora_dropout=float(adapter.get("lora_dropout", 0.05)), bits=4, dtype="bfloat16",
-        )  # fmt: skip
+            lora_r=int(adapter.get("r", 128)),
+            lora_alpha=int(adapter.get("lora_alpha", 256)),
+            lora_dropout=float(adapter.get("lora_dropout", 0.05)),
+            bits=4,
+            dtype="bfloat16",
+        )
     except (TypeError, ValueError) as error:
         raise ConversionError(f"config.json / adapter_config.json: unusable value ({error})") from None
 
@@ -130,8 +141,14 @@ def _check_output(folder: Path, output: Path, config: ModelConfig, overwrite: bo
     return output
 
 
-def convert(folder: str | Path, output: str | Path, base: str = DEFAULT_BASE, vision_tower: str | None = None,
-            overwrite: bool = False, **model_overrides) -> dict[str, list[str]]:  # fmt: skip
+def convert(
+    folder: str | Path,
+    output: str | Path,
+    base: str = DEFAULT_BASE,
+    vision_tower: str | None = None,
+    overwrite: bool = False,
+    **model_overrides,
+) -> dict[str, list[str]]:
     """Write an egoexor checkpoint for a released reference folder; returns what was mapped and skipped.
 
     Everything is checked before the model is built: the four files, the output rule (an existing
@@ -171,33 +188,33 @@ def convert(folder: str | Path, output: str | Path, base: str = DEFAULT_BASE, vi
     if missing:
         raise ConversionError(f"{REFERENCE_ADAPTER}: lacks {len(missing)} LoRA weight(s), e.g. {sorted(missing)[0]!r}")
     adapter_ours = {key: tensor.contiguous() for key, tensor in adapter.items()}
-    # the data must fit the model: CLIP's input size and the branch token count (as training sets them)
-    data = DataConfig(image_size=model.vision_tower.vision_tower.config.image_size,
-                      tokens_per_branch=config.tokens_per_branch)  # fmt: skip
-    saved_config = {"model": dataclasses.asdict(config), "data": dataclasses.asdict(data)}
+    data = data_for_model(DataConfig(), config, model.vision_tower.vision_tower.config.image_size)
     with cli.output_folder(output, COMMAND) as temporary:  # files are fsynced and the folder renamed into place
         save_file(mapped, temporary / NON_LORA_FILE)
         save_file(adapter_ours, temporary / "adapter_model.safetensors")
         model.language_model.peft_config["default"].save_pretrained(temporary)
-        (temporary / CONFIG_FILE).write_text(json.dumps(saved_config, indent=2))
+        atomic.write_json(temporary / CONFIG_FILE, checkpoint_config(config, data))
     return {"mapped": sorted(mapped), "adapter": sorted(adapter_ours), "recomputed_buffers": sorted(skipped)}
 
 
 def _parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(prog=f"python -m {COMMAND}", description=__doc__.splitlines()[0])
     parser.add_argument("input", type=Path, help="the released folder: " + ", ".join(REFERENCE_FILES))
-    parser.add_argument("output", type=Path,
-                        help="egoexor checkpoint folder to write (replaced as a whole when complete)")
+    parser.add_argument(
+        "output", type=Path, help="egoexor checkpoint folder to write (replaced as a whole when complete)"
+    )
     parser.add_argument("--base", default=DEFAULT_BASE, help="base LLM the adapter belongs to (hub name or folder)")
     parser.add_argument("--vision_tower", default=None, help="CLIP tower (default: the one config.json names)")
     cli.add_overwrite_flag(parser)
-    return parser  # fmt: skip
+    return parser
 
 
 def _run(args) -> int:
     report = convert(args.input, args.output, args.base, args.vision_tower, overwrite=args.overwrite)
-    print(f"wrote {args.output}: {len(report['mapped'])} tensors mapped, {len(report['adapter'])} LoRA tensors, "
-          f"{len(report['recomputed_buffers'])} recomputed buffers skipped")  # fmt: skip
+    print(
+        f"wrote {args.output}: {len(report['mapped'])} tensors mapped, {len(report['adapter'])} LoRA tensors, "
+        f"{len(report['recomputed_buffers'])} recomputed buffers skipped"
+    )
     return 0
 
 

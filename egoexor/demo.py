@@ -2,7 +2,8 @@
 
 Synthetic EgoExOR-format data (``tiny`` profile) -> ``egoexor-merge-h5`` -> training/test samples ->
 training of the tiny model on the CPU (``configs/tiny.yaml``) -> ``egoexor.infer`` on the held-out
-test split -> evaluation. Prints each stage with its time and the final metrics table; about five to
+test split -> evaluation, each stage through the Python API of its command (``merge_files``,
+``write_samples``, ``train``, ``infer``). Prints each stage with its time and the final metrics table; about five to
 ten minutes on 2 CPU cores, no GPU, no download.
 
 ``--out`` (default ``outputs/demo``) follows the overwrite rule of :mod:`egoexor.cli`: a folder holding
@@ -13,14 +14,12 @@ it that replaces ``--out`` only when the demo is complete, so an interrupted dem
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from egoexor import cli
-from egoexor.atomic import write_json
 
 COMMAND = "egoexor.demo"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -38,50 +37,52 @@ def _stage(name: str, run: Callable[[], object]) -> object:
 
 
 def _write_samples(merged: Path, folder: Path) -> dict[str, Path]:
-    """One sample file per split, as ``python -m egoexor.data.make_samples --n-permutations 1`` writes it."""
-    from egoexor.data.make_samples import make_samples
+    """One sample file per split, as ``python -m egoexor.data.make_samples --no-token-freqs`` writes it."""
+    from egoexor.data.make_samples import write_samples
 
-    files = {}
-    for split in ("train", "validation", "test"):
-        rng = random.Random(SAMPLES_SEED)
-        with cli.open_hdf5(merged, "merged file") as h5:
-            samples, _ = make_samples(h5, split, rng)
-        rng.shuffle(samples)  # the generation order, then shuffled with the same generator, as the command does
-        files[split] = folder / f"{split}.json"
-        write_json(files[split], [s.to_record() for s in samples], indent=4)
-    return files
+    return {
+        split: write_samples(
+            merged, split, folder, name=f"{split}.json", seed=SAMPLES_SEED, tokenizer=None
+        ).samples_file
+        for split in ("train", "validation", "test")
+    }
 
 
 def _pipeline(work: Path, seed: int, epochs: int | None, config: Path, frames: int) -> None:
     """Every stage, writing into ``work``; the paths are those :func:`run` returns, relative to it."""
-    from egoexor import infer, train
     from egoexor.config import parse_train_args
     from egoexor.data.merge_h5 import merge_files
     from egoexor.data.synthetic import generate
+    from egoexor.infer import infer
+    from egoexor.train import train
 
-    dataset = _stage(f"synthetic data (tiny profile, {frames} frames per take)",
-                     lambda: generate(work / "data", "tiny", seed=seed, n_frames=frames))  # fmt: skip
+    dataset = _stage(
+        f"synthetic data (tiny profile, {frames} frames per take)",
+        lambda: generate(work / "data", "tiny", seed=seed, n_frames=frames),
+    )
     merged = work / "egoexor.h5"
     _stage("merge", lambda: merge_files(dataset.files, dataset.splits_file, merged))
     files = _stage("samples", lambda: _write_samples(merged, work / "samples"))
-    flags = ["--config", str(config), "--data_path", str(files["train"]), "--hdf5_path", str(merged),
-             "--output_dir", str(work / "run"), "--seed", str(seed), "--disable_tqdm", "True", "--logging_steps", "50"]
+    options = {"--config": config, "--data_path": files["train"], "--hdf5_path": merged, "--output_dir": work / "run"}
+    options |= {"--seed": seed, "--disable_tqdm": True, "--logging_steps": 50}
     if epochs is not None:
-        flags += ["--num_train_epochs", str(epochs)]
-
-    def training() -> None:
-        trainer = train.build_training(parse_train_args(flags))
-        trainer.train()
-        trainer.save_final_model()
-
-    _stage("training (tiny model, CPU)", training)
-    argv = ["--checkpoint", str(work / "run"), "--hdf5", str(merged), "--samples", str(files["test"]),
-            "--out", str(work / "evaluation"), "--protocol", "gt", "--max_new_tokens", "64"]  # fmt: skip
-    _stage("inference + evaluation (held-out test split)", lambda: infer.run(argv))
+        options["--num_train_epochs"] = epochs
+    flags = [str(token) for option in options.items() for token in option]
+    _stage("training (tiny model, CPU)", lambda: train(parse_train_args(flags)))
+    _stage(
+        "inference + evaluation (held-out test split)",
+        lambda: infer(work / "run", merged, files["test"], work / "evaluation", protocol="gt", max_new_tokens=64),
+    )
 
 
-def run(out: Path, seed: int = 0, epochs: int | None = None, config: Path = CONFIG, frames: int = 120,
-        overwrite: bool = False) -> dict:  # fmt: skip
+def run(
+    out: Path,
+    seed: int = 0,
+    epochs: int | None = None,
+    config: Path = CONFIG,
+    frames: int = 120,
+    overwrite: bool = False,
+) -> dict:
     """Run every stage into ``out``; returns the paths it wrote and the metrics.
 
     ``out`` must be absent or empty, or an earlier demo with ``overwrite``; it is replaced only when every
@@ -97,21 +98,25 @@ def run(out: Path, seed: int = 0, epochs: int | None = None, config: Path = CONF
         _pipeline(work, seed, epochs, config, frames)
     evaluation = out / "evaluation"
     return {
-        "checkpoint": out / "run", "hdf5": out / "egoexor.h5", "evaluation": evaluation,
+        "checkpoint": out / "run",
+        "hdf5": out / "egoexor.h5",
+        "evaluation": evaluation,
         "samples": {split: out / "samples" / f"{split}.json" for split in ("train", "validation", "test")},
         "metrics": cli.read_json(evaluation / "metrics.json"),
-    }  # fmt: skip
+    }
 
 
 def _parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(prog=f"python -m {COMMAND}", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("outputs/demo"),
-                        help="folder for everything it writes (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("outputs/demo"), help="folder for everything it writes (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=cli.int_flag(0), default=0, help="seed of the data and of training")
-    parser.add_argument("--epochs", type=cli.int_flag(1), default=None,
-                        help="training epochs (default: configs/tiny.yaml's)")
+    parser.add_argument(
+        "--epochs", type=cli.int_flag(1), default=None, help="training epochs (default: configs/tiny.yaml's)"
+    )
     cli.add_overwrite_flag(parser)
-    return parser  # fmt: skip
+    return parser
 
 
 def _run(args) -> int:
@@ -119,9 +124,11 @@ def _run(args) -> int:
     start = time.perf_counter()
     result = run(args.out, args.seed, args.epochs, overwrite=args.overwrite)
     overall = result["metrics"]["overall"]
-    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; held-out macro F1 (gt protocol) "
-          f"{overall['macro']['f1-score']:.3f}, triplet F1 {overall['triplet']['f1-score']:.3f}; "
-          f"report: {result['evaluation'] / 'report.md'}")  # fmt: skip
+    print(
+        f"\ndemo finished in {time.perf_counter() - start:.0f} s; held-out macro F1 (gt protocol) "
+        f"{overall['macro']['f1-score']:.3f}, triplet F1 {overall['triplet']['f1-score']:.3f}; "
+        f"report: {result['evaluation'] / 'report.md'}"
+    )
     return 0
 
 

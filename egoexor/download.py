@@ -43,15 +43,26 @@ REPO_TYPE = "dataset"
 SPLITS_FILE = "splits.h5"
 #: Per-procedure files of the release, as the reference's README lists them for merging.
 RELEASED_FILES: tuple[str, ...] = (
-    "miss_1.h5", "miss_2.h5", "miss_3.h5", "miss_4.h5", "ultrasound_1.h5", "ultrasound_2.h5", "ultrasound_3.h5",
-    "ultrasound_4.h5", "ultrasound_5_14.h5", "ultrasound_5_58.h5",
-)  # fmt: skip
+    "miss_1.h5",
+    "miss_2.h5",
+    "miss_3.h5",
+    "miss_4.h5",
+    "ultrasound_1.h5",
+    "ultrasound_2.h5",
+    "ultrasound_3.h5",
+    "ultrasound_4.h5",
+    "ultrasound_5_14.h5",
+    "ultrasound_5_58.h5",
+)
 
 
 def fetch(
-    files: Sequence[str] | None, repo_id: str = REPO_ID, revision: str | None = None, token: str | None = None,
+    files: Sequence[str] | None,
+    repo_id: str = REPO_ID,
+    revision: str | None = None,
+    token: str | None = None,
     cache_dir: str | os.PathLike | None = None,
-) -> tuple[Path, list[str]]:  # fmt: skip
+) -> tuple[Path, list[str]]:
     """Bring ``files`` + ``splits.h5`` (``None``: every ``.h5`` file) into the hub cache.
 
     Returns the snapshot folder (named by its commit) and the names of the files fetched in it.
@@ -60,10 +71,16 @@ def fetch(
     """
     patterns = [*files, SPLITS_FILE] if files else ["*.h5"]
     try:
-        snapshot = Path(huggingface_hub.snapshot_download(
-            repo_id, repo_type=REPO_TYPE, revision=revision, token=token, cache_dir=cache_dir,
-            allow_patterns=patterns,
-        ))  # fmt: skip
+        snapshot = Path(
+            huggingface_hub.snapshot_download(
+                repo_id,
+                repo_type=REPO_TYPE,
+                revision=revision,
+                token=token,
+                cache_dir=cache_dir,
+                allow_patterns=patterns,
+            )
+        )
     except LocalEntryNotFoundError as error:  # offline (HF_HUB_OFFLINE, no network) and not (fully) cached
         raise cli.CommandError(f"{repo_id}: {' '.join(str(error).split())}") from None
     except HfHubHTTPError as error:  # unknown repository, gated without a token, bad revision

@@ -31,6 +31,9 @@ into ``metrics.json`` and ``report.md`` and make a one-line warning on stderr.
 
 A missing, unreadable or malformed input file, an empty sample list, or predictions none of which has
 a sample's id, is reported in one line on stderr naming the file (:mod:`egoexor.cli`), exit status 2.
+
+The Python API: :func:`evaluate_files` is the command (files in, ``--out`` written); :func:`evaluate` scores
+predictions and sample records in memory (what ``egoexor.infer`` calls).
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ _PROGRESS_MIN_SAMPLES = 10_000
 _KNOWN_ENTITY, _KNOWN_PREDICATE = "patient", "holding"
 #: What is left of a prediction without content: tags, end-of-sequence marks, separators.
 _NO_CONTENT = re.compile(r"</?sg>|</?s>|[\s;,.]", flags=re.IGNORECASE)
+#: The plots :func:`write_outputs` draws, as ``report.md`` shows them: (title, file).
+_PLOTS = (("per-label F1", "f1_per_predicate.png"), ("confusion matrix", "confusion_matrix.png"))
 _PLOT_GROUP_COLOURS = ("#333333", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
 
 
@@ -180,8 +185,7 @@ def evaluate(
 def _score(
     predictions: dict[str, Prediction], samples: list[Sample], protocol: Protocol, progress: bool
 ) -> dict[str, Any]:
-    if protocol not in metrics.PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(metrics.PROTOCOLS)}")
+    metrics.check_protocol(protocol)
     mode = metrics.PARSE_MODE[protocol]
     missing = sorted({sample.id for sample in samples if sample.id not in predictions})
     unmatched = sorted(set(predictions) - {sample.id for sample in samples})
@@ -196,10 +200,13 @@ def _score(
         if sample.id in predictions:
             dropped.add(sample.id, predictions[sample.id])
     frames = (
-        (sample.take.name, scene_graph.parse(sample.answer, mode),
-         prediction_triplets(predictions.get(sample.id, ""), mode))
+        (
+            sample.take.name,
+            scene_graph.parse(sample.answer, mode),
+            prediction_triplets(predictions.get(sample.id, ""), mode),
+        )
         for sample in tqdm(samples, desc="scoring", unit="frame", disable=not progress, file=sys.stderr)
-    )  # fmt: skip
+    )
     result = metrics.compute_metrics(frames, protocol)
     return {
         **result,
@@ -307,7 +314,20 @@ def _report_rows(report: Mapping[str, Any], labels: Sequence[str], only_supporte
 
 def format_report(result: Mapping[str, Any]) -> str:
     """``report.md``: the headline, per-take scores and the overall per-label reports."""
-    overall = result["overall"]
+    lines = _report_intro(result)
+    lines += ["", *_section("Headline", _HEADLINE_HEADER, _headline_rows(result))]
+    lines += _section("Per take", ["take", "scored frames", "pairs", "macro F1", "triplet F1"], _take_rows(result))
+    lines += _label_reports(result["overall"])
+    lines += ["## Plots", "", *(f"![{title}]({file})\n" for title, file in _PLOTS)]
+    return "\n".join(lines)
+
+
+def _section(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [f"## {title}", "", *_markdown_table(header, rows)]
+
+
+def _report_intro(result: Mapping[str, Any]) -> list[str]:
+    """What the numbers mean, and what is missing or was dropped."""
     lines = [
         f"# Scene-graph evaluation (protocol `{result['protocol']}`)",
         "",
@@ -323,55 +343,35 @@ def format_report(result: Mapping[str, Any]) -> str:
             lines.append(f"{result[key]['count']} {what}, e.g. {examples}.")
     dropped = dropped_summary(result)
     lines.append(f"Dropped by the parser: {dropped}." if dropped else "Every prediction parsed; every name is known.")
-    lines += ["", "## Headline", "", *_markdown_table(_HEADLINE_HEADER, _headline_rows(result))]
-    take_rows = []
+    return lines
+
+
+def _take_rows(result: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
     for take, group in result["takes"].items():
         macro = group["macro"] or {}
-        take_rows.append(
-            [
-                take,
-                str(group["scored_frames"]),
-                str(group["pairs"]),
-                _fmt(macro.get("f1-score")),
-                _fmt(group["triplet"]["f1-score"]),
-            ]
-        )
-    lines += [
-        "## Per take",
-        "",
-        *_markdown_table(["take", "scored frames", "pairs", "macro F1", "triplet F1"], take_rows),
-    ]
-    score_header = ["label", "precision", "recall", "F1", "support"]
+        f1 = (macro.get("f1-score"), group["triplet"]["f1-score"])
+        rows.append([take, str(group["scored_frames"]), str(group["pairs"]), *map(_fmt, f1)])
+    return rows
+
+
+def _label_reports(overall: Mapping[str, Any]) -> list[str]:
+    """The overall per-label tables: relations, binary interaction and entities, where scored."""
+    header = ["label", "precision", "recall", "F1", "support"]
+    lines = []
     if overall["relation_report"] is not None:
-        lines += [
-            "## Relations (overall)",
-            "",
-            *_markdown_table(score_header, _report_rows(overall["relation_report"], vocab.RELATION_LABELS)),
-        ]
-        lines += [
-            "## Binary interaction (overall)",
-            "",
-            *_markdown_table(score_header, _report_rows(overall["binary_report"], metrics.BINARY_LABELS)),
-        ]
+        relations = _report_rows(overall["relation_report"], vocab.RELATION_LABELS)
+        lines += _section("Relations (overall)", header, relations)
+        binary = _report_rows(overall["binary_report"], metrics.BINARY_LABELS)
+        lines += _section("Binary interaction (overall)", header, binary)
     if overall["entity_report"] is not None:
-        lines += [
-            "## Entities (overall, labels with support)",
-            "",
-            *_markdown_table(score_header, _report_rows(overall["entity_report"], vocab.ENTITY_LABELS, True)),
-        ]
+        entities = _report_rows(overall["entity_report"], vocab.ENTITY_LABELS, True)
+        lines += _section("Entities (overall, labels with support)", header, entities)
     if overall["non_entity_names"]:
         lines.append(
             f"{overall['non_entity_names']} entity-set members were predicate words (left out of the entity report)."
         )
-    lines += [
-        "## Plots",
-        "",
-        "![per-label F1](f1_per_predicate.png)",
-        "",
-        "![confusion matrix](confusion_matrix.png)",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 def _save_figure(figure: Any, path: Path) -> None:
@@ -489,20 +489,39 @@ def _parser() -> cli.ArgumentParser:
     return parser
 
 
-def _run(args) -> int:
-    out = cli.check_output(
-        args.out, inputs=[args.predictions, args.samples], overwrite=args.overwrite, owner=COMMAND, flag="--out"
-    )
-    predictions = _read_file(args.predictions, read_predictions, "--predictions")
-    samples = _read_file(args.samples, read_samples, "--samples")
-    result = _score(predictions, samples, args.protocol, progress=len(samples) >= _PROGRESS_MIN_SAMPLES)
+def evaluate_files(
+    predictions: str | os.PathLike,
+    samples: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    protocol: Protocol = "paper",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """The command as a function: score the predictions file against the samples file, write ``out`` (replaced
+    as a whole when complete); returns the evaluation. User mistakes raise :class:`cli.CommandError`."""
+    out = cli.check_output(out, inputs=[predictions, samples], overwrite=overwrite, owner=COMMAND, flag="--out")
+    checked_predictions = _read_file(predictions, read_predictions, "--predictions")
+    checked_samples = _read_file(samples, read_samples, "--samples")
+    progress = len(checked_samples) >= _PROGRESS_MIN_SAMPLES
+    result = _score(checked_predictions, checked_samples, protocol, progress)
     with cli.output_folder(out, COMMAND) as temporary:
         write_outputs(result, temporary)
+    return result
+
+
+def report(result: Mapping[str, Any], out: Path, command: str, wrote: str) -> None:
+    """The headline and the ``wrote`` line on stdout; what parsing dropped, if anything, as a warning."""
     print(format_headline(result))
-    print(f"wrote {out}/metrics.json, report.md, f1_per_predicate.png, confusion_matrix.png")
+    print(wrote)
     dropped = dropped_summary(result)
     if dropped:
-        cli.warn(COMMAND, f"{dropped} (see {out / 'report.md'})")
+        cli.warn(command, f"{dropped} (see {out / 'report.md'})")
+
+
+def _run(args) -> int:
+    result = evaluate_files(**vars(args))
+    out = Path(args.out)
+    report(result, out, COMMAND, f"wrote {out}/metrics.json, report.md, f1_per_predicate.png, confusion_matrix.png")
     return 0
 
 

@@ -14,7 +14,11 @@ evaluation of :mod:`egoexor.evaluate` on the result. Writes into ``--out``:
 Resumable: generated texts are appended to ``raw_predictions.rank<R>.jsonl`` as each batch finishes;
 a rerun of the same run (same ``run.json``) skips the samples found there, so an interrupted or
 killed run loses at most one batch. ``torchrun --nproc_per_node K -m egoexor.infer ...`` shards the
-samples over the ranks (rank r takes every K-th sample from r); rank 0 merges the shards and evaluates.
+samples over the ranks (accelerate's ``split_between_processes``: rank r takes the r-th of K contiguous
+shares) and each rank logs into its own ``raw_predictions.rank<r>.jsonl``; rank 0 merges them and evaluates.
+
+The Python API is :func:`infer` (the command is its flags); :func:`teacher_forced_accuracy` scores a model
+on a dataset without generation.
 
 The overwrite rule of :mod:`egoexor.cli`, with resuming: ``--out`` may be absent, empty or hold this
 very run; anything else (another run's predictions, other files) is refused unless ``--overwrite``,
@@ -41,21 +45,24 @@ import json
 import os
 import sys
 import time
+import typing
 import warnings
 import zlib
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import h5py
 import torch
+from accelerate import PartialState
 from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from egoexor import cli, evaluate, scene_graph
+from egoexor import cli, evaluate, metrics, scene_graph
 from egoexor.atomic import write_json
-from egoexor.config import DROPPABLE_MODALITIES, ConfigError, DataConfig, ModelConfig
+from egoexor.config import DROPPABLE_MODALITIES, ConfigError, DataConfig, ModelConfig, read_checkpoint_config
 from egoexor.convert_reference import (
     DEFAULT_BASE,
     REFERENCE_FILES,
@@ -65,10 +72,14 @@ from egoexor.convert_reference import (
     model_config_from,
 )
 from egoexor.data import layout
-from egoexor.data.dataset import AudioCache, Collator, EgoExorDataset, SampleInputError
+from egoexor.data.audio import AudioCache
+from egoexor.data.dataset import EgoExorDataset
+from egoexor.data.processor import Collator, SampleInputError
 from egoexor.data.reader import ReadError
 from egoexor.data.samples import Sample, SampleError, check_in_hdf5, load_samples
+from egoexor.metrics import Protocol
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE
+from egoexor.prompt import IGNORE_INDEX
 
 COMMAND = "egoexor.infer"
 RUN_FILE = "run.json"
@@ -76,17 +87,19 @@ ADAPTER_FILE = "adapter_model.safetensors"
 #: Errors that are the user's input (besides :class:`cli.CommandError` and ``OSError``): one line, exit 2.
 ERRORS = (ConfigError, SampleInputError, ReadError)
 _AUDIO_HINT = "pass --audio_cache with embeddings from python -m egoexor.data.precompute_audio"
-
-
-def _distributed(world: int) -> torch.device:
-    """The device of this process, initialising torch.distributed under torchrun."""
-    device = torch.device("cpu")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)  # 4-bit loading and NCCL use the current device
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
+#: The :class:`DataConfig` fields the command has a flag for (without it: the checkpoint's value), with its help.
+DATA_OVERRIDES = {
+    "prompt_roles": "reference_inference: the reference's human:/gpt: roles (default: the training roles)",
+    "flip_rule": "all: reverse every camera's channels as the reference's inference did (default: the checkpoint's)",
+    "row_matching": "reference: depth and hand rows by the reference's inference rule, camera minus the first "
+    "non-black ego camera (default: the checkpoint's)",
+    "camera_selection": "reference: every camera in the index range of a branch, blank ones as black views "
+    "(default: the checkpoint's)",
+    "rescale_dark_frames": "true: multiply frames whose maximum is 1 by 255, as the reference did "
+    "(default: the checkpoint's)",
+}
+#: How a flag of :data:`DATA_OVERRIDES` spells the values of a boolean field.
+_BOOLEANS = {"true": True, "false": False}
 
 
 def _read_log(path: Path) -> dict[str, str]:
@@ -102,14 +115,26 @@ def _read_log(path: Path) -> dict[str, str]:
     return done
 
 
-def generate_shard(model, dataset: EgoExorDataset, log: Path, batch_size: int, max_new_tokens: int,
-                   device: torch.device, num_workers: int = 0, progress: bool = True) -> dict[str, str]:  # fmt: skip
+def generate_shard(
+    model,
+    dataset: EgoExorDataset,
+    log: Path,
+    batch_size: int,
+    max_new_tokens: int,
+    device: torch.device,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, str]:
     """Generate the dataset's samples not yet in ``log``, appending each batch to it; all texts."""
     tokenizer = dataset.tokenizer
     done = _read_log(log)
     todo = [i for i, sample in enumerate(dataset.samples) if sample.id not in done]
-    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=Collator(tokenizer.pad_token_id, padding_side="left"))  # fmt: skip
+    loader = DataLoader(
+        Subset(dataset, todo),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=Collator(tokenizer.pad_token_id, padding_side="left"),
+    )
     model.eval()
     with log.open("a") as handle, tqdm(total=len(todo), unit="sample", disable=not progress, desc="generating") as bar:
         for start, batch in zip(range(0, len(todo), batch_size), loader, strict=True):
@@ -118,7 +143,12 @@ def generate_shard(model, dataset: EgoExorDataset, log: Path, batch_size: int, m
             # PTv3 shuffles its serialisation orders even in eval mode (as the reference): a seed per batch
             # makes a rerun, a resumed run and a sharded run give the same answers for the same batches.
             torch.manual_seed(zlib.crc32(ids[0].encode()))
-            generated = model.generate(batch, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+            generated = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
             texts = tokenizer.batch_decode(generated.tolist(), skip_special_tokens=True)
             for sample_id, text in zip(ids, texts, strict=True):
                 done[sample_id] = text
@@ -126,6 +156,24 @@ def generate_shard(model, dataset: EgoExorDataset, log: Path, batch_size: int, m
             handle.flush()
             bar.update(len(ids))
     return done
+
+
+@torch.no_grad()
+def teacher_forced_accuracy(model, dataset: EgoExorDataset, batch_size: int = 8) -> float:
+    """Share of supervised answer tokens (EOS included) that greedy next-token prediction gets right."""
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=Collator(dataset.tokenizer.pad_token_id))
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for batch in loader:
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"})["logits"]
+        predicted, target = logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
+        supervised = target != IGNORE_INDEX
+        correct += int((predicted[supervised] == target[supervised]).sum())
+        total += int(supervised.sum())
+    model.train(was_training)
+    return correct / max(total, 1)
 
 
 def _without_worker_traceback(error: Exception) -> str:
@@ -159,13 +207,7 @@ def checkpoint_configs(folder: Path, bits: int) -> tuple[ModelConfig, DataConfig
             f"--checkpoint {folder}: neither an egoexor checkpoint ({CONFIG_FILE}, {NON_LORA_FILE}) nor the "
             f"released reference folder ({', '.join(REFERENCE_FILES)}){hint}"
         )
-    saved = cli.read_json(folder / CONFIG_FILE, "--checkpoint")
-    if not isinstance(saved, dict) or not all(isinstance(saved.get(part), dict) for part in ("model", "data")):
-        raise cli.CommandError(f"--checkpoint {folder / CONFIG_FILE}: expected a 'model' and a 'data' section")
-    try:
-        model, data = ModelConfig(**{**saved["model"], "bits": bits}), DataConfig(**saved["data"])
-    except (TypeError, ConfigError) as error:
-        raise cli.CommandError(f"--checkpoint {folder / CONFIG_FILE}: {error}") from None
+    model, data = read_checkpoint_config(folder, "--checkpoint", bits=bits)
     if model.model_name_or_path is None and not (folder / "tokenizer_config.json").is_file():
         raise cli.CommandError(f"--checkpoint {folder}: no tokenizer_config.json, and no LLM to take a tokenizer from")
     return model, data
@@ -269,131 +311,248 @@ def _parser() -> cli.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder (ours or the released one)")
     parser.add_argument("--hdf5", required=True, type=Path, help="merged EgoExOR file")
     parser.add_argument("--samples", required=True, type=Path, help="sample JSON of the split to evaluate (test)")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="output folder (predictions, metrics, plots); a rerun of the same run resumes it")
-    parser.add_argument("--protocol", choices=("paper", "gt"), default="paper",
-                        help="paper: the published evaluator; gt: ground-truth entity set (MM-OR/4D-OR)")
-    parser.add_argument("--batch_size", type=cli.int_flag(1), default=16,
-                        help="samples per generation batch (reference: 16)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output folder (predictions, metrics, plots); a rerun of the same run resumes it",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=metrics.PROTOCOLS,
+        default="paper",
+        help="paper: the published evaluator; gt: ground-truth entity set (MM-OR/4D-OR)",
+    )
+    parser.add_argument(
+        "--batch_size", type=cli.int_flag(1), default=16, help="samples per generation batch (reference: 16)"
+    )
     parser.add_argument("--max_new_tokens", type=cli.int_flag(1), default=300, help="longest answer (reference: 300)")
-    parser.add_argument("--bits", type=int, choices=(4, 8, 16), default=16,
-                        help="LLM weights at inference (reference: 16, bf16, although trained on 4-bit)")
-    parser.add_argument("--prompt_roles", choices=DataConfig.choices("prompt_roles"), default=None,
-                        help="reference_inference: the reference's human:/gpt: roles (default: the training roles)")
-    parser.add_argument("--flip_rule", choices=DataConfig.choices("flip_rule"), default=None,
-                        help="all: reverse every camera's channels as the reference's inference did "
-                        "(default: the checkpoint's)")
-    parser.add_argument("--row_matching", choices=DataConfig.choices("row_matching"), default=None,
-                        help="reference: depth and hand rows by the reference's inference rule, camera minus the "
-                        "first non-black ego camera (default: the checkpoint's)")
-    parser.add_argument("--camera_selection", choices=DataConfig.choices("camera_selection"), default=None,
-                        help="reference: every camera in the index range of a branch, blank ones as black views "
-                        "(default: the checkpoint's)")
-    parser.add_argument("--rescale_dark_frames", choices=("true", "false"), default=None,
-                        help="true: multiply frames whose maximum is 1 by 255, as the reference did "
-                        "(default: the checkpoint's)")
-    parser.add_argument("--drop_modalities", type=cli.names_flag(DROPPABLE_MODALITIES), default=None,
-                        help="comma-separated inputs to remove from every sample, as modality dropout does (e.g. "
-                        f"gaze,audio; '' removes none): {', '.join(DROPPABLE_MODALITIES)} (default: the checkpoint's)")
-    parser.add_argument("--num_workers", type=cli.int_flag(0), default=4,
-                        help="data loading processes (0: in the main one)")
-    parser.add_argument("--audio_cache", type=Path, default=None,
-                        help="audio embeddings written by python -m egoexor.data.precompute_audio")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an --out holding another run's predictions or other files (a rerun of the "
-                        "same run resumes without it; with it, that run starts afresh)")
-    return parser  # fmt: skip
+    parser.add_argument(
+        "--bits",
+        type=int,
+        choices=ModelConfig.choices("bits"),
+        default=16,
+        help="LLM weights at inference (reference: 16, bf16, although trained on 4-bit)",
+    )
+    for name, description in DATA_OVERRIDES.items():
+        boolean = typing.get_type_hints(DataConfig)[name] is bool
+        choices = tuple(_BOOLEANS) if boolean else DataConfig.choices(name)
+        parser.add_argument(f"--{name}", choices=choices, default=None, help=description)
+    parser.add_argument(
+        "--drop_modalities",
+        type=cli.names_flag(DROPPABLE_MODALITIES),
+        default=None,
+        help="comma-separated inputs to remove from every sample, as modality dropout does (e.g. "
+        f"gaze,audio; '' removes none): {', '.join(DROPPABLE_MODALITIES)} (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--num_workers", type=cli.int_flag(0), default=4, help="data loading processes (0: in the main one)"
+    )
+    parser.add_argument(
+        "--audio_cache",
+        type=Path,
+        default=None,
+        help="audio embeddings written by python -m egoexor.data.precompute_audio",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an --out holding another run's predictions or other files (a rerun of the "
+        "same run resumes without it; with it, that run starts afresh)",
+    )
+    return parser
 
 
-def _run(args) -> int:
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    overrides = {k: v for k, v in (
-        ("prompt_roles", args.prompt_roles), ("flip_rule", args.flip_rule), ("row_matching", args.row_matching),
-        ("camera_selection", args.camera_selection), ("audio_cache", args.audio_cache and str(args.audio_cache)),
-        ("rescale_dark_frames", None if args.rescale_dark_frames is None else args.rescale_dark_frames == "true"),
-        ("drop_modalities", None if args.drop_modalities is None else list(args.drop_modalities)),
-    ) if v is not None}  # fmt: skip
-    samples = read_samples(args.samples)
-    with cli.open_hdf5(args.hdf5, "--hdf5") as h5:
+@dataclass
+class Inference:
+    """What :func:`infer` wrote into ``out``; the texts and the evaluation on the main process only
+    (``None`` on the other processes of a sharded run)."""
+
+    out: Path
+    texts: dict[str, str] | None = None
+    metrics: dict[str, Any] | None = None
+
+
+def infer(
+    checkpoint: str | os.PathLike,
+    hdf5: str | os.PathLike,
+    samples: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    protocol: Protocol = "paper",
+    batch_size: int = 16,
+    max_new_tokens: int = 300,
+    bits: int = 16,
+    overrides: Mapping[str, Any] | None = None,
+    audio_cache: str | os.PathLike | None = None,
+    num_workers: int = 4,
+    overwrite: bool = False,
+) -> Inference:
+    """The command as a function (see the module docstring): generate for ``samples``, evaluate, write ``out``.
+
+    ``overrides``: :class:`DataConfig` fields that replace the checkpoint's (:data:`DATA_OVERRIDES` has flags).
+    Under torchrun every process calls it for its share of the samples. User mistakes raise
+    :class:`cli.CommandError` or one of :data:`ERRORS`, before the model is loaded."""
+    _check_settings(protocol, batch_size, max_new_tokens, num_workers, overrides or {})
+    checkpoint, hdf5, out = Path(checkpoint), Path(hdf5), Path(out)
+    audio_cache = None if audio_cache is None else Path(audio_cache)
+    overrides = {**(overrides or {}), **({"audio_cache": str(audio_cache)} if audio_cache else {})}
+    settings = dict(bits=bits, protocol=protocol, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    all_samples, run, resume = check_run(
+        state, checkpoint, hdf5, Path(samples), out, settings, overrides, audio_cache, overwrite
+    )
+    model, tokenizer, loaded = _load_once_main_has(state, checkpoint, bits, out, None if resume else run)
+    start = time.perf_counter()
+    # the loaded configuration, not the checked one: a released folder's image size comes from its CLIP tower
+    with state.split_between_processes(all_samples) as share:
+        dataset = EgoExorDataset(share, hdf5, tokenizer, replace(loaded, **overrides), "generate")
+        _generate(model, dataset, _log(out, state.process_index), batch_size, max_new_tokens, state, num_workers)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return Inference(out)
+    texts = {key: text for rank in range(state.num_processes) for key, text in _read_log(_log(out, rank)).items()}
+    print(f"generated {len(texts)} answers in {time.perf_counter() - start:.1f} s")
+    return Inference(out, texts, write_results(out, texts, all_samples, protocol))
+
+
+def _check_settings(
+    protocol: str, batch_size: int, max_new_tokens: int, num_workers: int, overrides: Mapping[str, Any]
+) -> None:
+    """What the command's flags check by their types, for a caller of :func:`infer` that passes no flags
+    (the values of ``overrides`` are :class:`DataConfig`'s to check)."""
+    if protocol not in metrics.PROTOCOLS:
+        raise cli.CommandError(f"--protocol {protocol!r}: expected one of {', '.join(metrics.PROTOCOLS)}")
+    unknown = sorted(set(overrides) - {field.name for field in fields(DataConfig)})
+    if unknown:
+        raise cli.CommandError(f"overrides: {', '.join(unknown)}: not a field of the data configuration")
+    cli.check_range("--batch_size", batch_size, 1)
+    cli.check_range("--max_new_tokens", max_new_tokens, 1)
+    cli.check_range("--num_workers", num_workers, 0)
+
+
+def check_run(
+    state: PartialState,
+    checkpoint: Path,
+    hdf5: Path,
+    samples_file: Path,
+    out: Path,
+    settings: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    audio_cache: Path | None,
+    overwrite: bool,
+) -> tuple[list[Sample], dict, bool]:
+    """Everything checked before the model loads. Returns the samples, the identity of the run (``run.json``:
+    the inputs as found now, every setting that changes the outputs) and whether ``out`` holds this very run."""
+    samples, model_config, data_config, without_rgb = check_inputs(
+        checkpoint, hdf5, samples_file, settings["bits"], overrides, audio_cache
+    )
+    models = check_pretrained(checkpoint, model_config, data_config, samples, audio_cache)
+    weights = sorted(p for p in checkpoint.glob("*") if p.suffix in (".safetensors", ".bin"))
+    run = {
+        "checkpoint": str(checkpoint.resolve()),
+        "weights": {p.name: _stamp(p) for p in weights},
+        "samples": [str(samples_file.resolve()), *_stamp(samples_file)],
+        "hdf5": [str(hdf5.resolve()), *_stamp(hdf5)],
+        "world_size": state.num_processes,
+        **settings,
+        **overrides,
+    }
+    inputs = [checkpoint, hdf5, samples_file, audio_cache, *map(cli.local_path, models)]
+    resume = check_out(out, inputs, run, overwrite)
+    if without_rgb and state.is_main_process:
+        cli.warn(COMMAND, f"samples of take(s) without {layout.RGB} get no images: {', '.join(without_rgb)}")
+    return samples, run, resume
+
+
+def check_inputs(
+    checkpoint: Path, hdf5: Path, samples_file: Path, bits: int, overrides: Mapping[str, Any], audio_cache: Path | None
+) -> tuple[list[Sample], ModelConfig, DataConfig, list[str]]:
+    """The samples, the checkpoint's configurations (with ``overrides``) and the takes without RGB frames,
+    once the samples, the HDF5 file, the checkpoint and the audio cache passed their checks."""
+    samples = read_samples(samples_file)
+    with cli.open_hdf5(hdf5, "--hdf5") as h5:
         try:
             check_in_hdf5(samples, h5)
         except SampleError as error:  # names the file, the first sample missing and the count
             raise cli.CommandError(f"--hdf5 {error}") from None
         without_rgb = sorted({s.take.path for s in samples if layout.RGB not in h5[s.take.path]})
-    model_config, data_config = checkpoint_configs(args.checkpoint, args.bits)
+    model_config, data_config = checkpoint_configs(checkpoint, bits)
     data_config = replace(data_config, **overrides)
-    if not is_reference_checkpoint(args.checkpoint):
-        check_weights(args.checkpoint, model_config)
-    if args.audio_cache is not None:
-        check_audio_cache(args.audio_cache, samples, data_config.audio_norm)
-    uses_audio = args.audio_cache is None and any("audio" in sample.modalities for sample in samples)
-    where = f"--checkpoint {args.checkpoint}"
-    cli.check_pretrained(model_config.model_name_or_path, f"{where}: its LLM")
-    cli.check_pretrained(model_config.vision_tower, f"{where}: its vision tower")
-    audio_encoder = data_config.audio_encoder if uses_audio else None
+    if not is_reference_checkpoint(checkpoint):
+        check_weights(checkpoint, model_config)
+    if audio_cache is not None:
+        check_audio_cache(audio_cache, samples, data_config.audio_norm)
+    return samples, model_config, data_config, without_rgb
+
+
+def check_pretrained(
+    checkpoint: Path, model: ModelConfig, data: DataConfig, samples: Sequence[Sample], audio_cache: Path | None
+) -> list[str | None]:
+    """Each pretrained part the run loads is reachable (:func:`cli.check_pretrained`); their names."""
+    uses_audio = audio_cache is None and any("audio" in sample.modalities for sample in samples)
+    where = f"--checkpoint {checkpoint}"
+    cli.check_pretrained(model.model_name_or_path, f"{where}: its LLM")
+    cli.check_pretrained(model.vision_tower, f"{where}: its vision tower")
+    audio_encoder = data.audio_encoder if uses_audio else None
     cli.check_pretrained(audio_encoder, f"{where}: its audio encoder", _AUDIO_HINT)
-    weights = sorted(p for p in args.checkpoint.glob("*") if p.suffix in (".safetensors", ".bin"))
-    run = {"checkpoint": str(args.checkpoint.resolve()), "weights": {p.name: _stamp(p) for p in weights},
-           "samples": [str(args.samples.resolve()), *_stamp(args.samples)],
-           "hdf5": [str(args.hdf5.resolve()), *_stamp(args.hdf5)], "bits": args.bits, "protocol": args.protocol,
-           "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "world_size": world,
-           **overrides}  # fmt: skip
-    models = [model_config.model_name_or_path, model_config.vision_tower, audio_encoder]
-    inputs = [args.checkpoint, args.hdf5, args.samples, args.audio_cache, *map(cli.local_path, models)]
-    resume = check_out(args.out, inputs, run, args.overwrite)
-    if without_rgb and rank == 0:
-        cli.warn(COMMAND, f"samples of take(s) without {layout.RGB} get no images: {', '.join(without_rgb)}")
+    return [model.model_name_or_path, model.vision_tower, audio_encoder]
 
-    device = _distributed(world)
-    # --out appears only once the model has loaded: rank 0 loads (and converts a released folder) into a
-    # temporary folder that becomes --out with run.json; the other ranks load after it, from --out
-    fresh = rank == 0 and not resume
-    if fresh:
-        with cli.output_folder(args.out, COMMAND) as temporary:
-            model, tokenizer, loaded = load_model(args.checkpoint, args.bits, device, temporary / "converted")
-            (temporary / RUN_FILE).write_text(json.dumps(run, indent=2))
-    if world > 1:
-        torch.distributed.barrier()
-    if not fresh:
-        model, tokenizer, loaded = load_model(args.checkpoint, args.bits, device, args.out / "converted")
-    # the loaded configuration, not the checked one: a released folder's image size comes from its CLIP tower
-    dataset = EgoExorDataset(samples[rank::world], args.hdf5, tokenizer, replace(loaded, **overrides), "generate")
-    start = time.perf_counter()
+
+def _load_once_main_has(state: PartialState, checkpoint: Path, bits: int, out: Path, fresh_run: dict | None):
+    """:func:`load_model` on every process, the main one first: ``out`` appears only once the model has
+    loaded. For a ``fresh_run``, the main process loads (and converts a released folder) into a temporary
+    folder that becomes ``out`` with ``run.json``; the others, and a resumed run, load from ``out``."""
+    with state.main_process_first():
+        if fresh_run is not None and state.is_main_process:
+            with cli.output_folder(out, COMMAND) as temporary:
+                loaded = load_model(checkpoint, bits, state.device, temporary / "converted")
+                (temporary / RUN_FILE).write_text(json.dumps(fresh_run, indent=2))
+            return loaded
+        return load_model(checkpoint, bits, state.device, out / "converted")
+
+
+def _log(out: Path, rank: int) -> Path:
+    """The file a process appends its generated texts to, as each batch finishes."""
+    return out / f"raw_predictions.rank{rank}.jsonl"
+
+
+def _generate(
+    model, dataset: EgoExorDataset, log: Path, batch_size: int, max_new_tokens: int, state: PartialState, workers: int
+) -> None:
+    """:func:`generate_shard` on this process's share; a frame that cannot be read (a corrupt chunk) is one line."""
     try:
-        generate_shard(model, dataset, args.out / f"raw_predictions.rank{rank}.jsonl", args.batch_size,
-                       args.max_new_tokens, device, args.num_workers, progress=rank == 0)  # fmt: skip
-    except (SampleInputError, ReadError) as error:  # a frame that cannot be read (a corrupt chunk)
+        generate_shard(
+            model, dataset, log, batch_size, max_new_tokens, state.device, workers, progress=state.is_main_process
+        )
+    except (SampleInputError, ReadError) as error:
         raise cli.CommandError(_without_worker_traceback(error)) from None
-    if world > 1:
-        torch.distributed.barrier()
-    if rank != 0:
-        return 0
-    texts = {}
-    for shard in range(world):
-        texts.update(_read_log(args.out / f"raw_predictions.rank{shard}.jsonl"))
-    print(f"generated {len(texts)} answers in {time.perf_counter() - start:.1f} s")
-    write_json(args.out / "raw_predictions.json", texts)
-    write_json(args.out / "predictions.json", reference_predictions(texts))
+
+
+def write_results(out: Path, texts: dict[str, str], samples: Sequence[Sample], protocol: Protocol) -> dict[str, Any]:
+    """The predictions in both formats, the evaluation's files and its summary; returns the evaluation."""
+    write_json(out / "raw_predictions.json", texts)
+    write_json(out / "predictions.json", reference_predictions(texts))
     records = [s.to_record() for s in samples]
-    result = evaluate.evaluate(texts, records, args.protocol, progress=len(records) >= 10_000)
-    evaluate.write_outputs(result, args.out)
-    print(evaluate.format_headline(result))
-    print(f"wrote {args.out}: predictions.json, raw_predictions.json, metrics.json, report.md, plots")
-    dropped = evaluate.dropped_summary(result)
-    if dropped:
-        cli.warn(COMMAND, f"{dropped} (see {args.out / 'report.md'})")
+    result = evaluate.evaluate(texts, records, protocol, progress=len(records) >= 10_000)
+    evaluate.write_outputs(result, out)
+    wrote = f"wrote {out}: predictions.json, raw_predictions.json, metrics.json, report.md, plots"
+    evaluate.report(result, out, COMMAND, wrote)
+    return result
+
+
+def _run(args) -> int:
+    flags = vars(args)
+    overrides = {name: _BOOLEANS.get(value, value) for name in DATA_OVERRIDES if (value := flags.pop(name)) is not None}
+    if (dropped := flags.pop("drop_modalities")) is not None:
+        overrides["drop_modalities"] = list(dropped)  # a list, as run.json reads it back
+    infer(**flags, overrides=overrides)
     return 0
-
-
-def run(argv: Sequence[str] | None = None) -> int:
-    """The command as a function: parse ``argv`` and run; user mistakes raise :class:`cli.CommandError` or one
-    of :data:`ERRORS` (for a caller that reports errors itself, such as :mod:`egoexor.demo`)."""
-    return _run(_parser().parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 for bad input, 130 after Ctrl-C)."""
-    return cli.run(COMMAND, lambda: run(argv), errors=ERRORS)
+    return cli.run(COMMAND, lambda: _run(_parser().parse_args(argv)), errors=ERRORS)
 
 
 if __name__ == "__main__":

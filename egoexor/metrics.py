@@ -47,7 +47,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -55,7 +55,7 @@ from egoexor import vocab
 from egoexor.scene_graph import ParseMode, Triplet
 
 Protocol = Literal["paper", "gt"]
-PROTOCOLS: tuple[str, ...] = ("paper", "gt")
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 #: How each protocol parses ground truth and predictions.
 PARSE_MODE: dict[str, ParseMode] = {"paper": "reference", "gt": "robust"}
 #: Where each protocol takes a frame's entity set from.
@@ -290,6 +290,12 @@ def pool(groups: Iterable[Counts]) -> Counts:
     )
 
 
+def check_protocol(protocol: str) -> None:
+    """``ValueError`` unless ``protocol`` is one of :data:`PROTOCOLS` (callers check before parsing anything)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
 def compute_metrics(
     frames: Iterable[tuple[str, Sequence[Triplet], Sequence[Triplet]]], protocol: Protocol = "paper"
 ) -> dict[str, Any]:
@@ -298,8 +304,7 @@ def compute_metrics(
     Returns ``{"protocol", "parse_mode", "entity_set", "overall", "surgery_types", "takes"}``, the last
     three holding :func:`summarize` dictionaries (takes and surgery types in sorted order).
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    check_protocol(protocol)
     tallies: dict[str, _Tally] = {}
     for take, gt, pred in frames:
         tally = tallies.get(take)

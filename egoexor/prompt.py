@@ -14,7 +14,7 @@ from typing import Literal
 
 IMAGE_PLACEHOLDER = "<image>"
 
-#: The id the collator writes into visual-token positions: out of any vocabulary (the reference's
+#: The id the processor writes into visual-token positions: out of any vocabulary (the reference's
 #: ``IMAGE_TOKEN_INDEX``); the model embeds a real id there and overwrites the embedding.
 IMAGE_TOKEN_ID = -200
 #: The label of every position that is not supervised (prompt, visual tokens, padding).

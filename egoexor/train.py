@@ -24,6 +24,9 @@ The command follows :mod:`egoexor.cli`: a bad flag, sample file, HDF5 file or ou
 True or one of its checkpoints) or replaced (``--overwrite_output_dir``); one that is an input folder or
 holds an input file is always refused. ``kill -9`` at any moment leaves every ``checkpoint-N`` complete;
 the next run removes what the killed one left in ``<output_dir>/.partial`` and names it.
+
+The Python API is :func:`train`, given the :class:`TrainSetup` that :func:`egoexor.config.parse_train_args`
+makes of the flags; :func:`build_training` stops short of training and returns the trainer.
 """
 
 from __future__ import annotations
@@ -47,14 +50,14 @@ from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from egoexor import atomic, cli
-from egoexor.config import ConfigError, TrainSetup, parse_train_args, resolved_config, train_help
+from egoexor.config import ConfigError, TrainSetup, checkpoint_config, data_for_model, parse_train_args, train_help
 from egoexor.data import layout
-from egoexor.data.dataset import Collator, EgoExorDataset, SampleInputError
+from egoexor.data.dataset import EgoExorDataset
+from egoexor.data.processor import Collator, SampleInputError
 from egoexor.data.reader import ReadError
 from egoexor.data.samples import Sample, SampleError, check_in_hdf5, load_samples
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE, load_checkpoint_weights, save_checkpoint
 from egoexor.model.egoexor_llava import next_token_loss
-from egoexor.prompt import IGNORE_INDEX
 
 COMMAND = "egoexor.train"
 logger = logging.getLogger(COMMAND)
@@ -69,12 +72,20 @@ _CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 #: (a negative learning rate or batch size fails only after the model is built, or trains nonsense):
 #: (field, low, high, low excluded). num_train_epochs: any finite value (max_steps may override it).
 _TRAINER_RANGES = (
-    ("learning_rate", 0, None, True), ("per_device_train_batch_size", 1, None, False),
-    ("per_device_eval_batch_size", 1, None, False), ("gradient_accumulation_steps", 1, None, False),
-    ("num_train_epochs", None, None, False), ("warmup_steps", 0, None, False), ("weight_decay", 0, None, False),
-    ("max_grad_norm", 0, None, False), ("adam_beta1", 0, 1, False), ("adam_beta2", 0, 1, False),
-    ("adam_epsilon", 0, None, True), ("dataloader_num_workers", 0, None, False), ("seed", 0, 2**32 - 1, False),
-)  # fmt: skip
+    ("learning_rate", 0, None, True),
+    ("per_device_train_batch_size", 1, None, False),
+    ("per_device_eval_batch_size", 1, None, False),
+    ("gradient_accumulation_steps", 1, None, False),
+    ("num_train_epochs", None, None, False),
+    ("warmup_steps", 0, None, False),
+    ("weight_decay", 0, None, False),
+    ("max_grad_norm", 0, None, False),
+    ("adam_beta1", 0, 1, False),
+    ("adam_beta2", 0, 1, False),
+    ("adam_epsilon", 0, None, True),
+    ("dataloader_num_workers", 0, None, False),
+    ("seed", 0, 2**32 - 1, False),
+)
 
 
 def token_weights(path: str | os.PathLike, tokenizer, vocab_size: int) -> torch.Tensor:
@@ -120,26 +131,6 @@ def length_grouped_indices(lengths: Sequence[int], batch_size: int, world_size: 
             totals[target] += lengths[i]
         order += [i for chunk in chunks for i in chunk]
     return order
-
-
-@torch.no_grad()
-def teacher_forced_accuracy(model, dataset: EgoExorDataset, batch_size: int = 8) -> float:
-    """Share of supervised answer tokens (EOS included) that greedy next-token prediction gets right."""
-    from torch.utils.data import DataLoader
-
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=Collator(dataset.tokenizer.pad_token_id))
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    for batch in loader:
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"})["logits"]
-        predicted, target = logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
-        supervised = target != IGNORE_INDEX
-        correct += int((predicted[supervised] == target[supervised]).sum())
-        total += int(supervised.sum())
-    model.train(was_training)
-    return correct / max(total, 1)
 
 
 class LengthGroupedSampler(Sampler):
@@ -199,10 +190,13 @@ class EgoExorTrainer(Trainer):
             if parameter.requires_grad:
                 groups.setdefault((name in decay, "mm_projector" in name), []).append(parameter)
         parameter_groups = [
-            {"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0,
-             **({"lr": projector_lr} if projector else {})}
+            {
+                "params": params,
+                "weight_decay": self.args.weight_decay if decayed else 0.0,
+                **({"lr": projector_lr} if projector else {}),
+            }
             for (decayed, projector), params in sorted(groups.items())
-        ]  # fmt: skip
+        ]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls(parameter_groups, **optimizer_kwargs)
         return self.optimizer
@@ -220,7 +214,7 @@ class EgoExorTrainer(Trainer):
             return
         output = Path(output_dir or self.args.output_dir)
         model = self.accelerator.unwrap_model(self.model)
-        save_checkpoint(model, output, resolved_config(self.setup))
+        save_checkpoint(model, output, checkpoint_config(self.setup.model, self.setup.data))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output)
         with atomic.atomic_output(output / TRAINING_ARGS_NAME) as temporary:
@@ -356,26 +350,40 @@ def resume_checkpoint(args) -> str | None:
     complete = [folder for folder in folders if not incomplete(folder)]
     if not complete:
         found = f" (incomplete: {', '.join(f.name for f in folders)})" if folders else ""
-        raise cli.CommandError(f"--resume_from_checkpoint True: no complete checkpoint-N folder in {args.output_dir}"
-                               f"{found}")  # fmt: skip
+        raise cli.CommandError(
+            f"--resume_from_checkpoint True: no complete checkpoint-N folder in {args.output_dir}{found}"
+        )
     skipped = folders[folders.index(complete[-1]) + 1 :]
     if skipped:
-        cli.warn(COMMAND, f"resuming from {complete[-1]}, skipping incomplete " + ", ".join(
-            f"{folder.name} ({incomplete(folder)})" for folder in skipped))  # fmt: skip
+        cli.warn(
+            COMMAND,
+            f"resuming from {complete[-1]}, skipping incomplete "
+            + ", ".join(f"{folder.name} ({incomplete(folder)})" for folder in skipped),
+        )
     return str(complete[-1])
 
 
 def _input_paths(setup: TrainSetup, resume: str | None) -> tuple[dict[str, str], dict[str, str]]:
     """The run's input files and local input folders, by flag (what ``--output_dir`` may not be or hold)."""
     train, model, data = setup.train, setup.model, setup.data
-    files = {"--data_path": train.data_path, "--hdf5_path": train.hdf5_path,
-             "--token_weight_path": train.token_weight_path, "--audio_cache": data.audio_cache,
-             "--config": setup.config_file}  # fmt: skip
-    folders = {"--tokenizer": train.tokenizer, "--model_name_or_path": model.model_name_or_path,
-               "--vision_tower": model.vision_tower, "--audio_encoder": data.audio_encoder,
-               "--resume_from_checkpoint": resume}  # fmt: skip
-    return ({flag: path for flag, path in files.items() if path is not None},
-            {flag: path for flag, path in folders.items() if path is not None and Path(path).is_dir()})  # fmt: skip
+    files = {
+        "--data_path": train.data_path,
+        "--hdf5_path": train.hdf5_path,
+        "--token_weight_path": train.token_weight_path,
+        "--audio_cache": data.audio_cache,
+        "--config": setup.config_file,
+    }
+    folders = {
+        "--tokenizer": train.tokenizer,
+        "--model_name_or_path": model.model_name_or_path,
+        "--vision_tower": model.vision_tower,
+        "--audio_encoder": data.audio_encoder,
+        "--resume_from_checkpoint": resume,
+    }
+    return (
+        {flag: path for flag, path in files.items() if path is not None},
+        {flag: path for flag, path in folders.items() if path is not None and Path(path).is_dir()},
+    )
 
 
 def check_output_dir(setup: TrainSetup, resume: str | None) -> None:
@@ -432,13 +440,58 @@ def check_pretrained_names(setup: TrainSetup) -> None:
         cli.check_pretrained(name, flag)
 
 
+def train(setup: TrainSetup) -> EgoExorTrainer:
+    """The command as a function: check everything, build, train (resuming where ``--resume_from_checkpoint``
+    says), save the final model into ``--output_dir``; returns the trainer, its model trained. User mistakes
+    raise :class:`cli.CommandError` (a :class:`ConfigError`, a :class:`SampleError`...) before the model is built."""
+    for warning in setup.warnings:
+        cli.warn(COMMAND, warning)
+    resume = resume_checkpoint(setup.trainer)
+    check_output_dir(setup, resume)
+    trainer = build_training(setup)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_final_model()
+    return trainer
+
+
 def build_training(setup: TrainSetup) -> EgoExorTrainer:
-    """Everything ``main`` runs, checked in order of cost: flags, inputs, tokenizer, model, trainer."""
-    from egoexor.data.tokenizer import build_tiny_tokenizer, load_tokenizer
+    """Everything :func:`train` runs, checked in order of cost: flags, inputs, tokenizer, model, trainer."""
     from egoexor.model.build import build_model
 
-    train = setup.train
     check_training_arguments(setup.trainer)
+    samples = check_inputs(setup)
+    check_pretrained_names(setup)
+    tokenizer = _tokenizer(setup)
+    train = setup.train
+    weights = token_weights(train.token_weight_path, tokenizer, len(tokenizer)) if train.token_weight_path else None
+
+    torch.manual_seed(setup.trainer.seed)
+    model = build_model(setup.model)
+    vocab_size = model.language_model.get_input_embeddings().num_embeddings
+    if vocab_size < len(tokenizer):
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, the LLM's vocabulary only {vocab_size}")
+    if weights is not None:  # ids past the tokenizer's (padding rows of the vocabulary) get the floor weight
+        weights = torch.cat([weights, weights.min().expand(vocab_size - len(weights))])
+    data_config = replace(
+        data_for_model(setup.data, setup.model, model.vision_tower.vision_tower.config.image_size),
+        modality_dropout=setup.data.modality_dropout if train.do_multimodal_augment else 0.0,
+    )
+    dataset = EgoExorDataset(samples, train.hdf5_path, tokenizer, data_config, "train", seed=setup.trainer.seed)
+    return EgoExorTrainer(
+        model=model,
+        args=setup.trainer,
+        train_dataset=dataset,
+        data_collator=Collator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        setup=replace(setup, data=data_config),
+        token_weights=weights,
+    )
+
+
+def check_inputs(setup: TrainSetup) -> list[Sample]:
+    """The training samples, once they, the HDF5 file, the audio cache and the token-frequency file passed
+    their checks (takes without RGB frames are named in a warning)."""
+    train = setup.train
     for flag in ("data_path", "hdf5_path"):
         if getattr(train, flag) is None:
             raise ConfigError(f"--{flag} is required")
@@ -455,45 +508,25 @@ def build_training(setup: TrainSetup) -> EgoExorTrainer:
         cli.open_hdf5(setup.data.audio_cache, "--audio_cache").close()
     if train.token_weight_path is not None:
         cli.input_file(train.token_weight_path, "--token_weight_path")
-    check_pretrained_names(setup)
-    if train.tokenizer == "tiny":
-        tokenizer = build_tiny_tokenizer()
-        tokenizer.pad_token = tokenizer.unk_token
-    else:
-        tokenizer = load_tokenizer(train.tokenizer or setup.model.model_name_or_path, setup.data.model_max_length)
-    weights = token_weights(train.token_weight_path, tokenizer, len(tokenizer)) if train.token_weight_path else None
+    return samples
 
-    torch.manual_seed(setup.trainer.seed)
-    model = build_model(setup.model)
-    vocab_size = model.language_model.get_input_embeddings().num_embeddings
-    if vocab_size < len(tokenizer):
-        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, the LLM's vocabulary only {vocab_size}")
-    if weights is not None:  # ids past the tokenizer's (padding rows of the vocabulary) get the floor weight
-        weights = torch.cat([weights, weights.min().expand(vocab_size - len(weights))])
-    vision = model.vision_tower.vision_tower.config
-    data_config = replace(
-        setup.data, image_size=vision.image_size, tokens_per_branch=setup.model.tokens_per_branch,
-        modality_dropout=setup.data.modality_dropout if train.do_multimodal_augment else 0.0,
-    )  # fmt: skip
-    dataset = EgoExorDataset(samples, train.hdf5_path, tokenizer, data_config, "train", seed=setup.trainer.seed)
-    return EgoExorTrainer(
-        model=model, args=setup.trainer, train_dataset=dataset, data_collator=Collator(tokenizer.pad_token_id),
-        processing_class=tokenizer, setup=replace(setup, data=data_config), token_weights=weights,
-    )  # fmt: skip
+
+def _tokenizer(setup: TrainSetup):
+    """``--tokenizer``: the built-in tiny one, a hub name or folder, or (unset) the LLM's."""
+    from egoexor.data.tokenizer import build_tiny_tokenizer, load_tokenizer
+
+    if setup.train.tokenizer != "tiny":
+        return load_tokenizer(setup.train.tokenizer or setup.model.model_name_or_path, setup.data.model_max_length)
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
 
 
 def _run(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
         print(train_help())
         return 0
-    setup = parse_train_args(argv)
-    for warning in setup.warnings:
-        cli.warn(COMMAND, warning)
-    resume = resume_checkpoint(setup.trainer)
-    check_output_dir(setup, resume)
-    trainer = build_training(setup)
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_final_model()
+    train(parse_train_args(argv))
     return 0
 
 

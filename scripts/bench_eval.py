@@ -17,6 +17,7 @@ import time
 
 from egoexor import scene_graph, vocab
 from egoexor.evaluate import evaluate
+from egoexor.metrics import PROTOCOLS
 
 _TAKES = [("MISS", procedure, take) for procedure in range(1, 5) for take in range(1, 5)] + [
     ("Ultrasound", procedure, take) for procedure in range(1, 6) for take in range(1, 5)
@@ -56,7 +57,7 @@ def main() -> None:
     header = "protocol  predictions   frames      pairs  median s   min s  frames/s"
     print(header)
     print("-" * len(header))
-    for protocol in ("paper", "gt"):
+    for protocol in PROTOCOLS:
         for name, predictions in (("text", texts), ("lists", lists)):
             times = []
             for _ in range(args.repeats):

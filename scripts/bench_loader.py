@@ -46,8 +46,14 @@ def measure_raw(work: Path, n: int) -> dict:
     with h5py.File(work / "egoexor.h5", "r") as h5, h5py.File(work / "audio.h5", "r") as audio:
         for s in samples:
             take = h5[s.take.path]
-            for path in (layout.RGB, layout.GAZE, layout.GAZE_DEPTH, layout.HANDS, layout.POINT_COORDINATES,
-                         layout.POINT_COLORS):  # fmt: skip
+            for path in (
+                layout.RGB,
+                layout.GAZE,
+                layout.GAZE_DEPTH,
+                layout.HANDS,
+                layout.POINT_COORDINATES,
+                layout.POINT_COLORS,
+            ):
                 if path in take:
                     take[path][s.frame]
             if f"{s.take.path}/audio/clap" in audio:
@@ -59,15 +65,21 @@ def measure_loader(work: Path, n: int, workers: int) -> dict:
     from torch.utils.data import DataLoader
 
     from egoexor.config import DataConfig
-    from egoexor.data.dataset import Collator, EgoExorDataset
+    from egoexor.data.dataset import EgoExorDataset
+    from egoexor.data.processor import Collator
     from egoexor.data.samples import load_samples
     from egoexor.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(work / "tokenizer")
     config = DataConfig(audio_cache=str(work / "audio.h5"), audio_encoder=None)
     dataset = EgoExorDataset(load_samples(work / "samples.json")[:n], work / "egoexor.h5", tokenizer, config, "eval")
-    loader = DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=Collator(tokenizer.pad_token_id),
-                        multiprocessing_context="fork" if workers else None)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=2,
+        num_workers=workers,
+        collate_fn=Collator(tokenizer.pad_token_id),
+        multiprocessing_context="fork" if workers else None,
+    )
     start = time.perf_counter()
     for _ in loader:
         pass
@@ -103,8 +115,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure is not None:
-        result = measure_raw(args.work, args.samples) if args.measure == "raw" else \
-            measure_loader(args.work, args.samples, int(args.measure))  # fmt: skip
+        result = (
+            measure_raw(args.work, args.samples)
+            if args.measure == "raw"
+            else measure_loader(args.work, args.samples, int(args.measure))
+        )
         print(json.dumps(result))
         return
 
@@ -114,8 +129,12 @@ def main() -> None:
         rows = {}
         for _ in range(args.runs):
             for name in ("raw", "0", "2"):
-                out = subprocess.run([sys.executable, __file__, "--measure", name, "--work", str(work),
-                                      "--samples", str(args.samples)], capture_output=True, text=True, check=True)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--measure", name, "--work", str(work), "--samples", str(args.samples)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 rows.setdefault(name, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
     finally:
         shutil.rmtree(work)
@@ -128,8 +147,10 @@ def main() -> None:
     for name, label in labels.items():
         per_sample = statistics.median(r["seconds"] / r["samples"] for r in rows[name])
         rss = statistics.median(r["rss_mb"] for r in rows[name])
-        print(f"| {label:<25} | {1 / per_sample:9.1f} | {per_sample * 1e3:9.1f} | {per_sample / floor:14.2f} |"
-              f" {rss:11.0f} |")
+        print(
+            f"| {label:<25} | {1 / per_sample:9.1f} | {per_sample * 1e3:9.1f} | {per_sample / floor:14.2f} |"
+            f" {rss:11.0f} |"
+        )
 
 
 if __name__ == "__main__":

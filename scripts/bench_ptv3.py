@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from egoexor.model.point_transformer import PointTransformerV3, encode_point_clouds
+from egoexor.model.encoders import encode_point_clouds
+from egoexor.model.point_transformer import PointTransformerV3
 
 # (centre, size) of the boxes whose surfaces are sampled: the room, then a table.
 BOXES = [((2.0, 1.5, 1.25), (4.0, 3.0, 2.5)), ((2.0, 1.5, 0.4), (1.2, 0.7, 0.8))]

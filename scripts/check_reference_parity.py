@@ -83,10 +83,15 @@ class Report:
 def run_reference(python: str, src: Path, work: Path, kind: str, **job) -> dict:
     job_file = work / f"{kind}.job.json"
     result = work / f"{kind}.result.pt"
-    job_file.write_text(json.dumps({"kind": kind, "result": str(result), "workdir": str(work / "reference"),
-                                    "reference_src": str(src), **job}))
-    subprocess.run([python, str(ROOT / "scripts" / "parity" / "reference_side.py"), "--reference-src", str(src),
-                    str(job_file)], check=True)
+    job_file.write_text(
+        json.dumps(
+            {"kind": kind, "result": str(result), "workdir": str(work / "reference"), "reference_src": str(src), **job}
+        )
+    )
+    subprocess.run(
+        [python, str(ROOT / "scripts" / "parity" / "reference_side.py"), "--reference-src", str(src), str(job_file)],
+        check=True,
+    )
     return torch.load(result, weights_only=False)
 
 
@@ -125,7 +130,12 @@ def h5_differences(a: Path, b: Path) -> tuple[int, list[str]]:
             attrs(x, y, path)
             if isinstance(x, h5py.Dataset):
                 same = (x.dtype, x.shape, x.chunks, x.compression, x.compression_opts) == (
-                    y.dtype, y.shape, y.chunks, y.compression, y.compression_opts)
+                    y.dtype,
+                    y.shape,
+                    y.chunks,
+                    y.compression,
+                    y.compression_opts,
+                )
                 if not same or not _equal_values(x[()], y[()]):
                     failures.append(f"{path}: dataset differs")
                 return
@@ -199,11 +209,29 @@ def egoexor_view_names(dataset, sample) -> tuple[list[str], list[str]]:
     ego = []
     if "ego_frames" in available:
         n_depth = len(point.gaze_depth) if point.gaze_depth is not None else 0
-        ego = views.ego_views(point.sources, point.rgb, point.gaze, n_depth, point.hands, config.row_matching,
-                              generating=False, selection=config.camera_selection)
-    exo = views.exo_cameras(point.sources, "exo_frames" in available, "ultrasound" in available,
-                            config.camera_selection, sample_views=False, max_views=config.max_exo_views,
-                            rng=None) if point.rgb is not None else []
+        ego = views.ego_views(
+            point.sources,
+            point.rgb,
+            point.gaze,
+            n_depth,
+            point.hands,
+            config.row_matching,
+            generating=False,
+            selection=config.camera_selection,
+        )
+    exo = (
+        views.exo_cameras(
+            point.sources,
+            "exo_frames" in available,
+            "ultrasound" in available,
+            config.camera_selection,
+            sample_views=False,
+            max_views=config.max_exo_views,
+            rng=None,
+        )
+        if point.rgb is not None
+        else []
+    )
     return [view.source for view in ego], [point.sources[c] for c in exo]
 
 
@@ -228,9 +256,11 @@ def item_differences(reference: list[dict], dataset, audio) -> tuple[int, list[s
                 continue
             checks[f"exo image {name}"] = (item["exo_images"][exo_names.index(name)], record["exo_frames"][name_index])
         n_ego = len(ego_names)
-        for key, ours, mask in (("eye_gaze", item["gaze"][:, :2], item["gaze_mask"]),
-                                ("eye_gaze_depth", item["gaze"][:, 2], item["gaze_mask"]),
-                                ("hand_tracking", item["hands"], item["hand_mask"])):
+        for key, ours, mask in (
+            ("eye_gaze", item["gaze"][:, :2], item["gaze_mask"]),
+            ("eye_gaze_depth", item["gaze"][:, 2], item["gaze_mask"]),
+            ("hand_tracking", item["hands"], item["hand_mask"]),
+        ):
             theirs = record.get(key)
             if theirs is None or n_ego == 0:
                 continue
@@ -253,9 +283,18 @@ def item_differences(reference: list[dict], dataset, audio) -> tuple[int, list[s
             worst = max(worst, steps)
             if steps > 1:
                 failures.append(f"{where}: {name} differs by {steps:.3g} bf16 steps")
-        golden.append({"id": sample.id, "ego": ego_names, "exo": record.get("exo_source_names", []),
-                       **{name: [float(theirs.float().sum()), float(theirs.float().abs().sum()), list(theirs.shape)]
-                          for name, (_, theirs) in checks.items()}, **exact})
+        golden.append(
+            {
+                "id": sample.id,
+                "ego": ego_names,
+                "exo": record.get("exo_source_names", []),
+                **{
+                    name: [float(theirs.float().sum()), float(theirs.float().abs().sum()), list(theirs.shape)]
+                    for name, (_, theirs) in checks.items()
+                },
+                **exact,
+            }
+        )
     return len(reference), failures, worst, golden
 
 
@@ -311,17 +350,55 @@ def build_data(work: Path, src: Path, python: str, tokenizer: Path, report: Repo
     dataset = generate(work / "download", "tiny", seed=0)
     names = [path.name for path in dataset.files]
     ours, theirs = work / "merged.h5", work / "merged_reference.h5"
-    run_egoexor("egoexor.data.merge_h5", "--data_dir", str(dataset.directory), "--input_files", *names,
-                "--splits_file", dataset.splits_file.name, "--output_file", str(ours), "--quiet")
-    run_reference(python, src, work, "merge", data_dir=str(dataset.directory), input_files=names,
-                  splits_file=dataset.splits_file.name, out=str(theirs))
+    run_egoexor(
+        "egoexor.data.merge_h5",
+        "--data_dir",
+        str(dataset.directory),
+        "--input_files",
+        *names,
+        "--splits_file",
+        dataset.splits_file.name,
+        "--output_file",
+        str(ours),
+        "--quiet",
+    )
+    run_reference(
+        python,
+        src,
+        work,
+        "merge",
+        data_dir=str(dataset.directory),
+        input_files=names,
+        splits_file=dataset.splits_file.name,
+        out=str(theirs),
+    )
     report.add("merge (HDF5 objects)", *h5_differences(ours, theirs))
 
     samples_dir, reference_dir = work / "samples", work / "samples_reference"
-    run_egoexor("egoexor.data.make_samples", "--hdf5", str(ours), "--split", SPLIT, "--n-permutations",
-                str(PERMUTATIONS), "--out", str(samples_dir), "--tokenizer", str(tokenizer))
-    run_reference(python, src, work, "samples", hdf5=str(ours), split=SPLIT, n_permutations=PERMUTATIONS,
-                  out=str(reference_dir), tokenizer=str(tokenizer))
+    run_egoexor(
+        "egoexor.data.make_samples",
+        "--hdf5",
+        str(ours),
+        "--split",
+        SPLIT,
+        "--n-permutations",
+        str(PERMUTATIONS),
+        "--out",
+        str(samples_dir),
+        "--tokenizer",
+        str(tokenizer),
+    )
+    run_reference(
+        python,
+        src,
+        work,
+        "samples",
+        hdf5=str(ours),
+        split=SPLIT,
+        n_permutations=PERMUTATIONS,
+        out=str(reference_dir),
+        tokenizer=str(tokenizer),
+    )
     ours_json = next(samples_dir.glob(f"{SPLIT}_*.json"))
     reference_json = next(p for p in reference_dir.glob(f"{SPLIT}_*.json"))
     report.add("samples (records)", *sample_differences(ours_json, reference_json))
@@ -350,21 +427,45 @@ def forward_indices(samples: Path) -> list[int]:
     return chosen[:FORWARD_SAMPLES]
 
 
-def model_checks(work: Path, src: Path, python: str, tokenizer: Path, merged: Path, samples: Path,
-                 tokenizer_obj, report: Report, golden: dict) -> None:
+def model_checks(
+    work: Path,
+    src: Path,
+    python: str,
+    tokenizer: Path,
+    merged: Path,
+    samples: Path,
+    tokenizer_obj,
+    report: Report,
+    golden: dict,
+) -> None:
     """Forward, generation and checkpoint import of the parity model, both sides."""
     from egoexor.convert_reference import convert
-    from egoexor.data.dataset import Collator, EgoExorDataset
+    from egoexor.data.dataset import EgoExorDataset
+    from egoexor.data.processor import Collator
     from egoexor.model.build import load_trained
 
     model = egoexor_side.build_model()
     weights = work / "weights.pt"
     torch.save(egoexor_side.reference_state_dict(model), weights)
-    common = dict(egoexor_side.REFERENCE_JOB, tokenizer=str(tokenizer), samples=str(samples), hdf5=str(merged),
-                  weights=str(weights))
+    common = dict(
+        egoexor_side.REFERENCE_JOB,
+        tokenizer=str(tokenizer),
+        samples=str(samples),
+        hdf5=str(merged),
+        weights=str(weights),
+    )
     indices = forward_indices(samples)
-    reference = run_reference(python, src, work, "forward", indices=indices, new_tokens=NEW_TOKENS,
-                              exocentric_features=["audio"], audio_stand_in=True, **common)
+    reference = run_reference(
+        python,
+        src,
+        work,
+        "forward",
+        indices=indices,
+        new_tokens=NEW_TOKENS,
+        exocentric_features=["audio"],
+        audio_stand_in=True,
+        **common,
+    )
     unset = reference["unset"]["missing"] + reference["unset"]["unexpected"]
     unset = [key for key in unset if not key.endswith("rotary_emb.inv_freq")]
     report.add("weights into the reference", 1, [f"not set: {key}" for key in unset])
@@ -374,17 +475,16 @@ def model_checks(work: Path, src: Path, python: str, tokenizer: Path, merged: Pa
     exo_orders = [item.get("exo_source_names", []) for item in reference["items"]]
     batch = egoexor_batch(train, Collator(tokenizer_obj.pad_token_id), indices, exo_orders)
     with torch.no_grad():
-        logits = model(batch)["logits"].float()
+        logits = model(**batch)["logits"].float()
     compared, failures, worst = forward_differences(reference, logits, batch)
     report.add("forward (logits, float32)", compared, failures, worst)
-    golden["logits"] = {"indices": list(indices), "reference": reference["logits"],
-                        "mask": batch["attention_mask"]}
+    golden["logits"] = {"indices": list(indices), "reference": reference["logits"], "mask": batch["attention_mask"]}
 
     generate = EgoExorDataset(samples, merged, tokenizer_obj, config, mode="generate")
     failures, ids = [], []
     for index, names, theirs in zip(indices, exo_orders, reference["generated"], strict=True):
         single = egoexor_batch(train, Collator(tokenizer_obj.pad_token_id, "left"), [index], [names], generate)
-        ours = model.generate(single, max_new_tokens=NEW_TOKENS, eos_token_id=tokenizer_obj.eos_token_id)[0]
+        ours = model.generate(**single, max_new_tokens=NEW_TOKENS, eos_token_id=tokenizer_obj.eos_token_id)[0]
         ids.append(theirs.tolist())
         if ours.tolist() != theirs.tolist():
             failures.append(f"sample {index}: greedy ids {ours.tolist()} vs the reference's {theirs.tolist()}")
@@ -395,22 +495,32 @@ def model_checks(work: Path, src: Path, python: str, tokenizer: Path, merged: Pa
     written = run_reference(python, src, work, "checkpoint", out=str(folder), **common)
     converted = work / "converted"
     # the CLIP tower comes from the folder config.json names (the one the reference side wrote), as for a release
-    overrides = {k: v for k, v in vars(egoexor_side.model_config()).items()
-                 if k not in ("preset", "vision_tower", "vision_config")}
+    overrides = {
+        k: v
+        for k, v in vars(egoexor_side.model_config()).items()
+        if k not in ("preset", "vision_tower", "vision_config")
+    }
     try:
         mapping = convert(folder, converted, **overrides)
         loaded, _ = load_trained(converted)
         theirs_state, ours_state = loaded.state_dict(), model.state_dict()
         trained = set(mapping["mapped"]) | {k for k in ours_state if "lora_" in k}
-        failures = [f"{key}: differs after import" for key in sorted(trained)
-                    if not torch.equal(theirs_state[key].float(), ours_state[key].float())]
+        failures = [
+            f"{key}: differs after import"
+            for key in sorted(trained)
+            if not torch.equal(theirs_state[key].float(), ours_state[key].float())
+        ]
     except Exception as error:  # noqa: BLE001  (reported as a failed check)
         failures = [f"import failed: {error}"]
     report.add("checkpoint import", len(written["non_lora_keys"]) + len(written["adapter_keys"]), failures)
     report.add("infer on the import", 1, infer_failures(converted, tokenizer, merged, samples, indices, work))
-    golden["checkpoint"] = {"non_lora": {key: [list(t.shape), str(t.dtype).removeprefix("torch.")]
-                                         for key, t in torch.load(folder / "non_lora_trainables.bin").items()},
-                            "adapter": sorted(torch.load(folder / "adapter_model.bin"))}
+    golden["checkpoint"] = {
+        "non_lora": {
+            key: [list(t.shape), str(t.dtype).removeprefix("torch.")]
+            for key, t in torch.load(folder / "non_lora_trainables.bin").items()
+        },
+        "adapter": sorted(torch.load(folder / "adapter_model.bin")),
+    }
 
 
 def infer_failures(checkpoint: Path, tokenizer: Path, merged: Path, samples: Path, indices, work: Path) -> list[str]:
@@ -425,10 +535,30 @@ def infer_failures(checkpoint: Path, tokenizer: Path, merged: Path, samples: Pat
     records = json.loads(samples.read_text())
     few.write_text(json.dumps([records[i] for i in indices]))
     out = work / "infer"
-    result = subprocess.run([sys.executable, "-m", "egoexor.infer", "--checkpoint", str(checkpoint), "--hdf5",
-                             str(merged), "--samples", str(few), "--out", str(out), "--max_new_tokens", "8",
-                             "--bits", "16", "--audio_cache", str(work / "audio_stand_in.h5"), "--overwrite"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "egoexor.infer",
+            "--checkpoint",
+            str(checkpoint),
+            "--hdf5",
+            str(merged),
+            "--samples",
+            str(few),
+            "--out",
+            str(out),
+            "--max_new_tokens",
+            "8",
+            "--bits",
+            "16",
+            "--audio_cache",
+            str(work / "audio_stand_in.h5"),
+            "--overwrite",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         return [f"infer exited {result.returncode}: {result.stderr.strip().splitlines()[-1:]}"]
     predicted = json.loads((out / "raw_predictions.json").read_text())
@@ -443,17 +573,27 @@ def write_golden(directory: Path, golden: dict) -> None:
     (directory / "checkpoint_keys.json").write_text(json.dumps(golden["checkpoint"], indent=1))
     logits, mask = golden["logits"]["reference"], golden["logits"]["mask"]
     top = logits.topk(3, dim=-1)
-    np.savez_compressed(directory / "logits.npz", indices=np.array(golden["logits"]["indices"]),
-                        top_values=top.values.numpy(), top_ids=top.indices.numpy(), mask=mask.numpy(),
-                        row_sums=logits.sum(-1).numpy(), generated=np.array(golden["generated"]))
+    np.savez_compressed(
+        directory / "logits.npz",
+        indices=np.array(golden["logits"]["indices"]),
+        top_values=top.values.numpy(),
+        top_ids=top.indices.numpy(),
+        mask=mask.numpy(),
+        row_sums=logits.sum(-1).numpy(),
+        generated=np.array(golden["generated"]),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference-src", type=Path, required=True, help="checkout of ardamamur/EgoExOR")
     parser.add_argument("--reference-python", required=True, help="python of the reference's environment")
-    parser.add_argument("--tokenizer", type=Path, default=None,
-                        help="llava-v1.5-7b tokenizer folder (default: rebuilt from tests/data/llama-vocab)")
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="llava-v1.5-7b tokenizer folder (default: rebuilt from tests/data/llama-vocab)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep intermediate files here")
     parser.add_argument("--write-golden", type=Path, default=None, help="freeze the reference's figures here")
     parser.add_argument("--skip-model", action="store_true", help="data checks only (no model forward)")
@@ -481,10 +621,14 @@ def main(argv: list[str] | None = None) -> int:
         train = EgoExorDataset(samples, merged, tokenizer_obj, config, mode="train")
         prompts = EgoExorDataset(samples, merged, tokenizer_obj, config, mode="generate")
         indices = range(len(reference["records"]))
-        report.add("tokens (ids, labels, prompt)",
-                   *token_differences(reference, [train[i] for i in indices], [prompts[i] for i in indices]))
-        golden["tokens"] = [{key: (value.tolist() if torch.is_tensor(value) else value) for key, value in r.items()}
-                            for r in reference["records"]]
+        report.add(
+            "tokens (ids, labels, prompt)",
+            *token_differences(reference, [train[i] for i in indices], [prompts[i] for i in indices]),
+        )
+        golden["tokens"] = [
+            {key: (value.tolist() if torch.is_tensor(value) else value) for key, value in r.items()}
+            for r in reference["records"]
+        ]
 
         reference = run_reference(python, src, work, "items", **common)
         compared, failures, worst, golden["items"] = item_differences(reference["items"], train, audio_snippet)

@@ -1,14 +1,23 @@
-"""Shared fixtures: a tiny synthetic dataset in the released layout and its merged file."""
+"""Shared fixtures: a tiny synthetic dataset in the released layout, its merged file, and the tiny model's
+configuration, read from ``configs/tiny.yaml`` (the model the demo trains): the one definition of it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from tiny_config import TINY_LLM, TINY_PTV3, TINY_TOKENS, TINY_VISION
+import yaml
 
 from egoexor.data.merge_h5 import merge_files
 from egoexor.data.synthetic import SyntheticDataset, generate
+
+TINY_YAML = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+TINY = yaml.safe_load(TINY_YAML.read_text())
+#: The ``model`` section of ``configs/tiny.yaml``: a complete model small enough to build, train and run on a
+#: CPU in seconds. Its parts, for tests that build one of them alone:
+TINY_MODEL = TINY["model"]
+TINY_LLM, TINY_VISION = TINY_MODEL["llm_config"], TINY_MODEL["vision_config"]
+TINY_TOKENS = TINY_MODEL["tokens_per_branch"]
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +61,18 @@ def sample_files(merged_file: Path, tokenizer_dir: Path, tmp_path_factory: pytes
     out = tmp_path_factory.mktemp("samples")
     files = {}
     for split, n in (("train", 2), ("validation", 1), ("test", 1)):
-        argv = ["--hdf5", str(merged_file), "--split", split, "--n-permutations", str(n), "--out", str(out),
-                "--tokenizer", str(tokenizer_dir)]  # fmt: skip
+        argv = [
+            "--hdf5",
+            str(merged_file),
+            "--split",
+            split,
+            "--n-permutations",
+            str(n),
+            "--out",
+            str(out),
+            "--tokenizer",
+            str(tokenizer_dir),
+        ]
         assert main(argv) == 0
         files[split] = out / samples_file_name(split, n, 0.0)
     return files
@@ -63,16 +82,14 @@ def sample_files(merged_file: Path, tokenizer_dir: Path, tmp_path_factory: pytes
 def tiny_model_config(tokenizer):
     from egoexor.config import ModelConfig
 
-    return ModelConfig(
-        model_name_or_path=None, llm_config={**TINY_LLM, "vocab_size": len(tokenizer)}, vision_tower=None,
-        vision_config=TINY_VISION, unfreeze_n_vision_tower_layers=2, tokens_per_branch=TINY_TOKENS,
-        fusion_heads=2, fusion_max_positions=160, encoder_hidden=32, point_transformer=TINY_PTV3, bits=16,
-        dtype="float32", lora_r=8, lora_alpha=16,
-    )  # fmt: skip
+    assert TINY_LLM["vocab_size"] == len(tokenizer), f"{TINY_YAML}: vocab_size is not the tiny tokenizer's"
+    return ModelConfig(**TINY_MODEL)
 
 
 @pytest.fixture(scope="session")
-def tiny_data_config(clap_dir):
-    from egoexor.config import DataConfig
+def tiny_data_config(tiny_model_config, clap_dir):
+    """The data configuration of ``configs/tiny.yaml`` fitted to its model, with the tiny CLAP for audio."""
+    from egoexor.config import DataConfig, data_for_model
 
-    return DataConfig(image_size=TINY_VISION["image_size"], tokens_per_branch=TINY_TOKENS, audio_encoder=str(clap_dir))
+    data = DataConfig(**{**TINY["data"], "audio_encoder": str(clap_dir)})
+    return data_for_model(data, tiny_model_config, TINY_VISION["image_size"])

@@ -151,8 +151,11 @@ def write_tokenizer_folder(directory: str | os.PathLike, gguf_file: str | os.Pat
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tokenizer.model").write_bytes(sentencepiece_model(gguf_file))
-    files = {"tokenizer_config.json": TOKENIZER_CONFIG, "special_tokens_map.json": SPECIAL_TOKENS_MAP,
-             "config.json": MODEL_CONFIG}  # fmt: skip
+    files = {
+        "tokenizer_config.json": TOKENIZER_CONFIG,
+        "special_tokens_map.json": SPECIAL_TOKENS_MAP,
+        "config.json": MODEL_CONFIG,
+    }
     for name, content in files.items():
         (directory / name).write_text(json.dumps(content, indent=2) + "\n")
     return directory

@@ -14,26 +14,42 @@ from egoexor.config import DROPPABLE_MODALITIES
 from egoexor.data.synthetic import PARTS
 
 
-def ablate_args(checkpoint, merged_file, samples, out, *extra):  # noqa: F811
-    return ["--checkpoint", str(checkpoint), "--hdf5", str(merged_file), "--samples", str(samples), "--out", str(out),
-            "--max_new_tokens", "5", "--batch_size", "3", "--num_workers", "0", *extra]  # fmt: skip
+def ablate_args(checkpoint, merged_file, samples, out, *extra):
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--hdf5",
+        str(merged_file),
+        "--samples",
+        str(samples),
+        "--out",
+        str(out),
+        "--max_new_tokens",
+        "5",
+        "--batch_size",
+        "3",
+        "--num_workers",
+        "0",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
-def ablation(checkpoint, merged_file, few_samples, tmp_path_factory):  # noqa: F811
+def ablation(checkpoint, merged_file, few_samples, tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation") / "out"
     assert ablate.main(ablate_args(checkpoint, merged_file, few_samples, out, "--modalities", "gaze,exo")) == 0
     return out
 
 
-def test_outputs_one_row_per_removed_input_and_a_column_per_group(ablation, few_samples, capsys):  # noqa: F811
+def test_outputs_one_row_per_removed_input_and_a_column_per_group(ablation, few_samples, capsys):
     result = json.loads((ablation / "ablation.json").read_text())
     assert [row["removed"] for row in result["rows"]] == ["none", "gaze", "exo"]
     assert result["groups"] == {part.modality: list(part.predicates) for part in PARTS}
     for row in result["rows"]:
         assert set(row["groups"]) == {part.modality for part in PARTS}
-        assert all(value is None or 0 <= value <= 1 for value in (row["macro_f1"], row["triplet_f1"],
-                                                                  *row["groups"].values()))  # fmt: skip
+        assert all(
+            value is None or 0 <= value <= 1 for value in (row["macro_f1"], row["triplet_f1"], *row["groups"].values())
+        )
     table = (ablation / "ablation.md").read_text().splitlines()
     header = next(line for line in table if line.startswith("| removed |"))
     assert header.split(" | ")[1:4] == ["macro F1", "triplet F1", "ego_frames"]
@@ -45,8 +61,13 @@ def test_outputs_one_row_per_removed_input_and_a_column_per_group(ablation, few_
         assert {json.loads(line)["id"] for line in lines} == ids
 
 
-def test_existing_output_is_refused_and_overwrite_replaces_it(ablation, checkpoint, merged_file, few_samples,  # noqa: F811
-                                                             capsys):  # fmt: skip
+def test_existing_output_is_refused_and_overwrite_replaces_it(
+    ablation,
+    checkpoint,
+    merged_file,
+    few_samples,
+    capsys,
+):
     before = (ablation / "ablation.json").read_text()
     assert ablate.main(ablate_args(checkpoint, merged_file, few_samples, ablation, "--modalities", "audio")) == 2
     assert "already exists (pass --overwrite" in capsys.readouterr().err
@@ -69,8 +90,15 @@ def test_existing_output_is_refused_and_overwrite_replaces_it(ablation, checkpoi
         ({"--out": "{checkpoint}/.."}, "holds the input {checkpoint}"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(change, message, checkpoint, merged_file, few_samples,  # noqa: F811
-                                                         tmp_path, capsys):  # fmt: skip
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    change,
+    message,
+    checkpoint,
+    merged_file,
+    few_samples,
+    tmp_path,
+    capsys,
+):
     values = {"--checkpoint": str(checkpoint), "--out": str(tmp_path / "out"), "--samples": str(few_samples)}
     values.update({flag: value.format(tmp=tmp_path, checkpoint=checkpoint) for flag, value in change.items()})
     argv = ablate_args(values["--checkpoint"], merged_file, values["--samples"], values["--out"])
@@ -83,8 +111,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(change, message, checkp
     assert not (tmp_path / "out").exists() and sorted(path.name for path in checkpoint.iterdir()) == before
 
 
-def test_ctrl_c_is_one_line_exit_130_and_leaves_no_output(checkpoint, merged_file, few_samples, tmp_path,  # noqa: F811
-                                                          monkeypatch, capsys):  # fmt: skip
+def test_ctrl_c_is_one_line_exit_130_and_leaves_no_output(
+    checkpoint,
+    merged_file,
+    few_samples,
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -94,13 +128,20 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_output(checkpoint, merged_fil
     assert list(tmp_path.iterdir()) == []
 
 
-def test_infer_drop_modalities_is_checked_and_recorded_as_another_run(checkpoint, merged_file, few_samples,  # noqa: F811
-                                                                       tmp_path, capsys):  # fmt: skip
+def test_infer_drop_modalities_is_checked_and_recorded_as_another_run(
+    checkpoint,
+    merged_file,
+    few_samples,
+    tmp_path,
+    capsys,
+):
     argv = infer_args(checkpoint, merged_file, few_samples, tmp_path / "out", "--num_workers", "0")
     assert infer.main([*argv, "--drop_modalities", "gaze,smell"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"egoexor.infer: error: argument --drop_modalities: unknown smell; choose from "
-                   f"{', '.join(DROPPABLE_MODALITIES)} (see --help)")  # fmt: skip
+    assert err == (
+        f"egoexor.infer: error: argument --drop_modalities: unknown smell; choose from "
+        f"{', '.join(DROPPABLE_MODALITIES)} (see --help)"
+    )
     assert infer.main([*argv, "--drop_modalities", "gaze,audio"]) == 0
     assert json.loads((tmp_path / "out" / infer.RUN_FILE).read_text())["drop_modalities"] == ["gaze", "audio"]
     assert infer.main([*argv, "--drop_modalities", "gaze,audio"]) == 0  # the same run: resumed, not refused

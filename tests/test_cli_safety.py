@@ -83,8 +83,18 @@ class Env:
 
 def merge(e: Env, *extra: str, files=PROCEDURES, splits="splits.h5", output=None) -> list[str]:
     output = str(e.out / "m.h5") if output is None else output
-    return ["--data_dir", str(e.inp / "dl"), "--input_files", *files, "--splits_file", splits,
-            "--output_file", output, "--quiet", *extra]  # fmt: skip
+    return [
+        "--data_dir",
+        str(e.inp / "dl"),
+        "--input_files",
+        *files,
+        "--splits_file",
+        splits,
+        "--output_file",
+        output,
+        "--quiet",
+        *extra,
+    ]
 
 
 def samples(e: Env, *extra: str, hdf5=None) -> list[str]:
@@ -141,141 +151,319 @@ CASES = [
     # --- egoexor-merge-h5 -------------------------------------------------------------------------------------------
     Case("missing input", "merge", lambda e: merge(e, files=("miss_1.h5", "miss_9.h5")), "miss_9.h5: no such file"),
     Case("input is a folder", "merge", lambda e: merge(e, files=(str(e.inp / "folder.h5"),)), "is a folder"),
-    Case("input not HDF5", "merge", lambda e: merge(e, files=(str(e.inp / "garbage.h5"),)),
-         "garbage.h5: not an HDF5 file"),
+    Case(
+        "input not HDF5",
+        "merge",
+        lambda e: merge(e, files=(str(e.inp / "garbage.h5"),)),
+        "garbage.h5: not an HDF5 file",
+    ),
     Case("input empty", "merge", lambda e: merge(e, files=(str(e.inp / "empty.h5"),)), "empty.h5: not an HDF5"),
-    Case("input truncated", "merge", lambda e: merge(e, files=(str(e.inp / "truncated.h5"),)),
-         "truncated.h5: cannot read the HDF5 file"),
-    Case("input wrong layout", "merge", lambda e: merge(e, files=(str(e.inp / "nolayout.h5"),)),
-         "nolayout.h5: missing 'metadata/vocabulary/entity'"),
+    Case(
+        "input truncated",
+        "merge",
+        lambda e: merge(e, files=(str(e.inp / "truncated.h5"),)),
+        "truncated.h5: cannot read the HDF5 file",
+    ),
+    Case(
+        "input wrong layout",
+        "merge",
+        lambda e: merge(e, files=(str(e.inp / "nolayout.h5"),)),
+        "nolayout.h5: missing 'metadata/vocabulary/entity'",
+    ),
     Case("splits missing", "merge", lambda e: merge(e, splits="nope.h5"), "nope.h5: no such file"),
     Case("splits without group", "merge", lambda e: merge(e, splits="miss_1.h5"), "miss_1.h5: no 'splits/' group"),
     Case("splits truncated", "merge", lambda e: merge(e, splits=str(e.inp / "truncated.h5")), "truncated.h5"),
     Case("output exists", "merge", merge, "m.h5: already exists (pass --overwrite", _file("m.h5")),
     Case("output is an input", "merge", lambda e: merge(e, output="miss_1.h5"), "is also an input"),
-    Case("output is an input, --overwrite", "merge", lambda e: merge(e, "--overwrite", output="miss_2.h5"),
-         "is also an input"),
-    Case("output is the splits file, --overwrite", "merge", lambda e: merge(e, "--overwrite", output="splits.h5"),
-         "is also an input"),
-    Case("output symlinks to an input, --overwrite", "merge", lambda e: merge(e, "--overwrite"), "is also an input",
-         _link("m.h5", lambda e: e.inp / "dl" / "miss_1.h5")),
-    Case("output hard-links an input, --overwrite", "merge", lambda e: merge(e, "--overwrite"), "is also an input",
-         _link("m.h5", lambda e: e.inp / "dl" / "ultrasound_1.h5", hard=True)),
+    Case(
+        "output is an input, --overwrite",
+        "merge",
+        lambda e: merge(e, "--overwrite", output="miss_2.h5"),
+        "is also an input",
+    ),
+    Case(
+        "output is the splits file, --overwrite",
+        "merge",
+        lambda e: merge(e, "--overwrite", output="splits.h5"),
+        "is also an input",
+    ),
+    Case(
+        "output symlinks to an input, --overwrite",
+        "merge",
+        lambda e: merge(e, "--overwrite"),
+        "is also an input",
+        _link("m.h5", lambda e: e.inp / "dl" / "miss_1.h5"),
+    ),
+    Case(
+        "output hard-links an input, --overwrite",
+        "merge",
+        lambda e: merge(e, "--overwrite"),
+        "is also an input",
+        _link("m.h5", lambda e: e.inp / "dl" / "ultrasound_1.h5", hard=True),
+    ),
     Case("output is a folder, --overwrite", "merge", lambda e: merge(e, "--overwrite"), "is a folder", _dir("m.h5")),
-    Case("output parent is a file", "merge", lambda e: merge(e, output=str(e.out / "f" / "m.h5")),
-         "is a file, not a folder", _file("f")),
+    Case(
+        "output parent is a file",
+        "merge",
+        lambda e: merge(e, output=str(e.out / "f" / "m.h5")),
+        "is a file, not a folder",
+        _file("f"),
+    ),
     Case("input given twice", "merge", lambda e: merge(e, files=("miss_1.h5", "miss_1.h5")), "given twice"),
-    Case("data_dir missing", "merge", lambda e: ["--data_dir", str(e.out / "nope"), *merge(e)[2:]],
-         "--data_dir"),
+    Case("data_dir missing", "merge", lambda e: ["--data_dir", str(e.out / "nope"), *merge(e)[2:]], "--data_dir"),
     Case("unknown flag", "merge", lambda e: merge(e, "--frobnicate"), "unrecognized arguments: --frobnicate"),
     Case("abbreviated flag", "merge", lambda e: merge(e, "--overwrit"), "unrecognized arguments: --overwrit"),
     Case("missing required flag", "merge", lambda e: merge(e)[:-3] + ["--quiet"], "--output_file"),
     Case("no input files", "merge", lambda e: merge(e, files=()), "--input_files"),
-    Case("strict: dangling split rows", "merge",
-         lambda e: merge(e, "--strict", splits=str(e.inp / "dangling_splits.h5")), "1 in test"),
-    Case("strict: take without rgb", "merge", lambda e: merge(e, "--strict", files=("miss_1.h5", "norgb.h5")),
-         "data/MISS/2/take/1"),
+    Case(
+        "strict: dangling split rows",
+        "merge",
+        lambda e: merge(e, "--strict", splits=str(e.inp / "dangling_splits.h5")),
+        "1 in test",
+    ),
+    Case(
+        "strict: take without rgb",
+        "merge",
+        lambda e: merge(e, "--strict", files=("miss_1.h5", "norgb.h5")),
+        "data/MISS/2/take/1",
+    ),
     # --- make_samples -----------------------------------------------------------------------------------------------
     Case("hdf5 missing", "samples", lambda e: samples(e, hdf5=str(e.inp / "nope.h5")), "--hdf5"),
     Case("hdf5 is a folder", "samples", lambda e: samples(e, hdf5=str(e.inp / "folder.h5")), "is a folder"),
     Case("hdf5 not HDF5", "samples", lambda e: samples(e, hdf5=str(e.inp / "garbage.h5")), "not an HDF5 file"),
-    Case("hdf5 truncated", "samples", lambda e: samples(e, hdf5=str(e.inp / "truncated.h5")),
-         "truncated.h5: cannot read the HDF5 file"),
-    Case("hdf5 without splits", "samples", lambda e: samples(e, hdf5=str(e.inp / "dl" / "miss_1.h5")),
-         "missing 'splits/test'"),
-    Case("split row names a missing take", "samples", lambda e: samples(e, hdf5=str(e.inp / "dangling.h5")),
-         "data/MISS/9/take/1"),
+    Case(
+        "hdf5 truncated",
+        "samples",
+        lambda e: samples(e, hdf5=str(e.inp / "truncated.h5")),
+        "truncated.h5: cannot read the HDF5 file",
+    ),
+    Case(
+        "hdf5 without splits",
+        "samples",
+        lambda e: samples(e, hdf5=str(e.inp / "dl" / "miss_1.h5")),
+        "missing 'splits/test'",
+    ),
+    Case(
+        "split row names a missing take",
+        "samples",
+        lambda e: samples(e, hdf5=str(e.inp / "dangling.h5")),
+        "data/MISS/9/take/1",
+    ),
     Case("unknown split", "samples", lambda e: samples(e, "--split", "val"), "invalid choice: 'val'"),
     Case("zero permutations", "samples", lambda e: samples(e, "--n-permutations", "0"), "--n-permutations"),
-    Case("permutations not a number", "samples", lambda e: samples(e, "--n-permutations", "two"),
-         "expected an integer"),
+    Case(
+        "permutations not a number", "samples", lambda e: samples(e, "--n-permutations", "two"), "expected an integer"
+    ),
     Case("dropout above 1", "samples", lambda e: samples(e, "--modality-dropout-prob", "1.5"), "<= 1.0"),
     Case("dropout nan", "samples", lambda e: samples(e, "--modality-dropout-prob", "nan"), "got nan"),
     Case("reduce ratio 0", "samples", lambda e: samples(e, "--reduce-ratio", "0"), "--reduce-ratio"),
-    Case("reduce ratio leaves nothing", "samples", lambda e: samples(e, "--reduce-ratio", "100000"),
-         "gives no sample"),
-    Case("samples file exists", "samples", samples, "already exists",
-         _file(make_samples.samples_file_name("test", 1, 0.0))),
-    Case("samples file is the hdf5, --overwrite", "samples",
-         lambda e: ["--hdf5", str(e.inp / "merged.h5"), "--split", "test", "--out", str(e.inp), "--name", "merged.h5",
-                    "--no-token-freqs", "--overwrite"], "is also an input"),
+    Case("reduce ratio leaves nothing", "samples", lambda e: samples(e, "--reduce-ratio", "100000"), "gives no sample"),
+    Case(
+        "samples file exists",
+        "samples",
+        samples,
+        "already exists",
+        _file(make_samples.samples_file_name("test", 1, 0.0)),
+    ),
+    Case(
+        "samples file is the hdf5, --overwrite",
+        "samples",
+        lambda e: [
+            "--hdf5",
+            str(e.inp / "merged.h5"),
+            "--split",
+            "test",
+            "--out",
+            str(e.inp),
+            "--name",
+            "merged.h5",
+            "--no-token-freqs",
+            "--overwrite",
+        ],
+        "is also an input",
+    ),
     Case("name is a path", "samples", lambda e: samples(e, "--name", "../x.json"), "must be a file name"),
-    Case("tokenizer missing", "samples", lambda e: with_tokenizer(e, "--tokenizer", str(e.inp / "nope")),
-         "--tokenizer"),
-    Case("tokenizer folder empty", "samples", lambda e: with_tokenizer(e, "--tokenizer", str(e.inp / "empty_dir")),
-         "--tokenizer"),
-    Case("token-freq file exists", "samples", lambda e: with_tokenizer(e, "--tokenizer", str(e.tokenizer)),
-         "already exists", _file(make_samples.token_freqs_file_name("test", 1))),
+    Case(
+        "tokenizer missing", "samples", lambda e: with_tokenizer(e, "--tokenizer", str(e.inp / "nope")), "--tokenizer"
+    ),
+    Case(
+        "tokenizer folder empty",
+        "samples",
+        lambda e: with_tokenizer(e, "--tokenizer", str(e.inp / "empty_dir")),
+        "--tokenizer",
+    ),
+    Case(
+        "token-freq file exists",
+        "samples",
+        lambda e: with_tokenizer(e, "--tokenizer", str(e.tokenizer)),
+        "already exists",
+        _file(make_samples.token_freqs_file_name("test", 1)),
+    ),
     Case("abbreviated flag", "samples", lambda e: samples(e, "--n-perm", "2"), "unrecognized arguments: --n-perm"),
-    Case("samples file replaces a tokenizer file, --overwrite", "samples",
-         lambda e: ["--hdf5", str(e.inp / "merged.h5"), "--out", str(e.tokenizer), "--tokenizer", str(e.tokenizer),
-                    "--name", "tokenizer.json", "--overwrite"], "tokenizer.json: is inside the input folder"),
+    Case(
+        "samples file replaces a tokenizer file, --overwrite",
+        "samples",
+        lambda e: [
+            "--hdf5",
+            str(e.inp / "merged.h5"),
+            "--out",
+            str(e.tokenizer),
+            "--tokenizer",
+            str(e.tokenizer),
+            "--name",
+            "tokenizer.json",
+            "--overwrite",
+        ],
+        "tokenizer.json: is inside the input folder",
+    ),
     # --- precompute_audio -------------------------------------------------------------------------------------------
     Case("batch size -1", "audio", lambda e: audio(e, "--batch_size", "-1"), "--batch_size: must be >= 1, got -1"),
     Case("batch size 0", "audio", lambda e: audio(e, "--batch_size", "0"), "--batch_size"),
     Case("batch size not a number", "audio", lambda e: audio(e, "--batch_size", "many"), "expected an integer"),
-    Case("out is the hdf5, --overwrite", "audio", lambda e: audio(e, "--overwrite", out=str(e.inp / "merged.h5")),
-         "is also an input"),
+    Case(
+        "out is the hdf5, --overwrite",
+        "audio",
+        lambda e: audio(e, "--overwrite", out=str(e.inp / "merged.h5")),
+        "is also an input",
+    ),
     Case("out exists", "audio", audio, "audio.h5: already exists", _file("audio.h5")),
     Case("out is a folder, --overwrite", "audio", lambda e: audio(e, "--overwrite"), "is a folder", _dir("audio.h5")),
     Case("hdf5 missing", "audio", lambda e: audio(e, hdf5=str(e.inp / "nope.h5")), "nope.h5: no such file"),
     Case("hdf5 truncated", "audio", lambda e: audio(e, hdf5=str(e.inp / "truncated.h5")), "truncated.h5"),
     Case("hdf5 not HDF5", "audio", lambda e: audio(e, hdf5=str(e.inp / "garbage.h5")), "not an HDF5 file"),
     Case("hdf5 wrong layout", "audio", lambda e: audio(e, hdf5=str(e.inp / "nolayout.h5")), "no 'data/' group"),
-    Case("hdf5 without audio", "audio", lambda e: audio(e, hdf5=str(e.inp / "dl" / "ultrasound_1.h5")),
-         "no take has audio/snippets"),
+    Case(
+        "hdf5 without audio",
+        "audio",
+        lambda e: audio(e, hdf5=str(e.inp / "dl" / "ultrasound_1.h5")),
+        "no take has audio/snippets",
+    ),
     Case("encoder missing", "audio", lambda e: audio(e, encoder=e.inp / "nope"), "--audio_encoder"),
     Case("encoder folder empty", "audio", lambda e: audio(e, encoder=e.inp / "empty_dir"), "--audio_encoder"),
-    Case("out replaces a file of the encoder folder, --overwrite", "audio",
-         lambda e: audio(e, "--overwrite", out=str(e.clap / "config.json")), "is inside the input folder"),
+    Case(
+        "out replaces a file of the encoder folder, --overwrite",
+        "audio",
+        lambda e: audio(e, "--overwrite", out=str(e.clap / "config.json")),
+        "is inside the input folder",
+    ),
     Case("unknown audio_norm", "audio", lambda e: audio(e, "--audio_norm", "loud"), "invalid choice: 'loud'"),
     # --- synthetic --------------------------------------------------------------------------------------------------
-    Case("existing dataset file", "synthetic", lambda e: ["--out", str(e.out), "--frames", "4"],
-         "miss_1.h5: already exists", _file("miss_1.h5")),
-    Case("existing file is a folder, --overwrite", "synthetic",
-         lambda e: ["--out", str(e.out), "--frames", "4", "--overwrite"], "splits.h5: is a folder", _dir("splits.h5")),
-    Case("out is a file", "synthetic", lambda e: ["--out", str(e.out / "f"), "--frames", "4"], "is a file",
-         _file("f")),
+    Case(
+        "existing dataset file",
+        "synthetic",
+        lambda e: ["--out", str(e.out), "--frames", "4"],
+        "miss_1.h5: already exists",
+        _file("miss_1.h5"),
+    ),
+    Case(
+        "existing file is a folder, --overwrite",
+        "synthetic",
+        lambda e: ["--out", str(e.out), "--frames", "4", "--overwrite"],
+        "splits.h5: is a folder",
+        _dir("splits.h5"),
+    ),
+    Case("out is a file", "synthetic", lambda e: ["--out", str(e.out / "f"), "--frames", "4"], "is a file", _file("f")),
     Case("too few frames", "synthetic", lambda e: ["--out", str(e.out), "--frames", "2"], "--frames: must be >= 3"),
     Case("negative seed", "synthetic", lambda e: ["--out", str(e.out), "--seed", "-1"], "--seed: must be >= 0"),
     Case("unknown profile", "synthetic", lambda e: ["--out", str(e.out), "--profile", "huge"], "invalid choice"),
     # --- evaluate ---------------------------------------------------------------------------------------------------
-    Case("predictions missing", "evaluate", lambda e: evaluate_argv(e, predictions=str(e.inp / "nope.json")),
-         "--predictions"),
-    Case("samples missing", "evaluate", lambda e: evaluate_argv(e, sample_file=str(e.inp / "nope.json")),
-         "--samples"),
-    Case("samples not JSON", "evaluate", lambda e: evaluate_argv(e, sample_file=str(e.inp / "not_json.json")),
-         "not_json.json: invalid JSON"),
-    Case("samples not UTF-8", "evaluate", lambda e: evaluate_argv(e, sample_file=str(e.inp / "latin1.json")),
-         "latin1.json: cannot read"),
-    Case("samples empty", "evaluate", lambda e: evaluate_argv(e, sample_file=str(e.inp / "empty_list.json")),
-         "the sample list is empty"),
-    Case("samples record malformed", "evaluate", lambda e: evaluate_argv(e, sample_file=str(e.inp / "bad_record.json")),
-         "record 0"),
-    Case("predictions not an object", "evaluate",
-         lambda e: evaluate_argv(e, predictions=str(e.inp / "empty_list.json")), "expected a JSON object"),
-    Case("predictions of another split", "evaluate",
-         lambda e: evaluate_argv(e, predictions=str(e.inp / "other_predictions.json")), "no prediction has the id"),
-    Case("predictions is a folder", "evaluate", lambda e: evaluate_argv(e, predictions=str(e.inp / "empty_dir")),
-         "is a folder"),
+    Case(
+        "predictions missing",
+        "evaluate",
+        lambda e: evaluate_argv(e, predictions=str(e.inp / "nope.json")),
+        "--predictions",
+    ),
+    Case("samples missing", "evaluate", lambda e: evaluate_argv(e, sample_file=str(e.inp / "nope.json")), "--samples"),
+    Case(
+        "samples not JSON",
+        "evaluate",
+        lambda e: evaluate_argv(e, sample_file=str(e.inp / "not_json.json")),
+        "not_json.json: invalid JSON",
+    ),
+    Case(
+        "samples not UTF-8",
+        "evaluate",
+        lambda e: evaluate_argv(e, sample_file=str(e.inp / "latin1.json")),
+        "latin1.json: cannot read",
+    ),
+    Case(
+        "samples empty",
+        "evaluate",
+        lambda e: evaluate_argv(e, sample_file=str(e.inp / "empty_list.json")),
+        "the sample list is empty",
+    ),
+    Case(
+        "samples record malformed",
+        "evaluate",
+        lambda e: evaluate_argv(e, sample_file=str(e.inp / "bad_record.json")),
+        "record 0",
+    ),
+    Case(
+        "predictions not an object",
+        "evaluate",
+        lambda e: evaluate_argv(e, predictions=str(e.inp / "empty_list.json")),
+        "expected a JSON object",
+    ),
+    Case(
+        "predictions of another split",
+        "evaluate",
+        lambda e: evaluate_argv(e, predictions=str(e.inp / "other_predictions.json")),
+        "no prediction has the id",
+    ),
+    Case(
+        "predictions is a folder",
+        "evaluate",
+        lambda e: evaluate_argv(e, predictions=str(e.inp / "empty_dir")),
+        "is a folder",
+    ),
     Case("out exists", "evaluate", evaluate_argv, "eval: already exists", _file("eval", "report.md")),
-    Case("out holds an input, --overwrite", "evaluate", lambda e: evaluate_argv(e, "--overwrite", out=str(e.inp)),
-         "holds the input"),
-    Case("out is the predictions file, --overwrite", "evaluate",
-         lambda e: evaluate_argv(e, "--overwrite", out=str(e.inp / "predictions.json")), "is also an input"),
-    Case("out is a file, --overwrite", "evaluate", lambda e: evaluate_argv(e, "--overwrite"),
-         "is a file, expected a folder", _file("eval")),
-    Case("out an unrelated folder, --overwrite", "evaluate", lambda e: evaluate_argv(e, "--overwrite"),
-         "eval: not replaced: it holds files and no .egoexor.evaluate", _file("eval", "sub", "thesis.tex")),
-    Case("out the current folder, --overwrite", "evaluate", lambda e: evaluate_argv(e, "--overwrite", out="."),
-         ".: is the current folder or holds it"),
-    Case("out an ancestor of the current folder, --overwrite", "evaluate",
-         lambda e: evaluate_argv(e, "--overwrite", out=".."), "is the current folder or holds it"),
-    Case("out the home folder, --overwrite", "evaluate",
-         lambda e: evaluate_argv(e, "--overwrite", out=str(Path.home())), "is the home folder"),
+    Case(
+        "out holds an input, --overwrite",
+        "evaluate",
+        lambda e: evaluate_argv(e, "--overwrite", out=str(e.inp)),
+        "holds the input",
+    ),
+    Case(
+        "out is the predictions file, --overwrite",
+        "evaluate",
+        lambda e: evaluate_argv(e, "--overwrite", out=str(e.inp / "predictions.json")),
+        "is also an input",
+    ),
+    Case(
+        "out is a file, --overwrite",
+        "evaluate",
+        lambda e: evaluate_argv(e, "--overwrite"),
+        "is a file, expected a folder",
+        _file("eval"),
+    ),
+    Case(
+        "out an unrelated folder, --overwrite",
+        "evaluate",
+        lambda e: evaluate_argv(e, "--overwrite"),
+        "eval: not replaced: it holds files and no .egoexor.evaluate",
+        _file("eval", "sub", "thesis.tex"),
+    ),
+    Case(
+        "out the current folder, --overwrite",
+        "evaluate",
+        lambda e: evaluate_argv(e, "--overwrite", out="."),
+        ".: is the current folder or holds it",
+    ),
+    Case(
+        "out an ancestor of the current folder, --overwrite",
+        "evaluate",
+        lambda e: evaluate_argv(e, "--overwrite", out=".."),
+        "is the current folder or holds it",
+    ),
+    Case(
+        "out the home folder, --overwrite",
+        "evaluate",
+        lambda e: evaluate_argv(e, "--overwrite", out=str(Path.home())),
+        "is the home folder",
+    ),
     Case("unknown protocol", "evaluate", lambda e: evaluate_argv(e, "--protocol", "mine"), "invalid choice"),
     Case("abbreviated flag", "evaluate", lambda e: evaluate_argv(e, "--overwr"), "unrecognized arguments: --overwr"),
-]  # fmt: skip
+]
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
@@ -369,9 +557,14 @@ def _interrupt_evaluate(monkeypatch, e: Env) -> list[str]:
 
 @pytest.mark.parametrize(
     ("command", "arrange"),
-    [("merge", _interrupt_merge), ("samples", _interrupt_samples), ("audio", _interrupt_audio),
-     ("synthetic", _interrupt_synthetic), ("evaluate", _interrupt_evaluate)],
-)  # fmt: skip
+    [
+        ("merge", _interrupt_merge),
+        ("samples", _interrupt_samples),
+        ("audio", _interrupt_audio),
+        ("synthetic", _interrupt_synthetic),
+        ("evaluate", _interrupt_evaluate),
+    ],
+)
 def test_ctrl_c_is_one_line_exit_130_and_leaves_no_temporary(command, arrange, env, monkeypatch, capsys):
     name, main = COMMANDS[command]
     argv = arrange(monkeypatch, env)
@@ -405,10 +598,22 @@ def large_inputs(tmp_path_factory) -> list[Path]:
 def _start_merge(files: list[Path], output: Path) -> tuple[subprocess.Popen, Path]:
     """Start a merge and return once its temporary output exists (the merge is under way)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "egoexor.data.merge_h5", "--data_dir", str(files[0].parent), "--input_files",
-         *[p.name for p in files], "--output_file", str(output), "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "egoexor.data.merge_h5",
+            "--data_dir",
+            str(files[0].parent),
+            "--input_files",
+            *[p.name for p in files],
+            "--output_file",
+            str(output),
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         temporaries = list(output.parent.glob(f".{output.name}.*.tmp"))
@@ -426,8 +631,17 @@ def test_kill_9_during_a_merge_leaves_a_stale_temporary_that_the_next_run_remove
     process.communicate()
     assert process.returncode == -signal.SIGKILL
     assert not output.exists() and temporary.exists()  # killed mid-way: the old state (nothing)
-    code = merge_h5.main(["--data_dir", str(large_inputs[0].parent), "--input_files",
-                          *[p.name for p in large_inputs], "--output_file", str(output), "--quiet"])  # fmt: skip
+    code = merge_h5.main(
+        [
+            "--data_dir",
+            str(large_inputs[0].parent),
+            "--input_files",
+            *[p.name for p in large_inputs],
+            "--output_file",
+            str(output),
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert f".{atomic._HOST}.{process.pid}." in temporary.name
     warning = f"egoexor-merge-h5: warning: removed {temporary}, left by an interrupted run"
@@ -517,8 +731,12 @@ def test_evaluate_overwrite_replaces_the_folder_and_a_rerun_without_it_is_refuse
     assert (env.out / "eval" / "notes.txt").exists()
     assert evaluate.main(evaluate_argv(env, "--overwrite")) == 0
     assert sorted(p.name for p in (env.out / "eval").iterdir()) == [
-        ".egoexor.evaluate", "confusion_matrix.png", "f1_per_predicate.png", "metrics.json", "report.md"
-    ]  # fmt: skip
+        ".egoexor.evaluate",
+        "confusion_matrix.png",
+        "f1_per_predicate.png",
+        "metrics.json",
+        "report.md",
+    ]
     assert [p.name for p in env.out.iterdir()] == ["eval"]
 
 
@@ -582,8 +800,10 @@ def test_evaluate_counts_unparsable_predictions_and_unknown_names(env, capsys):
     result = json.loads((env.out / "eval" / "metrics.json").read_text())
     assert result["unparsable_predictions"] == {"count": 1, "examples": [ids[0]]}
     assert result["unknown_names"] == {
-        "count": 2, "dropped_triplets": 2, "examples": {"entity": ["robot"], "predicate": ["levitating"]}
-    }  # fmt: skip
+        "count": 2,
+        "dropped_triplets": 2,
+        "examples": {"entity": ["robot"], "predicate": ["levitating"]},
+    }
     assert "Dropped by the parser: 1 of" in (env.out / "eval" / "report.md").read_text()
 
 

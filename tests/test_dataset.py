@@ -1,5 +1,6 @@
 """Dataset + collator: every modality's values on the synthetic quirks, mixed batches, labels."""
 
+import re
 import shutil
 from dataclasses import replace
 
@@ -11,17 +12,22 @@ from torch.utils.data import DataLoader
 
 from egoexor.cli import CommandError
 from egoexor.config import ConfigError, DataConfig
-from egoexor.data import layout, transforms
-from egoexor.data.audio import ClapAudioEmbedder
-from egoexor.data.dataset import AudioCache, Collator, EgoExorDataset, SampleInputError
+from egoexor.data import layout, processor, transforms
+from egoexor.data.audio import AudioCache, ClapAudioEmbedder
+from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.layout import TakeKey
 from egoexor.data.precompute_audio import precompute
+from egoexor.data.processor import Collator, SampleInputError
 from egoexor.data.samples import load_samples
 from egoexor.prompt import IGNORE_INDEX, IMAGE_TOKEN_ID, SYSTEM
 
 TOKENS = 4
-MISS_FULL, EXO_ONLY, MISS_2, ULTRASOUND = (TakeKey("MISS", 1, 1), TakeKey("MISS", 1, 2), TakeKey("MISS", 2, 1),
-                                           TakeKey("Ultrasound", 1, 1))  # fmt: skip
+MISS_FULL, EXO_ONLY, MISS_2, ULTRASOUND = (
+    TakeKey("MISS", 1, 1),
+    TakeKey("MISS", 1, 2),
+    TakeKey("MISS", 2, 1),
+    TakeKey("Ultrasound", 1, 1),
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +49,12 @@ def make(samples, merged_file, tokenizer, config, mode="eval", **overrides):
 
 
 def test_mixed_batch_shapes_and_masks(validation, merged_file, tokenizer, config):
-    chosen = [pick(validation, MISS_FULL), pick(validation, EXO_ONLY), pick(validation, MISS_2, 1),
-              pick(validation, ULTRASOUND)]  # fmt: skip
+    chosen = [
+        pick(validation, MISS_FULL),
+        pick(validation, EXO_ONLY),
+        pick(validation, MISS_2, 1),
+        pick(validation, ULTRASOUND),
+    ]
     dataset = make(chosen, merged_file, tokenizer, config)
     batch = Collator(tokenizer.pad_token_id)([dataset[i] for i in range(4)])
     assert batch["ego_images"].shape == (4, 4, 3, 32, 32)
@@ -176,7 +186,7 @@ def test_dark_frames_are_rescaled_only_with_the_switch(validation, merged_file, 
 
 def test_reference_camera_selection_keeps_a_blank_camera_inside_the_exo_range(
     validation, merged_file, tokenizer, config, tmp_path
-):  # fmt: skip
+):
     sample = pick(validation, EXO_ONLY)  # cameras or_light, external_1, blank
 
     def blank_in_the_middle(group, stack):  # -> or_light, blank (black), external_1
@@ -200,8 +210,9 @@ def test_text_only_sample_has_no_visual_tokens(validation, merged_file, tokenize
     assert (item["input_ids"] != IMAGE_TOKEN_ID).all()
     assert len(item["ego_images"]) == len(item["exo_images"]) == 0
     assert item["audio"] is None and item["point_cloud"] is None
-    batch = Collator(tokenizer.pad_token_id)([item, make([pick(validation, MISS_FULL)], merged_file, tokenizer,
-                                                         config)[0]])  # fmt: skip
+    batch = Collator(tokenizer.pad_token_id)(
+        [item, make([pick(validation, MISS_FULL)], merged_file, tokenizer, config)[0]]
+    )
     assert batch["ego_view_mask"][0].sum() == 0 and batch["ego_view_mask"][1].sum() == 4
 
 
@@ -228,12 +239,61 @@ def test_audio_cache_equals_on_the_fly(validation, merged_file, tokenizer, confi
         AudioCache(cache, "per_snippet")
 
 
+def hand_made_item(ids: list[int], n_ego: int, n_exo: int, size: int = 8) -> dict:
+    """An item with ``n_ego`` ego views (gaze on each, a hand row on the last) and no audio or cloud."""
+    hand_mask = torch.zeros(n_ego, dtype=torch.bool)
+    hand_mask[n_ego - 1 :] = True
+    return {
+        "input_ids": torch.tensor(ids),
+        "labels": torch.tensor([IGNORE_INDEX, *ids[1:]]),
+        "ego_images": torch.ones(n_ego, 3, size, size),
+        "gaze": torch.ones(n_ego, 3),
+        "gaze_mask": torch.ones(n_ego, dtype=torch.bool),
+        "hands": torch.ones(n_ego, 16),
+        "hand_mask": hand_mask,
+        "exo_images": torch.ones(n_exo, 3, size, size),
+        "audio": None,
+        "point_cloud": None,
+    }
+
+
+def test_collator_gives_every_documented_key_with_its_dtype_and_shape():
+    documented = re.findall(r"^``(\w+)``\s+(\w+) \[", processor.__doc__, flags=re.MULTILINE)
+    assert len(documented) == 16
+    items = [hand_made_item([1, 5, 6], n_ego=2, n_exo=1), hand_made_item([1, 7], n_ego=0, n_exo=0)]
+    batch = Collator(pad_token_id=0, padding_side="left")(items)
+    assert [(key, str(batch[key].dtype).removeprefix("torch.")) for key in batch] == documented
+    assert {key: tuple(tensor.shape) for key, tensor in batch.items()} == {
+        "input_ids": (2, 3),
+        "attention_mask": (2, 3),
+        "labels": (2, 3),
+        "ego_images": (2, 2, 3, 8, 8),
+        "ego_view_mask": (2, 2),
+        "gaze": (2, 2, 3),
+        "gaze_mask": (2, 2),
+        "hands": (2, 2, 16),
+        "hand_mask": (2, 2),
+        "exo_images": (2, 1, 3, 8, 8),
+        "exo_view_mask": (2, 1),
+        "audio": (2, 0),
+        "audio_mask": (2,),
+        "point_cloud": (0, 6),
+        "point_cloud_batch": (0,),
+        "point_cloud_mask": (2,),
+    }
+    assert batch["input_ids"][1].tolist() == [0, 1, 7] and batch["labels"][1].tolist() == [IGNORE_INDEX] * 2 + [7]
+    assert batch["ego_view_mask"].tolist() == [[True, True], [False, False]] and not batch["ego_images"][1].any()
+    assert batch["hand_mask"].tolist() == [[False, True], [False, False]] and not batch["gaze"][1].any()
+    assert not batch["audio_mask"].any() and not batch["point_cloud_mask"].any()
+
+
 def test_dataloader_workers_give_the_same_batches(validation, merged_file, tokenizer, config):
     dataset = make(validation[:8], merged_file, tokenizer, config, mode="train", audio_encoder=None)
     collate = Collator(tokenizer.pad_token_id)
     serial = list(DataLoader(dataset, batch_size=4, collate_fn=collate))
-    parallel = list(DataLoader(dataset, batch_size=4, collate_fn=collate, num_workers=2,
-                               multiprocessing_context="fork"))  # fmt: skip
+    parallel = list(
+        DataLoader(dataset, batch_size=4, collate_fn=collate, num_workers=2, multiprocessing_context="fork")
+    )
     for a, b in zip(serial, parallel, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -6,14 +6,27 @@ import pytest
 import torch
 
 from egoexor.config import DROPPABLE_MODALITIES, ConfigError, DataConfig
-from egoexor.data.dataset import Collator, EgoExorDataset
+from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.layout import TakeKey
+from egoexor.data.processor import Collator
 from egoexor.data.samples import load_samples
 
 MISS_FULL, ULTRASOUND = TakeKey("MISS", 1, 1), TakeKey("Ultrasound", 1, 1)
 #: Batch entries that carry one input each: what removing the input must change, and nothing else.
-ENTRIES = ("ego_images", "ego_view_mask", "gaze", "gaze_mask", "hands", "hand_mask", "exo_images", "exo_view_mask",
-           "audio", "audio_mask", "point_cloud", "point_cloud_mask")  # fmt: skip
+ENTRIES = (
+    "ego_images",
+    "ego_view_mask",
+    "gaze",
+    "gaze_mask",
+    "hands",
+    "hand_mask",
+    "exo_images",
+    "exo_view_mask",
+    "audio",
+    "audio_mask",
+    "point_cloud",
+    "point_cloud_mask",
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +91,17 @@ def test_removing_a_branch_removes_its_views_and_tokens(batches):
 
 
 def test_every_name_is_known_and_an_unknown_one_is_one_clear_error():
-    assert set(DROPPABLE_MODALITIES) == {"ego_frames", "gaze", "hands", "exo_frames", "ultrasound", "audio",
-                                         "point_cloud", "ego", "exo"}  # fmt: skip
+    assert set(DROPPABLE_MODALITIES) == {
+        "ego_frames",
+        "gaze",
+        "hands",
+        "exo_frames",
+        "ultrasound",
+        "audio",
+        "point_cloud",
+        "ego",
+        "exo",
+    }
     assert DataConfig(drop_modalities=["gaze", "ego"]).drop_modalities == ("gaze", "ego")  # from a saved JSON list
     with pytest.raises(ConfigError, match=r"^drop_modalities: unknown eye_gaze, sound; choose from ego_frames, gaze"):
         DataConfig(drop_modalities=("eye_gaze", "sound"))

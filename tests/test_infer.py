@@ -5,7 +5,7 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,9 +13,10 @@ import torch
 from transformers import CLIPVisionModel
 
 from egoexor import infer
-from egoexor.config import DataConfig
+from egoexor.config import checkpoint_config
 from egoexor.convert_reference import REFERENCE_ADAPTER, REFERENCE_NON_LORA, ConversionError, convert
-from egoexor.data.dataset import Collator, EgoExorDataset
+from egoexor.data.dataset import EgoExorDataset
+from egoexor.data.processor import Collator
 from egoexor.data.samples import load_samples
 from egoexor.model.build import build_model, load_trained, save_checkpoint
 from egoexor.model.egoexor_llava import EgoExorLlava
@@ -24,20 +25,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_model_config, tokenizer, tmp_path_factory):
+def checkpoint(tiny_model_config, tiny_data_config, tokenizer, tmp_path_factory):
     """An (untrained) tiny checkpoint in the format training writes."""
     folder = tmp_path_factory.mktemp("checkpoint")
     torch.manual_seed(0)
     model = build_model(tiny_model_config)
-    data = DataConfig(image_size=32, tokens_per_branch=16, audio_encoder=None)
-    save_checkpoint(model, folder, {"model": asdict(tiny_model_config), "data": asdict(data)})
+    data = replace(tiny_data_config, audio_encoder=None)
+    save_checkpoint(model, folder, checkpoint_config(tiny_model_config, data))
     tokenizer.save_pretrained(folder)
     return folder
 
 
 def infer_args(checkpoint, merged_file, samples, out, *extra):
-    return ["--checkpoint", str(checkpoint), "--hdf5", str(merged_file), "--samples", str(samples), "--out", str(out),
-            "--max_new_tokens", "5", "--batch_size", "1", *extra]  # fmt: skip
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--hdf5",
+        str(merged_file),
+        "--samples",
+        str(samples),
+        "--out",
+        str(out),
+        "--max_new_tokens",
+        "5",
+        "--batch_size",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +82,30 @@ def test_outputs_and_reference_format(reference_run, few_samples):
 def test_two_sharded_processes_equal_one(checkpoint, merged_file, few_samples, reference_run, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29563",
-         "-m", "egoexor.infer", *infer_args(checkpoint, merged_file, few_samples, tmp_path)],
-        capture_output=True, text=True, timeout=600, env=env, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29563",
+            "-m",
+            "egoexor.infer",
+            *infer_args(checkpoint, merged_file, few_samples, tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "raw_predictions.rank1.jsonl").is_file()
+    # each rank generated a share of its own (accelerate's split_between_processes), together every sample once
+    logs = [tmp_path / f"raw_predictions.rank{rank}.jsonl" for rank in (0, 1)]
+    shares = [[json.loads(line)["id"] for line in log.read_text().splitlines()] for log in logs]
+    assert all(shares) and sorted(shares[0] + shares[1]) == sorted(s.id for s in load_samples(few_samples))
     assert json.loads((tmp_path / "raw_predictions.json").read_text()) == json.loads(
         (reference_run / "raw_predictions.json").read_text()
     )
@@ -128,9 +160,9 @@ def released(tmp_path_factory, tokenizer, tiny_model_config):
 
     Every tensor written is first moved away from its initial value, so that only a real import restores it.
     """
+    from conftest import TINY_LLM, TINY_VISION
     from peft import get_peft_model_state_dict
     from test_model import _save_tiny_llava_v15
-    from tiny_config import TINY_LLM, TINY_VISION
     from transformers import CLIPVisionConfig
 
     root = tmp_path_factory.mktemp("released")
@@ -140,9 +172,16 @@ def released(tmp_path_factory, tokenizer, tiny_model_config):
     _save_tiny_llava_v15(base, tokenizer)
     tokenizer.save_pretrained(base)  # llava-v1.5-7b ships its tokenizer
     CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).save_pretrained(clip)
-    config = replace(tiny_model_config, preset="reference", mask_extras=False, model_name_or_path=str(base),
-                     llm_config=None, vision_tower=str(clip), vision_config=None,
-                     unfreeze_n_vision_tower_layers=2)  # fmt: skip
+    config = replace(
+        tiny_model_config,
+        preset="reference",
+        mask_extras=False,
+        model_name_or_path=str(base),
+        llm_config=None,
+        vision_tower=str(clip),
+        vision_config=None,
+        unfreeze_n_vision_tower_layers=2,
+    )
     native = build_model(config)
     state = reference_non_lora_trainables(native, {**TINY_LLM, "vocab_size": len(tokenizer)}, unfrozen=2)
     generator = torch.Generator().manual_seed(3)
@@ -152,13 +191,25 @@ def released(tmp_path_factory, tokenizer, tiny_model_config):
             tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.05)
     torch.save(state, folder / REFERENCE_NON_LORA)
     torch.save(get_peft_model_state_dict(native.language_model), folder / REFERENCE_ADAPTER)
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": config.lora_r,
-                                                            "lora_alpha": config.lora_alpha, "lora_dropout": 0.05}))
-    (folder / "config.json").write_text(json.dumps({"model_type": "llava", "mm_vision_tower": str(clip),
-                                                    "mm_vision_select_layer": -2}))  # fmt: skip
-    overrides = {k: getattr(config, k) for k in ("tokens_per_branch", "fusion_heads", "fusion_max_positions",
-                                                 "encoder_hidden", "point_transformer", "bits", "dtype",
-                                                 "unfreeze_n_vision_tower_layers")}  # fmt: skip
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": 0.05})
+    )
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "llava", "mm_vision_tower": str(clip), "mm_vision_select_layer": -2})
+    )
+    overrides = {
+        k: getattr(config, k)
+        for k in (
+            "tokens_per_branch",
+            "fusion_heads",
+            "fusion_max_positions",
+            "encoder_hidden",
+            "point_transformer",
+            "bits",
+            "dtype",
+            "unfreeze_n_vision_tower_layers",
+        )
+    }
     return folder, base, native, overrides
 
 
@@ -169,9 +220,10 @@ def test_released_checkpoint_imports_with_every_tensor_accounted_for(released, t
     rotary = {k for k in written if ".rotary_emb." in k}
     assert len(rotary) == 3 * native.language_model.config.num_hidden_layers
     assert set(report["recomputed_buffers"]) == rotary | {
-        PREFIX + "image_pooler.bert.embeddings.position_ids", PREFIX + "image_pooler.bert.embeddings.token_type_ids",
+        PREFIX + "image_pooler.bert.embeddings.position_ids",
+        PREFIX + "image_pooler.bert.embeddings.token_type_ids",
         PREFIX + "vision_tower.vision_tower.vision_model.embeddings.position_ids",
-    }  # fmt: skip
+    }
     assert len(report["mapped"]) + len(report["recomputed_buffers"]) == len(written)
     loaded, _ = load_trained(tmp_path)
     native_state, loaded_state = native.state_dict(), loaded.state_dict()
@@ -182,9 +234,9 @@ def test_released_checkpoint_imports_with_every_tensor_accounted_for(released, t
     loaded.eval()
     with torch.no_grad():
         torch.manual_seed(0)
-        expected = native(validation_batch)["logits"]
+        expected = native(**validation_batch)["logits"]
         torch.manual_seed(0)
-        assert torch.equal(loaded(validation_batch)["logits"], expected)
+        assert torch.equal(loaded(**validation_batch)["logits"], expected)
 
 
 def test_converted_released_checkpoint_runs_inference(released, tmp_path, merged_file, few_samples, clap_dir):
@@ -195,8 +247,10 @@ def test_converted_released_checkpoint_runs_inference(released, tmp_path, merged
     assert (saved["data"]["image_size"], saved["data"]["tokens_per_branch"]) == (32, 16)  # from the model
     saved["data"]["audio_encoder"] = str(clap_dir)  # the tiny CLAP stands in for laion/larger_clap_general
     config_file.write_text(json.dumps(saved))
-    assert infer.main(infer_args(tmp_path / "converted", merged_file, few_samples, tmp_path / "out",
-                                 "--num_workers", "0")) == 0  # fmt: skip
+    assert (
+        infer.main(infer_args(tmp_path / "converted", merged_file, few_samples, tmp_path / "out", "--num_workers", "0"))
+        == 0
+    )
     assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())) == 6
 
 

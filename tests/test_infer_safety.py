@@ -32,7 +32,7 @@ from test_infer import checkpoint, few_samples, infer_args, reference_run  # noq
 
 from egoexor import cli, convert_reference, demo, evaluate, infer
 from egoexor.convert_reference import REFERENCE_ADAPTER, REFERENCE_NON_LORA
-from egoexor.data.dataset import AudioCache
+from egoexor.data.audio import AudioCache
 from egoexor.data.reader import EgoExorReader
 from egoexor.data.samples import load_samples
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE
@@ -55,7 +55,7 @@ def _edited_checkpoint(source: Path, target: Path, edit: Callable[[dict], object
 
 
 @pytest.fixture(scope="module")
-def inputs(checkpoint, few_samples, merged_file, tmp_path_factory) -> Path:  # noqa: F811
+def inputs(checkpoint, few_samples, merged_file, tmp_path_factory) -> Path:
     """Every input of the battery, good and bad, in one folder that no case may change."""
     root = tmp_path_factory.mktemp("infer_safety_inputs")
     shutil.copytree(checkpoint, root / "ckpt")
@@ -88,8 +88,9 @@ def inputs(checkpoint, few_samples, merged_file, tmp_path_factory) -> Path:  # n
         "ckpt_clap_folder": lambda c: c["data"].update(audio_encoder=str(root / "no_clap")),
         "ckpt_hub_llm": lambda c: c["model"].update(model_name_or_path="nobody/no-such-llm", llm_config=None),
         "ckpt_local_llm": lambda c: c["model"].update(model_name_or_path=str(root / "llm"), llm_config=None),
-        "ckpt_llm_without_config": lambda c: c["model"].update(model_name_or_path=str(root / "empty_dir"),
-                                                              llm_config=None),
+        "ckpt_llm_without_config": lambda c: c["model"].update(
+            model_name_or_path=str(root / "empty_dir"), llm_config=None
+        ),
     }
     (root / "llm").mkdir()
     (root / "llm" / "weights.bin").write_text("a local LLM folder\n")
@@ -140,10 +141,29 @@ class Env:
     out: Path
 
 
-def run_infer(e: Env, *extra: str, ckpt: str = "ckpt", hdf5: str = "merged.h5", samples: str = "samples.json",
-              out: str | None = None) -> list[str]:  # fmt: skip
-    return ["--checkpoint", str(e.inp / ckpt), "--hdf5", str(e.inp / hdf5), "--samples", str(e.inp / samples),
-            "--out", out or str(e.out / "eval"), "--max_new_tokens", "5", "--num_workers", "0", *extra]  # fmt: skip
+def run_infer(
+    e: Env,
+    *extra: str,
+    ckpt: str = "ckpt",
+    hdf5: str = "merged.h5",
+    samples: str = "samples.json",
+    out: str | None = None,
+) -> list[str]:
+    return [
+        "--checkpoint",
+        str(e.inp / ckpt),
+        "--hdf5",
+        str(e.inp / hdf5),
+        "--samples",
+        str(e.inp / samples),
+        "--out",
+        out or str(e.out / "eval"),
+        "--max_new_tokens",
+        "5",
+        "--num_workers",
+        "0",
+        *extra,
+    ]
 
 
 def run_convert(e: Env, *extra: str, source: str = "released", output: str | None = None) -> list[str]:
@@ -183,128 +203,319 @@ CASES = [
     # --- egoexor.infer: the checkpoint ----------------------------------------------------------------------------
     Case("checkpoint missing", "infer", lambda e: run_infer(e, ckpt="nope"), "nope: no such folder"),
     Case("checkpoint is a file", "infer", lambda e: run_infer(e, ckpt="a_file"), "a_file: is a file"),
-    Case("checkpoint folder empty", "infer", lambda e: run_infer(e, ckpt="empty_dir"),
-         "empty_dir: neither an egoexor checkpoint"),
-    Case("checkpoint is a training run folder", "infer", lambda e: run_infer(e, ckpt="train_run"),
-         "it holds checkpoints: pass one of them, e.g. "),
-    Case("checkpoint config not JSON", "infer", lambda e: run_infer(e, ckpt="ckpt_bad_json"),
-         f"ckpt_bad_json/{CONFIG_FILE}: invalid JSON"),
-    Case("checkpoint config without data", "infer", lambda e: run_infer(e, ckpt="ckpt_no_data"),
-         "expected a 'model' and a 'data' section"),
-    Case("checkpoint config unknown field", "infer", lambda e: run_infer(e, ckpt="ckpt_unknown_field"),
-         "frobnicate"),
-    Case("checkpoint config bad choice", "infer", lambda e: run_infer(e, ckpt="ckpt_bad_choice"),
-         "flip_rule: 'sideways' is not one of"),
-    Case("checkpoint LLM not on the hub, offline", "infer", lambda e: run_infer(e, ckpt="ckpt_hub_llm"),
-         "ckpt_hub_llm: its LLM 'nobody/no-such-llm': not a folder and not in the Hugging Face cache (offline)"),
-    Case("released folder, base LLM not cached, offline", "infer", lambda e: run_infer(e, ckpt="released"),
-         "released: its LLM 'liuhaotian/llava-v1.5-7b': not a folder and not in the Hugging Face cache (offline)"),
-    Case("released folder incomplete", "infer", lambda e: run_infer(e, ckpt="released_partial"),
-         f"not the released checkpoint folder: no adapter_config.json, {REFERENCE_ADAPTER}"),
-    Case("checkpoint adapter missing", "infer", lambda e: run_infer(e, ckpt="ckpt_no_adapter"),
-         f"ckpt_no_adapter/{infer.ADAPTER_FILE}: no such file"),
-    Case("checkpoint weights truncated", "infer", lambda e: run_infer(e, ckpt="ckpt_truncated"),
-         f"ckpt_truncated/{NON_LORA_FILE}: not a readable safetensors file (Error while deserializing header"),
+    Case(
+        "checkpoint folder empty",
+        "infer",
+        lambda e: run_infer(e, ckpt="empty_dir"),
+        "empty_dir: neither an egoexor checkpoint",
+    ),
+    Case(
+        "checkpoint is a training run folder",
+        "infer",
+        lambda e: run_infer(e, ckpt="train_run"),
+        "it holds checkpoints: pass one of them, e.g. ",
+    ),
+    Case(
+        "checkpoint config not JSON",
+        "infer",
+        lambda e: run_infer(e, ckpt="ckpt_bad_json"),
+        f"ckpt_bad_json/{CONFIG_FILE}: invalid JSON",
+    ),
+    Case(
+        "checkpoint config without data",
+        "infer",
+        lambda e: run_infer(e, ckpt="ckpt_no_data"),
+        "expected a 'model' and a 'data' section",
+    ),
+    Case("checkpoint config unknown field", "infer", lambda e: run_infer(e, ckpt="ckpt_unknown_field"), "frobnicate"),
+    Case(
+        "checkpoint config bad choice",
+        "infer",
+        lambda e: run_infer(e, ckpt="ckpt_bad_choice"),
+        "flip_rule: 'sideways' is not one of",
+    ),
+    Case(
+        "checkpoint LLM not on the hub, offline",
+        "infer",
+        lambda e: run_infer(e, ckpt="ckpt_hub_llm"),
+        "ckpt_hub_llm: its LLM 'nobody/no-such-llm': not a folder and not in the Hugging Face cache (offline)",
+    ),
+    Case(
+        "released folder, base LLM not cached, offline",
+        "infer",
+        lambda e: run_infer(e, ckpt="released"),
+        "released: its LLM 'liuhaotian/llava-v1.5-7b': not a folder and not in the Hugging Face cache (offline)",
+    ),
+    Case(
+        "released folder incomplete",
+        "infer",
+        lambda e: run_infer(e, ckpt="released_partial"),
+        f"not the released checkpoint folder: no adapter_config.json, {REFERENCE_ADAPTER}",
+    ),
+    Case(
+        "checkpoint adapter missing",
+        "infer",
+        lambda e: run_infer(e, ckpt="ckpt_no_adapter"),
+        f"ckpt_no_adapter/{infer.ADAPTER_FILE}: no such file",
+    ),
+    Case(
+        "checkpoint weights truncated",
+        "infer",
+        lambda e: run_infer(e, ckpt="ckpt_truncated"),
+        f"ckpt_truncated/{NON_LORA_FILE}: not a readable safetensors file (Error while deserializing header",
+    ),
     # --- egoexor.infer: data --------------------------------------------------------------------------------------
     Case("hdf5 missing", "infer", lambda e: run_infer(e, hdf5="nope.h5"), "--hdf5"),
     Case("hdf5 is a folder", "infer", lambda e: run_infer(e, hdf5="folder.h5"), "is a folder"),
     Case("hdf5 not HDF5", "infer", lambda e: run_infer(e, hdf5="garbage.h5"), "garbage.h5: not an HDF5 file"),
-    Case("hdf5 truncated", "infer", lambda e: run_infer(e, hdf5="truncated.h5"),
-         "truncated.h5: cannot read the HDF5 file"),
+    Case(
+        "hdf5 truncated",
+        "infer",
+        lambda e: run_infer(e, hdf5="truncated.h5"),
+        "truncated.h5: cannot read the HDF5 file",
+    ),
     Case("samples missing", "infer", lambda e: run_infer(e, samples="nope.json"), "--samples"),
-    Case("samples not JSON", "infer", lambda e: run_infer(e, samples="not_json.json"),
-         "not_json.json: not a readable JSON file"),
+    Case(
+        "samples not JSON",
+        "infer",
+        lambda e: run_infer(e, samples="not_json.json"),
+        "not_json.json: not a readable JSON file",
+    ),
     Case("samples empty", "infer", lambda e: run_infer(e, samples="empty_list.json"), "empty list"),
-    Case("sample record malformed", "infer", lambda e: run_infer(e, samples="bad_record.json"),
-         "bad_record.json: record 0"),
+    Case(
+        "sample record malformed",
+        "infer",
+        lambda e: run_infer(e, samples="bad_record.json"),
+        "bad_record.json: record 0",
+    ),
     Case("sample id twice", "infer", lambda e: run_infer(e, samples="dup_ids.json"), "occurs twice"),
-    Case("sample of a missing take", "infer", lambda e: run_infer(e, samples="missing_take.json"),
-         "merged.h5: 1 of 6 samples are not in the file, the first: id"),
-    Case("sample of a missing frame", "infer", lambda e: run_infer(e, samples="missing_frame.json"),
-         "frame 100000 (the take has 48 frames)"),
-    Case("audio cache missing", "infer", lambda e: run_infer(e, "--audio_cache", str(e.inp / "nope.h5")),
-         "--audio_cache"),
-    Case("audio cache not HDF5", "infer", lambda e: run_infer(e, "--audio_cache", str(e.inp / "garbage.h5")),
-         "--audio_cache"),
-    Case("audio cache without the takes", "infer",
-         lambda e: run_infer(e, "--audio_cache", str(e.inp / "audio_empty.h5")), "no embedding of frame"),
-    Case("audio cache of another audio_norm", "infer",
-         lambda e: run_infer(e, "--audio_cache", str(e.inp / "audio_per_snippet.h5")), "audio_norm='per_snippet'"),
-    Case("audio encoder not cached, offline", "infer", lambda e: run_infer(e, ckpt="ckpt_clap"),
-         "ckpt_clap: its audio encoder 'laion/larger_clap_general': not a folder and not in the Hugging Face cache "
-         "(offline); "
-         "pass --audio_cache"),
-    Case("audio encoder not cached, no network", "infer", lambda e: run_infer(e, ckpt="ckpt_clap"),
-         "not on the hub (OSError: [Errno -2] Name or service not known); pass --audio_cache", hub="unreachable"),
-    Case("audio encoder folder missing", "infer", lambda e: run_infer(e, ckpt="ckpt_clap_folder"),
-         "no_clap: no such folder; pass --audio_cache"),
+    Case(
+        "sample of a missing take",
+        "infer",
+        lambda e: run_infer(e, samples="missing_take.json"),
+        "merged.h5: 1 of 6 samples are not in the file, the first: id",
+    ),
+    Case(
+        "sample of a missing frame",
+        "infer",
+        lambda e: run_infer(e, samples="missing_frame.json"),
+        "frame 100000 (the take has 48 frames)",
+    ),
+    Case(
+        "audio cache missing", "infer", lambda e: run_infer(e, "--audio_cache", str(e.inp / "nope.h5")), "--audio_cache"
+    ),
+    Case(
+        "audio cache not HDF5",
+        "infer",
+        lambda e: run_infer(e, "--audio_cache", str(e.inp / "garbage.h5")),
+        "--audio_cache",
+    ),
+    Case(
+        "audio cache without the takes",
+        "infer",
+        lambda e: run_infer(e, "--audio_cache", str(e.inp / "audio_empty.h5")),
+        "no embedding of frame",
+    ),
+    Case(
+        "audio cache of another audio_norm",
+        "infer",
+        lambda e: run_infer(e, "--audio_cache", str(e.inp / "audio_per_snippet.h5")),
+        "audio_norm='per_snippet'",
+    ),
+    Case(
+        "audio encoder not cached, offline",
+        "infer",
+        lambda e: run_infer(e, ckpt="ckpt_clap"),
+        "ckpt_clap: its audio encoder 'laion/larger_clap_general': not a folder and not in the Hugging Face cache "
+        "(offline); "
+        "pass --audio_cache",
+    ),
+    Case(
+        "audio encoder not cached, no network",
+        "infer",
+        lambda e: run_infer(e, ckpt="ckpt_clap"),
+        "not on the hub (OSError: [Errno -2] Name or service not known); pass --audio_cache",
+        hub="unreachable",
+    ),
+    Case(
+        "audio encoder folder missing",
+        "infer",
+        lambda e: run_infer(e, ckpt="ckpt_clap_folder"),
+        "no_clap: no such folder; pass --audio_cache",
+    ),
     # --- egoexor.infer: the output --------------------------------------------------------------------------------
     Case("out holds another run", "infer", run_infer, "holds predictions of another run", _earlier_run),
     Case("out holds other files", "infer", run_infer, "no readable run.json", _file("eval", "notes.txt")),
-    Case("out is the checkpoint, --overwrite", "infer", lambda e: run_infer(e, "--overwrite", out=str(e.inp / "ckpt")),
-         "is also an input"),
-    Case("out holds the inputs, --overwrite", "infer", lambda e: run_infer(e, "--overwrite", out=str(e.inp)),
-         "holds the input"),
-    Case("out is the samples file, --overwrite", "infer",
-         lambda e: run_infer(e, "--overwrite", out=str(e.inp / "samples.json")), "is also an input"),
-    Case("out is a file, --overwrite", "infer", lambda e: run_infer(e, "--overwrite"), "is a file, expected a folder",
-         _file("eval")),
-    Case("out is the checkpoint's LLM folder, --overwrite", "infer",
-         lambda e: run_infer(e, "--overwrite", ckpt="ckpt_local_llm", out=str(e.inp / "llm")), "is also an input"),
-    Case("out replaces a file of the LLM folder, --overwrite", "infer",
-         lambda e: run_infer(e, "--overwrite", ckpt="ckpt_local_llm", out=str(e.inp / "llm" / "weights.bin")),
-         "is inside the input folder"),
-    Case("out an unrelated folder, --overwrite", "infer", lambda e: run_infer(e, "--overwrite"),
-         "eval: not replaced: it holds files and no .egoexor.infer", _file("eval", "sub", "thesis.tex")),
+    Case(
+        "out is the checkpoint, --overwrite",
+        "infer",
+        lambda e: run_infer(e, "--overwrite", out=str(e.inp / "ckpt")),
+        "is also an input",
+    ),
+    Case(
+        "out holds the inputs, --overwrite",
+        "infer",
+        lambda e: run_infer(e, "--overwrite", out=str(e.inp)),
+        "holds the input",
+    ),
+    Case(
+        "out is the samples file, --overwrite",
+        "infer",
+        lambda e: run_infer(e, "--overwrite", out=str(e.inp / "samples.json")),
+        "is also an input",
+    ),
+    Case(
+        "out is a file, --overwrite",
+        "infer",
+        lambda e: run_infer(e, "--overwrite"),
+        "is a file, expected a folder",
+        _file("eval"),
+    ),
+    Case(
+        "out is the checkpoint's LLM folder, --overwrite",
+        "infer",
+        lambda e: run_infer(e, "--overwrite", ckpt="ckpt_local_llm", out=str(e.inp / "llm")),
+        "is also an input",
+    ),
+    Case(
+        "out replaces a file of the LLM folder, --overwrite",
+        "infer",
+        lambda e: run_infer(e, "--overwrite", ckpt="ckpt_local_llm", out=str(e.inp / "llm" / "weights.bin")),
+        "is inside the input folder",
+    ),
+    Case(
+        "out an unrelated folder, --overwrite",
+        "infer",
+        lambda e: run_infer(e, "--overwrite"),
+        "eval: not replaced: it holds files and no .egoexor.infer",
+        _file("eval", "sub", "thesis.tex"),
+    ),
     Case("out the current folder", "infer", lambda e: run_infer(e, out="."), "is the current folder or holds it"),
     # --- egoexor.convert_reference --------------------------------------------------------------------------------
     Case("input missing", "convert", lambda e: run_convert(e, source="nope"), "nope: no such folder"),
     Case("input is a file", "convert", lambda e: run_convert(e, source="a_file"), "a_file: is a file"),
-    Case("input incomplete", "convert", lambda e: run_convert(e, source="released_partial"),
-         "no adapter_config.json, adapter_model.bin"),
+    Case(
+        "input incomplete",
+        "convert",
+        lambda e: run_convert(e, source="released_partial"),
+        "no adapter_config.json, adapter_model.bin",
+    ),
     Case("input an egoexor checkpoint", "convert", lambda e: run_convert(e, source="ckpt"), "no config.json"),
-    Case("config.json not JSON", "convert", lambda e: run_convert(e, source="released_bad_json"),
-         "config.json: invalid JSON"),
-    Case("adapter_config.json a list", "convert", lambda e: run_convert(e, source="released_list"),
-         "adapter_config.json: expected a JSON object, got list"),
+    Case(
+        "config.json not JSON",
+        "convert",
+        lambda e: run_convert(e, source="released_bad_json"),
+        "config.json: invalid JSON",
+    ),
+    Case(
+        "adapter_config.json a list",
+        "convert",
+        lambda e: run_convert(e, source="released_list"),
+        "adapter_config.json: expected a JSON object, got list",
+    ),
     Case("weights not torch", "convert", run_convert, f"{REFERENCE_NON_LORA}: not a readable PyTorch weights file"),
-    Case("output exists", "convert", run_convert, "converted: already exists (pass --overwrite",
-         _file("converted", "egoexor_config.json")),
-    Case("output is the input, --overwrite", "convert",
-         lambda e: run_convert(e, "--overwrite", output=str(e.inp / "released")), "is also an input"),
-    Case("output inside the input, --overwrite", "convert",
-         lambda e: run_convert(e, "--overwrite", output=str(e.inp / "released" / "out")), "is inside the input folder"),
-    Case("output holds the input, --overwrite", "convert", lambda e: run_convert(e, "--overwrite", output=str(e.inp)),
-         "holds the input"),
-    Case("output is a file, --overwrite", "convert", lambda e: run_convert(e, "--overwrite"),
-         "is a file, expected a folder", _file("converted")),
-    Case("output is the base LLM folder, --overwrite", "convert",
-         lambda e: run_convert(e, "--overwrite", output=str(e.inp / "empty_dir")), "is also an input"),
-    Case("output holds the vision tower, --overwrite", "convert",
-         lambda e: run_convert(e, "--overwrite", "--vision_tower", str(e.out / "tower" / "clip"),
-                               output=str(e.out / "tower")), "holds the input", _file("tower", "clip", "config.json")),
-    Case("output an unrelated folder, --overwrite", "convert", lambda e: run_convert(e, "--overwrite"),
-         "not replaced: it holds files and no .egoexor.convert_reference", _file("converted", "notes.txt")),
-    Case("base not cached, offline", "convert", lambda e: run_convert(e, "--base", "nobody/no-such-llm"),
-         "base LLM 'nobody/no-such-llm': not a folder and not in the Hugging Face cache (offline)"),
-    Case("base not cached, no network", "convert", lambda e: run_convert(e, "--base", "nobody/no-such-llm"),
-         "not on the hub (OSError: [Errno -2] Name or service not known)", hub="unreachable"),
-    Case("vision tower folder missing", "convert",
-         lambda e: run_convert(e, "--vision_tower", str(e.inp / "no_clip")), "vision tower"),
+    Case(
+        "output exists",
+        "convert",
+        run_convert,
+        "converted: already exists (pass --overwrite",
+        _file("converted", "egoexor_config.json"),
+    ),
+    Case(
+        "output is the input, --overwrite",
+        "convert",
+        lambda e: run_convert(e, "--overwrite", output=str(e.inp / "released")),
+        "is also an input",
+    ),
+    Case(
+        "output inside the input, --overwrite",
+        "convert",
+        lambda e: run_convert(e, "--overwrite", output=str(e.inp / "released" / "out")),
+        "is inside the input folder",
+    ),
+    Case(
+        "output holds the input, --overwrite",
+        "convert",
+        lambda e: run_convert(e, "--overwrite", output=str(e.inp)),
+        "holds the input",
+    ),
+    Case(
+        "output is a file, --overwrite",
+        "convert",
+        lambda e: run_convert(e, "--overwrite"),
+        "is a file, expected a folder",
+        _file("converted"),
+    ),
+    Case(
+        "output is the base LLM folder, --overwrite",
+        "convert",
+        lambda e: run_convert(e, "--overwrite", output=str(e.inp / "empty_dir")),
+        "is also an input",
+    ),
+    Case(
+        "output holds the vision tower, --overwrite",
+        "convert",
+        lambda e: run_convert(
+            e, "--overwrite", "--vision_tower", str(e.out / "tower" / "clip"), output=str(e.out / "tower")
+        ),
+        "holds the input",
+        _file("tower", "clip", "config.json"),
+    ),
+    Case(
+        "output an unrelated folder, --overwrite",
+        "convert",
+        lambda e: run_convert(e, "--overwrite"),
+        "not replaced: it holds files and no .egoexor.convert_reference",
+        _file("converted", "notes.txt"),
+    ),
+    Case(
+        "base not cached, offline",
+        "convert",
+        lambda e: run_convert(e, "--base", "nobody/no-such-llm"),
+        "base LLM 'nobody/no-such-llm': not a folder and not in the Hugging Face cache (offline)",
+    ),
+    Case(
+        "base not cached, no network",
+        "convert",
+        lambda e: run_convert(e, "--base", "nobody/no-such-llm"),
+        "not on the hub (OSError: [Errno -2] Name or service not known)",
+        hub="unreachable",
+    ),
+    Case(
+        "vision tower folder missing",
+        "convert",
+        lambda e: run_convert(e, "--vision_tower", str(e.inp / "no_clip")),
+        "vision tower",
+    ),
     Case("missing output argument", "convert", lambda e: run_convert(e)[:1], "required: output"),
     Case("abbreviated flag", "convert", lambda e: run_convert(e, "--overw"), "unrecognized arguments: --overw"),
     # --- egoexor.demo ---------------------------------------------------------------------------------------------
-    Case("out holds an earlier demo", "demo", run_demo, "demo: already exists (pass --overwrite",
-         _file("demo", "evaluation", "report.md")),
-    Case("out is a file, --overwrite", "demo", lambda e: run_demo(e, "--overwrite"), "is a file, expected a folder",
-         _file("demo")),
-    Case("out's parent is a file", "demo", lambda e: ["--out", str(e.out / "f" / "demo")], "is a file, not a folder",
-         _file("f")),
+    Case(
+        "out holds an earlier demo",
+        "demo",
+        run_demo,
+        "demo: already exists (pass --overwrite",
+        _file("demo", "evaluation", "report.md"),
+    ),
+    Case(
+        "out is a file, --overwrite",
+        "demo",
+        lambda e: run_demo(e, "--overwrite"),
+        "is a file, expected a folder",
+        _file("demo"),
+    ),
+    Case(
+        "out's parent is a file",
+        "demo",
+        lambda e: ["--out", str(e.out / "f" / "demo")],
+        "is a file, not a folder",
+        _file("f"),
+    ),
     Case("epochs 0", "demo", lambda e: run_demo(e, "--epochs", "0"), "--epochs: must be >= 1, got 0"),
     Case("negative seed", "demo", lambda e: run_demo(e, "--seed", "-1"), "--seed: must be >= 0"),
     Case("unknown flag", "demo", lambda e: run_demo(e, "--fast"), "unrecognized arguments: --fast"),
     Case("abbreviated flag", "demo", lambda e: run_demo(e, "--over"), "unrecognized arguments: --over"),
-]  # fmt: skip
+]
 
 
 def _unreachable(*args, **kwargs):
@@ -341,15 +552,23 @@ def test_the_battery_covers_every_command_with_enough_cases():
     assert len(CASES) >= 25
 
 
-@pytest.mark.parametrize(("ckpt", "says"), [
-    ("ckpt_llm_without_config", "cannot load the model: cannot read the LLM checkpoint"),
-    ("ckpt_extra_key", f"{NON_LORA_FILE}: keys the model does not have, e.g. ['frobnicate']"),
-    ("ckpt_wrong_shape", "cannot load the model: Error(s) in loading state_dict for EgoExorLlava: size mismatch"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("ckpt", "says"),
+    [
+        ("ckpt_llm_without_config", "cannot load the model: cannot read the LLM checkpoint"),
+        ("ckpt_extra_key", f"{NON_LORA_FILE}: keys the model does not have, e.g. ['frobnicate']"),
+        ("ckpt_wrong_shape", "cannot load the model: Error(s) in loading state_dict for EgoExorLlava: size mismatch"),
+    ],
+)
 def test_a_model_that_fails_to_load_is_one_line_and_leaves_no_out(ckpt, says, env):
     """Real processes: the failure comes after the model is built, where libraries raise their own errors."""
-    process = subprocess.run([sys.executable, "-m", "egoexor.infer", *run_infer(env, ckpt=ckpt)], cwd=ROOT,
-                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    process = subprocess.run(
+        [sys.executable, "-m", "egoexor.infer", *run_infer(env, ckpt=ckpt)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     lines = process.stderr.splitlines()
     assert process.returncode == 2, process.stderr
     assert len(lines) == 1 and lines[0].startswith(f"egoexor.infer: error: --checkpoint {env.inp / ckpt}"), lines
@@ -358,7 +577,12 @@ def test_a_model_that_fails_to_load_is_one_line_and_leaves_no_out(ckpt, says, en
 
 
 def test_the_run_identity_holds_every_setting_that_changes_the_outputs(
-    checkpoint, merged_file, few_samples, reference_run, tmp_path, capsys  # noqa: F811
+    checkpoint,
+    merged_file,
+    few_samples,
+    reference_run,
+    tmp_path,
+    capsys,
 ):
     run = json.loads((reference_run / infer.RUN_FILE).read_text())
     assert run["protocol"] == "paper" and run["batch_size"] == 1 and run["max_new_tokens"] == 5
@@ -374,7 +598,13 @@ def test_the_run_identity_holds_every_setting_that_changes_the_outputs(
 
 
 def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes_to_the_same_predictions(
-    checkpoint, merged_file, few_samples, reference_run, tmp_path, monkeypatch, capsys  # noqa: F811
+    checkpoint,
+    merged_file,
+    few_samples,
+    reference_run,
+    tmp_path,
+    monkeypatch,
+    capsys,
 ):
     generate = EgoExorLlava.generate
     calls = []
@@ -414,11 +644,20 @@ sys.exit(infer.main(sys.argv[1:]))
 
 
 def test_kill_9_during_inference_and_the_rerun_resumes_to_the_same_predictions(
-    checkpoint, merged_file, few_samples, reference_run, tmp_path  # noqa: F811
+    checkpoint,
+    merged_file,
+    few_samples,
+    reference_run,
+    tmp_path,
 ):
     argv = infer_args(checkpoint, merged_file, few_samples, tmp_path, "--num_workers", "0")
-    process = subprocess.Popen([sys.executable, "-c", _SLOW_INFER, *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_INFER, *argv],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = tmp_path / "raw_predictions.rank0.jsonl"
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
@@ -439,7 +678,12 @@ def test_kill_9_during_inference_and_the_rerun_resumes_to_the_same_predictions(
 
 
 def test_overwrite_starts_the_run_afresh_and_another_run_is_refused(
-    checkpoint, merged_file, few_samples, reference_run, tmp_path, capsys  # noqa: F811
+    checkpoint,
+    merged_file,
+    few_samples,
+    reference_run,
+    tmp_path,
+    capsys,
 ):
     shutil.copytree(reference_run, tmp_path / "out")
     out = tmp_path / "out"
@@ -456,7 +700,12 @@ def test_overwrite_starts_the_run_afresh_and_another_run_is_refused(
 
 
 def test_a_frame_unreadable_in_a_worker_is_one_line_without_the_worker_traceback(
-    checkpoint, merged_file, few_samples, tmp_path, monkeypatch, capsys  # noqa: F811
+    checkpoint,
+    merged_file,
+    few_samples,
+    tmp_path,
+    monkeypatch,
+    capsys,
 ):
     def corrupt(self, key, frame, fields):
         raise OSError("Can't synchronously read data (inflate() failed)")
@@ -465,12 +714,19 @@ def test_a_frame_unreadable_in_a_worker_is_one_line_without_the_worker_traceback
     assert infer.main(infer_args(checkpoint, merged_file, few_samples, tmp_path, "--num_workers", "1")) == 2
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("egoexor.infer:")]
     first = load_samples(few_samples)[0]
-    assert said == [f"egoexor.infer: error: sample {first.id} ({first.take.path}, frame {first.frame}): "
-                    "Can't synchronously read data (inflate() failed)"]  # fmt: skip
+    assert said == [
+        f"egoexor.infer: error: sample {first.id} ({first.take.path}, frame {first.frame}): "
+        "Can't synchronously read data (inflate() failed)"
+    ]
 
 
 def test_samples_without_images_are_named_before_the_model_is_loaded(
-    checkpoint, merged_file, few_samples, tmp_path, monkeypatch, capsys  # noqa: F811
+    checkpoint,
+    merged_file,
+    few_samples,
+    tmp_path,
+    monkeypatch,
+    capsys,
 ):
     take = load_samples(few_samples)[0].take.path
     hdf5 = tmp_path / "norgb.h5"

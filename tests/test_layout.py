@@ -54,9 +54,11 @@ def test_check_layout_accepts_a_minimal_file(tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"rgb": np.zeros((2, 1, 4, 4), np.uint8)}, "must be uint8"),
-     ({"sources": ("or_light", "external_1")}, "names 2 cameras"),
-     ({"take": "one"}, "ids must be decimal")],
+    [
+        ({"rgb": np.zeros((2, 1, 4, 4), np.uint8)}, "must be uint8"),
+        ({"sources": ("or_light", "external_1")}, "names 2 cameras"),
+        ({"take": "one"}, "ids must be decimal"),
+    ],
 )
 def test_check_layout_errors_name_the_file_and_path(tmp_path, kwargs, message):
     with _minimal(tmp_path / "bad.h5", **kwargs) as h5:

@@ -11,8 +11,8 @@ import pytest
 from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.samples import load_samples
 from egoexor.demo import run
+from egoexor.infer import teacher_forced_accuracy
 from egoexor.model.build import load_trained
-from egoexor.train import teacher_forced_accuracy
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,18 @@ from egoexor.scene_graph import parse, serialize
 REFERENCE_RECORD = {
     "id": "MISS_1_1_12_0",
     "timepoint": 12,
-    "hdf5_indices": {"surgery_type": "MISS", "procedure_id": 1, "take_id": 1, "frame_idx": 12,
-                     "available_modalities": ["point_cloud", "eye_gaze", "ego_frames", "exo_frames", "audio"]},
+    "hdf5_indices": {
+        "surgery_type": "MISS",
+        "procedure_id": 1,
+        "take_id": 1,
+        "frame_idx": 12,
+        "available_modalities": ["point_cloud", "eye_gaze", "ego_frames", "exo_frames", "audio"],
+    },
     "conversations": [
         {"from": "human", "value": "<image>\n" + SCENE_GRAPH_PROMPT},
         {"from": "gpt", "value": "<SG> patient,operating table,lyingon; head surgeon,dressing material,holding </SG>"},
     ],
-}  # fmt: skip
+}
 
 
 def test_file_names_follow_the_reference():
@@ -40,14 +45,22 @@ def test_records_have_the_reference_schema(sample_files):
     records = json.loads(sample_files["train"].read_text())
     record = records[0]
     assert set(record) == {"id", "timepoint", "hdf5_indices", "conversations"}
-    assert set(record["hdf5_indices"]) == {"surgery_type", "procedure_id", "take_id", "frame_idx",
-                                           "available_modalities"}  # fmt: skip
+    assert set(record["hdf5_indices"]) == {
+        "surgery_type",
+        "procedure_id",
+        "take_id",
+        "frame_idx",
+        "available_modalities",
+    }
     assert [turn["from"] for turn in record["conversations"]] == ["human", "gpt"]
     assert record["conversations"][0]["value"] == HUMAN_TURN
     st, pid, tid, frame, perm = record["id"].rsplit("_", 4)
-    assert (st, int(pid), int(tid), int(frame)) == (record["hdf5_indices"]["surgery_type"],
-                                                    record["hdf5_indices"]["procedure_id"],
-                                                    record["hdf5_indices"]["take_id"], record["timepoint"])
+    assert (st, int(pid), int(tid), int(frame)) == (
+        record["hdf5_indices"]["surgery_type"],
+        record["hdf5_indices"]["procedure_id"],
+        record["hdf5_indices"]["take_id"],
+        record["timepoint"],
+    )
     assert perm in {"0", "1"}
 
 
@@ -78,12 +91,26 @@ def test_available_modalities_per_take(sample_files):
     by_take = {}
     for s in load_samples(sample_files["train"]):
         by_take.setdefault(s.take, s.modalities)
-    assert by_take[TakeKey("MISS", 1, 1)] == {"ego_frames", "eye_gaze", "eye_gaze_depth", "hand_tracking", "audio",
-                                              "exo_frames", "point_cloud"}  # fmt: skip
+    assert by_take[TakeKey("MISS", 1, 1)] == {
+        "ego_frames",
+        "eye_gaze",
+        "eye_gaze_depth",
+        "hand_tracking",
+        "audio",
+        "exo_frames",
+        "point_cloud",
+    }
     # no ego source: no ego modalities, and audio is gated on ego even though the group exists
     assert by_take[TakeKey("MISS", 1, 2)] == {"exo_frames", "point_cloud"}
-    assert by_take[TakeKey("Ultrasound", 1, 1)] == {"ego_frames", "eye_gaze", "eye_gaze_depth", "hand_tracking",
-                                                    "exo_frames", "ultrasound", "point_cloud"}  # fmt: skip
+    assert by_take[TakeKey("Ultrasound", 1, 1)] == {
+        "ego_frames",
+        "eye_gaze",
+        "eye_gaze_depth",
+        "hand_tracking",
+        "exo_frames",
+        "ultrasound",
+        "point_cloud",
+    }
 
 
 def test_modality_dropout_and_seed(merged_file):
@@ -100,8 +127,9 @@ def test_validation_frames_are_permuted_like_the_reference(tiny_dataset, merged_
     with h5py.File(merged_file, "r") as h5:
         rows = layout.read_split(h5, "validation")
         samples, skipped = make_samples(h5, "validation", random.Random(42))
-    frames = [(TakeKey(str(r["surgery_type"]), int(r["procedure_id"]), int(r["take_id"])), int(r["frame_id"]))
-              for r in rows]  # fmt: skip
+    frames = [
+        (TakeKey(str(r["surgery_type"]), int(r["procedure_id"]), int(r["take_id"])), int(r["frame_id"])) for r in rows
+    ]
     unannotated = {(t.key, f) for t in tiny_dataset.profile.takes for f in t.unannotated}
     order = [f for f in random.Random(42).sample(frames, len(frames)) if f not in unannotated]
     assert [(s.take, s.frame) for s in samples] == order
@@ -126,8 +154,11 @@ def test_reference_record_loads():
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{not json", "not a readable JSON file"), ('{"a": 1}', "expected a JSON list"),
-     ('[{"id": "x"}]', "record 0 .id 'x'.: 'hdf5_indices' must hold")],
+    [
+        ("{not json", "not a readable JSON file"),
+        ('{"a": 1}', "expected a JSON list"),
+        ('[{"id": "x"}]', "record 0 .id 'x'.: 'hdf5_indices' must hold"),
+    ],
 )
 def test_malformed_sample_files(tmp_path, content, message):
     path = tmp_path / "s.json"
@@ -140,8 +171,11 @@ def test_malformed_sample_files(tmp_path, content, message):
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--split", "val"], "argument --split: invalid choice: 'val'"), (["--hdf5", "missing.h5"], "no such file"),
-     (["--modality-dropout-prob", "2"], "must be >= 0.0 and <= 1.0, got 2.0")],
+    [
+        (["--split", "val"], "argument --split: invalid choice: 'val'"),
+        (["--hdf5", "missing.h5"], "no such file"),
+        (["--modality-dropout-prob", "2"], "must be >= 0.0 and <= 1.0, got 2.0"),
+    ],
 )
 def test_cli_errors(merged_file, tmp_path, capsys, args, message):
     argv = ["--hdf5", str(merged_file), "--out", str(tmp_path), "--no-token-freqs", *args]

@@ -21,11 +21,19 @@ def second_file(tiny_dataset, tmp_path_factory):
         name="dup",
         takes=(
             TakeSpec(TakeKey("MISS", 1, 2), ("or_light", "external_1", "blank"), n_frames=5, height=24, width=32),
-            TakeSpec(TakeKey("MISS", 1, 3), ("head_surgeon", "or_light"), n_frames=4, height=8, width=6,
-                     gaze_sources=("head_surgeon",)),
+            TakeSpec(
+                TakeKey("MISS", 1, 3),
+                ("head_surgeon", "or_light"),
+                n_frames=4,
+                height=8,
+                width=6,
+                gaze_sources=("head_surgeon",),
+            ),
         ),
-        snippet_samples=64, n_templates=2, noise_sigma=3.0,
-    )  # fmt: skip
+        snippet_samples=64,
+        n_templates=2,
+        noise_sigma=3.0,
+    )
     directory = tmp_path_factory.mktemp("second")
     dataset = generate(directory, profile, seed=7)
     path = directory / "miss_1b.h5"
@@ -44,7 +52,10 @@ def all_datasets(group):
 def test_merge_copies_every_take_byte_for_byte(tiny_dataset, merged_file):
     with h5py.File(merged_file, "r") as merged:
         assert [k for k, _ in layout.iter_takes(merged)] == [
-            TakeKey("MISS", 1, 1), TakeKey("MISS", 1, 2), TakeKey("MISS", 2, 1), TakeKey("Ultrasound", 1, 1)
+            TakeKey("MISS", 1, 1),
+            TakeKey("MISS", 1, 2),
+            TakeKey("MISS", 2, 1),
+            TakeKey("Ultrasound", 1, 1),
         ]
         for path in tiny_dataset.files:
             with h5py.File(path, "r") as source:
@@ -55,8 +66,10 @@ def test_merge_copies_every_take_byte_for_byte(tiny_dataset, merged_file):
                         other = copied[name]
                         assert other.dtype == dataset.dtype and other.shape == dataset.shape
                         assert other.chunks == dataset.chunks
-                        assert (other.compression, other.compression_opts) == (dataset.compression,
-                                                                               dataset.compression_opts)
+                        assert (other.compression, other.compression_opts) == (
+                            dataset.compression,
+                            dataset.compression_opts,
+                        )
                         assert np.array_equal(other[()], dataset[()], equal_nan=dataset.dtype.kind == "f")
         with h5py.File(tiny_dataset.splits_file, "r") as splits:
             for name in layout.SPLIT_NAMES:
@@ -66,8 +79,18 @@ def test_merge_copies_every_take_byte_for_byte(tiny_dataset, merged_file):
 
 def test_first_file_wins_on_duplicate_take_and_metadata(tiny_dataset, second_file, tmp_path, capsys):
     output = tmp_path / "m.h5"
-    code = main(["--data_dir", str(tiny_dataset.directory), "--input_files", "miss_1.h5", str(second_file),
-                 "--output_file", str(output), "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "--data_dir",
+            str(tiny_dataset.directory),
+            "--input_files",
+            "miss_1.h5",
+            str(second_file),
+            "--output_file",
+            str(output),
+            "--quiet",
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert "skipped duplicate take /data/MISS/1/take/2" in err
@@ -90,8 +113,19 @@ def test_dangling_split_rows_are_reported_or_an_error_with_strict(tiny_dataset, 
     summary = merge_files(tiny_dataset.files, splits, output)
     assert summary.dangling_rows == {"test": 2}
     assert summary.split_sizes["test"] == len(rows["test"])
-    code = main(["--data_dir", str(tiny_dataset.directory), "--input_files", *[p.name for p in tiny_dataset.files],
-                 "--splits_file", str(splits), "--output_file", str(tmp_path / "strict.h5"), "--strict"])
+    code = main(
+        [
+            "--data_dir",
+            str(tiny_dataset.directory),
+            "--input_files",
+            *[p.name for p in tiny_dataset.files],
+            "--splits_file",
+            str(splits),
+            "--output_file",
+            str(tmp_path / "strict.h5"),
+            "--strict",
+        ]
+    )
     assert code == 2
     assert "2 in test" in capsys.readouterr().err
     assert not (tmp_path / "strict.h5").exists()
@@ -115,8 +149,9 @@ def test_bad_input_is_a_one_line_error_before_anything_is_written(tiny_dataset, 
             h5["train"] = np.zeros(3)
         splits = str(tmp_path / "nosplits.h5")
     output = tmp_path / "out" / "merged.h5"
-    code = main(["--data_dir", str(tmp_path), "--input_files", *inputs, "--splits_file", splits,
-                 "--output_file", str(output)])  # fmt: skip
+    code = main(
+        ["--data_dir", str(tmp_path), "--input_files", *inputs, "--splits_file", splits, "--output_file", str(output)]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("egoexor-merge-h5: error:")
@@ -161,9 +196,20 @@ def test_interrupted_merge_leaves_nothing(tiny_dataset, tmp_path, monkeypatch):
 
 
 def test_paths_join_data_dir_unless_absolute(tiny_dataset, tmp_path):
-    code = main(["--data_dir", str(tiny_dataset.directory), "--input_files", "miss_1.h5",
-                 str(tiny_dataset.files[2]), "--splits_file", "splits.h5", "--output_file",
-                 str(tmp_path / "m.h5"), "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "--data_dir",
+            str(tiny_dataset.directory),
+            "--input_files",
+            "miss_1.h5",
+            str(tiny_dataset.files[2]),
+            "--splits_file",
+            "splits.h5",
+            "--output_file",
+            str(tmp_path / "m.h5"),
+            "--quiet",
+        ]
+    )
     assert code == 0
     with h5py.File(tmp_path / "m.h5", "r") as h5:
         assert "Ultrasound" in h5["data"] and "train" in h5["splits"]
@@ -171,11 +217,26 @@ def test_paths_join_data_dir_unless_absolute(tiny_dataset, tmp_path):
 
 def test_summary_and_module_entry_point(tiny_dataset, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "egoexor.data.merge_h5", "--data_dir", str(tiny_dataset.directory),
-         "--input_files", "miss_1.h5", "miss_2.h5", "ultrasound_1.h5", "--splits_file", "splits.h5",
-         "--output_file", str(tmp_path / "m.h5"), "--quiet"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "egoexor.data.merge_h5",
+            "--data_dir",
+            str(tiny_dataset.directory),
+            "--input_files",
+            "miss_1.h5",
+            "miss_2.h5",
+            "ultrasound_1.h5",
+            "--splits_file",
+            "splits.h5",
+            "--output_file",
+            str(tmp_path / "m.h5"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     frames = sum(t.n_frames for t in tiny_dataset.profile.takes)
     assert f"4 takes, {frames} frames" in result.stdout

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from egoexor.model.encoders import encode_point_clouds
 from egoexor.model.point_transformer import (
     ORDERS,
     PointTransformerV3,
@@ -17,7 +18,6 @@ from egoexor.model.point_transformer import (
     SerializedPooling,
     build_kernel_map,
     build_window_layout,
-    encode_point_clouds,
     hilbert_encode,
     serialization_code,
     submanifold_conv,
@@ -69,10 +69,25 @@ def seeded(seed: int = 0) -> torch.Generator:
 # Parameter layout of the reference (Pointcept PTv3, cls_mode=True, project_pc_dim=1024)
 
 BLOCK_SUFFIXES = [
-    "cpe.0.weight", "cpe.0.bias", "cpe.1.weight", "cpe.1.bias", "cpe.2.weight", "cpe.2.bias",
-    "norm1.0.weight", "norm1.0.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
-    "norm2.0.weight", "norm2.0.bias", "mlp.0.fc1.weight", "mlp.0.fc1.bias", "mlp.0.fc2.weight", "mlp.0.fc2.bias",
-]  # fmt: skip
+    "cpe.0.weight",
+    "cpe.0.bias",
+    "cpe.1.weight",
+    "cpe.1.bias",
+    "cpe.2.weight",
+    "cpe.2.bias",
+    "norm1.0.weight",
+    "norm1.0.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "norm2.0.weight",
+    "norm2.0.bias",
+    "mlp.0.fc1.weight",
+    "mlp.0.fc1.bias",
+    "mlp.0.fc2.weight",
+    "mlp.0.fc2.bias",
+]
 BN_SUFFIXES = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
 REFERENCE_SHAPES = {
     "embedding.stem.conv.weight": (32, 5, 5, 5, 6),  # spconv 2.x layout [C_out, k, k, k, C_in], no bias

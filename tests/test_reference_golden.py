@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "parity
 
 import egoexor_side  # noqa: E402
 
-from egoexor.data.dataset import Collator, EgoExorDataset  # noqa: E402
+from egoexor.data.dataset import EgoExorDataset  # noqa: E402
+from egoexor.data.processor import Collator  # noqa: E402
 from egoexor.data.tokenizer import load_tokenizer  # noqa: E402
 from egoexor.data.transforms import audio_snippet  # noqa: E402
 from egoexor.prompt import IMAGE_TOKEN_ID  # noqa: E402
@@ -46,8 +47,10 @@ def datasets(sample_files, merged_file, llama, tmp_path_factory):
     """The reference's data settings; audio embedded by the parity check's CLAP stand-in."""
     cache = egoexor_side.write_audio_cache(merged_file, tmp_path_factory.mktemp("audio") / "stand_in.h5")
     config = egoexor_side.data_config(cache)
-    return {mode: EgoExorDataset(sample_files["train"], merged_file, llama, config, mode=mode)
-            for mode in ("train", "generate")}  # fmt: skip
+    return {
+        mode: EgoExorDataset(sample_files["train"], merged_file, llama, config, mode=mode)
+        for mode in ("train", "generate")
+    }
 
 
 def test_training_ids_labels_and_inference_prompts_equal_the_references(datasets):
@@ -87,9 +90,11 @@ def test_every_sample_tensor_equals_the_references_after_bfloat16_rounding(datas
             ours["ego images"] = item["ego_images"]
         for name in record["exo"]:
             ours[f"exo image {name}"] = item["exo_images"][exo.index(name)]
-        for key, tensor, mask in (("eye_gaze", item["gaze"][:, :2], item["gaze_mask"]),
-                                  ("eye_gaze_depth", item["gaze"][:, 2], item["gaze_mask"]),
-                                  ("hand_tracking", item["hands"], item["hand_mask"])):  # fmt: skip
+        for key, tensor, mask in (
+            ("eye_gaze", item["gaze"][:, :2], item["gaze_mask"]),
+            ("eye_gaze_depth", item["gaze"][:, 2], item["gaze_mask"]),
+            ("hand_tracking", item["hands"], item["hand_mask"]),
+        ):
             if key in record:
                 rows = record[key][2][0]  # the reference's rows: exactly our unmasked views, in order
                 assert mask.tolist() == [True] * rows + [False] * (len(mask) - rows), (sample.id, key)
@@ -129,7 +134,7 @@ def test_parity_model_logits_and_greedy_ids_equal_the_references(datasets, llama
     batch = egoexor_batch(train, Collator(llama.pad_token_id), indices, exo_orders)
     assert torch.equal(batch["attention_mask"], torch.from_numpy(golden["mask"]))
     with torch.no_grad():
-        logits = model(batch)["logits"].float()
+        logits = model(**batch)["logits"].float()
     mask = batch["attention_mask"].bool()
     top_ids = torch.from_numpy(golden["top_ids"])
     top_values = torch.from_numpy(golden["top_values"])
@@ -140,6 +145,6 @@ def test_parity_model_logits_and_greedy_ids_equal_the_references(datasets, llama
     assert float((logits.sum(-1) - sums)[mask].abs().max()) <= 1e-2
     for index, names, expected in zip(indices, exo_orders, golden["generated"].tolist(), strict=True):
         single = egoexor_batch(train, Collator(llama.pad_token_id, "left"), [index], [names], generate)
-        assert model.generate(single, max_new_tokens=len(expected), eos_token_id=llama.eos_token_id)[0].tolist() == (
+        assert model.generate(**single, max_new_tokens=len(expected), eos_token_id=llama.eos_token_id)[0].tolist() == (
             expected
         )

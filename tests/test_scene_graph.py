@@ -70,9 +70,10 @@ def test_reference_mode_cleaning_rules():
     # the <SG> block is used only when both tags are there in order
     assert parse("</SG> head surgeon,patient,holding <SG>") == []
     # synonyms and camelCase resolve; duplicates are kept in reference mode
-    assert parse("<SG> operation table,microcope,closeTo; a,b,c; operation table,microcope,closeTo </SG>") == [
-        Triplet("operating_table", "microscope", "closeto")
-    ] * 2
+    assert (
+        parse("<SG> operation table,microcope,closeTo; a,b,c; operation table,microcope,closeTo </SG>")
+        == [Triplet("operating_table", "microscope", "closeto")] * 2
+    )
 
 
 def test_reference_mode_shares_one_name_space():
@@ -128,8 +129,29 @@ def test_parsing_never_raises_on_any_string(text):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(["<SG>", "</SG>", ";", ",", " ", ".", '"""', "head surgeon", "patient",
-                                 "holding", "close to", "</s>", "\n", "closeTo"]), max_size=30))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "<SG>",
+                "</SG>",
+                ";",
+                ",",
+                " ",
+                ".",
+                '"""',
+                "head surgeon",
+                "patient",
+                "holding",
+                "close to",
+                "</s>",
+                "\n",
+                "closeTo",
+            ]
+        ),
+        max_size=30,
+    )
+)
 def test_parsing_never_raises_on_tag_soup(parts):
     text = "".join(parts)
     assert isinstance(parse(text, "reference"), list)

@@ -44,9 +44,15 @@ def test_files_and_metadata(tiny_dataset):
 def test_datasets_have_released_dtypes_compression_and_per_frame_chunks(tiny_dataset):
     h5, take = open_take(tiny_dataset, MISS_FULL)
     with h5:
-        expected = {layout.RGB: np.uint8, layout.GAZE: np.float32, layout.GAZE_DEPTH: np.float32,
-                    layout.HANDS: np.float32, layout.AUDIO_SNIPPETS: np.float32,
-                    layout.POINT_COORDINATES: np.float32, layout.POINT_COLORS: np.float32}
+        expected = {
+            layout.RGB: np.uint8,
+            layout.GAZE: np.float32,
+            layout.GAZE_DEPTH: np.float32,
+            layout.HANDS: np.float32,
+            layout.AUDIO_SNIPPETS: np.float32,
+            layout.POINT_COORDINATES: np.float32,
+            layout.POINT_COLORS: np.float32,
+        }
         for path, dtype in expected.items():
             dataset = take[path]
             assert dataset.dtype == dtype, path
@@ -123,8 +129,15 @@ def test_annotations_use_raw_spellings_consistent_with_ids_and_templates(tiny_da
                     raw_spellings.update((s.decode(), p.decode(), o.decode()))
                 expected = tiny_dataset.templates[frame_templates[frame]]
                 assert triplets_from_annotation(rows) == expected
-    assert raw_spellings & {"closeTo", "lyingOn", "anaesthetist", "operation_table", "checking", "anesthasing",
-                            "microcope"}
+    assert raw_spellings & {
+        "closeTo",
+        "lyingOn",
+        "anaesthetist",
+        "operation_table",
+        "checking",
+        "anesthasing",
+        "microcope",
+    }
 
 
 def test_splits_cover_every_frame_once(tiny_dataset):
@@ -132,8 +145,11 @@ def test_splits_cover_every_frame_once(tiny_dataset):
         assert set(h5["splits"]) == set(layout.SPLIT_NAMES)
         rows = {name: layout.read_split(h5, name) for name in layout.SPLIT_NAMES}
         assert h5["splits/train"].dtype == layout.SPLIT_DTYPE
-    seen = [(r["surgery_type"], int(r["procedure_id"]), int(r["take_id"]), int(r["frame_id"]))
-            for split in rows.values() for r in split]
+    seen = [
+        (r["surgery_type"], int(r["procedure_id"]), int(r["take_id"]), int(r["frame_id"]))
+        for split in rows.values()
+        for r in split
+    ]
     total = sum(t.n_frames for t in tiny_dataset.profile.takes)
     assert len(seen) == len(set(seen)) == total
     assert all(len(split) > 0 for split in rows.values())
@@ -220,14 +236,27 @@ def parts_dataset(tmp_path_factory):
 
 
 #: The sample modality (``make_samples``) that carries each part.
-PART_SAMPLE_MODALITY = {"ego_frames": "ego_frames", "gaze": "eye_gaze", "hands": "hand_tracking",
-                        "exo_frames": "exo_frames", "ultrasound": "ultrasound", "audio": "audio",
-                        "point_cloud": "point_cloud"}  # fmt: skip
+PART_SAMPLE_MODALITY = {
+    "ego_frames": "ego_frames",
+    "gaze": "eye_gaze",
+    "hands": "hand_tracking",
+    "exo_frames": "exo_frames",
+    "ultrasound": "ultrasound",
+    "audio": "audio",
+    "point_cloud": "point_cloud",
+}
 
 
 def test_parts_are_disjoint_predicate_groups_one_per_modality():
-    assert [p.modality for p in PARTS] == ["ego_frames", "gaze", "hands", "exo_frames", "ultrasound", "audio",
-                                           "point_cloud"]  # fmt: skip
+    assert [p.modality for p in PARTS] == [
+        "ego_frames",
+        "gaze",
+        "hands",
+        "exo_frames",
+        "ultrasound",
+        "audio",
+        "point_cloud",
+    ]
     predicates = [name for part in PARTS for name in part.predicates]
     assert len(predicates) == len(set(predicates)) == 21 and set(predicates) <= set(vocab.PREDICATES)
     assert len({(p.subject, p.object) for p in PARTS}) == len(PARTS)
@@ -235,16 +264,21 @@ def test_parts_are_disjoint_predicate_groups_one_per_modality():
 
 
 def test_parts_annotations_follow_the_levels(parts_dataset):
-    expected_parts = {"MISS": set(PART_SAMPLE_MODALITY) - {"ultrasound"},
-                      "Ultrasound": set(PART_SAMPLE_MODALITY) - {"audio"}}
+    expected_parts = {
+        "MISS": set(PART_SAMPLE_MODALITY) - {"ultrasound"},
+        "Ultrasound": set(PART_SAMPLE_MODALITY) - {"audio"},
+    }
     for key, levels in parts_dataset.part_levels.items():
         h5, take = open_take(parts_dataset, key)
         with h5:
             for name, group in take["annotations"].items():
                 frame = int(name.removeprefix("frame_"))
                 triplets = triplets_from_annotation(group["rel_annotations"][()])
-                expected = [Triplet(p.subject, p.object, p.predicates[levels[frame, i]]) for i, p in enumerate(PARTS)
-                            if p.modality in expected_parts[key.surgery_type]]  # fmt: skip
+                expected = [
+                    Triplet(p.subject, p.object, p.predicates[levels[frame, i]])
+                    for i, p in enumerate(PARTS)
+                    if p.modality in expected_parts[key.surgery_type]
+                ]
                 assert triplets == expected
     stacked = np.concatenate(list(parts_dataset.part_levels.values()))
     correlation = np.corrcoef(stacked.T) - np.eye(len(PARTS))
@@ -257,9 +291,14 @@ def _modality_features(dataset, key) -> dict[str, np.ndarray]:
     with h5:
         sources = layout.take_sources(take)
         rgb = take[layout.RGB][()].astype(np.float32).mean(axis=(2, 3))  # [F, C, 3] mean colour per camera
-        cams = {kind: [i for i, s in enumerate(sources) if test(s)] for kind, test in (
-            ("ego_frames", lambda s: s in vocab.EGO_SOURCES), ("ultrasound", lambda s: s == vocab.ULTRASOUND_SOURCE),
-            ("exo_frames", lambda s: s in vocab.EXO_SOURCES and s != vocab.ULTRASOUND_SOURCE))}  # fmt: skip
+        cams = {
+            kind: [i for i, s in enumerate(sources) if test(s)]
+            for kind, test in (
+                ("ego_frames", lambda s: s in vocab.EGO_SOURCES),
+                ("ultrasound", lambda s: s == vocab.ULTRASOUND_SOURCE),
+                ("exo_frames", lambda s: s in vocab.EXO_SOURCES and s != vocab.ULTRASOUND_SOURCE),
+            )
+        }
         features = {kind: rgb[:, ids].mean(axis=1) for kind, ids in cams.items() if ids}
         gaze = take[layout.GAZE][()][:, :, 1:]
         with np.errstate(invalid="ignore"), warnings.catch_warnings(action="ignore", category=RuntimeWarning):

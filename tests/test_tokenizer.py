@@ -13,7 +13,8 @@ from llama_tokenizer import VOCAB_DIR, write_tokenizer_folder
 from transformers import LlamaTokenizer
 
 from egoexor import scene_graph, vocab
-from egoexor.data.dataset import EgoExorDataset, SampleInputError
+from egoexor.data.dataset import EgoExorDataset
+from egoexor.data.processor import SampleInputError
 from egoexor.data.samples import load_samples
 from egoexor.data.tokenizer import build_tiny_tokenizer, load_tokenizer
 from egoexor.prompt import HUMAN_TURN, IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, ROLES, chat_prompt
@@ -121,8 +122,10 @@ def test_llama_cpp_vectors(llama, spm):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(st.sampled_from([*"aZ09 ,.;:<>/_-'\t\n\r\x00", "é", "中", "🦙", "\u00a0", "\u3000", "▁"]), max_size=30)
-       | st.text(max_size=20))  # fmt: skip
+@given(
+    st.text(st.sampled_from([*"aZ09 ,.;:<>/_-'\t\n\r\x00", "é", "中", "🦙", "\u00a0", "\u3000", "▁"]), max_size=30)
+    | st.text(max_size=20)
+)
 def test_fast_tokenizer_equals_sentencepiece_on_unspaced_text(llama, spm, text):
     if not unspaced(text) or any(special in text for special in SPECIAL_TEXTS):
         return
@@ -137,8 +140,9 @@ def egoexor_segments() -> list[str]:
         prompt = chat_prompt(HUMAN_TURN, roles)
         segments += [prompt, *prompt.split(IMAGE_PLACEHOLDER)]
     n = len(vocab.ENTITIES)
-    triplets = [(vocab.ENTITIES[i], vocab.ENTITIES[(i + 1) % n], vocab.PREDICATES[i % len(vocab.PREDICATES)])
-                for i in range(n)]  # fmt: skip
+    triplets = [
+        (vocab.ENTITIES[i], vocab.ENTITIES[(i + 1) % n], vocab.PREDICATES[i % len(vocab.PREDICATES)]) for i in range(n)
+    ]
     return [*segments, scene_graph.serialize(triplets), scene_graph.serialize(triplets[:1]), scene_graph.serialize([])]
 
 
@@ -210,12 +214,15 @@ def test_inference_prompt_ids(llama_dataset, spm):
     assert make("generate", modalities=frozenset())[0]["input_ids"].tolist() == [1, *spm(prompt)]
 
 
-@pytest.mark.parametrize("changes", [
-    {"answer": " <SG> head surgeon,patient,holding </SG>"},
-    {"answer": "<SG> head surgeon,patient,holding;  patient,operating table,lyingon </SG>"},
-    {"answer": "<SG> head surgeon,patient, ▁holding </SG>"},
-    {"question": " " + HUMAN_TURN},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"answer": " <SG> head surgeon,patient,holding </SG>"},
+        {"answer": "<SG> head surgeon,patient,holding;  patient,operating table,lyingon </SG>"},
+        {"answer": "<SG> head surgeon,patient, ▁holding </SG>"},
+        {"question": " " + HUMAN_TURN},
+    ],
+)
 def test_text_with_leading_or_repeated_spaces_is_refused(llama_dataset, changes):
     sample, make = llama_dataset
     with pytest.raises(SampleInputError, match=f"sample {sample.id}: .*starts with a space or holds repeated spaces"):
@@ -230,9 +237,11 @@ def test_unreadable_folder_errors_name_it_and_the_cause(llama_dir, tmp_path, mon
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         (damaged / name).write_bytes((llama_dir / name).read_bytes())
     (damaged / "tokenizer.model").write_bytes(b"not a model")
-    for folder, cause in ((empty, "it holds neither tokenizer.json nor tokenizer.model"),
-                          (damaged, "its tokenizer.model is not a SentencePiece model"),
-                          (tmp_path / "missing", "no such folder")):  # fmt: skip
+    for folder, cause in (
+        (empty, "it holds neither tokenizer.json nor tokenizer.model"),
+        (damaged, "its tokenizer.model is not a SentencePiece model"),
+        (tmp_path / "missing", "no such folder"),
+    ):
         with pytest.raises(OSError, match=f"^cannot load a tokenizer from {re.escape(str(folder))}: {cause}$"):
             load_tokenizer(folder)
     monkeypatch.setitem(sys.modules, "sentencepiece", None)  # as if installed without it

@@ -48,20 +48,30 @@ def test_every_reference_flag_parses_with_its_meaning(tmp_path):
     assert trainer.eval_strategy == "no" and trainer.lr_scheduler_type == "cosine" and trainer.save_steps == 1
     assert trainer.warmup_steps == 0.03
     warned = " ".join(setup.warnings)
-    for flag in ("version", "dataset_name", "mm_use_im_start_end", "image_aspect_ratio", "lazy_preprocess",
-                 "mv_type", "do_augment"):  # fmt: skip
+    for flag in (
+        "version",
+        "dataset_name",
+        "mm_use_im_start_end",
+        "image_aspect_ratio",
+        "lazy_preprocess",
+        "mv_type",
+        "do_augment",
+    ):
         assert f"--{flag} has no effect here" in warned
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [(["--lora_rr", "8"], "unknown flag.*--lora_rr"), (["--learning_rat", "1e-3"], "unknown flag.*--learning_rat"),
-     (["--bits", "four"], "--bits: invalid choice: 'four'"),
-     (["--bits", "3"], r"--bits: invalid choice: '3' \(choose from 4, 8, 16\)"),
-     (["--mv_type", "mean"], "--mv_type mean: not supported"),
-     (["--preset", "big"], "--preset: invalid choice: 'big'"),
-     (["--llm_config", "[1]"], "--llm_config: not a JSON object"),
-     (["--config", "missing.yaml"], "no such config file")],
+    [
+        (["--lora_rr", "8"], "unknown flag.*--lora_rr"),
+        (["--learning_rat", "1e-3"], "unknown flag.*--learning_rat"),
+        (["--bits", "four"], "--bits: invalid choice: 'four'"),
+        (["--bits", "3"], r"--bits: invalid choice: '3' \(choose from 4, 8, 16\)"),
+        (["--mv_type", "mean"], "--mv_type mean: not supported"),
+        (["--preset", "big"], "--preset: invalid choice: 'big'"),
+        (["--llm_config", "[1]"], "--llm_config: not a JSON object"),
+        (["--config", "missing.yaml"], "no such config file"),
+    ],
 )
 def test_bad_flags_are_clear_errors(argv, message):
     with pytest.raises(ConfigError, match=message):
@@ -126,8 +136,19 @@ def tiny_train_files(sample_files, merged_file):
 
 
 def test_optimizer_groups_and_learning_rates(tiny_train_files, tmp_path):
-    setup = parse_train_args([*tiny_train_files, "--output_dir", str(tmp_path), "--learning_rate", "1e-3",
-                              "--mm_projector_lr", "1e-4", "--weight_decay", "0.1"])  # fmt: skip
+    setup = parse_train_args(
+        [
+            *tiny_train_files,
+            "--output_dir",
+            str(tmp_path),
+            "--learning_rate",
+            "1e-3",
+            "--mm_projector_lr",
+            "1e-4",
+            "--weight_decay",
+            "0.1",
+        ]
+    )
     trainer = build_training(setup)
     optimizer = trainer.create_optimizer()
     names = {id(p): n for n, p in trainer.model.named_parameters()}
@@ -161,12 +182,31 @@ def _train(args):
 
 
 def test_resume_gives_the_same_weights_as_training_straight(tiny_train_files, tmp_path):
-    common = [*tiny_train_files, "--max_steps", "4", "--per_device_train_batch_size", "2", "--save_strategy",
-              "steps", "--save_steps", "2", "--learning_rate", "5e-3"]  # fmt: skip
+    common = [
+        *tiny_train_files,
+        "--max_steps",
+        "4",
+        "--per_device_train_batch_size",
+        "2",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--learning_rate",
+        "5e-3",
+    ]
     straight, _ = _train([*common, "--output_dir", str(tmp_path / "a")])
     checkpoint = tmp_path / "a" / "checkpoint-2"
-    for name in ("adapter_model.safetensors", NON_LORA_FILE, "egoexor_config.json", "tokenizer.json",
-                 "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):  # fmt: skip
+    for name in (
+        "adapter_model.safetensors",
+        NON_LORA_FILE,
+        "egoexor_config.json",
+        "tokenizer.json",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+    ):
         assert (checkpoint / name).is_file(), name
     saved = load_file(checkpoint / NON_LORA_FILE)
     assert any(k.startswith("image_pooler.point_transformer.") and "running_mean" in k for k in saved)

@@ -47,12 +47,16 @@ def inputs(merged_file, sample_files, tmp_path_factory) -> Path:
     (root / "not_json.json").write_text("{not json")
     (root / "folder.json").mkdir()
     telepathy = [dict(r) for r in records[:5]]
-    telepathy[3] = {**records[3], "hdf5_indices": {**records[3]["hdf5_indices"], "available_modalities": [
-        "ego_frames", "telepathy"]}}  # fmt: skip
+    telepathy[3] = {
+        **records[3],
+        "hdf5_indices": {**records[3]["hdf5_indices"], "available_modalities": ["ego_frames", "telepathy"]},
+    }
     (root / "telepathy.json").write_text(json.dumps(telepathy))
     (root / "no_indices.json").write_text(json.dumps([{**records[0], "hdf5_indices": {}}]))
-    elsewhere = [{**r, "id": f"gone_{i}", "hdf5_indices": {**r["hdf5_indices"], "procedure_id": 9}}
-                 for i, r in enumerate(records[:3])]  # fmt: skip
+    elsewhere = [
+        {**r, "id": f"gone_{i}", "hdf5_indices": {**r["hdf5_indices"], "procedure_id": 9}}
+        for i, r in enumerate(records[:3])
+    ]
     (root / "missing_take.json").write_text(json.dumps(records[:10] + elsewhere))
     late = {**records[0], "id": "late", "hdf5_indices": {**records[0]["hdf5_indices"], "frame_idx": 9999}}
     (root / "missing_frame.json").write_text(json.dumps([*records[:4], late]))
@@ -76,8 +80,21 @@ class Env:
 
 def argv(e: Env, *extra: str, data: str = "train.json", hdf5: str = "egoexor.h5") -> list[str]:
     """A training command on the battery's inputs that would train one step were nothing wrong."""
-    return ["--config", TINY, "--data_path", str(e.inp / data), "--hdf5_path", str(e.inp / hdf5),
-            "--output_dir", str(e.out / "run"), "--max_steps", "1", "--disable_tqdm", "True", *extra]  # fmt: skip
+    return [
+        "--config",
+        TINY,
+        "--data_path",
+        str(e.inp / data),
+        "--hdf5_path",
+        str(e.inp / hdf5),
+        "--output_dir",
+        str(e.out / "run"),
+        "--max_steps",
+        "1",
+        "--disable_tqdm",
+        "True",
+        *extra,
+    ]
 
 
 def _checkpoint(*parts: str, files=(NON_LORA_FILE, CONFIG_FILE, TRAINER_STATE_NAME)) -> Callable[[Env], None]:
@@ -108,12 +125,15 @@ CASES = [
     Case("learning rate nan", lambda e: argv(e, "--learning_rate", "nan"), "--learning_rate must be > 0, got nan"),
     Case("batch size 0", lambda e: argv(e, "--per_device_train_batch_size", "0"), "--per_device_train_batch_size"),
     Case("batch size negative", lambda e: argv(e, "--per_device_train_batch_size", "-2"), "must be >= 1, got -2"),
-    Case("grad accumulation 0", lambda e: argv(e, "--gradient_accumulation_steps", "0"),
-         "--gradient_accumulation_steps"),
-    Case("no epochs and no steps", lambda e: argv(e, "--num_train_epochs", "-1", "--max_steps", "-1"),
-         "nothing to train"),
-    Case("zero epochs, zero steps", lambda e: argv(e, "--num_train_epochs", "0", "--max_steps", "0"),
-         "nothing to train"),
+    Case(
+        "grad accumulation 0", lambda e: argv(e, "--gradient_accumulation_steps", "0"), "--gradient_accumulation_steps"
+    ),
+    Case(
+        "no epochs and no steps", lambda e: argv(e, "--num_train_epochs", "-1", "--max_steps", "-1"), "nothing to train"
+    ),
+    Case(
+        "zero epochs, zero steps", lambda e: argv(e, "--num_train_epochs", "0", "--max_steps", "0"), "nothing to train"
+    ),
     Case("epochs infinite", lambda e: argv(e, "--num_train_epochs", "inf"), "--num_train_epochs must be finite"),
     Case("save steps 0", lambda e: argv(e, "--save_strategy", "steps", "--save_steps", "0"), "--save_steps"),
     Case("weight decay negative", lambda e: argv(e, "--weight_decay", "-0.1"), "--weight_decay"),
@@ -126,8 +146,11 @@ CASES = [
     Case("lora_dropout 1", lambda e: argv(e, "--lora_dropout", "1"), "lora_dropout must be >= 0 and < 1"),
     Case("lora_dropout negative", lambda e: argv(e, "--lora_dropout", "-0.1"), "lora_dropout"),
     Case("fusion layers 0", lambda e: argv(e, "--fusion_layers", "0"), "fusion_layers must be >= 1"),
-    Case("unfrozen layers negative", lambda e: argv(e, "--unfreeze_n_vision_tower_layers", "-1"),
-         "unfreeze_n_vision_tower_layers"),
+    Case(
+        "unfrozen layers negative",
+        lambda e: argv(e, "--unfreeze_n_vision_tower_layers", "-1"),
+        "unfreeze_n_vision_tower_layers",
+    ),
     Case("projector lr 0", lambda e: argv(e, "--mm_projector_lr", "0"), "mm_projector_lr must be > 0"),
     Case("modality dropout 1.5", lambda e: argv(e, "--multimodal_drop_prop", "1.5"), "modality_dropout"),
     Case("max length 0", lambda e: argv(e, "--model_max_length", "0"), "model_max_length"),
@@ -143,73 +166,140 @@ CASES = [
     Case("samples empty", lambda e: argv(e, data="empty_list.json"), "the sample list is empty"),
     Case("record malformed", lambda e: argv(e, data="no_indices.json"), "record 0"),
     Case("unknown modality", lambda e: argv(e, data="telepathy.json"), "record 3"),
-    Case("sample of a missing take", lambda e: argv(e, data="missing_take.json"),
-         "3 of 13 samples are not in the file, the first: id 'gone_0', take data/MISS/9/take/1"),
-    Case("sample of a missing frame", lambda e: argv(e, data="missing_frame.json"),
-         "1 of 5 samples are not in the file, the first: id 'late'"),
+    Case(
+        "sample of a missing take",
+        lambda e: argv(e, data="missing_take.json"),
+        "3 of 13 samples are not in the file, the first: id 'gone_0', take data/MISS/9/take/1",
+    ),
+    Case(
+        "sample of a missing frame",
+        lambda e: argv(e, data="missing_frame.json"),
+        "1 of 5 samples are not in the file, the first: id 'late'",
+    ),
     # --- HDF5 and other input files ---------------------------------------------------------------------------------
     Case("hdf5 missing", lambda e: argv(e, hdf5="nope.h5"), "--hdf5_path"),
     Case("hdf5 not HDF5", lambda e: argv(e, hdf5="garbage.h5"), "garbage.h5: not an HDF5 file"),
     Case("hdf5 empty", lambda e: argv(e, hdf5="empty.h5"), "empty.h5: not an HDF5 file"),
     Case("hdf5 truncated", lambda e: argv(e, hdf5="truncated.h5"), "truncated.h5: cannot read the HDF5 file"),
     Case("audio cache missing", lambda e: argv(e, "--audio_cache", str(e.inp / "nope.h5")), "--audio_cache"),
-    Case("token weights missing", lambda e: argv(e, "--token_weight_path", str(e.inp / "nope.json")),
-         "--token_weight_path"),
-    Case("token weights not JSON", lambda e: argv(e, "--token_weight_path", str(e.inp / "freqs_not_json.json")),
-         "cannot read the token-frequency file"),
+    Case(
+        "token weights missing",
+        lambda e: argv(e, "--token_weight_path", str(e.inp / "nope.json")),
+        "--token_weight_path",
+    ),
+    Case(
+        "token weights not JSON",
+        lambda e: argv(e, "--token_weight_path", str(e.inp / "freqs_not_json.json")),
+        "cannot read the token-frequency file",
+    ),
     # --- the output folder and resuming -----------------------------------------------------------------------------
     Case("output holds checkpoints", argv, "holds an earlier run (checkpoint-2", _checkpoint("run", "checkpoint-2")),
     Case("output holds a trained model", argv, f"holds an earlier run ({NON_LORA_FILE})", _file("run", NON_LORA_FILE)),
     Case("output is a file", argv, "is a file, expected a folder", _file("run")),
-    Case("output under a file", lambda e: argv(e, "--output_dir", str(e.out / "f" / "run")), "is a file, not a folder",
-         _file("f")),
-    Case("resume, nothing to resume", lambda e: argv(e, "--resume_from_checkpoint", "True"),
-         "no complete checkpoint-N folder", _dir("run")),
-    Case("resume, only an incomplete checkpoint", lambda e: argv(e, "--resume_from_checkpoint", "True"),
-         "(incomplete: checkpoint-3)", _checkpoint("run", "checkpoint-3", files=(NON_LORA_FILE,))),
-    Case("resume from an incomplete folder",
-         lambda e: argv(e, "--resume_from_checkpoint", str(e.out / "run" / "checkpoint-3")),
-         "not a complete checkpoint (no egoexor_config.json, trainer_state.json)",
-         _checkpoint("run", "checkpoint-3", files=(NON_LORA_FILE,))),
-    Case("resume from an interrupted save",
-         lambda e: argv(e, "--resume_from_checkpoint", str(e.out / "run" / STAGING / "checkpoint-3")),
-         "not a complete checkpoint (an interrupted save)", _checkpoint("run", STAGING, "checkpoint-3")),
-    Case("resume from a missing folder", lambda e: argv(e, "--resume_from_checkpoint", str(e.out / "nope")),
-         "nope: no such folder"),
-    Case("overwrite the checkpoint to resume", lambda e: argv(e, "--resume_from_checkpoint", "True",
-                                                              "--overwrite_output_dir"),
-         "--overwrite_output_dir would remove the checkpoint to resume from", _checkpoint("run", "checkpoint-2")),
+    Case(
+        "output under a file",
+        lambda e: argv(e, "--output_dir", str(e.out / "f" / "run")),
+        "is a file, not a folder",
+        _file("f"),
+    ),
+    Case(
+        "resume, nothing to resume",
+        lambda e: argv(e, "--resume_from_checkpoint", "True"),
+        "no complete checkpoint-N folder",
+        _dir("run"),
+    ),
+    Case(
+        "resume, only an incomplete checkpoint",
+        lambda e: argv(e, "--resume_from_checkpoint", "True"),
+        "(incomplete: checkpoint-3)",
+        _checkpoint("run", "checkpoint-3", files=(NON_LORA_FILE,)),
+    ),
+    Case(
+        "resume from an incomplete folder",
+        lambda e: argv(e, "--resume_from_checkpoint", str(e.out / "run" / "checkpoint-3")),
+        "not a complete checkpoint (no egoexor_config.json, trainer_state.json)",
+        _checkpoint("run", "checkpoint-3", files=(NON_LORA_FILE,)),
+    ),
+    Case(
+        "resume from an interrupted save",
+        lambda e: argv(e, "--resume_from_checkpoint", str(e.out / "run" / STAGING / "checkpoint-3")),
+        "not a complete checkpoint (an interrupted save)",
+        _checkpoint("run", STAGING, "checkpoint-3"),
+    ),
+    Case(
+        "resume from a missing folder",
+        lambda e: argv(e, "--resume_from_checkpoint", str(e.out / "nope")),
+        "nope: no such folder",
+    ),
+    Case(
+        "overwrite the checkpoint to resume",
+        lambda e: argv(e, "--resume_from_checkpoint", "True", "--overwrite_output_dir"),
+        "--overwrite_output_dir would remove the checkpoint to resume from",
+        _checkpoint("run", "checkpoint-2"),
+    ),
     # resuming another folder's checkpoint does not license replacing this folder's earlier run
-    Case("resume from elsewhere into an earlier run",
-         lambda e: argv(e, "--resume_from_checkpoint", str(e.inp / "checkpoint-1")),
-         f"holds an earlier run ({NON_LORA_FILE})", _file("run", NON_LORA_FILE)),
-    Case("resume from elsewhere into earlier checkpoints",
-         lambda e: argv(e, "--resume_from_checkpoint", str(e.inp / "checkpoint-1")),
-         "holds an earlier run (checkpoint-2)", _checkpoint("run", "checkpoint-2")),
+    Case(
+        "resume from elsewhere into an earlier run",
+        lambda e: argv(e, "--resume_from_checkpoint", str(e.inp / "checkpoint-1")),
+        f"holds an earlier run ({NON_LORA_FILE})",
+        _file("run", NON_LORA_FILE),
+    ),
+    Case(
+        "resume from elsewhere into earlier checkpoints",
+        lambda e: argv(e, "--resume_from_checkpoint", str(e.inp / "checkpoint-1")),
+        "holds an earlier run (checkpoint-2)",
+        _checkpoint("run", "checkpoint-2"),
+    ),
     # --- the output folder is never an input folder, nor holds an input file -----------------------------------------
-    Case("output is the tokenizer", lambda e: argv(e, "--tokenizer", str(e.inp / "tokenizer"), "--output_dir",
-                                                   str(e.inp / "tokenizer")),
-         "tokenizer: is the --tokenizer folder"),
-    Case("output is the audio encoder", lambda e: argv(e, "--audio_encoder", str(e.inp / "tokenizer"),
-                                                       "--output_dir", str(e.inp / "tokenizer")),
-         "is the --audio_encoder folder"),
-    Case("output is the checkpoint to resume",
-         lambda e: argv(e, "--resume_from_checkpoint", str(e.inp / "checkpoint-1"), "--output_dir",
-                        str(e.inp / "checkpoint-1")),
-         "checkpoint-1: is the --resume_from_checkpoint folder"),
+    Case(
+        "output is the tokenizer",
+        lambda e: argv(e, "--tokenizer", str(e.inp / "tokenizer"), "--output_dir", str(e.inp / "tokenizer")),
+        "tokenizer: is the --tokenizer folder",
+    ),
+    Case(
+        "output is the audio encoder",
+        lambda e: argv(e, "--audio_encoder", str(e.inp / "tokenizer"), "--output_dir", str(e.inp / "tokenizer")),
+        "is the --audio_encoder folder",
+    ),
+    Case(
+        "output is the checkpoint to resume",
+        lambda e: argv(
+            e, "--resume_from_checkpoint", str(e.inp / "checkpoint-1"), "--output_dir", str(e.inp / "checkpoint-1")
+        ),
+        "checkpoint-1: is the --resume_from_checkpoint folder",
+    ),
     Case("output holds the samples", lambda e: argv(e, "--output_dir", str(e.inp)), "holds the --data_path file"),
-    Case("output holds the HDF5 file", lambda e: argv(e, "--output_dir", str(e.inp), data=str(e.out / "train.json")),
-         "holds the --hdf5_path file", lambda e: shutil.copy(e.inp / "train.json", e.out)),
-    Case("output holds the token weights", lambda e: argv(e, "--token_weight_path", str(e.out / "run" / "freqs.json")),
-         "holds the --token_weight_path file", _file("run", "freqs.json")),
-    Case("output holds the audio cache", lambda e: argv(e, "--audio_cache", str(e.out / "run" / "audio.h5")),
-         "holds the --audio_cache file", _file("run", "audio.h5")),
-    Case("output holds the config", lambda e: [*argv(e), "--config", str(e.out / "run" / "tiny.yaml")],
-         "holds the --config file", _file("run", "tiny.yaml", text=Path(TINY).read_text())),
+    Case(
+        "output holds the HDF5 file",
+        lambda e: argv(e, "--output_dir", str(e.inp), data=str(e.out / "train.json")),
+        "holds the --hdf5_path file",
+        lambda e: shutil.copy(e.inp / "train.json", e.out),
+    ),
+    Case(
+        "output holds the token weights",
+        lambda e: argv(e, "--token_weight_path", str(e.out / "run" / "freqs.json")),
+        "holds the --token_weight_path file",
+        _file("run", "freqs.json"),
+    ),
+    Case(
+        "output holds the audio cache",
+        lambda e: argv(e, "--audio_cache", str(e.out / "run" / "audio.h5")),
+        "holds the --audio_cache file",
+        _file("run", "audio.h5"),
+    ),
+    Case(
+        "output holds the config",
+        lambda e: [*argv(e), "--config", str(e.out / "run" / "tiny.yaml")],
+        "holds the --config file",
+        _file("run", "tiny.yaml", text=Path(TINY).read_text()),
+    ),
     Case("save_total_limit negative", lambda e: argv(e, "--save_total_limit", "-3"), "--save_total_limit must be >= 0"),
-    Case("a second value for a one-value flag", lambda e: argv(e, "--learning_rate", "1e-3", "2e-3"),
-         "--learning_rate takes one value, got 1e-3 2e-3"),
-]  # fmt: skip
+    Case(
+        "a second value for a one-value flag",
+        lambda e: argv(e, "--learning_rate", "1e-3", "2e-3"),
+        "--learning_rate takes one value, got 1e-3 2e-3",
+    ),
+]
 
 
 @pytest.fixture
@@ -336,9 +426,12 @@ sys.exit(train.main(sys.argv[1:]))
 def _kill_during(hang: str, args: list[str], tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     process = subprocess.Popen(
-        [sys.executable, "-c", _HARNESS, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, "-c", _HARNESS, *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         env={**os.environ, "HANG": hang, "MARKER": str(marker), "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    )
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -356,9 +449,24 @@ def _kill_during(hang: str, args: list[str], tmp_path: Path) -> None:
 )
 def test_kill_9_during_a_checkpoint_save_then_resume_true(hang, left, sample_files, merged_file, tmp_path, capsys):
     output = tmp_path / "run"
-    args = ["--config", TINY, "--data_path", str(sample_files["train"]), "--hdf5_path", str(merged_file),
-            "--output_dir", str(output), "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "1",
-            "--disable_tqdm", "True"]  # fmt: skip
+    args = [
+        "--config",
+        TINY,
+        "--data_path",
+        str(sample_files["train"]),
+        "--hdf5_path",
+        str(merged_file),
+        "--output_dir",
+        str(output),
+        "--max_steps",
+        "4",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "1",
+        "--disable_tqdm",
+        "True",
+    ]
     _kill_during(hang, args, tmp_path)
     complete = train.checkpoint_folders(output)
     assert [p.name for p in complete] == ["checkpoint-1", "checkpoint-2"]  # no checkpoint-3 under its name
@@ -396,12 +504,41 @@ def test_torchrun_two_ranks_one_writer(sample_files, merged_file, tmp_path):
     output = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29563",
-         str(harness), "--config", TINY, "--data_path", str(sample_files["train"]), "--hdf5_path", str(merged_file),
-         "--output_dir", str(output), "--max_steps", "2", "--per_device_train_batch_size", "2", "--save_strategy",
-         "steps", "--save_steps", "1", "--disable_tqdm", "True"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29563",
+            str(harness),
+            "--config",
+            TINY,
+            "--data_path",
+            str(sample_files["train"]),
+            "--hdf5_path",
+            str(merged_file),
+            "--output_dir",
+            str(output),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "1",
+            "--disable_tqdm",
+            "True",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     writes = sorted(log.read_text().splitlines())
     staged = [f"0 {output / STAGING / f'checkpoint-{n}'}" for n in (1, 2)]
@@ -417,8 +554,12 @@ def test_torchrun_two_ranks_one_writer(sample_files, merged_file, tmp_path):
 
 def test_a_real_process_prints_the_error_line_alone(tmp_path):
     """Nothing the imports log (bitsandbytes' CPU kernel notice, warnings) precedes the one line."""
-    result = subprocess.run([sys.executable, "-m", "egoexor.train", "--config", TINY, "--lora_r", "0"],
-                            capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "egoexor.train", "--config", TINY, "--lora_r", "0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert (result.returncode, result.stderr) == (2, "egoexor.train: error: lora_r must be >= 1, got 0\n")
 
 
@@ -438,8 +579,15 @@ def test_only_a_checkpoint_in_the_output_folder_continues_its_run(tmp_path):
 
 
 def _one_error_line(args: list[str], cwd: Path, **env: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "egoexor.train", *args], capture_output=True, text=True, cwd=cwd,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **env}, timeout=120, check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "egoexor.train", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("egoexor.train: error: "), result.stderr[-3000:]
@@ -454,8 +602,18 @@ def test_deepspeed_without_deepspeed_is_one_line(tmp_path):
 
 def test_an_unreachable_pretrained_name_is_one_line_naming_its_flag(sample_files, merged_file, tmp_path):
     """Offline, with an empty Hugging Face cache: one line, at once (not a minute of retries and logs)."""
-    args = ["--config", TINY, "--data_path", str(sample_files["train"]), "--hdf5_path", str(merged_file),
-            "--output_dir", str(tmp_path / "run"), "--audio_encoder", "laion/larger_clap_general"]  # fmt: skip
+    args = [
+        "--config",
+        TINY,
+        "--data_path",
+        str(sample_files["train"]),
+        "--hdf5_path",
+        str(merged_file),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--audio_encoder",
+        "laion/larger_clap_general",
+    ]
     start = time.monotonic()
     line = _one_error_line(args, tmp_path, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     assert "--audio_encoder 'laion/larger_clap_general': not a folder and not in the Hugging Face cache" in line
@@ -471,10 +629,15 @@ def test_multi_value_flags_reach_the_parser():
         parse_train_args(["--config", TINY, "--report_to", "tensorboard", "telepathy"])
 
 
-@pytest.mark.parametrize("argv", [["--config", str(ROOT / "configs" / "egoexor.yaml")],
-                                  ["--config", str(ROOT / "configs" / "reference.yaml")],
-                                  ["--config", TINY, "--gradient_checkpointing", "True"],
-                                  ["--config", TINY, "--gradient_checkpointing"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config", str(ROOT / "configs" / "egoexor.yaml")],
+        ["--config", str(ROOT / "configs" / "reference.yaml")],
+        ["--config", TINY, "--gradient_checkpointing", "True"],
+        ["--config", TINY, "--gradient_checkpointing"],
+    ],
+)
 def test_activation_checkpointing_without_a_deprecation_warning(argv):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)

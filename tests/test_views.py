@@ -5,8 +5,17 @@ import numpy as np
 from egoexor import vocab
 from egoexor.data import views
 
-SOURCES = ["head_surgeon", "assistant", "circulator", "anesthetist", "or_light", "external_1", "ultrasound",
-           "external_2", "blank"]  # fmt: skip
+SOURCES = [
+    "head_surgeon",
+    "assistant",
+    "circulator",
+    "anesthetist",
+    "or_light",
+    "external_1",
+    "ultrasound",
+    "external_2",
+    "blank",
+]
 
 
 def rgb_with_black(black=()):
@@ -84,8 +93,11 @@ def test_reference_ego_range_takes_a_lit_camera_inside_it():
     assert [v.camera for v in by_range] == [0, 1, 2]  # cameras 0..2, external_1 after the range
     # training rule: ego-named cameras are 0 and 2, so views 0 and 1 take rows 0 and 2, view 2 none
     assert [v.hand_row for v in by_range] == [0, 2, None]
-    assert [v.hand_row for v in views.ego_views(sources, rgb, None, 3, hands, "reference", True, "reference")] \
-        == [0, 1, 2]  # fmt: skip
+    assert [v.hand_row for v in views.ego_views(sources, rgb, None, 3, hands, "reference", True, "reference")] == [
+        0,
+        1,
+        2,
+    ]
     assert [v.camera for v in views.ego_views(sources, rgb, None, 3, hands, "reference", False, "name")] == [0, 2]
     rgb[1] = 0  # black, as blank cameras are: skipped either way
     assert [v.camera for v in views.ego_views(sources, rgb, None, 3, hands, "source_id", False, "reference")] == [0, 2]

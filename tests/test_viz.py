@@ -53,8 +53,18 @@ def picture(point):
 
 def test_one_panel_per_camera_ego_first_plus_three(point, picture):
     names = [p.name for p in picture.panels]
-    assert names == [*vocab.EGO_SOURCES, "or_light", "microscope", "external_1", "external_2", "external_3",
-                     "simstation", "point cloud", "audio", "scene graph"]  # fmt: skip
+    assert names == [
+        *vocab.EGO_SOURCES,
+        "or_light",
+        "microscope",
+        "external_1",
+        "external_2",
+        "external_3",
+        "simstation",
+        "point cloud",
+        "audio",
+        "scene graph",
+    ]
     assert [p.kind for p in picture.panels[:4]] == ["ego"] * 4 and picture.panels[4].kind == "exo"
     for panel in picture.panels[:10]:  # each camera panel shows that camera's pixels (channels swapped, as BGR)
         frame = point.image(panel.name)
@@ -120,8 +130,20 @@ def test_frame_command_writes_the_png_and_refuses_bad_input(tiny_dataset, point,
 
 def test_take_command_video_frames_and_duration(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "take.mp4"
-    argv = ["take", "--hdf5", str(tiny_dataset.directory / "miss_1.h5"), "--take", "MISS/1/1", "--dpi", "30",
-            "--frames", "3:9", "--audio", "--out", str(out)]  # fmt: skip
+    argv = [
+        "take",
+        "--hdf5",
+        str(tiny_dataset.directory / "miss_1.h5"),
+        "--take",
+        "MISS/1/1",
+        "--dpi",
+        "30",
+        "--frames",
+        "3:9",
+        "--audio",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     with av.open(str(out)) as container:
         stream = container.streams.video[0]
@@ -153,8 +175,19 @@ def results(tiny_dataset, sample_files, tmp_path_factory) -> tuple[Path, str]:
     folder = tmp_path_factory.mktemp("results")
     (folder / "predictions.json").write_text(json.dumps(predictions))
     out = folder / "eval"
-    assert evaluate(["--predictions", str(folder / "predictions.json"), "--samples", str(sample_files["test"]),
-                     "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        evaluate(
+            [
+                "--predictions",
+                str(folder / "predictions.json"),
+                "--samples",
+                str(sample_files["test"]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     shutil.copy(folder / "predictions.json", out / "predictions.json")
     return out, worst
 
@@ -162,8 +195,19 @@ def results(tiny_dataset, sample_files, tmp_path_factory) -> tuple[Path, str]:
 def test_errors_page_worst_first(results, merged_file, tmp_path):
     folder, worst = results
     out = tmp_path / "errors.html"
-    argv = ["errors", "--results", str(folder), "--hdf5", str(merged_file), "--limit", "3", "--dpi", "30",
-            "--out", str(out)]  # fmt: skip
+    argv = [
+        "errors",
+        "--results",
+        str(folder),
+        "--hdf5",
+        str(merged_file),
+        "--limit",
+        "3",
+        "--dpi",
+        "30",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     text = out.read_text()
     wrongness = [int(w) for w in re.findall(r'data-wrongness="(\d+)"', text)]
@@ -171,18 +215,49 @@ def test_errors_page_worst_first(results, merged_file, tmp_path):
     assert re.search(r'data-sample="([^"]+)"', text).group(1) == worst
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CI"),
-                    reason="needs Debian's chromium (apt-get install chromium); CI installs it and never skips")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None and not os.environ.get("CI"),
+    reason="needs Debian's chromium (apt-get install chromium); CI installs it and never skips",
+)
 def test_errors_page_loads_in_headless_chromium(results, merged_file, tmp_path):
     folder, worst = results
     out = tmp_path / "errors.html"
-    assert main(["errors", "--results", str(folder), "--hdf5", str(merged_file), "--limit", "2", "--dpi", "30",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "errors",
+                "--results",
+                str(folder),
+                "--hdf5",
+                str(merged_file),
+                "--limit",
+                "2",
+                "--dpi",
+                "30",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     run = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", out.as_uri()],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)},
-    )  # fmt: skip
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            out.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == []

@@ -23,8 +23,9 @@ def test_combined_index_is_the_reference_id_space():
     assert vocab.VOCAB_INDEX["wearing"] == 57
 
 
-@pytest.mark.parametrize(("file_name", "labels"), [("classes.txt", vocab.ENTITY_LABELS),
-                                                   ("relationships.txt", vocab.RELATION_LABELS)])
+@pytest.mark.parametrize(
+    ("file_name", "labels"), [("classes.txt", vocab.ENTITY_LABELS), ("relationships.txt", vocab.RELATION_LABELS)]
+)
 def test_shipped_label_files_are_generated_from_vocab(file_name, labels):
     text = (DATA / file_name).read_text()
     assert text == vocab.label_file_text(labels), "regenerate with: python -m egoexor.vocab data"
@@ -63,9 +64,18 @@ def test_source_table():
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("head_surgeon", "head_surgeon"), ("Head_Surgeon", "head_surgeon"), ("anaesthetist", "anesthetist"),
-     ("operation_table", "operating_table"), ("closeTo", "closeto"), ("checking", "looking"),
-     ("anesthasing", "anaesthetising"), ("close to", None), ("head surgeon", None), ("none", None)],
+    [
+        ("head_surgeon", "head_surgeon"),
+        ("Head_Surgeon", "head_surgeon"),
+        ("anaesthetist", "anesthetist"),
+        ("operation_table", "operating_table"),
+        ("closeTo", "closeto"),
+        ("checking", "looking"),
+        ("anesthasing", "anaesthetising"),
+        ("close to", None),
+        ("head surgeon", None),
+        ("none", None),
+    ],
 )
 def test_lookup_reference(name, expected):
     assert vocab.lookup_reference(name) == expected
@@ -73,9 +83,16 @@ def test_lookup_reference(name, expected):
 
 @pytest.mark.parametrize(
     ("name", "as_predicate", "expected"),
-    [("close to", True, "closeto"), ("lying  on", True, "lyingon"), ("Close_To", True, "closeto"),
-     ("head  surgeon", False, "head_surgeon"), ("operation table", False, "operating_table"),
-     ("body-marker", False, "body_marker"), ("", False, None), ("dragon", True, None)],
+    [
+        ("close to", True, "closeto"),
+        ("lying  on", True, "lyingon"),
+        ("Close_To", True, "closeto"),
+        ("head  surgeon", False, "head_surgeon"),
+        ("operation table", False, "operating_table"),
+        ("body-marker", False, "body_marker"),
+        ("", False, None),
+        ("dragon", True, None),
+    ],
 )
 def test_lookup_robust(name, as_predicate, expected):
     assert vocab.lookup_robust(name, as_predicate=as_predicate) == expected

@@ -57,8 +57,14 @@ SCENE_GRAPH = "scene_graph"
 
 #: Datasets whose first axis is the frame axis, in the order used to find a take's frame count.
 FRAME_AXIS_DATASETS: tuple[str, ...] = (
-    RGB, GAZE, GAZE_DEPTH, HANDS, AUDIO_SNIPPETS, POINT_COORDINATES, POINT_COLORS,
-)  # fmt: skip
+    RGB,
+    GAZE,
+    GAZE_DEPTH,
+    HANDS,
+    AUDIO_SNIPPETS,
+    POINT_COORDINATES,
+    POINT_COLORS,
+)
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
 
@@ -167,8 +173,7 @@ def check_layout(h5: h5py.File) -> int:
             n_sources = len(take_sources(take))
             if n_sources != rgb.shape[1]:
                 raise LayoutError(
-                    f"{h5.filename}: {take.name}/sources names {n_sources} cameras, "
-                    f"{rgb.name} has {rgb.shape[1]}"
+                    f"{h5.filename}: {take.name}/sources names {n_sources} cameras, {rgb.name} has {rgb.shape[1]}"
                 )
         count += 1
     return count

@@ -14,15 +14,20 @@ permutations); training weights its loss with it.
 The command follows :mod:`egoexor.cli`: existing output files need ``--overwrite``, an output that is
 the HDF5 file is always refused, a split that yields no sample is an error, and takes without
 ``frames/rgb`` (samples with no images) are named in a warning.
+
+The Python API: :func:`write_samples` is the command (its flags are its parameters); :func:`make_samples`
+makes the samples of a split in memory.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -77,9 +82,13 @@ def _available_modalities(take: h5py.Group, sources: list[str], rng: random.Rand
 
 
 def make_samples(
-    h5: h5py.File, split: str, rng: random.Random, n_permutations: int = 1, modality_dropout_prob: float = 0.0,
+    h5: h5py.File,
+    split: str,
+    rng: random.Random,
+    n_permutations: int = 1,
+    modality_dropout_prob: float = 0.0,
     reduce_ratio: int = 1,
-) -> tuple[list[Sample], list[str]]:  # fmt: skip
+) -> tuple[list[Sample], list[str]]:
     """Samples of one split in generation order, and the frames skipped for lack of annotations.
 
     ``rng`` must be ``random.Random(seed)``; the reference then counts tokens in this order and
@@ -87,15 +96,10 @@ def make_samples(
     """
     if n_permutations < 1:
         raise ValueError(f"n_permutations must be at least 1, got {n_permutations}")
-    rows = layout.read_split(h5, split)
-    frames = [(str(r["surgery_type"]), int(r["procedure_id"]), int(r["take_id"]), int(r["frame_id"])) for r in rows]
-    if split != "train":
-        frames = rng.sample(frames, len(frames) // reduce_ratio)
     samples: list[Sample] = []
     skipped: list[str] = []
     sources_cache: dict[TakeKey, list[str]] = {}
-    for surgery_type, procedure_id, take_id, frame in frames:
-        key = TakeKey(surgery_type, procedure_id, take_id)
+    for key, frame in _split_frames(h5, split, rng, reduce_ratio):
         if key.path not in h5:
             raise LayoutError(f"{h5.filename}: splits/{split} names {key.path}, which the file does not have")
         take = h5[key.path]
@@ -106,13 +110,20 @@ def make_samples(
             skipped.append(f"{key.path}/{annotation}")
             continue
         triplets = triplets_from_annotation(take[annotation][()])
+        common = {"take": key, "frame": frame, "modalities": frozenset(modalities), "question": HUMAN_TURN}
         for permutation in range(n_permutations):
             rng.shuffle(triplets)
-            samples.append(Sample(
-                id=f"{key.name}_{frame}_{permutation}", take=key, frame=frame, modalities=frozenset(modalities),
-                question=HUMAN_TURN, answer=serialize(triplets),
-            ))  # fmt: skip
+            samples.append(Sample(id=f"{key.name}_{frame}_{permutation}", answer=serialize(triplets), **common))
     return samples, skipped
+
+
+def _split_frames(h5: h5py.File, split: str, rng: random.Random, reduce_ratio: int) -> list[tuple[TakeKey, int]]:
+    """The split's frames in the reference's order: those of validation and test drawn at random (1 in
+    ``reduce_ratio`` of them), those of train as listed."""
+    rows = layout.read_split(h5, split)
+    keys = [TakeKey(str(r["surgery_type"]), int(r["procedure_id"]), int(r["take_id"])) for r in rows]
+    frames = list(zip(keys, (int(r["frame_id"]) for r in rows), strict=True))
+    return frames if split == "train" else rng.sample(frames, len(frames) // reduce_ratio)
 
 
 def count_tokens(samples: Sequence[Sample], tokenizer) -> dict[str, int]:
@@ -130,20 +141,32 @@ def _parser() -> cli.ArgumentParser:
     )
     parser.add_argument("--hdf5", required=True, help="merged EgoExOR file (egoexor-merge-h5 output)")
     parser.add_argument("--split", default="train", choices=layout.SPLIT_NAMES, help="split (default: train)")
-    parser.add_argument("--n-permutations", type=cli.int_flag(1), default=1,
-                        help="samples per frame, each with the triplets in another random order (paper: 4)")
-    parser.add_argument("--modality-dropout-prob", type=cli.float_flag(0.0, 1.0), default=0.0,
-                        help="probability of dropping each optional modality from a frame's available list")
+    parser.add_argument(
+        "--n-permutations",
+        type=cli.int_flag(1),
+        default=1,
+        help="samples per frame, each with the triplets in another random order (paper: 4)",
+    )
+    parser.add_argument(
+        "--modality-dropout-prob",
+        type=cli.float_flag(0.0, 1.0),
+        default=0.0,
+        help="probability of dropping each optional modality from a frame's available list",
+    )
     parser.add_argument("--seed", type=cli.int_flag(), default=42, help="random seed (reference: 42)")
-    parser.add_argument("--reduce-ratio", type=cli.int_flag(1), default=1,
-                        help="keep 1/N of the validation/test frames (reference: 1)")
+    parser.add_argument(
+        "--reduce-ratio", type=cli.int_flag(1), default=1, help="keep 1/N of the validation/test frames (reference: 1)"
+    )
     parser.add_argument("--out", default="data/llava_samples", help="output folder")
     parser.add_argument("--name", default=None, help="sample file name (default: the reference's name)")
-    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
-                        help="tokenizer for the token-frequency file: hub name or local folder")
+    parser.add_argument(
+        "--tokenizer",
+        default=DEFAULT_TOKENIZER,
+        help="tokenizer for the token-frequency file: hub name or local folder",
+    )
     parser.add_argument("--no-token-freqs", action="store_true", help="do not write the token-frequency file")
     cli.add_overwrite_flag(parser)
-    return parser  # fmt: skip
+    return parser
 
 
 def _tokenizer(name: str):
@@ -158,39 +181,77 @@ def _tokenizer(name: str):
         raise cli.CommandError(f"--tokenizer {name}: {error} ({skip})") from None
 
 
-def _run(args) -> int:
-    name = args.name or samples_file_name(args.split, args.n_permutations, args.modality_dropout_prob)
+@dataclass
+class SamplesSummary:
+    """What :func:`write_samples` wrote: the samples in the written order, the frames skipped for lack of
+    annotations, the token counts (None without a tokenizer), and the takes without ``frames/rgb``."""
+
+    samples_file: Path
+    samples: list[Sample]
+    skipped: list[str]
+    token_freqs_file: Path | None
+    token_counts: dict[str, int] | None
+    takes_without_rgb: list[str]
+
+    def report(self, command: str) -> None:
+        """The summary on stdout, the samples without images as a warning on stderr."""
+        skipped = f"{len(self.skipped)} frames without annotations skipped"
+        print(f"wrote {self.samples_file}: {len(self.samples)} samples, {skipped}")
+        if self.token_freqs_file is not None:
+            print(f"wrote {self.token_freqs_file}: {len(self.token_counts)} distinct tokens")
+        if self.takes_without_rgb:
+            n = sum(s.take.path in self.takes_without_rgb for s in self.samples)
+            takes = ", ".join(self.takes_without_rgb)
+            cli.warn(command, f"{n} samples have no images: take(s) without {layout.RGB}: {takes}")
+
+
+def write_samples(
+    hdf5: str | os.PathLike,
+    split: str = "train",
+    out: str | os.PathLike = "data/llava_samples",
+    *,
+    n_permutations: int = 1,
+    modality_dropout_prob: float = 0.0,
+    seed: int = 42,
+    reduce_ratio: int = 1,
+    name: str | None = None,
+    tokenizer: str | None = DEFAULT_TOKENIZER,
+    overwrite: bool = False,
+) -> SamplesSummary:
+    """The command as a function: the samples of ``split`` into ``out``/``name`` (default: the reference's
+    name) and, unless ``tokenizer`` is None, their token frequencies beside them. The outputs and the
+    tokenizer are checked before a sample is made; user mistakes raise :class:`cli.CommandError`."""
+    name = name or samples_file_name(split, n_permutations, modality_dropout_prob)
     if Path(name).name != name or name in (".", ".."):
         raise cli.CommandError(f"--name {name!r}: must be a file name, not a path (the folder is --out)")
-    out = Path(args.out)
-    inputs = [Path(args.hdf5), cli.local_path(args.tokenizer)]
-    samples_path = cli.check_output(out / name, inputs=inputs, overwrite=args.overwrite)
-    freqs_path = tokenizer = None
-    if not args.no_token_freqs:
-        freqs_path = out / token_freqs_file_name(args.split, args.n_permutations)
-        cli.check_output(freqs_path, inputs=inputs, overwrite=args.overwrite)
-        tokenizer = _tokenizer(args.tokenizer)
-    rng = random.Random(args.seed)
-    with cli.open_hdf5(args.hdf5, "--hdf5") as h5:
-        samples, skipped = make_samples(
-            h5, args.split, rng, args.n_permutations, args.modality_dropout_prob, args.reduce_ratio
-        )
+    freqs_name = None if tokenizer is None else token_freqs_file_name(split, n_permutations)
+    inputs = [Path(hdf5), cli.local_path(tokenizer)]
+    samples_path, freqs_path = (
+        file and cli.check_output(Path(out) / file, inputs=inputs, overwrite=overwrite) for file in (name, freqs_name)
+    )
+    loaded = None if tokenizer is None else _tokenizer(tokenizer)
+    rng = random.Random(seed)
+    with cli.open_hdf5(hdf5, "--hdf5") as h5:
+        samples, skipped = make_samples(h5, split, rng, n_permutations, modality_dropout_prob, reduce_ratio)
         without_rgb = sorted(key.path for key in {s.take for s in samples} if layout.RGB not in h5[key.path])
     if not samples:
         raise cli.CommandError(
-            f"--hdf5 {args.hdf5}: splits/{args.split} gives no sample "
-            f"({len(skipped)} frames without annotations; --reduce-ratio {args.reduce_ratio})"
+            f"--hdf5 {hdf5}: splits/{split} gives no sample "
+            f"({len(skipped)} frames without annotations; --reduce-ratio {reduce_ratio})"
         )
-    token_counts = None if tokenizer is None else count_tokens(samples, tokenizer)
+    token_counts = None if loaded is None else count_tokens(samples, loaded)
     rng.shuffle(samples)
     write_json(samples_path, [s.to_record() for s in samples], indent=4)
-    print(f"wrote {samples_path}: {len(samples)} samples, {len(skipped)} frames without annotations skipped")
     if freqs_path is not None:
         write_json(freqs_path, token_counts, indent=4)
-        print(f"wrote {freqs_path}: {len(token_counts)} distinct tokens")
-    if without_rgb:
-        n = sum(s.take.path in without_rgb for s in samples)
-        cli.warn(COMMAND, f"{n} samples have no images: take(s) without {layout.RGB}: {', '.join(without_rgb)}")
+    return SamplesSummary(samples_path, samples, skipped, freqs_path, token_counts, without_rgb)
+
+
+def _run(args) -> int:
+    flags = vars(args)  # each flag is a parameter of write_samples, but for --no-token-freqs
+    if flags.pop("no_token_freqs"):
+        flags["tokenizer"] = None
+    write_samples(**flags).report(COMMAND)
     return 0
 
 

@@ -152,20 +152,7 @@ def merge_files(
         if any(cli.same_file(path, earlier) for earlier in inputs[:index]):
             raise cli.CommandError(f"{path}: given twice in the input files")
     output = cli.check_output(output_file, inputs=[*inputs, splits_file], overwrite=overwrite)
-    frames: dict[TakeKey, int] = {}
-    without_rgb: set[TakeKey] = set()
-    n_copies = 0
-    for path in inputs:
-        takes, missing_rgb = _check_input(path)
-        n_copies += len(takes)
-        without_rgb.update(key for key in missing_rgb if key not in frames)  # the first copy is merged
-        for key, n in takes.items():
-            frames.setdefault(key, n)
-    splits = _read_split_rows(Path(splits_file)) if splits_file is not None else {}
-    summary = MergeSummary(output, takes=len(frames), frames=sum(frames.values()))
-    summary.takes_without_rgb = [key.path for key in sorted(without_rgb)]
-    summary.split_sizes = {name: len(rows) for name, rows in splits.items()}
-    summary.dangling_rows = {name: n for name, rows in splits.items() if (n := _dangling(rows, frames))}
+    summary, n_copies = _plan(inputs, splits_file, output)
     if strict and summary.takes_without_rgb:
         raise cli.CommandError(f"take(s) without {layout.RGB} (no images): {', '.join(summary.takes_without_rgb)}")
     if strict and summary.dangling_rows:
@@ -180,10 +167,34 @@ def merge_files(
     return summary
 
 
+def _plan(inputs: list[Path], splits_file: str | os.PathLike | None, output: Path) -> tuple[MergeSummary, int]:
+    """Check every input; the summary of the merge (all but the skipped duplicates and the size) and the
+    number of take copies it makes."""
+    frames: dict[TakeKey, int] = {}
+    without_rgb: set[TakeKey] = set()
+    n_copies = 0
+    for path in inputs:
+        takes, missing_rgb = _check_input(path)
+        n_copies += len(takes)
+        without_rgb.update(key for key in missing_rgb if key not in frames)  # the first copy is merged
+        for key, n in takes.items():
+            frames.setdefault(key, n)
+    splits = _read_split_rows(Path(splits_file)) if splits_file is not None else {}
+    summary = MergeSummary(output, takes=len(frames), frames=sum(frames.values()))
+    summary.takes_without_rgb = [key.path for key in sorted(without_rgb)]
+    summary.split_sizes = {name: len(rows) for name, rows in splits.items()}
+    summary.dangling_rows = {name: n for name, rows in splits.items() if (n := _dangling(rows, frames))}
+    return summary, n_copies
+
+
 def _write(
-    inputs: list[Path], splits_file: str | os.PathLike | None, output: Path, summary: MergeSummary, n_copies: int,
+    inputs: list[Path],
+    splits_file: str | os.PathLike | None,
+    output: Path,
+    summary: MergeSummary,
+    n_copies: int,
     progress: bool,
-) -> None:  # fmt: skip
+) -> None:
     with atomic_output(output) as temporary, h5py.File(temporary, "w") as out:
         with tqdm(total=n_copies, desc="merging", unit="take", disable=not progress) as bar:
             for index, path in enumerate(inputs):
@@ -210,16 +221,26 @@ def _parser() -> cli.ArgumentParser:
         "Relative paths are taken inside --data_dir.",
     )
     parser.add_argument("--data_dir", required=True, help="folder holding the downloaded files")
-    parser.add_argument("--input_files", nargs="+", required=True,
-                        help="per-procedure files (miss_1.h5 ...), in order: on a duplicate take the first wins")
-    parser.add_argument("--splits_file", default=None,
-                        help="splits.h5 whose splits/ group is copied in (without it splits/ stays empty)")
+    parser.add_argument(
+        "--input_files",
+        nargs="+",
+        required=True,
+        help="per-procedure files (miss_1.h5 ...), in order: on a duplicate take the first wins",
+    )
+    parser.add_argument(
+        "--splits_file",
+        default=None,
+        help="splits.h5 whose splits/ group is copied in (without it splits/ stays empty)",
+    )
     parser.add_argument("--output_file", required=True, help="merged file to write")
     cli.add_overwrite_flag(parser)
-    parser.add_argument("--strict", action="store_true",
-                        help="fail if a split row points at a take or frame missing from the merged data, "
-                        "or if a take has no frames/rgb (otherwise both are warnings)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail if a split row points at a take or frame missing from the merged data, "
+        "or if a take has no frames/rgb (otherwise both are warnings)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 

@@ -25,8 +25,7 @@ from egoexor import cli
 from egoexor.atomic import atomic_output
 from egoexor.config import DataConfig
 from egoexor.data import layout
-from egoexor.data.audio import ClapAudioEmbedder
-from egoexor.data.dataset import AudioCache
+from egoexor.data.audio import AudioCache, ClapAudioEmbedder
 from egoexor.data.layout import TakeKey
 
 COMMAND = "egoexor.data.precompute_audio"
@@ -37,8 +36,9 @@ def audio_takes(h5: h5py.File) -> list[tuple[TakeKey, h5py.Group]]:
     return [(key, take) for key, take in layout.iter_takes(h5) if layout.AUDIO_SNIPPETS in take]
 
 
-def precompute(hdf5: str | Path, output: str | Path, embedder: ClapAudioEmbedder, batch_size: int = 32,
-               progress: bool = False) -> int:  # fmt: skip
+def precompute(
+    hdf5: str | Path, output: str | Path, embedder: ClapAudioEmbedder, batch_size: int = 32, progress: bool = False
+) -> int:
     """Embed every audio snippet of every take; returns the number of frames embedded."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -51,7 +51,7 @@ def precompute(hdf5: str | Path, output: str | Path, embedder: ClapAudioEmbedder
             for key, take in takes:
                 snippets = take[layout.AUDIO_SNIPPETS]
                 target = out.create_dataset(
-                    f"{key.path}/audio/{AudioCache.DATASET}", shape=(len(snippets), embedder.dim), dtype=np.float32
+                    AudioCache.dataset_path(key), shape=(len(snippets), embedder.dim), dtype=np.float32
                 )
                 for start in range(0, len(snippets), batch_size):
                     chunk = snippets[start : start + batch_size]
@@ -69,11 +69,15 @@ def _parser() -> cli.ArgumentParser:
     parser.add_argument("--hdf5", required=True, help="merged EgoExOR file")
     parser.add_argument("--out", required=True, help="sidecar HDF5 to write")
     parser.add_argument("--audio_encoder", default=defaults.audio_encoder, help="CLAP model: hub name or folder")
-    parser.add_argument("--audio_norm", default=defaults.audio_norm, choices=("reference", "per_snippet"),
-                        help="snippet normalisation before CLAP (must match the training configuration)")
+    parser.add_argument(
+        "--audio_norm",
+        default=defaults.audio_norm,
+        choices=DataConfig.choices("audio_norm"),
+        help="snippet normalisation before CLAP (must match the training configuration)",
+    )
     parser.add_argument("--batch_size", type=cli.int_flag(1), default=32, help="snippets per CLAP call")
     cli.add_overwrite_flag(parser)
-    return parser  # fmt: skip
+    return parser
 
 
 def _run(args) -> int:

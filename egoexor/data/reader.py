@@ -1,9 +1,9 @@
 """Read one timepoint of a take as plain numpy arrays (no torch, no normalisation).
 
 Everything a later stage needs is here in the file's own units; what to do with it (which cameras
-form which branch, gaze scaling, channel flips) is decided in ``egoexor.data.transforms``. An absent
-group gives ``None``; a bad address (unknown take, frame out of range) raises :class:`ReadError`
-naming the file, the take and the frame.
+form which branch, gaze scaling, channel flips) is decided in ``egoexor.data.views`` and
+``egoexor.data.transforms``. An absent group gives ``None``; a bad address (unknown take, frame out
+of range) raises :class:`ReadError` naming the file, the take and the frame.
 
 The file is opened lazily and reopened after a fork, so one :class:`EgoExorReader` can be handed
 to DataLoader workers.
@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 
 import h5py
 import numpy as np
 
-from egoexor import vocab
+from egoexor import cli, vocab
 from egoexor.data import layout
 from egoexor.data.layout import TakeKey
 from egoexor.scene_graph import Triplet, triplets_from_annotation
@@ -27,9 +26,14 @@ from egoexor.scene_graph import Triplet, triplets_from_annotation
 #: What :meth:`EgoExorReader.read` can read, and the datasets behind each name.
 FIELDS: tuple[str, ...] = ("rgb", "gaze", "gaze_depth", "hands", "audio", "point_cloud", "annotations")
 _FIELD_OF_PATH = {
-    layout.RGB: "rgb", layout.GAZE: "gaze", layout.GAZE_DEPTH: "gaze_depth", layout.HANDS: "hands",
-    layout.AUDIO_SNIPPETS: "audio", layout.POINT_COORDINATES: "point_cloud", layout.POINT_COLORS: "point_cloud",
-}  # fmt: skip
+    layout.RGB: "rgb",
+    layout.GAZE: "gaze",
+    layout.GAZE_DEPTH: "gaze_depth",
+    layout.HANDS: "hands",
+    layout.AUDIO_SNIPPETS: "audio",
+    layout.POINT_COORDINATES: "point_cloud",
+    layout.POINT_COLORS: "point_cloud",
+}
 
 
 class ReadError(LookupError):
@@ -74,11 +78,7 @@ class EgoExorReader:
     """Random access to timepoints of a per-procedure or merged EgoExOR file."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ReadError(f"{self.path}: no such file")
-        if not h5py.is_hdf5(self.path):
-            raise ReadError(f"{self.path}: not an HDF5 file")
+        self.path = cli.input_hdf5(path, error=ReadError)
         self._h5: h5py.File | None = None
         self._pid: int | None = None
 

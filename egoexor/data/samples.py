@@ -24,8 +24,15 @@ from egoexor.data.layout import TakeKey, take_frame_count
 
 #: Every modality name a record may list, in the order this project writes them.
 MODALITIES: tuple[str, ...] = (
-    "ego_frames", "eye_gaze", "eye_gaze_depth", "hand_tracking", "audio", "exo_frames", "ultrasound", "point_cloud",
-)  # fmt: skip
+    "ego_frames",
+    "eye_gaze",
+    "eye_gaze_depth",
+    "hand_tracking",
+    "audio",
+    "exo_frames",
+    "ultrasound",
+    "point_cloud",
+)
 
 
 _KNOWN_MODALITIES = frozenset(MODALITIES)

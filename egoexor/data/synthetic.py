@@ -134,27 +134,48 @@ def _tiny() -> Profile:
         name="tiny",
         takes=(
             TakeSpec(
-                TakeKey("MISS", 1, 1), (*_EGO4, "or_light", "microscope", "external_1", "external_2", "external_3",
-                                        "simstation"),
-                n_frames=48, height=24, width=32,
-                gaze_sources=("anesthetist", "head_surgeon", "circulator", "assistant"), n_points=64,
-                unannotated=(2, 29), black=((1, "assistant"), (2, "external_2")), sources_as_bytes=True,
+                TakeKey("MISS", 1, 1),
+                (*_EGO4, "or_light", "microscope", "external_1", "external_2", "external_3", "simstation"),
+                n_frames=48,
+                height=24,
+                width=32,
+                gaze_sources=("anesthetist", "head_surgeon", "circulator", "assistant"),
+                n_points=64,
+                unannotated=(2, 29),
+                black=((1, "assistant"), (2, "external_2")),
+                sources_as_bytes=True,
             ),
             TakeSpec(
-                TakeKey("MISS", 1, 2), ("or_light", "external_1", "blank"),
-                n_frames=24, height=24, width=32, n_points=48, unannotated=(5,),
+                TakeKey("MISS", 1, 2),
+                ("or_light", "external_1", "blank"),
+                n_frames=24,
+                height=24,
+                width=32,
+                n_points=48,
+                unannotated=(5,),
             ),
             TakeSpec(
-                TakeKey("MISS", 2, 1), ("head_surgeon", "assistant", "circulator", "or_light", "microscope",
-                                        "external_1", "external_2"),
-                n_frames=40, height=32, width=24,
-                gaze_sources=("circulator", "anesthetist", "assistant", "head_surgeon"), n_points=80,
-                unannotated=(7,), black=((0, "head_surgeon"),),
+                TakeKey("MISS", 2, 1),
+                ("head_surgeon", "assistant", "circulator", "or_light", "microscope", "external_1", "external_2"),
+                n_frames=40,
+                height=32,
+                width=24,
+                gaze_sources=("circulator", "anesthetist", "assistant", "head_surgeon"),
+                n_points=80,
+                unannotated=(7,),
+                black=((0, "head_surgeon"),),
             ),
             TakeSpec(
-                TakeKey("Ultrasound", 1, 1), ("head_surgeon", "assistant", "external_1", "ultrasound", "external_2"),
-                n_frames=48, height=24, width=32, gaze_sources=("assistant", "head_surgeon"), audio=False,
-                n_points=32, unannotated=(11,), black=((3, "*"),),
+                TakeKey("Ultrasound", 1, 1),
+                ("head_surgeon", "assistant", "external_1", "ultrasound", "external_2"),
+                n_frames=48,
+                height=24,
+                width=32,
+                gaze_sources=("assistant", "head_surgeon"),
+                audio=False,
+                n_points=32,
+                unannotated=(11,),
+                black=((3, "*"),),
             ),
         ),
         snippet_samples=480,
@@ -162,7 +183,7 @@ def _tiny() -> Profile:
         noise_sigma=4.0,
         triplets_per_template=(1, 2),
         template_weight=0.8,
-    )  # fmt: skip
+    )
 
 
 def _realistic() -> Profile:
@@ -172,26 +193,40 @@ def _realistic() -> Profile:
         name="realistic",
         takes=(
             TakeSpec(
-                TakeKey("MISS", 1, 1), (*_EGO4, *exo6), n_frames=200, **size,
-                gaze_sources=("anesthetist", "head_surgeon", "circulator", "assistant"), n_points=8192,
-                unannotated=(2, 61), black=((1, "assistant"), (2, "external_2")), sources_as_bytes=True,
+                TakeKey("MISS", 1, 1),
+                (*_EGO4, *exo6),
+                n_frames=200,
+                **size,
+                gaze_sources=("anesthetist", "head_surgeon", "circulator", "assistant"),
+                n_points=8192,
+                unannotated=(2, 61),
+                black=((1, "assistant"), (2, "external_2")),
+                sources_as_bytes=True,
             ),
             TakeSpec(
-                TakeKey("MISS", 1, 2), ("or_light", "microscope", "external_1", "blank", "external_2", "external_3",
-                                        "simstation"),
-                n_frames=100, **size, n_points=8192, unannotated=(5,),
+                TakeKey("MISS", 1, 2),
+                ("or_light", "microscope", "external_1", "blank", "external_2", "external_3", "simstation"),
+                n_frames=100,
+                **size,
+                n_points=8192,
+                unannotated=(5,),
             ),
             TakeSpec(
-                TakeKey("Ultrasound", 1, 1), (*_EGO4, "external_1", "external_2", "ultrasound", "external_3",
-                                              "or_light", "simstation"),
-                n_frames=200, **size, gaze_sources=("assistant", "head_surgeon", "anesthetist", "circulator"),
-                audio=False, n_points=8192, unannotated=(11,), black=((3, "*"),),
+                TakeKey("Ultrasound", 1, 1),
+                (*_EGO4, "external_1", "external_2", "ultrasound", "external_3", "or_light", "simstation"),
+                n_frames=200,
+                **size,
+                gaze_sources=("assistant", "head_surgeon", "anesthetist", "circulator"),
+                audio=False,
+                n_points=8192,
+                unannotated=(11,),
+                black=((3, "*"),),
             ),
         ),
         snippet_samples=layout.AUDIO_SAMPLE_RATE,
         n_templates=8,
         noise_sigma=1.0,  # with the smooth backgrounds: gzip ratio ~1.8x, like camera frames
-    )  # fmt: skip
+    )
 
 
 def _parts() -> Profile:
@@ -202,17 +237,32 @@ def _parts() -> Profile:
         name="parts",
         takes=(
             TakeSpec(
-                TakeKey("MISS", 1, 1), ("head_surgeon", "assistant", "or_light", "external_1", "external_2"),
-                n_frames=160, **size, gaze_sources=("assistant", "head_surgeon"), n_points=64, unannotated=(3,),
+                TakeKey("MISS", 1, 1),
+                ("head_surgeon", "assistant", "or_light", "external_1", "external_2"),
+                n_frames=160,
+                **size,
+                gaze_sources=("assistant", "head_surgeon"),
+                n_points=64,
+                unannotated=(3,),
                 sources_as_bytes=True,
             ),
             TakeSpec(
-                TakeKey("MISS", 2, 1), ("head_surgeon", "circulator", "external_1", "microscope", "external_3"),
-                n_frames=160, **size, gaze_sources=("head_surgeon", "circulator"), n_points=64, unannotated=(8,),
+                TakeKey("MISS", 2, 1),
+                ("head_surgeon", "circulator", "external_1", "microscope", "external_3"),
+                n_frames=160,
+                **size,
+                gaze_sources=("head_surgeon", "circulator"),
+                n_points=64,
+                unannotated=(8,),
             ),
             TakeSpec(
-                TakeKey("Ultrasound", 1, 1), ("head_surgeon", "circulator", "external_1", "ultrasound", "external_2"),
-                n_frames=200, **size, gaze_sources=("circulator", "head_surgeon"), audio=False, n_points=64,
+                TakeKey("Ultrasound", 1, 1),
+                ("head_surgeon", "circulator", "external_1", "ultrasound", "external_2"),
+                n_frames=200,
+                **size,
+                gaze_sources=("circulator", "head_surgeon"),
+                audio=False,
+                n_points=64,
                 unannotated=(5,),
             ),
         ),
@@ -222,7 +272,7 @@ def _parts() -> Profile:
         noise_sigma=4.0,
         template_weight=0.7,
         signal="parts",
-    )  # fmt: skip
+    )
 
 
 PROFILES = {"tiny": _tiny, "realistic": _realistic, "parts": _parts}
@@ -267,10 +317,14 @@ def take_parts(spec: TakeSpec) -> tuple[Part, ...]:
     ego = any(s in vocab.EGO_SOURCES for s in spec.sources)
     room = any(s in vocab.EXO_SOURCES and s != vocab.ULTRASOUND_SOURCE for s in spec.sources)
     recorded = {
-        "ego_frames": ego, "gaze": bool(spec.gaze_sources), "hands": bool(spec.gaze_sources), "exo_frames": room,
-        "ultrasound": vocab.ULTRASOUND_SOURCE in spec.sources, "audio": spec.audio and ego and room,
+        "ego_frames": ego,
+        "gaze": bool(spec.gaze_sources),
+        "hands": bool(spec.gaze_sources),
+        "exo_frames": room,
+        "ultrasound": vocab.ULTRASOUND_SOURCE in spec.sources,
+        "audio": spec.audio and ego and room,
         "point_cloud": spec.n_points > 0 and any(s in vocab.EXTERNAL_SOURCES for s in spec.sources),
-    }  # fmt: skip
+    }
     return tuple(part for part in PARTS if recorded[part.modality])
 
 
@@ -596,16 +650,23 @@ def _parser() -> cli.ArgumentParser:
     )
     parser.add_argument("--out", required=True, help="output folder (created if needed)")
     parser.add_argument(
-        "--profile", choices=sorted(PROFILES), default="tiny",
+        "--profile",
+        choices=sorted(PROFILES),
+        default="tiny",
         help="tiny: small images, seconds; realistic: 336x336 cameras, 48 kHz audio, 8192-point clouds, ~1 GB; "
         "parts: each input alone sets one triplet (the modality benchmark of egoexor.ablate)",
     )
-    parser.add_argument("--seed", type=cli.int_flag(0), default=0,
-                        help="random seed; the same seed writes the same data")
-    parser.add_argument("--frames", type=cli.int_flag(len(layout.SPLIT_NAMES)), default=None,
-                        help="override the number of frames of every take")
+    parser.add_argument(
+        "--seed", type=cli.int_flag(0), default=0, help="random seed; the same seed writes the same data"
+    )
+    parser.add_argument(
+        "--frames",
+        type=cli.int_flag(len(layout.SPLIT_NAMES)),
+        default=None,
+        help="override the number of frames of every take",
+    )
     cli.add_overwrite_flag(parser)
-    return parser  # fmt: skip
+    return parser
 
 
 def _run(args) -> int:

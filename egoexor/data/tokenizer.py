@@ -72,7 +72,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, model_max_length: int = 2048
     transformers 5 has no SentencePiece-backed LlamaTokenizer any more: this one is the fast
     (``tokenizers``) conversion of ``tokenizer.model``. It equals SentencePiece, hence the
     reference's slow tokenizer, on text that neither starts with a space nor holds repeated
-    spaces, which is all the text egoexor tokenises (``EgoExorDataset`` checks it).
+    spaces, which is all the text egoexor tokenises (``EgoExorProcessor`` checks it).
 
     The pad token is ``<unk>`` (id 0) as in the reference; right padding for training (the
     generation collator pads on the left itself).

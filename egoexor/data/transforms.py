@@ -27,20 +27,19 @@ FLIPPED_EXO_SOURCES: frozenset[str] = frozenset(("ultrasound", "simstation"))
 #: ``GAZE_FIXATION_TO_TAKE``): a row whose source id names a device listed for its take is moved.
 GAZE_FIXATION_OFFSET = np.array([-9.0, -4.0], np.float32)
 GAZE_FIXATION_TAKES: dict[str, frozenset[TakeKey]] = {
-    "assistant": frozenset(
-        [TakeKey("Ultrasound", 1, 1)] + [TakeKey("Ultrasound", 2, t) for t in range(1, 7)]
-    ),
+    "assistant": frozenset([TakeKey("Ultrasound", 1, 1)] + [TakeKey("Ultrasound", 2, t) for t in range(1, 7)]),
     "head_surgeon": frozenset(
         [TakeKey("Ultrasound", 3, t) for t in range(1, 5)] + [TakeKey("Ultrasound", 4, t) for t in range(1, 7)]
     ),
     "anesthetist": frozenset(
-        [TakeKey("MISS", 1, t) for t in range(1, 4)] + [TakeKey("MISS", 2, t) for t in range(1, 5)]
+        [TakeKey("MISS", 1, t) for t in range(1, 4)]
+        + [TakeKey("MISS", 2, t) for t in range(1, 5)]
         + [TakeKey("MISS", 3, t) for t in range(1, 4)]
     ),
     "circulator": frozenset(
         [TakeKey("MISS", 1, 4)] + [TakeKey("MISS", 3, t) for t in range(4, 7)] + [TakeKey("MISS", 4, t) for t in (1, 2)]
     ),
-}  # fmt: skip
+}
 
 
 def is_flipped(source: str, ego: bool, flip_rule: str) -> bool:

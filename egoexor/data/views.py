@@ -66,9 +66,15 @@ def _index_range(cameras: list[int], default: tuple[int, int], n_cameras: int) -
 
 
 def ego_views(
-    sources: list[str], rgb: np.ndarray | None, gaze: np.ndarray | None, n_depth: int, hands: np.ndarray | None,
-    row_matching: str, generating: bool, selection: str,
-) -> list[EgoView]:  # fmt: skip
+    sources: list[str],
+    rgb: np.ndarray | None,
+    gaze: np.ndarray | None,
+    n_depth: int,
+    hands: np.ndarray | None,
+    row_matching: str,
+    generating: bool,
+    selection: str,
+) -> list[EgoView]:
     """The non-black ego cameras with their rows; ``n_depth`` is the number of depth rows (0: none).
 
     ``generating`` picks the reference's inference row rule over its training rule (``row_matching``
@@ -99,9 +105,14 @@ def ego_views(
 
 
 def exo_cameras(
-    sources: list[str], with_room: bool, with_ultrasound: bool, selection: str, sample_views: bool,
-    max_views: int, rng: random.Random,
-) -> list[int]:  # fmt: skip
+    sources: list[str],
+    with_room: bool,
+    with_ultrasound: bool,
+    selection: str,
+    sample_views: bool,
+    max_views: int,
+    rng: random.Random,
+) -> list[int]:
     """Exo camera indices: room cameras (``with_room``) and the ultrasound screen (``with_ultrasound``).
 
     All of them in camera order, or (``sample_views``) a random 2-5 of them in random order. With
@@ -113,11 +124,13 @@ def exo_cameras(
         return with_ultrasound if name == vocab.ULTRASOUND_SOURCE else name in vocab.EXO_SOURCES
 
     if selection == "name":
-        cameras = [i for i, name in enumerate(sources) if configured(name)
-                   and (with_room or name == vocab.ULTRASOUND_SOURCE)]  # fmt: skip
+        cameras = [
+            i for i, name in enumerate(sources) if configured(name) and (with_room or name == vocab.ULTRASOUND_SOURCE)
+        ]
     elif with_room:
-        cameras = _index_range([i for i, name in enumerate(sources) if configured(name)], _DEFAULT_EXO_RANGE,
-                               len(sources))  # fmt: skip
+        cameras = _index_range(
+            [i for i, name in enumerate(sources) if configured(name)], _DEFAULT_EXO_RANGE, len(sources)
+        )
     else:
         cameras = []
     if sample_views and len(cameras) > 2:

@@ -1,4 +1,4 @@
-"""Build the model from a :class:`~egoexor.config.ModelConfig`: LLM (4/8/16-bit), LoRA, CLIP, pooler, projector.
+"""Build the model from a :class:`~egoexor.config.ModelConfig`: LLM (4/8/16-bit), LoRA, CLIP, fusion, projector.
 
 LLM checkpoints are read in three layouts:
 
@@ -9,8 +9,8 @@ LLM checkpoints are read in three layouts:
   mapped onto ``LlamaForCausalLM``; ``multi_modal_projector.linear_{1,2}`` initialise the projector;
 * any other causal LM (``AutoModelForCausalLM``): the projector starts random.
 
-Trainable: LoRA on every linear layer of the LLM except ``lm_head``, the projector, the pooler
-(fusion encoders, gaze/hand/audio encoders, ``project_pc``; PTv3 itself only with
+Trainable: LoRA on every linear layer of the LLM except ``lm_head``, the projector, the branch fusion
+(``image_pooler``: fusion encoders, gaze/hand/audio encoders, ``project_pc``; PTv3 itself only with
 ``train_point_transformer``) and the last CLIP layers (``unfreeze_n_vision_tower_layers``).
 Trainable weights, LoRA adapters included, are kept in ``trainable_dtype`` (float32 master copies by default).
 """
@@ -19,41 +19,49 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     BitsAndBytesConfig,
+    GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
 )
-from transformers.utils import cached_file
+from transformers.utils import SAFE_WEIGHTS_NAME, cached_file
 
 from egoexor import atomic
-from egoexor.config import DataConfig, ModelConfig
+from egoexor.config import CONFIG_FILE, DataConfig, ModelConfig, read_checkpoint_config
 from egoexor.model.egoexor_llava import EgoExorLlava, mlp2x_gelu
-from egoexor.model.fusion import ImagePooler
-from egoexor.model.point_transformer import PointTransformerV3
+from egoexor.model.fusion import BranchFusion
 from egoexor.model.vision import CLIPVisionTower
 
 logger = logging.getLogger(__name__)
 
 NON_LORA_FILE = "non_lora_trainables.safetensors"
-CONFIG_FILE = "egoexor_config.json"
 
 #: Projector keys in the two LLaVA layouts -> our ``mm_projector`` keys.
 _PROJECTOR_KEYS = {
-    "llava-v1.5": {"model.mm_projector.0.weight": "0.weight", "model.mm_projector.0.bias": "0.bias",
-                   "model.mm_projector.2.weight": "2.weight", "model.mm_projector.2.bias": "2.bias"},
-    "llava-hf": {"multi_modal_projector.linear_1.weight": "0.weight", "multi_modal_projector.linear_1.bias": "0.bias",
-                 "multi_modal_projector.linear_2.weight": "2.weight", "multi_modal_projector.linear_2.bias": "2.bias"},
-}  # fmt: skip
+    "llava-v1.5": {
+        "model.mm_projector.0.weight": "0.weight",
+        "model.mm_projector.0.bias": "0.bias",
+        "model.mm_projector.2.weight": "2.weight",
+        "model.mm_projector.2.bias": "2.bias",
+    },
+    "llava-hf": {
+        "multi_modal_projector.linear_1.weight": "0.weight",
+        "multi_modal_projector.linear_1.bias": "0.bias",
+        "multi_modal_projector.linear_2.weight": "2.weight",
+        "multi_modal_projector.linear_2.bias": "2.bias",
+    },
+}
 #: llava-hf language-model keys (older and newer transformers) -> LlamaForCausalLM keys.
 _LLAVA_HF_KEY_MAPPING = {
     r"^language_model\.model\.": "model.",
@@ -69,8 +77,9 @@ def _torch_dtype(name: str) -> torch.dtype:
 def checkpoint_layout(config_dict: dict) -> str:
     """``llava-v1.5``, ``llava-hf`` or ``causal-lm`` from a checkpoint's ``config.json``."""
     architectures = config_dict.get("architectures") or []
-    if "LlavaLlamaForCausalLM" in architectures or (config_dict.get("model_type") == "llava" and "mm_projector_type"
-                                                    in config_dict):  # fmt: skip
+    if "LlavaLlamaForCausalLM" in architectures or (
+        config_dict.get("model_type") == "llava" and "mm_projector_type" in config_dict
+    ):
         return "llava-v1.5"
     if "LlavaForConditionalGeneration" in architectures:
         return "llava-hf"
@@ -89,8 +98,10 @@ def _read_config(name_or_path: str) -> dict:
 
 def _checkpoint_tensors(name_or_path: str, keys: set[str]) -> dict[str, torch.Tensor]:
     """The named tensors of a (possibly sharded) safetensors or PyTorch checkpoint."""
-    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
-                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):  # fmt: skip
+    for index_name, single in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
         index = cached_file(name_or_path, index_name, _raise_exceptions_for_missing_entries=False)
         if index is not None:
             weight_map = json.loads(Path(index).read_text())["weight_map"]
@@ -119,9 +130,11 @@ def _quantization(config: ModelConfig) -> BitsAndBytesConfig | None:
     if config.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=_torch_dtype(config.dtype),
-    )  # fmt: skip
+    )
 
 
 def load_language_model(config: ModelConfig) -> tuple[PreTrainedModel, dict[str, torch.Tensor] | None]:
@@ -131,7 +144,9 @@ def load_language_model(config: ModelConfig) -> tuple[PreTrainedModel, dict[str,
         if config.bits == 16:
             return model.to(_torch_dtype(config.dtype)), None
         with tempfile.TemporaryDirectory() as folder:  # quantisation happens in from_pretrained
-            model.save_pretrained(folder)
+            # written by hand: save_pretrained writes on rank 0 only, and every rank needs its own copy
+            model.config.save_pretrained(folder)
+            save_model(model, os.path.join(folder, SAFE_WEIGHTS_NAME))
             return _load(folder, "causal-lm", config), None
     name = str(config.model_name_or_path)
     layout = checkpoint_layout(_read_config(name))
@@ -152,15 +167,20 @@ def _load(name: str, layout: str, config: ModelConfig) -> PreTrainedModel:
     try:
         if layout == "llava-v1.5":
             llama_config = LlamaConfig.from_dict(_read_config(name))
-            return LlamaForCausalLM.from_pretrained(name, config=llama_config, **kwargs)
-        if layout == "llava-hf":
+            model = LlamaForCausalLM.from_pretrained(name, config=llama_config, **kwargs)
+        elif layout == "llava-hf":
             text_config = AutoConfig.from_pretrained(name).text_config
-            return LlamaForCausalLM.from_pretrained(
+            model = LlamaForCausalLM.from_pretrained(
                 name, config=text_config, key_mapping=_LLAVA_HF_KEY_MAPPING, **kwargs
             )
-        return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except OSError as error:
         raise OSError(f"cannot load the LLM {name!r}: {error}") from error
+    # EgoExorLlava.generate decodes greedily: a checkpoint's generation_config.json (sampling, penalties,
+    # forced tokens) would otherwise fill every setting it leaves unset
+    model.generation_config = GenerationConfig()
+    return model
 
 
 def lora_target_modules(model: nn.Module) -> list[str]:
@@ -176,9 +196,13 @@ def _add_lora(model: PreTrainedModel, config: ModelConfig) -> nn.Module:
     if config.bits in (4, 8):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, bias="none",
-        target_modules=lora_target_modules(model), task_type="CAUSAL_LM",
-    )  # fmt: skip
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        bias="none",
+        target_modules=lora_target_modules(model),
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     # peft makes the adapters float32; with trainable_dtype bfloat16 they are bf16 like every other trainable
     # weight, as the reference's were (train.py casts the LLM to bf16 before adding LoRA in 16-bit mode and
@@ -209,26 +233,18 @@ def _build_model(config: ModelConfig) -> EgoExorLlava:
     trainable_dtype = _torch_dtype(config.trainable_dtype)
     vision = CLIPVisionTower.from_name_or_config(
         config.vision_config if config.vision_config is not None else config.vision_tower,
-        config.mm_vision_select_layer, config.unfreeze_n_vision_tower_layers, dtype=trainable_dtype,
-    )  # fmt: skip
-    hidden = vision.hidden_size
-    point_transformer = None
-    if "point_cloud" in config.features:
-        point_transformer = PointTransformerV3(project_pc_dim=hidden, **(config.point_transformer or {}))
-        point_transformer.requires_grad_(config.train_point_transformer)
-    pooler = ImagePooler(
-        hidden, config.preset, config.tokens_per_branch, config.resolved_fusion_layers, config.fusion_heads,
-        config.fusion_max_positions, config.encoder_hidden, config.audio_dim, frozenset(config.features),
-        point_transformer, config.point_cloud_grid_size, config.mask_extras,
-    )  # fmt: skip
-    projector = mlp2x_gelu(hidden, language_model.config.hidden_size)
+        config.mm_vision_select_layer,
+        config.unfreeze_n_vision_tower_layers,
+        dtype=trainable_dtype,
+    )
+    fusion = BranchFusion(config, vision.hidden_size)
+    projector = mlp2x_gelu(vision.hidden_size, language_model.config.hidden_size)
     if projector_state is not None:
         projector.load_state_dict(projector_state)
-    pooler.to(trainable_dtype)
-    if point_transformer is not None:
-        point_transformer.float()  # PTv3 runs in float32, as in the reference
-        point_transformer.project_pc.requires_grad_(True)
-    model = EgoExorLlava(language_model, vision, pooler, projector.to(trainable_dtype))
+    fusion.to(trainable_dtype)
+    if fusion.point_transformer is not None:
+        fusion.point_transformer.float()  # PTv3 runs in float32, as in the reference
+    model = EgoExorLlava(language_model, vision, fusion, projector.to(trainable_dtype))
     logger.info("parameters:\n%s", parameter_summary(model))
     return model
 
@@ -323,11 +339,7 @@ def load_trained(checkpoint: str | Path, **overrides) -> tuple[EgoExorLlava, Dat
     ``overrides`` replace model-config fields, e.g. ``bits=16`` to run a 4-bit-trained model on
     bf16 weights at inference, as the reference did.
     """
-    folder = Path(checkpoint)
-    config_file = folder / CONFIG_FILE
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE} (not an egoexor checkpoint)")
-    config = json.loads(config_file.read_text())
-    model = build_model(ModelConfig(**{**config["model"], **overrides}))
-    load_checkpoint_weights(model, folder)
-    return model, DataConfig(**config["data"])
+    model_config, data_config = read_checkpoint_config(checkpoint, **overrides)
+    model = build_model(model_config)
+    load_checkpoint_weights(model, Path(checkpoint))
+    return model, data_config

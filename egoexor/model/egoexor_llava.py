@@ -7,15 +7,16 @@ placeholders; the language model then runs on ``inputs_embeds``. Per sample the 
 the ego branch's N tokens (if the sample has ego views) followed by the exo branch's N tokens (if
 it has exo views), so any branch or modality may be absent for any sample.
 
-Inputs are the batch dict of :mod:`egoexor.data.dataset`.
+Inputs are tensors passed by keyword, named like the batch dict of :mod:`egoexor.data.processor`
+(``model(**batch)``, as the HF Trainer calls a model).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from egoexor.model.fusion import ImagePooler
+from egoexor.model.fusion import BranchFusion
 from egoexor.model.vision import CLIPVisionTower
 from egoexor.prompt import IGNORE_INDEX, IMAGE_TOKEN_ID
 
@@ -39,13 +40,16 @@ class EgoExorLlava(nn.Module):
     accepts_loss_kwargs = False
 
     def __init__(
-        self, language_model: nn.Module, vision_tower: CLIPVisionTower, image_pooler: ImagePooler,
+        self,
+        language_model: nn.Module,
+        vision_tower: CLIPVisionTower,
+        image_pooler: BranchFusion,
         mm_projector: nn.Module,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.language_model = language_model
         self.vision_tower = vision_tower
-        self.image_pooler = image_pooler
+        self.image_pooler = image_pooler  # the branch fusion, under the reference's (checkpoint) name
         self.mm_projector = mm_projector
 
     @property
@@ -58,49 +62,59 @@ class EgoExorLlava(nn.Module):
         return self.mm_projector[0].weight.device
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
-        """Gradient checkpointing of the LLM's layers (as the reference); called by the HF Trainer."""
-        kwargs = {"gradient_checkpointing_kwargs": activation_checkpointing_kwargs or {"use_reentrant": False}}
-        self.language_model.gradient_checkpointing_enable(**kwargs)
+        """Activation (gradient) checkpointing of the LLM's layers (as the reference); called by the HF Trainer."""
+        checkpoint_kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
+        self.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
         self.language_model.enable_input_require_grads()
 
-    def _branch_tokens(self, batch: dict, branch: str, features: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-        """Scatter per-view patch features back to [B, V * P, D] with a matching mask, then fuse."""
-        mask = batch[f"{branch}_view_mask"]
-        n_samples, n_views = mask.shape
-        patches = features.shape[1]
-        tokens = features.new_zeros(n_samples, n_views, patches, features.shape[2])
-        tokens[mask] = features[views]
-        token_mask = mask[:, :, None].expand(-1, -1, patches).reshape(n_samples, -1)
-        fuse = self.image_pooler.ego if branch == "ego" else self.image_pooler.exo
-        return fuse(tokens.reshape(n_samples, n_views * patches, -1), token_mask, batch)
+    def visual_features(
+        self,
+        ego_images: Tensor,
+        ego_view_mask: Tensor,
+        exo_images: Tensor,
+        exo_view_mask: Tensor,
+        gaze: Tensor | None = None,
+        gaze_mask: Tensor | None = None,
+        hands: Tensor | None = None,
+        hand_mask: Tensor | None = None,
+        audio: Tensor | None = None,
+        audio_mask: Tensor | None = None,
+        point_cloud: Tensor | None = None,
+        point_cloud_batch: Tensor | None = None,
+        point_cloud_mask: Tensor | None = None,
+    ) -> Tensor | None:
+        """[sum of placeholders, H]: each sample's ego then exo tokens, projected; None without views.
 
-    def visual_features(self, batch: dict) -> torch.Tensor | None:
-        """[sum of placeholders, H]: each sample's ego then exo tokens, projected; None without views."""
-        ego_mask, exo_mask = batch["ego_view_mask"], batch["exo_view_mask"]
-        n_ego, n_exo = int(ego_mask.sum()), int(exo_mask.sum())
+        Shapes and meanings are the batch keys' (:mod:`egoexor.data.processor`); an extra input left out
+        counts as absent from every sample.
+        """
+        n_ego, n_exo = int(ego_view_mask.sum()), int(exo_view_mask.sum())
         if n_ego + n_exo == 0:
             return None
-        images = torch.cat([batch["ego_images"][ego_mask], batch["exo_images"][exo_mask]])
-        features = self.vision_tower(images)  # one CLIP pass over every view of the batch
-        per_sample = []
+        # one CLIP pass over every view of the batch, ego views first
+        features = self.vision_tower(torch.cat([ego_images[ego_view_mask], exo_images[exo_view_mask]]))
+        fusion = self.image_pooler
         branches = []
         if n_ego:
-            branches.append((self._branch_tokens(batch, "ego", features, slice(0, n_ego)), ego_mask.any(1)))
+            views = _per_view(features[:n_ego], ego_view_mask)
+            ego = fusion.ego(views, ego_view_mask, gaze, gaze_mask, hands, hand_mask)
+            branches.append((ego, ego_view_mask.any(1)))
         if n_exo:
-            branches.append((self._branch_tokens(batch, "exo", features, slice(n_ego, None)), exo_mask.any(1)))
-        for b in range(ego_mask.shape[0]):
-            per_sample += [tokens[b] for tokens, present in branches if present[b]]
-        fused = torch.cat(per_sample)
-        projector_dtype = self.mm_projector[0].weight.dtype
-        return self.mm_projector(fused.to(projector_dtype))
+            views = _per_view(features[n_ego:], exo_view_mask)
+            exo = fusion.exo(views, exo_view_mask, audio, audio_mask, point_cloud, point_cloud_batch, point_cloud_mask)
+            branches.append((exo, exo_view_mask.any(1)))
+        fused = torch.cat([tokens[b] for b in range(len(ego_view_mask)) for tokens, present in branches if present[b]])
+        return self.mm_projector(fused.to(self.mm_projector[0].weight.dtype))
 
-    def input_embeddings(self, batch: dict) -> torch.Tensor:
-        """Token embeddings with the projected visual tokens written into the placeholder positions."""
-        input_ids = batch["input_ids"]
+    def input_embeddings(self, input_ids: Tensor, **visual_inputs: Tensor | None) -> Tensor:
+        """Token embeddings with the projected visual tokens written into the placeholder positions.
+
+        ``visual_inputs``: the keyword arguments of :meth:`visual_features`.
+        """
         placeholders = input_ids == IMAGE_TOKEN_ID
         embed = self.language_model.get_input_embeddings()
         embeds = embed(input_ids.masked_fill(placeholders, 0))
-        visual = self.visual_features(batch)
+        visual = self.visual_features(**visual_inputs)
         n_visual = 0 if visual is None else len(visual)
         if n_visual != int(placeholders.sum()):
             raise ValueError(
@@ -111,48 +125,52 @@ class EgoExorLlava(nn.Module):
             return embeds
         return embeds.masked_scatter(placeholders[..., None], visual.to(embeds.dtype))
 
-    def forward(self, batch: dict | None = None, **inputs) -> dict:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None, **visual_inputs: Tensor | None
+    ) -> dict:
         """Logits over the expanded sequence, and plain mean cross entropy when ``labels`` are given.
 
-        Accepts the batch dict or its keys as keyword arguments (how the HF Trainer calls a model).
-        Visual positions carry label -100 already (the collator), so they are never supervised.
+        ``visual_inputs``: the keyword arguments of :meth:`visual_features`. Visual positions carry
+        label -100 already (the collator), so they are never supervised.
         """
-        batch = {**(batch or {}), **inputs}
-        embeds = self.input_embeddings(batch)
-        outputs = self.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False)
-        logits = outputs.logits
+        embeds = self.input_embeddings(input_ids, **visual_inputs)
+        logits = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).logits
         result = {"logits": logits}
-        if "labels" in batch:
-            result["loss"] = next_token_loss(logits, batch["labels"])
+        if labels is not None:
+            result["loss"] = next_token_loss(logits, labels)
         return result
 
     @torch.no_grad()
     def generate(
-        self, batch: dict, max_new_tokens: int = 300, eos_token_id: int = 2, pad_token_id: int = 0
-    ) -> torch.Tensor:
-        """Greedy decoding with a KV cache for a left-padded batch: [B, <= max_new_tokens] new token ids.
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        max_new_tokens: int = 300,
+        eos_token_id: int = 2,
+        pad_token_id: int = 0,
+        **visual_inputs: Tensor | None,
+    ) -> Tensor:
+        """Greedy decoding of a left-padded batch by the language model's ``generate``: [B, <= max_new_tokens].
 
-        Positions start at each sample's first real token (as the reference computes them), a row
-        stops at EOS (later positions hold ``pad_token_id``), decoding stops when every row has.
+        Only the new token ids. transformers derives the positions from ``attention_mask``, so they start
+        at each sample's first real token (as the reference's); a row stops at EOS (later positions hold
+        ``pad_token_id``, which must be a vocabulary id: it is fed back), decoding stops when every row has.
+        ``visual_inputs``: the keyword arguments of :meth:`visual_features`.
         """
-        mask = batch["attention_mask"]
-        embeds = self.input_embeddings(batch)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        outputs = self.language_model(  # only the last position's logits are needed
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        embeds = self.input_embeddings(input_ids, **visual_inputs)
+        return self.language_model.generate(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
         )
-        finished = torch.zeros(len(mask), dtype=torch.bool, device=mask.device)
-        generated = []
-        for _ in range(max_new_tokens):
-            predicted = outputs.logits[:, -1].argmax(-1)
-            generated.append(predicted.masked_fill(finished, pad_token_id))
-            finished |= predicted == eos_token_id
-            if finished.all():
-                break
-            mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
-            positions = positions[:, -1:] + 1
-            outputs = self.language_model(  # finished rows keep decoding; their tokens are discarded
-                input_ids=predicted[:, None], attention_mask=mask, position_ids=positions,
-                past_key_values=outputs.past_key_values, use_cache=True,
-            )  # fmt: skip
-        return torch.stack(generated, dim=1) if generated else mask.new_zeros(len(mask), 0)
+
+
+def _per_view(features: Tensor, view_mask: Tensor) -> Tensor:
+    """[real views, P, D] patch features -> [B, V, P, D] view slots, zeros where ``view_mask`` is False."""
+    views = features.new_zeros(*view_mask.shape, *features.shape[1:])
+    views[view_mask] = features
+    return views

@@ -154,20 +154,13 @@ def build_kernel_map(grid_coord: Tensor, batch: Tensor, kernel_size: int) -> Ker
     offset in the lower half only the first point of a voxel reads, and it reads the sum of all points
     of the neighbouring voxel. (spconv finds pairs for the upper half and uses each pair both ways.)
     """
-    radius = kernel_size // 2
     volume = kernel_size**3
     num_points = grid_coord.shape[0]
-    rows = torch.arange(num_points, device=grid_coord.device)
-    grid = grid_coord.long() + radius  # neighbours of every voxel now have non-negative coordinates
-    extent_x, extent_y, extent_z = (grid.max(0).values + radius + 1).tolist()
-    key = ((batch.long() * extent_x + grid[:, 0]) * extent_y + grid[:, 1]) * extent_z + grid[:, 2]
+    key, delta = _voxel_keys(grid_coord, batch, kernel_size // 2)
     sorted_key, first_row = torch.sort(key, stable=True)  # first_row[s]: lowest row among equal keys
     voxel_of_sorted = torch.cat([sorted_key.new_zeros(1), torch.cumsum(sorted_key[1:] != sorted_key[:-1], 0)])
     num_voxels = int(voxel_of_sorted[-1]) + 1
 
-    steps = torch.arange(-radius, radius + 1, device=key.device)
-    offsets = torch.cartesian_prod(steps, steps, steps)  # row k is kernel index k
-    delta = (offsets[:, 0] * extent_y + offsets[:, 1]) * extent_z + offsets[:, 2]
     query = key[:, None] + delta[None, :]  # [N, K**3]
     found_at = torch.searchsorted(sorted_key, query).clamp_(max=num_points - 1)
     hit = sorted_key[found_at] == query
@@ -178,7 +171,7 @@ def build_kernel_map(grid_coord: Tensor, batch: Tensor, kernel_size: int) -> Ker
     if num_voxels < num_points:
         voxel = torch.empty_like(voxel_of_sorted)
         voxel[first_row] = voxel_of_sorted
-        first_in_voxel = first_row[torch.searchsorted(sorted_key, key)] == rows
+        first_in_voxel = first_row[torch.searchsorted(sorted_key, key)] == torch.arange(num_points, device=key.device)
         source = torch.where(upper, source, num_points + voxel_of_sorted[found_at])
         hit &= upper | first_in_voxel[:, None]
     hit[:, volume // 2] = False
@@ -189,6 +182,20 @@ def build_kernel_map(grid_coord: Tensor, batch: Tensor, kernel_size: int) -> Ker
     outputs = [part for part in row.split(counts) if len(part)]
     inputs = [part for part in source[row, kernel].split(counts) if len(part)]
     return KernelMap(used, inputs, outputs, voxel, num_voxels)
+
+
+def _voxel_keys(grid_coord: Tensor, batch: Tensor, radius: int) -> tuple[Tensor, Tensor]:
+    """An int64 key per point (cloud, voxel), and per kernel index the key step to the neighbouring voxel.
+
+    The grid is shifted by ``radius``, so every neighbour has non-negative coordinates, and each axis's
+    extent leaves ``radius`` cells on both sides, so a key plus a step never wraps into another row or cloud.
+    """
+    grid = grid_coord.long() + radius
+    extent_x, extent_y, extent_z = (grid.max(0).values + radius + 1).tolist()
+    key = ((batch.long() * extent_x + grid[:, 0]) * extent_y + grid[:, 1]) * extent_z + grid[:, 2]
+    steps = torch.arange(-radius, radius + 1, device=key.device)
+    offsets = torch.cartesian_prod(steps, steps, steps)  # row k is kernel index k
+    return key, (offsets[:, 0] * extent_y + offsets[:, 1]) * extent_z + offsets[:, 2]
 
 
 def submanifold_conv(feat: Tensor, weight: Tensor, bias: Tensor | None, kernel_map: KernelMap) -> Tensor:
@@ -517,12 +524,62 @@ class EncoderStage(nn.Module):
         return feat, points
 
 
+def _check_stage_lists(
+    order: Sequence[str],
+    stride: Sequence[int],
+    enc_depths: Sequence[int],
+    enc_channels: Sequence[int],
+    enc_num_head: Sequence[int],
+    enc_patch_size: Sequence[int],
+) -> None:
+    """One entry per stage in every per-stage list (``stride``: one per pooling, so one fewer), known orders."""
+    num_stages = len(enc_depths)
+    if not (len(stride) + 1 == len(enc_channels) == len(enc_num_head) == len(enc_patch_size) == num_stages):
+        raise ValueError("stride needs one entry fewer than enc_depths/enc_channels/enc_num_head/enc_patch_size")
+    for name in order:
+        if name not in ORDERS:
+            raise ValueError(f"unknown serialization order {name!r}; expected one of {ORDERS}")
+
+
+def _encoder_stages(
+    stride: Sequence[int],
+    enc_depths: Sequence[int],
+    enc_channels: Sequence[int],
+    enc_num_head: Sequence[int],
+    enc_patch_size: Sequence[int],
+    mlp_ratio: float,
+    qkv_bias: bool,
+    drop_path: float,
+    shuffle_orders: bool,
+    num_orders: int,
+) -> nn.ModuleDict:
+    """``enc0..``: pooling (from the second stage on), then blocks.
+
+    Drop-path rates rise linearly over all blocks of the encoder, and block ``i`` of a stage attends along
+    order ``i % num_orders``, as in the reference.
+    """
+    drop_paths = torch.linspace(0, drop_path, sum(enc_depths)).tolist()
+    stages = {}
+    for s, depth in enumerate(enc_depths):
+        down = None
+        if s > 0:
+            down = SerializedPooling(enc_channels[s - 1], enc_channels[s], stride[s - 1], shuffle_orders)
+        first = sum(enc_depths[:s])
+        channels, heads, patch_size = enc_channels[s], enc_num_head[s], enc_patch_size[s]
+        blocks = [
+            Block(channels, heads, patch_size, mlp_ratio, qkv_bias, drop_paths[first + i], order_index=i % num_orders)
+            for i in range(depth)
+        ]
+        stages[f"enc{s}"] = EncoderStage(down, blocks)
+    return nn.ModuleDict(stages)
+
+
 class PointTransformerV3(nn.Module):
     """PTv3 encoder (``cls_mode=True``) with the reference's defaults; parameter names follow Pointcept.
 
     ``project_pc`` (Linear ``enc_channels[-1] -> project_pc_dim``) belongs to this module in the
     reference, so it lives here for checkpoint compatibility, but ``forward`` does not apply it: the
-    pooler applies it to the per-cloud means (see :func:`encode_point_clouds`).
+    pooler applies it to the per-cloud means (see :func:`egoexor.model.encoders.encode_point_clouds`).
     """
 
     def __init__(
@@ -541,39 +598,25 @@ class PointTransformerV3(nn.Module):
         project_pc_dim: int = 1024,
     ) -> None:
         super().__init__()
-        num_stages = len(enc_depths)
-        if not (len(stride) + 1 == len(enc_channels) == len(enc_num_head) == len(enc_patch_size) == num_stages):
-            raise ValueError("stride needs one entry fewer than enc_depths/enc_channels/enc_num_head/enc_patch_size")
-        for name in order:
-            if name not in ORDERS:
-                raise ValueError(f"unknown serialization order {name!r}; expected one of {ORDERS}")
+        _check_stage_lists(order, stride, enc_depths, enc_channels, enc_num_head, enc_patch_size)
         self.in_channels = in_channels
         self.order = tuple(order)
         self.shuffle_orders = shuffle_orders
         self.out_channels = enc_channels[-1]
 
         self.embedding = Embedding(in_channels, enc_channels[0])
-        drop_paths = torch.linspace(0, drop_path, sum(enc_depths)).tolist()
-        stages = {}
-        for s, depth in enumerate(enc_depths):
-            down = None
-            if s > 0:
-                down = SerializedPooling(enc_channels[s - 1], enc_channels[s], stride[s - 1], shuffle_orders)
-            first = sum(enc_depths[:s])
-            blocks = [
-                Block(
-                    enc_channels[s],
-                    enc_num_head[s],
-                    enc_patch_size[s],
-                    mlp_ratio,
-                    qkv_bias,
-                    drop_paths[first + i],
-                    order_index=i % len(self.order),
-                )
-                for i in range(depth)
-            ]
-            stages[f"enc{s}"] = EncoderStage(down, blocks)
-        self.enc = nn.ModuleDict(stages)
+        self.enc = _encoder_stages(
+            stride,
+            enc_depths,
+            enc_channels,
+            enc_num_head,
+            enc_patch_size,
+            mlp_ratio,
+            qkv_bias,
+            drop_path,
+            shuffle_orders,
+            len(self.order),
+        )
         self.project_pc = nn.Linear(enc_channels[-1], project_pc_dim)
         self._init_weights()
 
@@ -608,69 +651,3 @@ class PointTransformerV3(nn.Module):
         for stage in self.enc.values():
             feat, points = stage(feat, points, generator)
         return feat, points
-
-
-# ----------------------------------------------------------------------------------------------
-# Pooler side
-
-
-def encode_point_clouds(
-    ptv3: PointTransformerV3,
-    clouds: Sequence[Tensor | None],
-    grid_size: float = 0.01,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """``[B, out_channels]``: per-cloud mean of final-stage features; zero rows for missing or empty clouds.
-
-    The reference pooler's semantics (``builder.py`` ``_encode_pc``): each cloud is ``[N_b, in_channels]``
-    with xyz first; the whole row (xyz + rgb as stored) is the input feature. All present clouds run as
-    one batch, voxelised as ``trunc((xyz - min over the whole batch) / grid_size)`` without merging
-    points that share a voxel, so a cloud's voxel grid depends on the other clouds in the batch. It runs
-    in fp32 with autocast disabled; ``ptv3``'s encoder must therefore hold fp32 parameters (``project_pc``,
-    which the caller applies, may have another dtype).
-
-    Gradients are the caller's choice: the reference wraps this in ``torch.no_grad()`` (a frozen random
-    encoder, although train mode still updates BatchNorm statistics and applies drop-path). It then
-    applies ``ptv3.project_pc`` to all rows, so a missing cloud contributes ``project_pc.bias`` -- except
-    when no cloud in the batch is present, where it returns zeros without projecting.
-
-    Raises:
-        ValueError: a cloud has the wrong shape or non-finite values (the message names its batch index),
-            or ``ptv3`` is not fp32.
-    """
-    if grid_size <= 0:
-        raise ValueError(f"grid_size must be positive, got {grid_size}")
-    weight = ptv3.embedding.stem.conv.weight
-    if weight.dtype != torch.float32:
-        raise ValueError(f"PointTransformerV3 must stay in float32 (reference); its parameters are {weight.dtype}")
-    out = torch.zeros(len(clouds), ptv3.out_channels, device=weight.device)
-    present, parts = [], []
-    for index, cloud in enumerate(clouds):
-        if cloud is None:
-            continue
-        if cloud.ndim != 2 or cloud.shape[1] != ptv3.in_channels:
-            raise ValueError(
-                f"point cloud {index}: expected shape [N, {ptv3.in_channels}] (xyz + features), "
-                f"got {tuple(cloud.shape)}"
-            )
-        if cloud.shape[0] == 0:
-            continue
-        cloud = cloud.to(device=weight.device, dtype=torch.float32)
-        if not torch.isfinite(cloud).all():
-            raise ValueError(f"point cloud {index} contains NaN or infinite values")
-        present.append(index)
-        parts.append(cloud)
-    if not parts:
-        return out
-
-    with torch.autocast(weight.device.type, enabled=False):
-        points = torch.cat(parts)
-        sizes = torch.tensor([len(part) for part in parts], device=weight.device)
-        batch = torch.repeat_interleave(torch.arange(len(parts), device=weight.device), sizes)
-        coord = points[:, :3]
-        cell = torch.tensor(grid_size, dtype=torch.float32, device=weight.device)  # fp32 division, as the reference
-        grid_coord = torch.div(coord - coord.min(0).values, cell, rounding_mode="trunc").long()
-        feat, final = ptv3(points, grid_coord, batch, generator)
-        sums = feat.new_zeros(len(parts), feat.shape[1]).index_add_(0, final.batch, feat)
-        means = sums / torch.bincount(final.batch, minlength=len(parts))[:, None]
-    return out.index_copy(0, torch.tensor(present, device=weight.device), means)

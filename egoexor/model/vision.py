@@ -35,9 +35,12 @@ class CLIPVisionTower(nn.Module):
 
     @classmethod
     def from_name_or_config(
-        cls, name_or_config: str | os.PathLike | CLIPVisionConfig | dict, select_layer: int = -2,
-        unfreeze_layers: int = 0, dtype: torch.dtype | None = None,
-    ) -> CLIPVisionTower:  # fmt: skip
+        cls,
+        name_or_config: str | os.PathLike | CLIPVisionConfig | dict,
+        select_layer: int = -2,
+        unfreeze_layers: int = 0,
+        dtype: torch.dtype | None = None,
+    ) -> CLIPVisionTower:
         """Pretrained CLIP from a hub name or folder, or a randomly initialised one from a config."""
         if isinstance(name_or_config, dict):
             name_or_config = CLIPVisionConfig(**name_or_config)

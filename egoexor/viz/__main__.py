@@ -102,23 +102,29 @@ def _take(args) -> int:
         audio, silence = video.audio_span(group[layout.AUDIO_WAVEFORM], frames.start, frames.stop)
         if silence:
             seconds = silence / layout.AUDIO_SAMPLE_RATE
-            cli.warn(COMMAND, f"--audio: {layout.AUDIO_WAVEFORM} of {args.take.path} ends {seconds:.2f} s before "
-                     f"frame {frames.stop}; silence fills the rest")  # fmt: skip
+            cli.warn(
+                COMMAND,
+                f"--audio: {layout.AUDIO_WAVEFORM} of {args.take.path} ends {seconds:.2f} s before "
+                f"frame {frames.stop}; silence fills the rest",
+            )
     out = cli.check_output(args.out, inputs=[args.hdf5], overwrite=args.overwrite, flag="--out")
     swap = not args.stored_channels
     pictures = (timepoint.render(reader.read(args.take, f), dpi=args.dpi, swap_channels=swap).image for f in frames)
     with tqdm(total=len(frames), desc="rendering", unit="frame") as bar, atomic_output(out) as temporary:
         count = video.write_mp4(temporary, pictures, audio=audio, on_frame=bar.update)
-    print(f"wrote {out}: {count} frames, {count / layout.FPS:.2f} s at {layout.FPS} fps"
-          + (f", {len(audio) / layout.AUDIO_SAMPLE_RATE:.2f} s of audio" if audio is not None else ""))  # fmt: skip
+    print(
+        f"wrote {out}: {count} frames, {count / layout.FPS:.2f} s at {layout.FPS} fps"
+        + (f", {len(audio) / layout.AUDIO_SAMPLE_RATE:.2f} s of audio" if audio is not None else "")
+    )
     return 0
 
 
 def _errors(args) -> int:
     predictions, result, plot = errors.read_results(Path(args.results))
     cli.open_hdf5(args.hdf5, "--hdf5").close()
-    out = cli.check_output(args.out, inputs=[args.hdf5, *Path(args.results).iterdir()], overwrite=args.overwrite,
-                           flag="--out")  # fmt: skip
+    out = cli.check_output(
+        args.out, inputs=[args.hdf5, *Path(args.results).iterdir()], overwrite=args.overwrite, flag="--out"
+    )
     reader = EgoExorReader(args.hdf5)
     frames, unannotated = errors.score_frames(predictions, reader, result["parse_mode"])
     if not frames:
@@ -162,14 +168,18 @@ def _parser() -> cli.ArgumentParser:
         description="Look at a timepoint (frame), watch a take (take), browse an evaluation's errors (errors).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{frame,take,errors}")
-    frame = commands.add_parser("frame", help="one timepoint as a PNG: every view, gaze, hands, point cloud, "
-                                "audio and the scene graph")  # fmt: skip
+    frame = commands.add_parser(
+        "frame", help="one timepoint as a PNG: every view, gaze, hands, point cloud, audio and the scene graph"
+    )
     _common(frame, dpi=100)
     frame.add_argument("--take", required=True, type=parse_take, help="take as SURGERY_TYPE/PROCEDURE/TAKE (MISS/1/2)")
     frame.add_argument("--frame", required=True, type=cli.int_flag(0), help="frame index within the take")
-    frame.add_argument("--predictions", default=None,
-                       help="predictions.json or raw_predictions.json of egoexor.infer: colour the scene graph's "
-                       "edges as correct / missed / spurious")  # fmt: skip
+    frame.add_argument(
+        "--predictions",
+        default=None,
+        help="predictions.json or raw_predictions.json of egoexor.infer: colour the scene graph's "
+        "edges as correct / missed / spurious",
+    )
     frame.add_argument(
         "--protocol",
         choices=metrics.PROTOCOLS,
@@ -191,7 +201,7 @@ def _parser() -> cli.ArgumentParser:
         help="results folder of egoexor.infer (predictions.json, metrics.json, f1_per_predicate.png)",
     )
     page.add_argument("--limit", type=cli.int_flag(1), default=30, help="how many of the wrongest frames to show")
-    page.add_argument("--out", required=True, help="HTML file to write")  # fmt: skip
+    page.add_argument("--out", required=True, help="HTML file to write")
     return parser
 
 

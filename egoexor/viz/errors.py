@@ -140,10 +140,14 @@ def _relations_table(result: FrameResult) -> str:
 
 
 def page(
-    results: list[FrameResult], metrics: Mapping[str, Any], f1_plot: bytes,
+    results: list[FrameResult],
+    metrics: Mapping[str, Any],
+    f1_plot: bytes,
     picture: Callable[[FrameResult], np.ndarray],
-    *, limit: int, unannotated: int,
-) -> str:  # fmt: skip
+    *,
+    limit: int,
+    unannotated: int,
+) -> str:
     """The HTML of the page; ``picture`` renders one frame (called for the listed frames only)."""
     overall = metrics.get("overall", {})
     macro = (overall.get("relation_report") or {}).get("macro avg", {}).get("f1-score")
@@ -154,9 +158,11 @@ def page(
     sections = []
     for rank, result in enumerate(shown, start=1):
         key = result.take
-        title = (f"#{rank} {key.surgery_type} procedure {key.procedure_id} take {key.take_id}, frame {result.frame}: "
-                 f"{result.count('missed')} missed, {result.count('spurious')} spurious, "
-                 f"{result.count('correct')} correct")  # fmt: skip
+        title = (
+            f"#{rank} {key.surgery_type} procedure {key.procedure_id} take {key.take_id}, frame {result.frame}: "
+            f"{result.count('missed')} missed, {result.count('spurious')} spurious, "
+            f"{result.count('correct')} correct"
+        )
         sections.append(
             f'<section class="frame" id="rank-{rank}" data-sample="{html.escape(result.sample_id)}" '
             f'data-wrongness="{result.wrongness}"><h2>{html.escape(title)}</h2>'

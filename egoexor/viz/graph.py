@@ -60,9 +60,15 @@ def draw(axes: Axes, edges: list[tuple[Triplet, Status]], fontsize: float = 10) 
     where = _positions(entities)
     for name, (x, y) in where.items():
         axes.plot([x], [y], "o", color="#1f4e79", markersize=7, zorder=3)
-        axes.text(1.12 * x, 1.12 * y, name.replace("_", " "), fontsize=fontsize, zorder=4,
-                  ha="left" if x > 0.05 else "right" if x < -0.05 else "center",
-                  va="bottom" if y > 0.05 else "top" if y < -0.05 else "center")  # fmt: skip
+        axes.text(
+            1.12 * x,
+            1.12 * y,
+            name.replace("_", " "),
+            fontsize=fontsize,
+            zorder=4,
+            ha="left" if x > 0.05 else "right" if x < -0.05 else "center",
+            va="bottom" if y > 0.05 else "top" if y < -0.05 else "center",
+        )
     drawn_per_pair: dict[frozenset[str], int] = {}
     for triplet, status in edges:
         pair = frozenset((triplet.subject, triplet.object))
@@ -70,15 +76,34 @@ def draw(axes: Axes, edges: list[tuple[Triplet, Status]], fontsize: float = 10) 
         drawn_per_pair[pair] = drawn_per_pair.get(pair, 0) + 1
         start, end = where[triplet.subject], where[triplet.object]
         colour, style = STYLES[status]
-        axes.add_patch(FancyArrowPatch(
-            start, end, connectionstyle=f"arc3,rad={bend}", arrowstyle="-|>", mutation_scale=14, color=colour,
-            linestyle=style, linewidth=1.8, shrinkA=6, shrinkB=6, zorder=2,
-        ))  # fmt: skip
+        axes.add_patch(
+            FancyArrowPatch(
+                start,
+                end,
+                connectionstyle=f"arc3,rad={bend}",
+                arrowstyle="-|>",
+                mutation_scale=14,
+                color=colour,
+                linestyle=style,
+                linewidth=1.8,
+                shrinkA=6,
+                shrinkB=6,
+                zorder=2,
+            )
+        )
         dx, dy = end - start  # arc3's curve passes through the chord's middle + bend/2 * (dy, -dx)
         middle = (start + end) / 2 + bend / 2 * np.array([dy, -dx])
         box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
-        axes.text(*middle, triplet.predicate, fontsize=fontsize - 1, color=colour, ha="center", va="center", zorder=5,
-                  bbox=box)  # fmt: skip
+        axes.text(
+            *middle,
+            triplet.predicate,
+            fontsize=fontsize - 1,
+            color=colour,
+            ha="center",
+            va="center",
+            zorder=5,
+            bbox=box,
+        )
     present = list(dict.fromkeys(status for _, status in edges))
     if present != ["annotated"]:
         handles = [axes.plot([], [], color=STYLES[s][0], linestyle=STYLES[s][1], label=s)[0] for s in present]

@@ -101,12 +101,15 @@ class _Camera:
         axes.set_ylim(height - 0.5, -0.5)
         self.title = axes.set_title(source, fontsize=_FONT, pad=4)
         self.hands = [
-            (axes.plot([], [], color=colour, linewidth=2)[0],
-             axes.plot([], [], "o", color=colour, markersize=6, markeredgecolor="black", markeredgewidth=0.5)[0])
+            (
+                axes.plot([], [], color=colour, linewidth=2)[0],
+                axes.plot([], [], "o", color=colour, markersize=6, markeredgecolor="black", markeredgewidth=0.5)[0],
+            )
             for colour in HAND_COLOURS
-        ]  # fmt: skip
-        self.gaze = axes.plot([], [], "o", color=GAZE_COLOUR, markersize=13, markeredgecolor="white",
-                              markeredgewidth=1.5)[0]  # fmt: skip
+        ]
+        self.gaze = axes.plot(
+            [], [], "o", color=GAZE_COLOUR, markersize=13, markeredgecolor="white", markeredgewidth=1.5
+        )[0]
 
     def update(self, point: Timepoint, swap_channels: bool) -> None:
         frame = point.rgb[self.camera]
@@ -122,8 +125,10 @@ class _Camera:
             points = row[1:17].reshape(8, 2)  # LW, LP, RW, RP, then the tips of their normals
             base, tip = points[2 * hand : 2 * hand + 2], points[4 + 2 * hand : 6 + 2 * hand]
             gap = np.full(2, np.nan)  # breaks the line between the two segments
-            segments.set_data(np.column_stack([base[:, 0], tip[:, 0], gap]).ravel(),
-                              np.column_stack([base[:, 1], tip[:, 1], gap]).ravel())  # fmt: skip
+            segments.set_data(
+                np.column_stack([base[:, 0], tip[:, 0], gap]).ravel(),
+                np.column_stack([base[:, 1], tip[:, 1], gap]).ravel(),
+            )
             bases.set_data(base[:, 0], base[:, 1])
         gaze = gaze_point(point, self.source) if ego else None
         self.gaze.set_data(*([gaze[0]], [gaze[1]]) if gaze is not None else ([], []))
@@ -218,9 +223,16 @@ class TimepointFigure:
         self.figure = Figure(figsize=(width_px / dpi, inches), dpi=dpi)
         self.canvas = FigureCanvasAgg(self.figure)
         grid = self.figure.add_gridspec(
-            rows + 1, _COLUMNS, height_ratios=heights, left=0.045, right=0.985, top=1 - 0.5 / inches,
-            bottom=0.55 / inches, hspace=0.25, wspace=0.12,
-        )  # fmt: skip
+            rows + 1,
+            _COLUMNS,
+            height_ratios=heights,
+            left=0.045,
+            right=0.985,
+            top=1 - 0.5 / inches,
+            bottom=0.55 / inches,
+            hspace=0.25,
+            wspace=0.12,
+        )
         self.title = self.figure.suptitle("", fontsize=_FONT + 3, y=1 - 0.12 / inches, va="top")
         shape = point.rgb.shape[1:] if point.rgb is not None else (1, 1, 3)
         self.cameras = [
@@ -243,17 +255,20 @@ class TimepointFigure:
         self.audio.update(point)
         self.scene.clear()
         edges = graph.compare(point.annotations or [], predicted)
-        self.scene.set_title(_graph_title(edges, point.annotations is not None, predicted is not None),
-                             fontsize=_FONT)  # fmt: skip
+        self.scene.set_title(_graph_title(edges, point.annotations is not None, predicted is not None), fontsize=_FONT)
         graph.draw(self.scene, edges, fontsize=_FONT)
         self.canvas.draw()
         image = np.asarray(self.canvas.buffer_rgba())[..., :3].copy()
         flip = np.array([[1.0, 0, 0], [0, -1.0, self.height_px], [0, 0, 1.0]])  # display (y up) -> rows (down)
         panels = [
-            Panel(c.source, "ego" if c.source in vocab.EGO_SOURCES else "exo", _box(c.axes, self.height_px),
-                  flip @ c.axes.transData.get_matrix())
+            Panel(
+                c.source,
+                "ego" if c.source in vocab.EGO_SOURCES else "exo",
+                _box(c.axes, self.height_px),
+                flip @ c.axes.transData.get_matrix(),
+            )
             for c in self.cameras
-        ]  # fmt: skip
+        ]
         others = (("point cloud", self.cloud.axes), ("audio", self.audio.axes), ("scene graph", self.scene))
         panels += [Panel(name, name, _box(axes, self.height_px)) for name, axes in others]
         return Picture(image, panels)

@@ -32,9 +32,13 @@ def audio_span(waveform: np.ndarray, start: int, stop: int, fps: float = layout.
 
 
 def write_mp4(
-    path: str | os.PathLike, frames: Iterable[np.ndarray], *, fps: int = layout.FPS, audio: np.ndarray | None = None,
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    *,
+    fps: int = layout.FPS,
+    audio: np.ndarray | None = None,
     on_frame: Callable[[], None] = lambda: None,
-) -> int:  # fmt: skip
+) -> int:
     """Encode RGB frames (uint8 [H, W, 3], one size, even sides) and optional 48 kHz stereo ``audio``; return the
     number of video frames written. ``on_frame`` is called after each frame (a progress bar's update)."""
     count = 0
@@ -56,8 +60,9 @@ def write_mp4(
         if sound is not None:
             planar = np.ascontiguousarray(np.nan_to_num(audio, nan=0.0).T.astype(np.float32))
             for start in range(0, planar.shape[1], _AUDIO_CHUNK):
-                chunk = av.AudioFrame.from_ndarray(planar[:, start : start + _AUDIO_CHUNK], format="fltp",
-                                                   layout="stereo")  # fmt: skip
+                chunk = av.AudioFrame.from_ndarray(
+                    planar[:, start : start + _AUDIO_CHUNK], format="fltp", layout="stereo"
+                )
                 chunk.sample_rate, chunk.pts = layout.AUDIO_SAMPLE_RATE, start
                 chunk.time_base = Fraction(1, layout.AUDIO_SAMPLE_RATE)
                 container.mux(sound.encode(chunk))

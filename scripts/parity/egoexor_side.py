@@ -20,39 +20,82 @@ import torch
 
 from egoexor.config import DataConfig, ModelConfig
 
-LLM_CONFIG = {"vocab_size": 32000, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 2048}  # fmt: skip
-CLIP_CONFIG = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 3, "num_attention_heads": 16,
-               "image_size": 336, "patch_size": 14, "projection_dim": 768}  # fmt: skip
+LLM_CONFIG = {
+    "vocab_size": 32000,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 2048,
+}
+CLIP_CONFIG = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+    "projection_dim": 768,
+}
 UNFREEZE = 2
 LORA_R, LORA_ALPHA = 8, 16
 
 
 #: What the reference side needs to build the same model and read the same samples.
 REFERENCE_JOB = {
-    "llm_config": LLM_CONFIG, "clip_layers": CLIP_CONFIG["num_hidden_layers"], "unfreeze": UNFREEZE,
-    "lora_r": LORA_R, "lora_alpha": LORA_ALPHA,
+    "llm_config": LLM_CONFIG,
+    "clip_layers": CLIP_CONFIG["num_hidden_layers"],
+    "unfreeze": UNFREEZE,
+    "lora_r": LORA_R,
+    "lora_alpha": LORA_ALPHA,
     "ego_sources": ["head_surgeon", "assistant", "circulator", "anesthetist"],
-    "exo_sources": ["or_light", "microscope", "external_1", "external_2", "external_3", "external_4", "external_5",
-                    "simstation", "ultrasound"],
+    "exo_sources": [
+        "or_light",
+        "microscope",
+        "external_1",
+        "external_2",
+        "external_3",
+        "external_4",
+        "external_5",
+        "simstation",
+        "ultrasound",
+    ],
 }
 
 
 def model_config() -> ModelConfig:
     return ModelConfig(
-        preset="reference", mask_extras=False, model_name_or_path=None, llm_config=LLM_CONFIG, vision_tower=None,
-        vision_config=CLIP_CONFIG, unfreeze_n_vision_tower_layers=UNFREEZE, bits=16, dtype="float32",
-        lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, init_seed=0,
-    )  # fmt: skip
+        preset="reference",
+        mask_extras=False,
+        model_name_or_path=None,
+        llm_config=LLM_CONFIG,
+        vision_tower=None,
+        vision_config=CLIP_CONFIG,
+        unfreeze_n_vision_tower_layers=UNFREEZE,
+        bits=16,
+        dtype="float32",
+        lora_r=LORA_R,
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=0.0,
+        init_seed=0,
+    )
 
 
 def data_config(audio_cache: Path | None = None) -> DataConfig:
     """The reference's data settings (row matching, camera range, dark frames, inference roles), no
     dropout, every exo view (the checks pick the reference's seeded draw by name), and audio from
     ``audio_cache`` (see :func:`write_audio_cache`) or none."""
-    return DataConfig(row_matching="reference", camera_selection="reference", rescale_dark_frames=True,
-                      prompt_roles="reference_inference", exo_views="all", audio_encoder=None,
-                      audio_cache=None if audio_cache is None else str(audio_cache), modality_dropout=0.0)
+    return DataConfig(
+        row_matching="reference",
+        camera_selection="reference",
+        rescale_dark_frames=True,
+        prompt_roles="reference_inference",
+        exo_views="all",
+        audio_encoder=None,
+        audio_cache=None if audio_cache is None else str(audio_cache),
+        modality_dropout=0.0,
+    )
 
 
 class StandInEmbedder:
@@ -91,8 +134,10 @@ def build_model():
 _RULES = (
     (re.compile(r"^mm_projector\.(.+)$"), r"base_model.model.model.mm_projector.\1"),
     (re.compile(r"^image_pooler\.(.+)$"), r"base_model.model.model.image_pooler.\1"),
-    (re.compile(r"^vision_tower\.vision_tower\.(.+)$"),
-     r"base_model.model.model.vision_tower.vision_tower.vision_model.\1"),
+    (
+        re.compile(r"^vision_tower\.vision_tower\.(.+)$"),
+        r"base_model.model.model.vision_tower.vision_tower.vision_model.\1",
+    ),
     (re.compile(r"^language_model\.base_model\.model\.(.+)$"), r"base_model.model.\1"),
 )
 

@@ -121,8 +121,15 @@ def write_tiny_clip(folder: Path, layers: int) -> None:
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(0)
-    config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=layers,
-                              num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
+    config = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    )
     CLIPVisionModel(config).save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}).save_pretrained(folder)
 
@@ -135,22 +142,38 @@ def build_reference_model(ref, job: dict, workdir: Path):
     clip = workdir / "clip"
     if not clip.exists():
         write_tiny_clip(clip, job["clip_layers"])
-    config = LlavaConfig(**job["llm_config"], mm_vision_tower=str(clip), mm_hidden_size=1024,
-                         mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2)
+    config = LlavaConfig(
+        **job["llm_config"],
+        mm_vision_tower=str(clip),
+        mm_hidden_size=1024,
+        mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=-2,
+    )
     torch.manual_seed(1)
     model = LlavaLlamaForCausalLM(config)
     model.config.use_cache = False
     model.config.mv_type = "learned"
-    lora = LoraConfig(r=job["lora_r"], lora_alpha=job["lora_alpha"], target_modules=ref.find_all_linear_names(model),
-                      lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=job["lora_r"],
+        lora_alpha=job["lora_alpha"],
+        target_modules=ref.find_all_linear_names(model),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     model_args = types.SimpleNamespace(
-        vision_tower=str(clip), mm_vision_select_layer=-2, mm_vision_select_feature="patch",
-        pretrain_mm_mlp_adapter=None, mm_projector_type="mlp2x_gelu", mm_use_im_start_end=False,
-        mm_use_im_patch_token=False, tune_mm_mlp_adapter=False,
+        vision_tower=str(clip),
+        mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch",
+        pretrain_mm_mlp_adapter=None,
+        mm_projector_type="mlp2x_gelu",
+        mm_use_im_start_end=False,
+        mm_use_im_patch_token=False,
+        tune_mm_mlp_adapter=False,
     )
     model.get_model().initialize_vision_modules(model_args=model_args, fsdp=None)
-    for layer in model.get_vision_tower().vision_tower.vision_model.encoder.layers[-job["unfreeze"]:]:
+    for layer in model.get_vision_tower().vision_tower.vision_model.encoder.layers[-job["unfreeze"] :]:
         for parameter in layer.parameters():
             parameter.requires_grad = True
     tokenizer = None
@@ -218,11 +241,19 @@ def _reference_dataset(ref, job: dict, tokenizer):
 
     ref.ClapModel = ref.ClapProcessor = Clap
     data_args = types.SimpleNamespace(
-        data_path=job["samples"], hdf5_path=job["hdf5"], do_img_order_augment=False,
-        do_multimodal_augment=False, multimodal_drop_prop=0.0, do_augment=False,
+        data_path=job["samples"],
+        hdf5_path=job["hdf5"],
+        do_img_order_augment=False,
+        do_multimodal_augment=False,
+        multimodal_drop_prop=0.0,
+        do_augment=False,
         image_processor=CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
-        dataset_name="egoexor", is_multimodal=True, mm_use_im_start_end=False, image_aspect_ratio="pad",
-        ego_sources=job["ego_sources"], exo_sources=job["exo_sources"],
+        dataset_name="egoexor",
+        is_multimodal=True,
+        mm_use_im_start_end=False,
+        image_aspect_ratio="pad",
+        ego_sources=job["ego_sources"],
+        exo_sources=job["exo_sources"],
         egocentric_features=["gaze", "gaze_depth", "hand"],
         exocentric_features=job.get("exocentric_features", ["audio", "point_cloud"]),
     )
@@ -238,8 +269,13 @@ def _item_record(item: dict) -> dict:
         if f"{branch}_frames" in item and item[f"{branch}_frames"] is not None:
             record[f"{branch}_frames"] = item[f"{branch}_frames"].float()
             record[f"{branch}_source_names"] = list(item[f"{branch}_source_names"])
-    for modality, key in (("eye_gaze", "data"), ("eye_gaze_depth", "data"), ("hand_tracking", "data"),
-                          ("point_cloud", "data"), ("audio", "data")):
+    for modality, key in (
+        ("eye_gaze", "data"),
+        ("eye_gaze_depth", "data"),
+        ("hand_tracking", "data"),
+        ("point_cloud", "data"),
+        ("audio", "data"),
+    ):
         value = item.get(modality)
         if value is not None:
             record[modality] = value[key].float()
@@ -280,12 +316,19 @@ def job_tokens(ref, job: dict, workdir: Path) -> dict:
     out = []
     for record in json.loads(Path(job["samples"]).read_text())[: job["limit"]]:
         has_image = "<image>" in record["conversations"][0]["value"]
-        sources = ref.preprocess_multimodal([record["conversations"]], types.SimpleNamespace(
-            is_multimodal=True, mm_use_im_start_end=False))
+        sources = ref.preprocess_multimodal(
+            [record["conversations"]], types.SimpleNamespace(is_multimodal=True, mm_use_im_start_end=False)
+        )
         data = ref.preprocess(sources, tokenizer, has_image=has_image)
         prompt = tokenizer_image_token(_inference_prompt(record), tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
-        out.append({"id": record["id"], "input_ids": data["input_ids"][0], "labels": data["labels"][0],
-                    "inference_ids": prompt})
+        out.append(
+            {
+                "id": record["id"],
+                "input_ids": data["input_ids"][0],
+                "labels": data["labels"][0],
+                "inference_ids": prompt,
+            }
+        )
     return {"records": out}
 
 
@@ -293,8 +336,17 @@ def job_merge(ref, job: dict, workdir: Path) -> dict:
     """The reference's merge_h5.py, run as its README says."""
     import runpy
 
-    argv = ["merge_h5.py", "--data_dir", job["data_dir"], "--input_files", *job["input_files"],
-            "--splits_file", job["splits_file"], "--output_file", job["out"]]
+    argv = [
+        "merge_h5.py",
+        "--data_dir",
+        job["data_dir"],
+        "--input_files",
+        *job["input_files"],
+        "--splits_file",
+        job["splits_file"],
+        "--output_file",
+        job["out"],
+    ]
     saved, sys.argv = sys.argv, argv
     try:
         runpy.run_path(str(Path(job["reference_src"]) / "data" / "utils" / "merge_h5.py"), run_name="__main__")
@@ -311,8 +363,16 @@ def job_samples(ref, job: dict, workdir: Path) -> dict:
     import transformers
     from scene_graph_prediction.llava_helpers import generate_dataset_format_for_llava as generator
 
-    config = json.loads((Path(job["reference_src"]) / "scene_graph_generation" / "scene_graph_prediction"
-                         / "scene_graph_helpers" / "configs" / "egoexor.json").read_text())
+    config = json.loads(
+        (
+            Path(job["reference_src"])
+            / "scene_graph_generation"
+            / "scene_graph_prediction"
+            / "scene_graph_helpers"
+            / "configs"
+            / "egoexor.json"
+        ).read_text()
+    )
     config["split"] = job["split"]
     config["preprocessing"]["n_permutations"] = job["n_permutations"]
     config["output"]["output_dir"] = job["out"]
@@ -365,21 +425,45 @@ def job_forward(ref, job: dict, workdir: Path) -> dict:
         output = model(**batch)
     generated = []
     for index, item in zip(job["indices"], items, strict=True):
-        prompt = tokenizer_image_token(_inference_prompt(dataset.list_data_dict[index]), tokenizer,
-                                       IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
-        single = as_float32({key: [value] for key, value in item.items() if key not in ("input_ids", "labels")
-                             and not key.endswith("source_names")})
+        prompt = tokenizer_image_token(
+            _inference_prompt(dataset.list_data_dict[index]), tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt"
+        )[None]
+        single = as_float32(
+            {
+                key: [value]
+                for key, value in item.items()
+                if key not in ("input_ids", "labels") and not key.endswith("source_names")
+            }
+        )
         model.config.use_cache = True
         with torch.inference_mode():
-            ids = model.generate(input_ids=prompt, max_new_tokens=job["new_tokens"], do_sample=False, num_beams=1,
-                                 use_cache=True, **single)
-        generated.append(ids[0, prompt.shape[1]:])
-    return {"logits": output.logits.float(), "labels": output["modified_labels"], "unset": unset,
-            "items": [_item_record(item) for item in items], "names": names, "generated": generated}
+            ids = model.generate(
+                input_ids=prompt,
+                max_new_tokens=job["new_tokens"],
+                do_sample=False,
+                num_beams=1,
+                use_cache=True,
+                **single,
+            )
+        generated.append(ids[0, prompt.shape[1] :])
+    return {
+        "logits": output.logits.float(),
+        "labels": output["modified_labels"],
+        "unset": unset,
+        "items": [_item_record(item) for item in items],
+        "names": names,
+        "generated": generated,
+    }
 
 
-JOBS = {"checkpoint": job_checkpoint, "items": job_items, "tokens": job_tokens, "forward": job_forward,
-        "merge": job_merge, "samples": job_samples}
+JOBS = {
+    "checkpoint": job_checkpoint,
+    "items": job_items,
+    "tokens": job_tokens,
+    "forward": job_forward,
+    "merge": job_merge,
+    "samples": job_samples,
+}
 
 
 def main() -> int:
