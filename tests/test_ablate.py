@@ -1,7 +1,8 @@
 """``egoexor.ablate`` and ``egoexor.infer --drop_modalities``: outputs, the overwrite rule, bad inputs.
 
 An untrained tiny checkpoint is enough here: these tests are about the command, not about what it measures
-(the learning tests in ``test_learning_modalities.py`` are).
+(``test_input_paths.py`` checks that each removed input reaches its branch; docs/modality_benchmark.md has
+what a trained tiny model learns).
 """
 
 import json
