@@ -161,22 +161,11 @@ def _parser() -> cli.ArgumentParser:
     )
     parser.add_argument(
         "--protocol",
-        choices=("paper", "gt"),
+        choices=metrics.PROTOCOLS,
         default="gt",
         help="gt: ground-truth entity set (MM-OR/4D-OR); paper: the published evaluator",
     )
-    parser.add_argument("--batch_size", type=cli.int_flag(1), default=16, help="samples per generation batch")
-    parser.add_argument("--max_new_tokens", type=cli.int_flag(1), default=300, help="longest answer")
-    parser.add_argument("--bits", type=int, choices=(4, 8, 16), default=16, help="LLM weights at inference")
-    parser.add_argument(
-        "--num_workers", type=cli.int_flag(0), default=4, help="data loading processes (0: in the main one)"
-    )
-    parser.add_argument(
-        "--audio_cache",
-        type=Path,
-        default=None,
-        help="audio embeddings written by python -m egoexor.data.precompute_audio",
-    )
+    infer.add_generation_flags(parser)
     cli.add_overwrite_flag(parser)
     return parser
 

@@ -306,6 +306,31 @@ def load_model(checkpoint: Path, bits: int, device: torch.device, converted: Pat
     return model.to(device), tokenizer, data_config
 
 
+def add_generation_flags(parser: cli.ArgumentParser) -> None:
+    """The options of a generation run that ``egoexor.infer`` and ``egoexor.ablate`` share: batching, answer
+    length, LLM bits, loading processes and the audio cache."""
+    parser.add_argument(
+        "--batch_size", type=cli.int_flag(1), default=16, help="samples per generation batch (reference: 16)"
+    )
+    parser.add_argument("--max_new_tokens", type=cli.int_flag(1), default=300, help="longest answer (reference: 300)")
+    parser.add_argument(
+        "--bits",
+        type=int,
+        choices=ModelConfig.choices("bits"),
+        default=16,
+        help="LLM weights at inference (reference: 16, bf16, although trained on 4-bit)",
+    )
+    parser.add_argument(
+        "--num_workers", type=cli.int_flag(0), default=4, help="data loading processes (0: in the main one)"
+    )
+    parser.add_argument(
+        "--audio_cache",
+        type=Path,
+        default=None,
+        help="audio embeddings written by python -m egoexor.data.precompute_audio",
+    )
+
+
 def _parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(prog=f"python -m {COMMAND}", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder (ours or the released one)")
@@ -323,17 +348,7 @@ def _parser() -> cli.ArgumentParser:
         default="paper",
         help="paper: the published evaluator; gt: ground-truth entity set (MM-OR/4D-OR)",
     )
-    parser.add_argument(
-        "--batch_size", type=cli.int_flag(1), default=16, help="samples per generation batch (reference: 16)"
-    )
-    parser.add_argument("--max_new_tokens", type=cli.int_flag(1), default=300, help="longest answer (reference: 300)")
-    parser.add_argument(
-        "--bits",
-        type=int,
-        choices=ModelConfig.choices("bits"),
-        default=16,
-        help="LLM weights at inference (reference: 16, bf16, although trained on 4-bit)",
-    )
+    add_generation_flags(parser)
     for name, description in DATA_OVERRIDES.items():
         boolean = typing.get_type_hints(DataConfig)[name] is bool
         choices = tuple(_BOOLEANS) if boolean else DataConfig.choices(name)
@@ -344,15 +359,6 @@ def _parser() -> cli.ArgumentParser:
         default=None,
         help="comma-separated inputs to remove from every sample, as modality dropout does (e.g. "
         f"gaze,audio; '' removes none): {', '.join(DROPPABLE_MODALITIES)} (default: the checkpoint's)",
-    )
-    parser.add_argument(
-        "--num_workers", type=cli.int_flag(0), default=4, help="data loading processes (0: in the main one)"
-    )
-    parser.add_argument(
-        "--audio_cache",
-        type=Path,
-        default=None,
-        help="audio embeddings written by python -m egoexor.data.precompute_audio",
     )
     parser.add_argument(
         "--overwrite",
