@@ -5,6 +5,7 @@ import logging
 __version__ = "0.1.0"
 
 # On CPUs with AVX512-BF16, importing bitsandbytes (through peft) logs that an optional hub kernel
-# package is missing; it falls back to its own kernel. That line would precede every command's
-# one-line error, so only its errors are let through.
+# package is missing; it falls back to its own kernel. The line says nothing a user can act on, in any
+# run, so only its errors are let through. (Library messages in general are held back, not silenced,
+# while a command checks its inputs: egoexor.held_messages.)
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

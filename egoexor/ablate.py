@@ -201,6 +201,7 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     with cli.output_folder(out, COMMAND) as folder:
         model, tokenizer, data_config = infer.load_model(args.checkpoint, args.bits, device, folder / "converted")
+        cli.checks_done()
         if args.audio_cache is not None:
             data_config = replace(data_config, audio_cache=str(args.audio_cache))
         (folder / "predictions").mkdir()

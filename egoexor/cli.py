@@ -56,7 +56,7 @@ from typing import Any
 import h5py
 import huggingface_hub
 
-from egoexor import atomic
+from egoexor import atomic, held_messages
 
 #: Exit status of a user mistake, as argparse uses it.
 EXIT_ERROR = 2
@@ -359,17 +359,28 @@ def run(command: str, body: Callable[[], int | None], errors: tuple[type[BaseExc
 
     Stale temporary outputs the body removed (:func:`egoexor.atomic.removed_stale`) are named in warnings.
     Returns the exit status: the body's (``None`` is 0), 2 after a :class:`CommandError`, an ``OSError``
-    or one of ``errors``, 130 after Ctrl-C. Anything else is a bug and keeps its traceback.
+    or one of ``errors``, 130 after Ctrl-C. Anything else is a bug and keeps its traceback. Libraries'
+    warnings and log lines are held back until :func:`checks_done` or the end, and dropped before the
+    one line of a user mistake or Ctrl-C (:mod:`egoexor.held_messages`).
     """
-    try:
-        status = body()
-    except (CommandError, OSError, *errors) as error:
-        _warn_stale(command)
-        print(f"{command}: error: {one_line(error)}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        _warn_stale(command)
-        print(f"{command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    with held_messages.held():
+        try:
+            status = body()
+        except (CommandError, OSError, *errors) as error:
+            held_messages.drop()
+            _warn_stale(command)
+            print(f"{command}: error: {one_line(error)}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            held_messages.drop()
+            _warn_stale(command)
+            print(f"{command}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
     _warn_stale(command)
     return 0 if status is None else status
+
+
+def checks_done() -> None:
+    """Call once the command's inputs are checked and its model loaded: the library messages :func:`run` held
+    back until now are shown, and later ones go straight to stderr (:mod:`egoexor.held_messages`)."""
+    held_messages.release()

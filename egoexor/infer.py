@@ -409,6 +409,7 @@ def infer(
         state, checkpoint, hdf5, Path(samples), out, settings, overrides, audio_cache, overwrite
     )
     model, tokenizer, loaded = _load_once_main_has(state, checkpoint, bits, out, None if resume else run)
+    cli.checks_done()
     start = time.perf_counter()
     # the loaded configuration, not the checked one: a released folder's image size comes from its CLIP tower
     with state.split_between_processes(all_samples) as share:

@@ -449,6 +449,7 @@ def train(setup: TrainSetup) -> EgoExorTrainer:
     resume = resume_checkpoint(setup.trainer)
     check_output_dir(setup, resume)
     trainer = build_training(setup)
+    cli.checks_done()
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_final_model()
     return trainer
