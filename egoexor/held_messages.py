@@ -7,12 +7,16 @@ kernels, under ``HF_HUB_OFFLINE=1``), and what they print changes with every rel
 error must not come after a screen of that, and users still need those messages on a run that works.
 
 So :func:`held` (``egoexor.cli.run`` wraps every command in it) keeps what any stream handler writing to
-stderr emits, and every warning Python would show, in memory, in order. They reach stderr
+stderr emits, and every warning Python would show, in memory, in order. Some libraries talk as they are
+imported (bitsandbytes looks up a hub kernel on CPUs with AVX512-BF16), before a command's ``main`` runs, so
+a process started as an egoexor command starts holding when the ``egoexor`` package is imported
+(:func:`hold_if_command`) and ``held`` takes that hold over. The messages reach stderr
 
 * at :func:`release`, which a command calls once its inputs are checked and its model loaded (from then on
   they go straight to stderr, as without egoexor), or at the end of a run that did not fail on a user
   mistake;
-* never, when the command ends with a user mistake or Ctrl-C: the one line is the message.
+* never, when the command ends with a user mistake or Ctrl-C: the one line is the message;
+* at exit, in a process that never reached ``held`` (nothing is lost).
 
 Handlers writing anywhere else (a file, pytest's capture) are untouched, and so is everything a command
 prints itself (progress bars, results, its own warnings).
@@ -20,11 +24,13 @@ prints itself (progress bars, results, its own warnings).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 class _Hold:
@@ -71,21 +77,32 @@ class _Hold:
 _current: _Hold | None = None
 
 
+#: What ``sys.argv[0]`` is while the egoexor package is imported by an egoexor command: ``-m`` while
+#: ``python -m egoexor...`` locates its module, else the console script's name.
+COMMAND_SCRIPTS = ("egoexor", "egoexor-merge-h5", "egoexor-download")
+
+
+def hold_if_command() -> None:
+    """Start holding now if this process was started as an egoexor command (see :data:`COMMAND_SCRIPTS`);
+    what is still held at exit is shown then."""
+    global _current
+    started_as = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if _current is None and (started_as == "-m" or started_as in COMMAND_SCRIPTS):
+        _current = _Hold()
+        atexit.register(release)
+
+
 @contextmanager
 def held() -> Iterator[None]:
-    """Hold library messages for the block; they are shown when it ends, unless :func:`drop` or
-    :func:`release` ended the hold first. A block inside another holds into the outer one."""
+    """Hold library messages for the block (taking over a hold already started, by :func:`hold_if_command`
+    or an enclosing block); they are shown when it ends, unless :func:`drop` or :func:`release` ended the
+    hold first."""
     global _current
-    if _current is not None:
-        yield
-        return
-    _current = _Hold()
+    _current = _current or _Hold()
     try:
         yield
     finally:
-        hold, _current = _current, None
-        if hold is not None:
-            hold.end(show=True)
+        release()
 
 
 def release() -> None:

@@ -122,3 +122,36 @@ def test_a_hold_released_inside_catch_warnings_passes_later_warnings_on():
         warnings.simplefilter("always")
         assert cli.run("egoexor.fake", body) == 0
     assert [str(warning.message) for warning in shown] == ["after the release"]
+
+
+IMPORT_TIME = textwrap.dedent(
+    """
+    import sys
+    sys.argv[0] = "{started_as}"  # what a command's process has while it imports the egoexor package
+    import egoexor, logging
+    logging.getLogger("bitsandbytes.cextension").warning("import-time notice")  # as bitsandbytes does on import
+    from egoexor import cli
+
+    def body():
+        raise cli.CommandError("bad input")
+
+    if "{calls_run}" == "yes":
+        sys.exit(cli.run("egoexor.fake", body))
+    print("library use, no command", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("started_as", "calls_run", "stderr"),
+    [
+        ("-m", "yes", ["egoexor.fake: error: bad input"]),  # python -m egoexor.X: held from import, dropped
+        ("/venv/bin/egoexor-merge-h5", "yes", ["egoexor.fake: error: bad input"]),  # a console script: the same
+        ("-m", "no", ["import-time notice"]),  # held from import, never reached cli.run: shown at exit
+        ("-c", "no", ["import-time notice"]),  # egoexor imported as a library: nothing held
+    ],
+)
+def test_messages_printed_while_a_command_imports_are_held_too(started_as, calls_run, stderr):
+    script = IMPORT_TIME.replace("{started_as}", started_as).replace("{calls_run}", calls_run)
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert process.stderr.splitlines() == stderr
