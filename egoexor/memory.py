@@ -6,11 +6,11 @@ generator's (``generate_dataset_format_for_llava.py``)::
 
     <image>\\n<memory_start>: Long: head surgeon,patient,holding; ... Short: ...,not holding<memory_end>.\\n<prompt>
 
-1. :func:`change_log`: a take's frames in time order become a log of changes. A (subject, object) pair
-   that appears is logged as ``(frame, (subject, predicate, object))``; one that disappears as
-   ``(frame, (subject, "not <predicate>", object))``. A pair whose predicate changes is not logged (the
-   reference compares pairs only); ``closeto`` and pairs with ``none`` are left out. The changes of one
-   frame are shuffled with the caller's RNG (the reference does so).
+1. :func:`change_log` (:class:`ChangeLog` frame by frame): a take's frames in time order become a log
+   of changes. A (subject, object) pair that appears is logged as ``(frame, (subject, predicate,
+   object))``; one that disappears as ``(frame, (subject, "not <predicate>", object))``. A pair whose
+   predicate changes is not logged (the reference compares pairs only); ``closeto`` and pairs with
+   ``none`` are left out. The changes of one frame are shuffled with the caller's RNG (as the reference).
 2. :func:`memory_text`: the changes before the current frame, in one :data:`STYLES`: ``short`` the last 5
    changes; ``long`` the first occurrence of every non-``not`` change before those 5; ``longshort`` both.
    Entries are ``s,o,p; `` after a ``Long: `` / ``Short: `` header and the text loses its last two
@@ -56,27 +56,40 @@ class Change(NamedTuple):
         return f"{self.subject},{self.object},{self.predicate}"
 
 
-def change_log(frames: Iterable[tuple[int, Sequence[tuple[str, str, str]]]], rng: random.Random) -> list[Change]:
-    """The change log of a take from its frames' (subject, object, predicate) triplets, frames in time order.
+class ChangeLog:
+    """A take's change log grown frame by frame (frames in time order), as online inference needs it.
 
     Within a frame a later triplet of the same pair wins; the additions come in triplet order, the
     removals in the order the pairs entered the current state, and then the frame's changes are shuffled.
     """
-    log: list[Change] = []
-    state: dict[tuple[str, str], str] = {}
-    for frame, triplets in sorted(frames, key=lambda item: item[0]):
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.changes: list[Change] = []
+        self._state: dict[tuple[str, str], str] = {}
+
+    def add(self, frame: int, triplets: Iterable[tuple[str, str, str]]) -> None:
+        """Log what changed at ``frame``, whose (subject, object, predicate) triplets are given."""
+        state = self._state
         current = {(s, o): p for s, o, p in triplets if p not in IGNORED_PREDICATES and s != "none" and o != "none"}
         added = [Change(frame, s, p, o) for (s, o), p in current.items() if (s, o) not in state]
         removed = [Change(frame, s, f"not {p}", o) for (s, o), p in state.items() if (s, o) not in current]
         changes = added + removed
-        rng.shuffle(changes)
-        log += changes
+        self.rng.shuffle(changes)
+        self.changes += changes
         for change in changes:
             if change.predicate.startswith("not "):
                 del state[(change.subject, change.object)]
             else:
                 state[(change.subject, change.object)] = change.predicate
-    return log
+
+
+def change_log(frames: Iterable[tuple[int, Sequence[tuple[str, str, str]]]], rng: random.Random) -> list[Change]:
+    """The change log of a take from its frames' (subject, object, predicate) triplets, in any order."""
+    log = ChangeLog(rng)
+    for frame, triplets in sorted(frames, key=lambda item: item[0]):
+        log.add(frame, triplets)
+    return log.changes
 
 
 def memory_sections(
