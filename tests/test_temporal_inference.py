@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import subprocess
+import sys
+import time
 import zlib
+from pathlib import Path
 
 import pytest
-from test_infer import checkpoint, infer_args  # noqa: F401  (fixtures)
+from test_infer import ROOT, checkpoint, infer_args  # noqa: F401  (fixtures)
 
 from egoexor import infer, memory
 from egoexor.data.layout import TakeKey
@@ -119,24 +124,54 @@ def take_samples(sample_files, tmp_path_factory):
     return path
 
 
+_SLOW_INFER = """
+import sys, time
+from egoexor import infer
+from egoexor.model.egoexor_llava import EgoExorLlava
+generate = EgoExorLlava.generate
+EgoExorLlava.generate = lambda *args, **kwargs: (time.sleep(0.5), generate(*args, **kwargs))[1]
+sys.exit(infer.main(sys.argv[1:]))
+"""
+
+
+def _kill_after(argv: list[str], log: Path, lines: int) -> None:
+    """Run the command in a process (each batch slowed down) and ``kill -9`` it once ``log`` has ``lines``."""
+    process = subprocess.Popen([sys.executable, "-c", _SLOW_INFER, *argv], cwd=ROOT, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if log.is_file() and len(log.read_text().splitlines()) >= lines:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
 @pytest.mark.slow
-def test_online_inference_at_batch_8_equals_batch_1_and_resumes_to_the_same(
-    checkpoint, merged_file, take_samples, tmp_path, monkeypatch
+def test_inference_with_memory_at_batch_8_equals_batch_1_and_resumes_after_kill_9_to_the_same(
+    checkpoint, merged_file, take_samples, tmp_path
 ):
-    def run(out, batch_size):
-        argv = infer_args(checkpoint, merged_file, take_samples, out, "--temporal", "online", "--num_workers", "0")
-        argv[argv.index("--batch_size") + 1] = str(batch_size)
-        assert infer.main(argv) == 0
+    def argv(out, mode, batch_size):
+        args = infer_args(checkpoint, merged_file, take_samples, out, "--temporal", mode)
+        args[args.index("--batch_size") + 1] = str(batch_size)
+        return args
+
+    def run(out, mode, batch_size):
+        assert infer.main(argv(out, mode, batch_size)) == 0
         return json.loads((out / "raw_predictions.json").read_text())
 
-    one = run(tmp_path / "one", 1)
-    eight = run(tmp_path / "eight", 8)
-    assert len(one) == 16 and eight == one
-    log = tmp_path / "eight" / "raw_predictions.rank0.jsonl"
+    one = {mode: run(tmp_path / f"{mode}1", mode, 1) for mode in ("oracle", "online")}
+    for mode in ("oracle", "online"):
+        assert len(one[mode]) == 16 and run(tmp_path / f"{mode}8", mode, 8) == one[mode], mode
+    killed = tmp_path / "killed"
+    log = killed / "raw_predictions.rank0.jsonl"
+    _kill_after(argv(killed, "online", 8), log, lines=4)
+    assert 4 <= len(log.read_text().splitlines()) < 16
+    assert run(killed, "online", 8) == one["online"]  # resumed: the logged answers replayed into the memory
     lines = log.read_text().splitlines()
-    log.write_text("\n".join(lines[:6]) + "\n" + lines[6][:10])  # killed while writing the 7th answer
-    (tmp_path / "eight" / "raw_predictions.json").unlink()
-    assert run(tmp_path / "eight", 8) == one
+    log.write_text("\n".join(lines[:6]) + "\n" + lines[6][:10])  # as if killed while writing the 7th answer
+    (killed / "raw_predictions.json").unlink()
+    assert run(killed, "online", 8) == one["online"]
 
 
 def test_samples_with_memory_already_are_refused_before_the_model_loads(
