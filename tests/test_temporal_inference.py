@@ -149,7 +149,7 @@ def _kill_after(argv: list[str], log: Path, lines: int) -> None:
 
 @pytest.mark.slow
 def test_inference_with_memory_at_batch_8_equals_batch_1_and_resumes_after_kill_9_to_the_same(
-    checkpoint, merged_file, take_samples, tmp_path
+    checkpoint, merged_file, take_samples, tmp_path, monkeypatch
 ):
     def argv(out, mode, batch_size):
         args = infer_args(checkpoint, merged_file, take_samples, out, "--temporal", mode)
@@ -163,6 +163,19 @@ def test_inference_with_memory_at_batch_8_equals_batch_1_and_resumes_after_kill_
     one = {mode: run(tmp_path / f"{mode}1", mode, 1) for mode in ("oracle", "online")}
     for mode in ("oracle", "online"):
         assert len(one[mode]) == 16 and run(tmp_path / f"{mode}8", mode, 8) == one[mode], mode
+    # the untrained model's answers parse to no triplet, so its online memory stays empty: map each answer to
+    # a scene graph that depends on it, and the memory on the model's own earlier answers
+    generate_batch, prompts = infer._generate_batch, []
+
+    def answers_as_scene_graphs(model, batch, ids, tokenizer, *args):
+        prompts.extend(tokenizer.batch_decode(batch["input_ids"].clamp(min=0)))
+        return [_model(text) for text in generate_batch(model, batch, ids, tokenizer, *args)]
+
+    monkeypatch.setattr(infer, "_generate_batch", answers_as_scene_graphs)
+    fed_back = run(tmp_path / "fed1", "online", 1)
+    assert any(",holding" in prompt.split("<memory_end>")[0] for prompt in prompts)  # non-empty memories
+    assert run(tmp_path / "fed8", "online", 8) == fed_back
+    monkeypatch.setattr(infer, "_generate_batch", generate_batch)
     killed = tmp_path / "killed"
     log = killed / "raw_predictions.rank0.jsonl"
     _kill_after(argv(killed, "online", 8), log, lines=4)
