@@ -8,6 +8,7 @@ evaluation of :mod:`egoexor.evaluate` on the result. Writes into ``--out``:
 * ``raw_predictions.json``: ``{sample_id: generated text}``;
 * ``metrics.json``, ``report.md`` and the plots of :mod:`egoexor.evaluate` (a one-line warning
   counts predictions the parser dropped: unparsable text, unknown names);
+* ``memory.json`` (with ``--temporal``): ``{sample_id: memory text}``, the memory in each prompt;
 * ``run.json``: what the predictions come from (checkpoint, samples, HDF5, every setting that changes
   the outputs); ``.egoexor.infer`` marks the folder as this command's.
 
@@ -90,6 +91,8 @@ from egoexor.temporal_inference import TEMPORAL_MODES, TakeWalk, TemporalMode, t
 
 COMMAND = "egoexor.infer"
 RUN_FILE = "run.json"
+#: With ``--temporal``: the memory text in each sample's prompt (before the token budget), by sample id.
+MEMORY_FILE = "memory.json"
 ADAPTER_FILE = "adapter_model.safetensors"
 #: Errors that are the user's input (besides :class:`cli.CommandError` and ``OSError``): one line, exit 2.
 ERRORS = (ConfigError, SampleInputError, ReadError)
@@ -109,8 +112,9 @@ DATA_OVERRIDES = {
 _BOOLEANS = {"true": True, "false": False}
 
 
-def _read_log(path: Path) -> dict[str, str]:
-    """Generated texts of a (possibly interrupted) run; a torn last line is ignored."""
+def _read_log(path: Path, field: str = "text") -> dict[str, str]:
+    """Generated texts (or another ``field``: ``memory``) of a (possibly interrupted) run by sample id; a torn
+    line is ignored."""
     done = {}
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -118,7 +122,8 @@ def _read_log(path: Path) -> dict[str, str]:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            done[entry["id"]] = entry["text"]
+            if field in entry:
+                done[entry["id"]] = entry[field]
     return done
 
 
@@ -174,14 +179,14 @@ def generate_takes(
     model.eval()
     with _open_log(log) as handle, tqdm(total=todo, unit="sample", disable=not progress, desc="generating") as bar:
         while batch := walk.next_batch():
-            for index, sample in batch:
+            for index, sample, _ in batch:
                 dataset.samples[index] = sample  # the sample with its memory
-            ids = [sample.id for _, sample in batch]
-            items = collate([dataset[index] for index, _ in batch])
+            ids = [sample.id for _, sample, _ in batch]
+            items = collate([dataset[index] for index, _, _ in batch])
             texts = _generate_batch(model, items, ids, tokenizer, max_new_tokens, device)
-            for (index, _), text in zip(batch, texts, strict=True):
+            for (index, _, _), text in zip(batch, texts, strict=True):
                 walk.record(index, text)
-            _append(handle, done, ids, texts)
+            _append(handle, done, ids, texts, [memory for _, _, memory in batch])
             bar.update(len(ids))
     return done
 
@@ -207,11 +212,13 @@ def _open_log(log: Path):
     return handle
 
 
-def _append(handle, done: dict[str, str], ids: list[str], texts: list[str]) -> None:
-    """Log a batch's texts (one JSON line each, flushed: a killed run keeps every finished batch)."""
-    for sample_id, text in zip(ids, texts, strict=True):
+def _append(handle, done: dict[str, str], ids: list[str], texts: list[str], memories: list[str] | None = None) -> None:
+    """Log a batch's texts, and the memory in each prompt (one JSON line each, flushed: a killed run keeps
+    every finished batch)."""
+    for i, (sample_id, text) in enumerate(zip(ids, texts, strict=True)):
         done[sample_id] = text
-        handle.write(json.dumps({"id": sample_id, "text": text}) + "\n")
+        entry = {"id": sample_id, "text": text} | ({} if memories is None else {"memory": memories[i]})
+        handle.write(json.dumps(entry) + "\n")
     handle.flush()
 
 
@@ -504,6 +511,11 @@ def infer(
         return Inference(out)
     texts = {key: text for rank in range(state.num_processes) for key, text in _read_log(_log(out, rank)).items()}
     print(f"generated {len(texts)} answers in {time.perf_counter() - start:.1f} s")
+    if temporal != "none":
+        memories = {
+            k: m for rank in range(state.num_processes) for k, m in _read_log(_log(out, rank), "memory").items()
+        }
+        write_json(out / MEMORY_FILE, memories)
     return Inference(out, texts, write_results(out, texts, all_samples, protocol))
 
 

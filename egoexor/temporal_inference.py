@@ -72,8 +72,9 @@ class TakeWalk:
         }
         self.pending: set[int] = set()
 
-    def next_batch(self) -> list[tuple[int, Sample]]:
-        """The next sample of every lane, its question with the memory of its take so far; [] when all are done."""
+    def next_batch(self) -> list[tuple[int, Sample, str]]:
+        """The next sample of every lane (index, the sample with its memory in its question, the memory text);
+        [] when all are done."""
         if self.pending:
             raise RuntimeError("record the answers of the last batch first")
         batch = []
@@ -81,8 +82,8 @@ class TakeWalk:
             index = lane[0]
             sample = self.samples[index]
             text = memory.memory_text(self.logs[sample.take].changes, sample.frame, self.style)
-            batch.append((index, replace(sample, question=memory.insert_memory(sample.question, text))))
-        self.pending = {index for index, _ in batch}
+            batch.append((index, replace(sample, question=memory.insert_memory(sample.question, text)), text))
+        self.pending = {index for index, _, _ in batch}
         return batch
 
     def record(self, index: int, text: str) -> None:

@@ -49,8 +49,9 @@ def _walk(mode: str, lanes: int, done: dict[str, str] | None = None, stop_after:
     walk = TakeWalk(samples, mode, "longshort", lanes, done)
     prompts, batches = {}, []
     while (stop_after is None or len(batches) < stop_after) and (batch := walk.next_batch()):
-        batches.append([sample for _, sample in batch])
-        for index, sample in batch:
+        batches.append([sample for _, sample, _ in batch])
+        for index, sample, text in batch:
+            assert sample.question == memory.insert_memory(HUMAN_TURN, text)
             prompts[sample.id] = sample.question
             done[sample.id] = _model(sample.question)
             walk.record(index, done[sample.id])
@@ -161,6 +162,13 @@ def test_inference_with_memory_at_batch_8_equals_batch_1_and_resumes_after_kill_
         return json.loads((out / "raw_predictions.json").read_text())
 
     one = {mode: run(tmp_path / f"{mode}1", mode, 1) for mode in ("oracle", "online")}
+    memories = json.loads((tmp_path / "oracle1" / "memory.json").read_text())  # the memory of each prompt
+    samples = load_samples(take_samples)
+    assert memories.keys() == one["oracle"].keys() == {s.id for s in samples}
+    firsts = {
+        min((s for s in samples if s.take == take), key=lambda s: s.frame).id for take in {s.take for s in samples}
+    }
+    assert all((memories[i] == "Long: Short") == (i in firsts) for i in memories)
     for mode in ("oracle", "online"):
         assert len(one[mode]) == 16 and run(tmp_path / f"{mode}8", mode, 8) == one[mode], mode
     # the untrained model's answers parse to no triplet, so its online memory stays empty: map each answer to

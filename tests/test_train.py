@@ -241,18 +241,15 @@ def trained_checkpoint(tiny_model_config, tiny_data_config, tmp_path_factory):
 
 def test_init_from_starts_from_the_checkpoints_weights(tiny_train_files, trained_checkpoint, tmp_path):
     folder, saved = trained_checkpoint
-    args = [*tiny_train_files, "--output_dir", str(tmp_path / "out"), "--seed", "1"]
-    fresh = build_training(parse_train_args(args)).model
-    started = build_training(parse_train_args([*args, "--init_from", str(folder)])).model
+    args = [*tiny_train_files, "--output_dir", str(tmp_path / "out"), "--seed", "1", "--init_from", str(folder)]
+    started = build_training(parse_train_args(args)).model
     trainable = {n: p for n, p in started.named_parameters() if p.requires_grad}
     assert trainable.keys() == saved.keys() and any("lora_" in n for n in saved)
+    # the saved weights carry added noise: no fresh model could equal them by chance
     assert all(torch.equal(trainable[n], saved[n]) for n in saved)
-    assert not any(torch.equal(p, saved[n]) for n, p in fresh.named_parameters() if n in saved and "lora_A" in n)
 
 
-def test_init_from_errors_are_one_line_and_write_nothing(
-    tiny_train_files, trained_checkpoint, tmp_path, capsys
-):
+def test_init_from_errors_are_one_line_and_write_nothing(tiny_train_files, trained_checkpoint, tmp_path, capsys):
     folder, _ = trained_checkpoint
     released = tmp_path / "released"
     released.mkdir()
