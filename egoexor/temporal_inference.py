@@ -5,8 +5,10 @@
 * A take's samples are walked in (frame, id) order. Before a sample is generated its prompt gets the
   memory (:mod:`egoexor.memory`, ``--memory_style``, default ``longshort`` as MM-OR's online inference)
   of the take's change log so far; once generated, the log grows by the sample's frame: its ground truth
-  (``oracle``, the upper bound) or the model's own answer as the reference parses it (``online``, MM-OR's
-  ``PRED`` mode, which asserted batch size 1).
+  (``oracle``, the upper bound) or the model's own answer (``online``, MM-OR's ``PRED`` mode, which asserted
+  batch size 1), parsed as the evaluation parses it (``reference`` mode) and written in answer form: names the
+  vocabulary does not know are left out (MM-OR kept the raw strings, whose stray spaces or ``Long:`` would
+  garble the memory text and make the prompt unreadable).
 * Takes run side by side: each of ``lanes`` (the batch size) walks one take, the batch of a step holds
   the next sample of every lane, and a lane whose take is done takes the next one (takes in name order).
   A sample's prompt depends only on its own take's earlier samples, never on which takes share its batch.
@@ -27,10 +29,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Literal
 
-from egoexor import memory
+from egoexor import memory, vocab
 from egoexor.data.layout import TakeKey
 from egoexor.data.samples import Sample
-from egoexor.scene_graph import split_fields
+from egoexor.scene_graph import parse, split_fields
 
 TemporalMode = Literal["none", "oracle", "online"]
 TEMPORAL_MODES: tuple[str, ...] = ("none", "oracle", "online")
@@ -94,8 +96,11 @@ class TakeWalk:
 
     def _grow(self, index: int, text: str) -> None:
         sample = self.samples[index]
-        answer = sample.answer if self.mode == "oracle" else text
-        self.logs[sample.take].add(sample.frame, split_fields(answer, "reference"))
+        if self.mode == "oracle":
+            triplets = split_fields(sample.answer, "reference")
+        else:
+            triplets = [tuple(vocab.answer_form(name) for name in t) for t in parse(text, "reference")]
+        self.logs[sample.take].add(sample.frame, triplets)
 
     def _filled_lanes(self) -> list[deque[int]]:
         """The lanes with a sample to generate: finished takes replaced by queued ones, logged samples replayed."""

@@ -98,6 +98,16 @@ def test_online_memory_comes_from_the_models_own_answers():
             assert all(entry.split(",")[0] in ENTITIES and entry.endswith("holding") for entry in entries)
 
 
+def test_online_memory_holds_only_names_the_vocabulary_knows():
+    samples = _samples()
+    walk = TakeWalk(samples, "online", "short", 1, {})
+    garbled = "<SG> head  surgeon,patient,holding; Long: x,bin,cutting; patient,bin,holding; scalpel,bin,flying </SG>"
+    [(index, first, _)] = walk.next_batch()
+    walk.record(index, garbled)
+    [(_, second, text)] = walk.next_batch()
+    assert second.take == first.take and text == "Short: patient,bin,holding"
+
+
 def test_a_resumed_walk_replays_the_logged_answers_into_the_memory():
     full_prompts, full_texts, _ = _walk("online", lanes=3)
     _, interrupted, _ = _walk("online", lanes=3, stop_after=2)
