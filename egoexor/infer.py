@@ -215,9 +215,9 @@ def _open_log(log: Path):
 def _append(handle, done: dict[str, str], ids: list[str], texts: list[str], memories: list[str] | None = None) -> None:
     """Log a batch's texts, and the memory in each prompt (one JSON line each, flushed: a killed run keeps
     every finished batch)."""
-    for i, (sample_id, text) in enumerate(zip(ids, texts, strict=True)):
+    for sample_id, text, memory in zip(ids, texts, memories or [None] * len(ids), strict=True):
         done[sample_id] = text
-        entry = {"id": sample_id, "text": text} | ({} if memories is None else {"memory": memories[i]})
+        entry = {"id": sample_id, "text": text} | ({} if memory is None else {"memory": memory})
         handle.write(json.dumps(entry) + "\n")
     handle.flush()
 
