@@ -181,6 +181,8 @@ def test_inference_with_memory_at_batch_8_equals_batch_1_and_resumes_after_kill_
     assert all((memories[i] == "Long: Short") == (i in firsts) for i in memories)
     for mode in ("oracle", "online"):
         assert len(one[mode]) == 16 and run(tmp_path / f"{mode}8", mode, 8) == one[mode], mode
+    assert infer.main(argv(tmp_path / "oracle1", "online", 1)) == 2  # the mode is part of the run's identity
+    assert infer.main([*argv(tmp_path / "oracle1", "oracle", 1), "--memory_style", "short"]) == 2
     # the untrained model's answers parse to no triplet, so its online memory stays empty: map each answer to
     # a scene graph that depends on it, and the memory on the model's own earlier answers
     generate_batch, prompts = infer._generate_batch, []
