@@ -234,6 +234,11 @@ class TrainConfig:
     #: Apply ``multimodal_drop_prop``. The reference gated it on this flag, which its published command
     #: never set, so its dropout was inert: ``--do_multimodal_augment False`` reproduces that run.
     do_multimodal_augment: bool = True
+    #: Start from the trained weights (adapter and non-LoRA weights) of this egoexor checkpoint folder, e.g. a
+    #: non-temporal model before training with memory (MM-OR's curriculum); unlike ``--resume_from_checkpoint``
+    #: the optimizer, schedule and step start afresh. A released reference folder: convert it first
+    #: (``python -m egoexor.convert_reference``).
+    init_from: str | None = None
     #: Start afresh in an ``--output_dir`` that holds an earlier run (its checkpoints are removed first);
     #: without it (or ``--resume_from_checkpoint`` from a checkpoint there) such a folder is refused.
     overwrite_output_dir: bool = False

@@ -8,6 +8,7 @@ evaluation of :mod:`egoexor.evaluate` on the result. Writes into ``--out``:
 * ``raw_predictions.json``: ``{sample_id: generated text}``;
 * ``metrics.json``, ``report.md`` and the plots of :mod:`egoexor.evaluate` (a one-line warning
   counts predictions the parser dropped: unparsable text, unknown names);
+* ``memory.json`` (with ``--temporal``): ``{sample_id: memory text}``, the memory in each prompt;
 * ``run.json``: what the predictions come from (checkpoint, samples, HDF5, every setting that changes
   the outputs); ``.egoexor.infer`` marks the folder as this command's.
 
@@ -16,6 +17,11 @@ a rerun of the same run (same ``run.json``) skips the samples found there, so an
 killed run loses at most one batch. ``torchrun --nproc_per_node K -m egoexor.infer ...`` shards the
 samples over the ranks (accelerate's ``split_between_processes``: rank r takes the r-th of K contiguous
 shares) and each rank logs into its own ``raw_predictions.rank<r>.jsonl``; rank 0 merges them and evaluates.
+
+``--temporal oracle|online`` puts scene-graph memory in every prompt: each take's samples are walked in
+frame order, takes side by side in a batch, the memory made from the ground truth of the take's earlier
+frames (``oracle``) or the model's own earlier answers (``online``); see :mod:`egoexor.temporal_inference`.
+A process of a sharded run then takes whole takes.
 
 The Python API is :func:`infer` (the command is its flags); :func:`teacher_forced_accuracy` scores a model
 on a dataset without generation.
@@ -77,12 +83,16 @@ from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.processor import Collator, SampleInputError
 from egoexor.data.reader import ReadError
 from egoexor.data.samples import Sample, SampleError, check_in_hdf5, load_samples
+from egoexor.memory import MEMORY_START, STYLES, MemoryStyle
 from egoexor.metrics import Protocol
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE
 from egoexor.prompt import IGNORE_INDEX
+from egoexor.temporal_inference import TEMPORAL_MODES, TakeWalk, TemporalMode, take_groups
 
 COMMAND = "egoexor.infer"
 RUN_FILE = "run.json"
+#: With ``--temporal``: the memory text in each sample's prompt (before the token budget), by sample id.
+MEMORY_FILE = "memory.json"
 ADAPTER_FILE = "adapter_model.safetensors"
 #: Errors that are the user's input (besides :class:`cli.CommandError` and ``OSError``): one line, exit 2.
 ERRORS = (ConfigError, SampleInputError, ReadError)
@@ -102,8 +112,9 @@ DATA_OVERRIDES = {
 _BOOLEANS = {"true": True, "false": False}
 
 
-def _read_log(path: Path) -> dict[str, str]:
-    """Generated texts of a (possibly interrupted) run; a torn last line is ignored."""
+def _read_log(path: Path, field: str = "text") -> dict[str, str]:
+    """Generated texts (or another ``field``: ``memory``) of a (possibly interrupted) run by sample id; a torn
+    line is ignored."""
     done = {}
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -111,7 +122,8 @@ def _read_log(path: Path) -> dict[str, str]:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            done[entry["id"]] = entry["text"]
+            if field in entry:
+                done[entry["id"]] = entry[field]
     return done
 
 
@@ -136,26 +148,78 @@ def generate_shard(
         collate_fn=Collator(tokenizer.pad_token_id, padding_side="left"),
     )
     model.eval()
-    with log.open("a") as handle, tqdm(total=len(todo), unit="sample", disable=not progress, desc="generating") as bar:
+    with _open_log(log) as handle, tqdm(total=len(todo), unit="sample", disable=not progress, desc="generating") as bar:
         for start, batch in zip(range(0, len(todo), batch_size), loader, strict=True):
             ids = [dataset.samples[i].id for i in todo[start : start + batch_size]]
-            batch = {k: v.to(device) for k, v in batch.items()}
-            # PTv3 shuffles its serialisation orders even in eval mode (as the reference): a seed per batch
-            # makes a rerun, a resumed run and a sharded run give the same answers for the same batches.
-            torch.manual_seed(zlib.crc32(ids[0].encode()))
-            generated = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            texts = tokenizer.batch_decode(generated.tolist(), skip_special_tokens=True)
-            for sample_id, text in zip(ids, texts, strict=True):
-                done[sample_id] = text
-                handle.write(json.dumps({"id": sample_id, "text": text}) + "\n")
-            handle.flush()
+            texts = _generate_batch(model, batch, ids, tokenizer, max_new_tokens, device)
+            _append(handle, done, ids, texts)
             bar.update(len(ids))
     return done
+
+
+def generate_takes(
+    model,
+    dataset: EgoExorDataset,
+    log: Path,
+    batch_size: int,
+    max_new_tokens: int,
+    device: torch.device,
+    temporal: TemporalMode,
+    memory_style: MemoryStyle = "longshort",
+    progress: bool = True,
+) -> dict[str, str]:
+    """:func:`generate_shard` with scene-graph memory: takes walked in time order, ``batch_size`` side by
+    side (:class:`egoexor.temporal_inference.TakeWalk`). Items are read in this process: a sample's prompt
+    waits for the answers before it."""
+    tokenizer = dataset.tokenizer
+    done = _read_log(log)
+    walk = TakeWalk(dataset.samples, temporal, memory_style, batch_size, done)
+    collate = Collator(tokenizer.pad_token_id, padding_side="left")
+    todo = sum(sample.id not in done for sample in dataset.samples)
+    model.eval()
+    with _open_log(log) as handle, tqdm(total=todo, unit="sample", disable=not progress, desc="generating") as bar:
+        while batch := walk.next_batch():
+            for index, sample, _ in batch:
+                dataset.samples[index] = sample  # the sample with its memory
+            ids = [sample.id for _, sample, _ in batch]
+            items = collate([dataset[index] for index, _, _ in batch])
+            texts = _generate_batch(model, items, ids, tokenizer, max_new_tokens, device)
+            for (index, _, _), text in zip(batch, texts, strict=True):
+                walk.record(index, text)
+            _append(handle, done, ids, texts, [memory for _, _, memory in batch])
+            bar.update(len(ids))
+    return done
+
+
+def _generate_batch(model, batch: dict, ids: list[str], tokenizer, max_new_tokens: int, device) -> list[str]:
+    """Greedy answers of one collated batch whose samples are ``ids``."""
+    batch = {k: v.to(device) for k, v in batch.items()}
+    # PTv3 shuffles its serialisation orders even in eval mode (as the reference): a seed per batch
+    # makes a rerun, a resumed run and a sharded run give the same answers for the same batches.
+    torch.manual_seed(zlib.crc32(ids[0].encode()))
+    generated = model.generate(
+        **batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    return tokenizer.batch_decode(generated.tolist(), skip_special_tokens=True)
+
+
+def _open_log(log: Path):
+    """The log opened for appending, after a line break if a killed run left its last line torn (which
+    would otherwise swallow the first new answer)."""
+    handle = log.open("a")
+    if handle.tell() > 0 and not log.read_bytes().endswith(b"\n"):
+        handle.write("\n")
+    return handle
+
+
+def _append(handle, done: dict[str, str], ids: list[str], texts: list[str], memories: list[str] | None = None) -> None:
+    """Log a batch's texts, and the memory in each prompt (one JSON line each, flushed: a killed run keeps
+    every finished batch)."""
+    for sample_id, text, memory in zip(ids, texts, memories or [None] * len(ids), strict=True):
+        done[sample_id] = text
+        entry = {"id": sample_id, "text": text} | ({} if memory is None else {"memory": memory})
+        handle.write(json.dumps(entry) + "\n")
+    handle.flush()
 
 
 @torch.no_grad()
@@ -349,6 +413,20 @@ def _parser() -> cli.ArgumentParser:
         help="paper: the published evaluator; gt: ground-truth entity set (MM-OR/4D-OR)",
     )
     add_generation_flags(parser)
+    parser.add_argument(
+        "--temporal",
+        choices=TEMPORAL_MODES,
+        default="none",
+        help="scene-graph memory in each prompt, takes walked in time order and batched side by side: oracle "
+        "from the ground truth of the take's earlier frames (upper bound), online from the model's own earlier "
+        "answers; none: the prompts of --samples as they are (default)",
+    )
+    parser.add_argument(
+        "--memory_style",
+        choices=STYLES,
+        default="longshort",
+        help="memory with --temporal: short (last 5 changes), long (first occurrences), longshort (both; MM-OR)",
+    )
     for name, description in DATA_OVERRIDES.items():
         boolean = typing.get_type_hints(DataConfig)[name] is bool
         choices = tuple(_BOOLEANS) if boolean else DataConfig.choices(name)
@@ -392,6 +470,8 @@ def infer(
     overrides: Mapping[str, Any] | None = None,
     audio_cache: str | os.PathLike | None = None,
     num_workers: int = 4,
+    temporal: TemporalMode = "none",
+    memory_style: MemoryStyle = "longshort",
     overwrite: bool = False,
 ) -> Inference:
     """The command as a function (see the module docstring): generate for ``samples``, evaluate, write ``out``.
@@ -399,32 +479,55 @@ def infer(
     ``overrides``: :class:`DataConfig` fields that replace the checkpoint's (:data:`DATA_OVERRIDES` has flags).
     Under torchrun every process calls it for its share of the samples. User mistakes raise
     :class:`cli.CommandError` or one of :data:`ERRORS`, before the model is loaded."""
-    _check_settings(protocol, batch_size, max_new_tokens, num_workers, overrides or {})
+    _check_settings(protocol, batch_size, max_new_tokens, num_workers, overrides or {}, temporal, memory_style)
     checkpoint, hdf5, out = Path(checkpoint), Path(hdf5), Path(out)
     audio_cache = None if audio_cache is None else Path(audio_cache)
     overrides = {**(overrides or {}), **({"audio_cache": str(audio_cache)} if audio_cache else {})}
     settings = dict(bits=bits, protocol=protocol, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    if temporal != "none":
+        settings.update(temporal=temporal, memory_style=memory_style)
     state = PartialState(cpu=not torch.cuda.is_available())
     all_samples, run, resume = check_run(
         state, checkpoint, hdf5, Path(samples), out, settings, overrides, audio_cache, overwrite
     )
+    with_memory = next((s for s in all_samples if MEMORY_START in s.question), None)
+    if temporal != "none" and with_memory is not None:
+        raise cli.CommandError(
+            f"--samples {samples}: sample {with_memory.id} has memory in its prompt already (a file made with "
+            "make_samples --temporal); --temporal adds its own: pass a file made without it"
+        )
     model, tokenizer, loaded = _load_once_main_has(state, checkpoint, bits, out, None if resume else run)
     cli.checks_done()
     start = time.perf_counter()
     # the loaded configuration, not the checked one: a released folder's image size comes from its CLIP tower
-    with state.split_between_processes(all_samples) as share:
+    # with memory, a process takes whole takes
+    shares = all_samples if temporal == "none" else [[all_samples[i] for i in g] for g in take_groups(all_samples)]
+    with state.split_between_processes(shares) as share:
+        share = share if temporal == "none" else [sample for take in share for sample in take]
         dataset = EgoExorDataset(share, hdf5, tokenizer, replace(loaded, **overrides), "generate")
-        _generate(model, dataset, _log(out, state.process_index), batch_size, max_new_tokens, state, num_workers)
+        log = _log(out, state.process_index)
+        _generate(model, dataset, log, batch_size, max_new_tokens, state, num_workers, temporal, memory_style)
     state.wait_for_everyone()
     if not state.is_main_process:
         return Inference(out)
     texts = {key: text for rank in range(state.num_processes) for key, text in _read_log(_log(out, rank)).items()}
     print(f"generated {len(texts)} answers in {time.perf_counter() - start:.1f} s")
+    if temporal != "none":
+        memories = {
+            k: m for rank in range(state.num_processes) for k, m in _read_log(_log(out, rank), "memory").items()
+        }
+        write_json(out / MEMORY_FILE, memories)
     return Inference(out, texts, write_results(out, texts, all_samples, protocol))
 
 
 def _check_settings(
-    protocol: str, batch_size: int, max_new_tokens: int, num_workers: int, overrides: Mapping[str, Any]
+    protocol: str,
+    batch_size: int,
+    max_new_tokens: int,
+    num_workers: int,
+    overrides: Mapping[str, Any],
+    temporal: str = "none",
+    memory_style: str = "longshort",
 ) -> None:
     """What the command's flags check by their types, for a caller of :func:`infer` that passes no flags
     (the values of ``overrides`` are :class:`DataConfig`'s to check)."""
@@ -436,6 +539,10 @@ def _check_settings(
     cli.check_range("--batch_size", batch_size, 1)
     cli.check_range("--max_new_tokens", max_new_tokens, 1)
     cli.check_range("--num_workers", num_workers, 0)
+    if temporal not in TEMPORAL_MODES:
+        raise cli.CommandError(f"--temporal {temporal!r}: expected one of {', '.join(TEMPORAL_MODES)}")
+    if memory_style not in STYLES:
+        raise cli.CommandError(f"--memory_style {memory_style!r}: expected one of {', '.join(STYLES)}")
 
 
 def check_run(
@@ -525,13 +632,26 @@ def _log(out: Path, rank: int) -> Path:
 
 
 def _generate(
-    model, dataset: EgoExorDataset, log: Path, batch_size: int, max_new_tokens: int, state: PartialState, workers: int
+    model,
+    dataset: EgoExorDataset,
+    log: Path,
+    batch_size: int,
+    max_new_tokens: int,
+    state: PartialState,
+    workers: int,
+    temporal: TemporalMode = "none",
+    memory_style: MemoryStyle = "longshort",
 ) -> None:
-    """:func:`generate_shard` on this process's share; a frame that cannot be read (a corrupt chunk) is one line."""
+    """:func:`generate_shard` (or :func:`generate_takes` with ``temporal``) on this process's share; a frame
+    that cannot be read (a corrupt chunk) is one line."""
+    progress = state.is_main_process
     try:
-        generate_shard(
-            model, dataset, log, batch_size, max_new_tokens, state.device, workers, progress=state.is_main_process
-        )
+        if temporal == "none":
+            generate_shard(model, dataset, log, batch_size, max_new_tokens, state.device, workers, progress)
+        else:
+            generate_takes(
+                model, dataset, log, batch_size, max_new_tokens, state.device, temporal, memory_style, progress
+            )
     except (SampleInputError, ReadError) as error:
         raise cli.CommandError(_without_worker_traceback(error)) from None
 

@@ -51,6 +51,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from egoexor import atomic, cli
 from egoexor.config import ConfigError, TrainSetup, checkpoint_config, data_for_model, parse_train_args, train_help
+from egoexor.convert_reference import is_reference_checkpoint
 from egoexor.data import layout
 from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.processor import Collator, SampleInputError
@@ -372,6 +373,7 @@ def _input_paths(setup: TrainSetup, resume: str | None) -> tuple[dict[str, str],
         "--token_weight_path": train.token_weight_path,
         "--audio_cache": data.audio_cache,
         "--config": setup.config_file,
+        "--init_from": train.init_from,  # a folder, which --output_dir may not hold either
     }
     folders = {
         "--tokenizer": train.tokenizer,
@@ -379,6 +381,7 @@ def _input_paths(setup: TrainSetup, resume: str | None) -> tuple[dict[str, str],
         "--vision_tower": model.vision_tower,
         "--audio_encoder": data.audio_encoder,
         "--resume_from_checkpoint": resume,
+        "--init_from": train.init_from,
     }
     return (
         {flag: path for flag, path in files.items() if path is not None},
@@ -468,6 +471,8 @@ def build_training(setup: TrainSetup) -> EgoExorTrainer:
 
     torch.manual_seed(setup.trainer.seed)
     model = build_model(setup.model)
+    if train.init_from is not None:
+        _init_from(model, Path(train.init_from))
     vocab_size = model.language_model.get_input_embeddings().num_embeddings
     if vocab_size < len(tokenizer):
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, the LLM's vocabulary only {vocab_size}")
@@ -509,7 +514,29 @@ def check_inputs(setup: TrainSetup) -> list[Sample]:
         cli.open_hdf5(setup.data.audio_cache, "--audio_cache").close()
     if train.token_weight_path is not None:
         cli.input_file(train.token_weight_path, "--token_weight_path")
+    if train.init_from is not None:
+        _check_init_from(Path(train.init_from))
     return samples
+
+
+def _check_init_from(folder: Path) -> None:
+    """``--init_from`` is an egoexor checkpoint folder (a released one must be converted first)."""
+    cli.input_folder(folder, "--init_from")
+    if is_reference_checkpoint(folder):
+        raise cli.CommandError(
+            f"--init_from {folder}: a released reference folder; convert it first: "
+            f"python -m egoexor.convert_reference {folder} CONVERTED, then pass --init_from CONVERTED"
+        )
+    for name in (CONFIG_FILE, NON_LORA_FILE):
+        cli.input_file(folder / name, "--init_from")
+
+
+def _init_from(model, folder: Path) -> None:
+    """The weights of ``--init_from`` in the freshly built model; a checkpoint of another shape is one line."""
+    try:
+        load_checkpoint_weights(model, folder)
+    except (OSError, ValueError, RuntimeError) as error:  # torch: RuntimeError on a shape mismatch
+        raise cli.CommandError(f"--init_from {folder}: cannot load its weights: {cli.one_line(error)}") from None
 
 
 def _tokenizer(setup: TrainSetup):

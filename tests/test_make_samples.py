@@ -5,12 +5,13 @@ from collections import Counter
 import h5py
 import pytest
 
+from egoexor import memory
 from egoexor.data import layout
 from egoexor.data.layout import TakeKey
-from egoexor.data.make_samples import main, make_samples, samples_file_name, token_freqs_file_name
+from egoexor.data.make_samples import main, make_samples, samples_file_name, token_freqs_file_name, write_samples
 from egoexor.data.samples import SampleError, load_samples, sample_from_record
 from egoexor.prompt import HUMAN_TURN, SCENE_GRAPH_PROMPT
-from egoexor.scene_graph import parse, serialize
+from egoexor.scene_graph import parse, serialize, split_fields
 
 REFERENCE_RECORD = {
     "id": "MISS_1_1_12_0",
@@ -33,6 +34,16 @@ def test_file_names_follow_the_reference():
     assert samples_file_name("train", 1, 0.0) == "train_1perm_Falsetemp_Falsetempaug_EgoExOR_drophistory0.5.json"
     assert samples_file_name("test", 4, 0.5).endswith("_drophistory0.5_modalitydrop0.5.json")
     assert token_freqs_file_name("train", 4) == "train_token_freqs_7b_4perm_EgoExOR.json"
+
+
+def test_temporal_file_names_follow_the_reference_where_it_has_them():
+    assert samples_file_name("train", 4, 0.0, "longshort") == "train_4perm_Truetemp_Falsetempaug_EgoExOR.json"
+    assert (
+        samples_file_name("train", 4, 0.0, "aug", 0.5) == "train_4perm_Truetemp_Truetempaug_EgoExOR_drophistory0.5.json"
+    )
+    assert samples_file_name("test", 1, 0.5, "short", 0.5) == (
+        "test_1perm_Truetemp_Falsetempaug_EgoExOR_short_drophistory0.5_modalitydrop0.5.json"
+    )
 
 
 def test_prompt_is_the_reference_text():
@@ -152,6 +163,66 @@ def test_reference_record_loads():
     assert sample.to_record()["conversations"] == REFERENCE_RECORD["conversations"]
 
 
+def _memory_of(question: str) -> list[tuple[str, list[str]]]:
+    assert question.startswith("<image>\n<memory_start>: ") and question.endswith(
+        "<memory_end>.\n" + SCENE_GRAPH_PROMPT
+    )
+    return memory.parse_sections(question.removeprefix("<image>\n<memory_start>: ").split("<memory_end>")[0])
+
+
+@pytest.mark.parametrize("temporal", ["longshort", "short", "long"])
+def test_temporal_samples_are_the_plain_ones_with_their_takes_earlier_changes(merged_file, tmp_path, temporal):
+    plain = write_samples(merged_file, out=tmp_path, n_permutations=2, tokenizer=None).samples
+    with_memory = write_samples(merged_file, out=tmp_path, n_permutations=2, tokenizer=None, temporal=temporal)
+    assert with_memory.samples_file.name == samples_file_name("train", 2, 0.0, temporal)
+    assert [(s.id, s.answer) for s in with_memory.samples] == [(s.id, s.answer) for s in plain]
+    assert load_samples(with_memory.samples_file) == with_memory.samples
+    graphs: dict = {}  # take -> frame -> its (subject, object, predicate) fields
+    for s in plain:
+        graphs.setdefault(s.take, {})[s.frame] = set(split_fields(s.answer))
+    headers = {"longshort": ["Long", "Short"], "short": ["Short"], "long": ["Long"]}[temporal]
+    n_entries = Counter()
+    for s in with_memory.samples:
+        sections = _memory_of(s.question)
+        assert [h for h, _ in sections] == headers
+        earlier = [graphs[s.take][f] for f in sorted(graphs[s.take]) if f < s.frame]
+        seen = set().union(*earlier)
+        for header, entries in sections:
+            for entry in entries:
+                subject, obj, predicate = entry.split(",")
+                assert (subject, obj, predicate.removeprefix("not ")) in seen, (s.id, entry)
+                assert predicate != "closeto"
+                assert header == "Short" or not predicate.startswith("not ")
+            if header == "Short":
+                assert len(entries) <= memory.SHORT_LENGTH
+        n_entries[bool(earlier)] += sum(len(e) for _, e in sections)
+    assert n_entries[False] == 0 and n_entries[True] > 0  # a take's first frame has no memory, others do
+
+
+def test_augmented_memory_mixes_styles_and_drops_history(merged_file, tmp_path):
+    summary = write_samples(
+        merged_file, out=tmp_path, n_permutations=6, tokenizer=None, temporal="aug", drop_history=0.5
+    )
+    assert summary.samples_file.name == "train_6perm_Truetemp_Truetempaug_EgoExOR_drophistory0.5.json"
+    styles = Counter(
+        "none" if s.question == HUMAN_TURN else "".join(h[0] for h, _ in _memory_of(s.question))
+        for s in summary.samples
+    )
+    n = len(summary.samples)
+    assert set(styles) == {"none", "S", "L", "LS"} and n > 200
+    assert abs(styles["none"] / n - 0.5) < 0.1
+    # the change logs come before any per-sample draw: a dropped memory is part of the full one
+    full = write_samples(merged_file, out=tmp_path, n_permutations=6, tokenizer=None, temporal="short").samples
+    pairs = [
+        (_memory_of(s.question)[0][1], _memory_of(f.question)[0][1])
+        for s, f in zip(summary.samples, full, strict=True)
+        if s.question != HUMAN_TURN and [h for h, _ in _memory_of(s.question)] == ["Short"]
+    ]
+    assert pairs and all(set(kept) <= set(everything) for kept, everything in pairs)
+    kept, everything = (sum(len(pair[i]) for pair in pairs) for i in (0, 1))
+    assert 0.3 * everything < kept < 0.7 * everything  # each entry is dropped with probability 0.5
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -175,6 +246,8 @@ def test_malformed_sample_files(tmp_path, content, message):
         (["--split", "val"], "argument --split: invalid choice: 'val'"),
         (["--hdf5", "missing.h5"], "no such file"),
         (["--modality-dropout-prob", "2"], "must be >= 0.0 and <= 1.0, got 2.0"),
+        (["--drop-history", "0.5"], "--drop-history 0.5: there is no memory to drop from without --temporal"),
+        (["--temporal", "all"], "argument --temporal: invalid choice: 'all'"),
     ],
 )
 def test_cli_errors(merged_file, tmp_path, capsys, args, message):

@@ -218,3 +218,52 @@ def test_resume_gives_the_same_weights_as_training_straight(tiny_train_files, tm
     # and the run did move the weights, so the comparison means something
     fresh, _ = _train([*common, "--output_dir", str(tmp_path / "c"), "--max_steps", "2"])
     assert any(not torch.allclose(straight[n], fresh[n]) for n in straight)
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tiny_model_config, tiny_data_config, tmp_path_factory):
+    """A tiny checkpoint whose trained weights (LoRA and non-LoRA) are random, unlike a fresh model's."""
+    from dataclasses import replace
+
+    from egoexor.config import checkpoint_config
+    from egoexor.model.build import build_model, save_checkpoint
+
+    torch.manual_seed(5)
+    model = build_model(tiny_model_config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter))
+    folder = tmp_path_factory.mktemp("init") / "checkpoint-7"
+    save_checkpoint(model, folder, checkpoint_config(tiny_model_config, replace(tiny_data_config, audio_encoder=None)))
+    return folder, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_init_from_starts_from_the_checkpoints_weights(tiny_train_files, trained_checkpoint, tmp_path):
+    folder, saved = trained_checkpoint
+    args = [*tiny_train_files, "--output_dir", str(tmp_path / "out"), "--seed", "1", "--init_from", str(folder)]
+    started = build_training(parse_train_args(args)).model
+    trainable = {n: p for n, p in started.named_parameters() if p.requires_grad}
+    assert trainable.keys() == saved.keys() and any("lora_" in n for n in saved)
+    # the saved weights carry added noise: no fresh model could equal them by chance
+    assert all(torch.equal(trainable[n], saved[n]) for n in saved)
+
+
+def test_init_from_errors_are_one_line_and_write_nothing(tiny_train_files, trained_checkpoint, tmp_path, capsys):
+    folder, _ = trained_checkpoint
+    released = tmp_path / "released"
+    released.mkdir()
+    (released / "non_lora_trainables.bin").write_bytes(b"")
+    other = ["--encoder_hidden", "16"]  # the checkpoint's fusion encoders are 32 wide
+    cases = [
+        ([str(tmp_path / "missing")], "no such folder"),
+        ([str(released)], "a released reference folder; convert it first: python -m egoexor.convert_reference"),
+        ([str(folder), *other], "cannot load its weights"),
+        ([str(folder), "--output_dir", str(folder.parent)], "holds the --init_from file"),
+    ]
+    for extra, message in cases:
+        argv = [*tiny_train_files, "--output_dir", str(tmp_path / "out"), "--init_from", *extra]
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and err[0].startswith("egoexor.train: error: --"), err
+    assert not (tmp_path / "out").exists()

@@ -215,6 +215,23 @@ def test_errors_page_worst_first(results, merged_file, tmp_path):
     assert re.search(r'data-sample="([^"]+)"', text).group(1) == worst
 
 
+def test_errors_page_shows_the_memory_of_a_run_with_memory(results, merged_file, tmp_path, capsys):
+    folder, worst = results
+    with_memory = tmp_path / "results"
+    shutil.copytree(folder, with_memory)
+    (with_memory / "memory.json").write_text(json.dumps({worst: "Long: Short: patient,bin,not holding<x>"}))
+    out = tmp_path / "errors.html"
+    argv = ["errors", "--results", str(with_memory), "--hdf5", str(merged_file), "--limit", "2", "--dpi", "30"]
+    assert main([*argv, "--out", str(out)]) == 0
+    sections = re.findall(r'<section class="frame".*?</section>', out.read_text())
+    assert f'data-sample="{worst}"' in sections[0]
+    assert '<p class="memory">memory: Long: Short: patient,bin,not holding&lt;x&gt;</p>' in sections[0]
+    assert "memory:" not in sections[1]  # a frame without memory text shows none
+    (with_memory / "memory.json").write_text(json.dumps({worst: 3}))
+    assert main([*argv, "--out", str(tmp_path / "again.html")]) == cli.EXIT_ERROR
+    assert "memory.json: expected {sample id: memory text}" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(
     shutil.which("chromium") is None and not os.environ.get("CI"),
     reason="needs Debian's chromium (apt-get install chromium); CI installs it and never skips",

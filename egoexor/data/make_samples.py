@@ -11,6 +11,14 @@ generating the test split overwrote the training weights).
 The token-frequency file counts ``tokenizer.tokenize(answer)`` pieces over every sample (all
 permutations); training weights its loss with it.
 
+``--temporal`` adds scene-graph memory (:mod:`egoexor.memory`) to every prompt as MM-OR's generator does
+(the reference only names its temporal options in the file name): after the final shuffle, each take's
+change log is built from the ground truth of its frames in the file (a frame's last sample in the written
+order gives its graph; takes in name order), then each sample gets the memory of the changes before its
+frame, in one style (``short``, ``long``, ``longshort``: MM-OR's non-augmented samples) or MM-OR's
+augmentation mix (``aug``), with ``--drop-history`` (MM-OR: 0.5, applied to every style here, as its
+augmentation does). The samples are otherwise those without ``--temporal``.
+
 The command follows :mod:`egoexor.cli`: existing output files need ``--overwrite``, an output that is
 the HDF5 file is always refused, a split that yields no sample is an error, and takes without
 ``frames/rgb`` (samples with no images) are named in a warning.
@@ -27,28 +35,44 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import h5py
 
-from egoexor import cli, vocab
+from egoexor import cli, memory, vocab
 from egoexor.atomic import write_json
 from egoexor.data import layout
 from egoexor.data.layout import LayoutError, TakeKey
 from egoexor.data.samples import Sample
 from egoexor.prompt import HUMAN_TURN
-from egoexor.scene_graph import serialize, triplets_from_annotation
+from egoexor.scene_graph import serialize, split_fields, triplets_from_annotation
 
 COMMAND = "egoexor.data.make_samples"
 DEFAULT_TOKENIZER = "liuhaotian/llava-v1.5-7b"
 _EXTERNAL = re.compile(r"external_[1-5]")
 _EGO_GROUPS = ("eye_gaze", "eye_gaze_depth", "hand_tracking", "audio")
+Temporal = Literal["none", "short", "long", "longshort", "aug"]
+TEMPORAL_CHOICES: tuple[str, ...] = ("none", *memory.STYLES, "aug")
 
 
-def samples_file_name(split: str, n_permutations: int, modality_dropout_prob: float) -> str:
-    """The reference's file name (its dead temporal options still show in it)."""
-    name = f"{split}_{n_permutations}perm_Falsetemp_Falsetempaug_EgoExOR_drophistory0.5"
+def samples_file_name(
+    split: str,
+    n_permutations: int,
+    modality_dropout_prob: float,
+    temporal: Temporal = "none",
+    drop_history: float = 0.0,
+) -> str:
+    """The reference's file name: without memory its dead temporal options (drop history 0.5) show in it;
+    with memory ``Truetemp``, ``Truetempaug`` for ``aug``, the style for ``short``/``long`` (which the
+    reference cannot name) and the real drop-history probability."""
+    if temporal == "none":
+        name = f"{split}_{n_permutations}perm_Falsetemp_Falsetempaug_EgoExOR_drophistory0.5"
+    else:
+        name = f"{split}_{n_permutations}perm_Truetemp_{temporal == 'aug'}tempaug_EgoExOR"
+        name += f"_{temporal}" if temporal in ("short", "long") else ""
+        name += f"_drophistory{drop_history}" if drop_history > 0.01 else ""
     if modality_dropout_prob > 0:
         name += f"_modalitydrop{modality_dropout_prob}"
     return name + ".json"
@@ -126,6 +150,31 @@ def _split_frames(h5: h5py.File, split: str, rng: random.Random, reduce_ratio: i
     return frames if split == "train" else rng.sample(frames, len(frames) // reduce_ratio)
 
 
+def with_memory(samples: Sequence[Sample], temporal: Temporal, drop_history: float, rng: random.Random) -> list[Sample]:
+    """``samples`` (in written order) with the memory of their take before their frame in the question.
+
+    The RNG calls are MM-OR's: the change logs' shuffles take by take, then per sample the augmentation
+    draw (``aug``) and the drop-history draws.
+    """
+    if temporal == "none":
+        return list(samples)
+    answers: dict[TakeKey, dict[int, str]] = {}
+    for sample in samples:
+        answers.setdefault(sample.take, {})[sample.frame] = sample.answer  # a frame's last sample wins
+    logs = {
+        take: memory.change_log([(frame, split_fields(answer)) for frame, answer in by_frame.items()], rng)
+        for take, by_frame in sorted(answers.items(), key=lambda item: item[0].name)
+    }
+    out = []
+    for sample in samples:
+        style = memory.augmented_style(rng) if temporal == "aug" else temporal
+        if style is not None:
+            text = memory.memory_text(logs[sample.take], sample.frame, style, drop_history, rng)
+            sample = replace(sample, question=memory.insert_memory(sample.question, text))
+        out.append(sample)
+    return out
+
+
 def count_tokens(samples: Sequence[Sample], tokenizer) -> dict[str, int]:
     """``{piece: count}`` over every answer, in first-seen order (the reference's format)."""
     counts: Counter[str] = Counter()
@@ -156,6 +205,19 @@ def _parser() -> cli.ArgumentParser:
     parser.add_argument("--seed", type=cli.int_flag(), default=42, help="random seed (reference: 42)")
     parser.add_argument(
         "--reduce-ratio", type=cli.int_flag(1), default=1, help="keep 1/N of the validation/test frames (reference: 1)"
+    )
+    parser.add_argument(
+        "--temporal",
+        default="none",
+        choices=TEMPORAL_CHOICES,
+        help="scene-graph memory in every prompt: a style (short: last 5 changes, long: first occurrences, "
+        "longshort: both) or aug, MM-OR's mix (none 50%%, each style 1/6); default: none",
+    )
+    parser.add_argument(
+        "--drop-history",
+        type=cli.float_flag(0.0, 1.0),
+        default=0.0,
+        help="probability of leaving each memory entry out (MM-OR: 0.5); needs --temporal",
     )
     parser.add_argument("--out", default="data/llava_samples", help="output folder")
     parser.add_argument("--name", default=None, help="sample file name (default: the reference's name)")
@@ -214,6 +276,8 @@ def write_samples(
     modality_dropout_prob: float = 0.0,
     seed: int = 42,
     reduce_ratio: int = 1,
+    temporal: Temporal = "none",
+    drop_history: float = 0.0,
     name: str | None = None,
     tokenizer: str | None = DEFAULT_TOKENIZER,
     overwrite: bool = False,
@@ -221,7 +285,11 @@ def write_samples(
     """The command as a function: the samples of ``split`` into ``out``/``name`` (default: the reference's
     name) and, unless ``tokenizer`` is None, their token frequencies beside them. The outputs and the
     tokenizer are checked before a sample is made; user mistakes raise :class:`cli.CommandError`."""
-    name = name or samples_file_name(split, n_permutations, modality_dropout_prob)
+    if temporal not in TEMPORAL_CHOICES:
+        raise cli.CommandError(f"--temporal {temporal}: choose one of {', '.join(TEMPORAL_CHOICES)}")
+    if drop_history > 0 and temporal == "none":
+        raise cli.CommandError(f"--drop-history {drop_history}: there is no memory to drop from without --temporal")
+    name = name or samples_file_name(split, n_permutations, modality_dropout_prob, temporal, drop_history)
     if Path(name).name != name or name in (".", ".."):
         raise cli.CommandError(f"--name {name!r}: must be a file name, not a path (the folder is --out)")
     freqs_name = None if tokenizer is None else token_freqs_file_name(split, n_permutations)
@@ -241,6 +309,7 @@ def write_samples(
         )
     token_counts = None if loaded is None else count_tokens(samples, loaded)
     rng.shuffle(samples)
+    samples = with_memory(samples, temporal, drop_history, rng)
     write_json(samples_path, [s.to_record() for s in samples], indent=4)
     if freqs_path is not None:
         write_json(freqs_path, token_counts, indent=4)

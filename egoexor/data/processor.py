@@ -60,6 +60,7 @@ from egoexor.data.audio import ClapAudioEmbedder
 from egoexor.data.reader import Timepoint
 from egoexor.data.samples import Sample
 from egoexor.data.views import EgoView
+from egoexor.memory import MEMORY_START, fit_memory
 from egoexor.prompt import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, chat_prompt
 
 
@@ -151,24 +152,42 @@ class EgoExorProcessor:
         on that (``preprocess_v1`` with ``has_image=False``). Its inference instead inserts the
         placeholder and feeds an all-zero image per branch, visual tokens the model never met with
         such samples in training; egoexor reads the sample the same way in every mode.
+
+        A prompt with scene-graph memory that would not fit ``model_max_length`` (with the answer + EOS
+        when training) loses its oldest memory entries until it fits (:func:`egoexor.memory.fit_memory`).
         """
+        tokenizer, limit = self.tokenizer, self.config.model_max_length
+        answer = (
+            None
+            if generating
+            else [*tokenizer(sample.answer, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
+        )
+        reserve = 0 if answer is None else len(answer)
+        ids = self._prompt_ids(sample, sample.question, n_visual, generating)
+        if len(ids) + reserve > limit and MEMORY_START in sample.question:
+            question = fit_memory(
+                sample.question, lambda q: len(self._prompt_ids(sample, q, n_visual, generating)) + reserve <= limit
+            )
+            ids = self._prompt_ids(sample, question, n_visual, generating)
+        if len(ids) > limit:
+            raise SampleInputError(
+                f"sample {sample.id}: the prompt with its {n_visual} visual tokens is {len(ids)} tokens long, "
+                f"over model_max_length={limit}"
+            )
+        if answer is None:
+            return {"input_ids": torch.tensor(ids)}
+        answer = answer[: limit - len(ids)]  # the reference truncates the end too
+        return {"input_ids": torch.tensor(ids + answer), "labels": torch.tensor([IGNORE_INDEX] * len(ids) + answer)}
+
+    def _prompt_ids(self, sample: Sample, question: str, n_visual: int, generating: bool) -> list[int]:
         tokenizer = self.tokenizer
-        prompt = chat_prompt(sample.question, self.config.prompt_roles if generating else "train")
+        prompt = chat_prompt(question, self.config.prompt_roles if generating else "train")
         before, placeholder, after = prompt.partition(IMAGE_PLACEHOLDER) if n_visual else (prompt, "", "")
         _check_spacing(sample, (before, after, "" if generating else sample.answer))
         ids = [tokenizer.bos_token_id, *tokenizer(before, add_special_tokens=False).input_ids]
         if placeholder:
             ids += [IMAGE_TOKEN_ID] * n_visual + tokenizer(after, add_special_tokens=False).input_ids
-        if len(ids) > self.config.model_max_length:
-            raise SampleInputError(
-                f"sample {sample.id}: the prompt with its {n_visual} visual tokens is {len(ids)} tokens long, "
-                f"over model_max_length={self.config.model_max_length}"
-            )
-        if generating:
-            return {"input_ids": torch.tensor(ids)}
-        answer = [*tokenizer(sample.answer, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
-        answer = answer[: self.config.model_max_length - len(ids)]  # the reference truncates the end too
-        return {"input_ids": torch.tensor(ids + answer), "labels": torch.tensor([IGNORE_INDEX] * len(ids) + answer)}
+        return ids
 
 
 def _per_view(rows: list[np.ndarray | None], width: int) -> tuple[torch.Tensor, torch.Tensor]:

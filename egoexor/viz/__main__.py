@@ -120,13 +120,13 @@ def _take(args) -> int:
 
 
 def _errors(args) -> int:
-    predictions, result, plot = errors.read_results(Path(args.results))
+    predictions, result, plot, memories = errors.read_results(Path(args.results))
     cli.open_hdf5(args.hdf5, "--hdf5").close()
     out = cli.check_output(
         args.out, inputs=[args.hdf5, *Path(args.results).iterdir()], overwrite=args.overwrite, flag="--out"
     )
     reader = EgoExorReader(args.hdf5)
-    frames, unannotated = errors.score_frames(predictions, reader, result["parse_mode"])
+    frames, unannotated = errors.score_frames(predictions, reader, result["parse_mode"], memories)
     if not frames:
         raise cli.CommandError(f"--results {args.results}: no predicted frame is annotated in {args.hdf5}")
     bar = tqdm(total=min(args.limit, len(frames)), desc="drawing", unit="frame")

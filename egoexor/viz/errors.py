@@ -6,7 +6,8 @@ mode and the headline numbers, and ``f1_per_predicate.png``. Each predicted samp
 (``<surgery_type>_<procedure>_<take>_<frame>_<permutation>``; the first permutation of a frame stands
 for it), scored against the frame's annotation in the HDF5 file: wrongness = missed + spurious
 relations. The page lists the ``limit`` wrongest frames, each with its picture
-(:mod:`egoexor.viz.timepoint`) and its annotated vs predicted relations.
+(:mod:`egoexor.viz.timepoint`), its annotated vs predicted relations and, for a run with memory
+(``infer --temporal``, its ``memory.json``), the memory text its prompt held.
 
 Everything, pictures included, is inside the one file (``data:`` URIs): it opens from disk, sent by
 mail or copied anywhere, with no server. A few lines of script count the pictures that decoded and
@@ -35,6 +36,7 @@ from egoexor.viz import graph
 
 PREDICTION_FILES = ("predictions.json", "raw_predictions.json")
 METRICS_FILE = "metrics.json"
+MEMORY_FILE = "memory.json"
 F1_PLOT = "f1_per_predicate.png"
 _SAMPLE_ID = re.compile(r"(?P<surgery_type>.+)_(?P<procedure>\d+)_(?P<take>\d+)_(?P<frame>\d+)_(?P<permutation>\d+)")
 
@@ -45,6 +47,8 @@ class FrameResult:
     take: TakeKey
     frame: int
     edges: list[tuple[Triplet, graph.Status]]
+    #: The memory text of the sample's prompt (runs with memory only).
+    memory: str | None = None
 
     def count(self, status: graph.Status) -> int:
         return sum(s == status for _, s in self.edges)
@@ -65,8 +69,9 @@ def frame_of(sample_id: str) -> tuple[TakeKey, int, int]:
     return take, int(match["frame"]), int(match["permutation"])
 
 
-def read_results(folder: Path) -> tuple[dict[str, evaluate.Prediction], dict[str, Any], bytes]:
-    """Predictions, metrics and the F1 plot of a results folder; a missing piece names the file."""
+def read_results(folder: Path) -> tuple[dict[str, evaluate.Prediction], dict[str, Any], bytes, dict[str, str]]:
+    """Predictions, metrics, the F1 plot and the memory texts (empty for a run without memory) of a results
+    folder; a missing piece names the file."""
     if not folder.is_dir():
         raise cli.CommandError(f"--results {folder}: no such folder")
     found = next((folder / name for name in PREDICTION_FILES if (folder / name).is_file()), None)
@@ -77,14 +82,20 @@ def read_results(folder: Path) -> tuple[dict[str, evaluate.Prediction], dict[str
     if not isinstance(result, dict) or "parse_mode" not in result:
         raise cli.CommandError(f"--results {folder / METRICS_FILE}: not written by egoexor.evaluate (no parse_mode)")
     plot = cli.input_file(folder / F1_PLOT, "--results").read_bytes()
-    return predictions, result, plot
+    memories = cli.read_json(folder / MEMORY_FILE, "--results") if (folder / MEMORY_FILE).is_file() else {}
+    if not isinstance(memories, dict) or not all(isinstance(m, str) for m in memories.values()):
+        raise cli.CommandError(f"--results {folder / MEMORY_FILE}: expected {{sample id: memory text}}")
+    return predictions, result, plot, memories
 
 
 def score_frames(
-    predictions: Mapping[str, evaluate.Prediction], reader: EgoExorReader, parse_mode: str
+    predictions: Mapping[str, evaluate.Prediction],
+    reader: EgoExorReader,
+    parse_mode: str,
+    memories: Mapping[str, str] | None = None,
 ) -> tuple[list[FrameResult], int]:
-    """Every predicted, annotated frame with its relations' statuses, wrongest first; and the number of
-    predicted frames without an annotation (nothing to score them against)."""
+    """Every predicted, annotated frame with its relations' statuses (and its prompt's memory from
+    ``memories``), wrongest first; and the number of predicted frames without an annotation."""
     first: dict[tuple[TakeKey, int], tuple[int, str]] = {}
     for sample_id in predictions:
         take, frame, permutation = frame_of(sample_id)
@@ -97,7 +108,8 @@ def score_frames(
             unannotated += 1
             continue
         predicted = evaluate.prediction_triplets(predictions[sample_id], parse_mode)
-        results.append(FrameResult(sample_id, take, frame, graph.compare(truth, predicted)))
+        memory = (memories or {}).get(sample_id)
+        results.append(FrameResult(sample_id, take, frame, graph.compare(truth, predicted), memory))
     results.sort(key=lambda r: (-r.wrongness, r.count("correct"), r.take, r.frame))
     return results, unannotated
 
@@ -116,6 +128,7 @@ section.frame { border-top: 2px solid #ccc; padding-top: 1rem; margin-top: 2rem;
 img { max-width: 100%; height: auto; }
 table { border-collapse: collapse; margin: 0.5rem 0; }
 td, th { padding: 0.15rem 0.8rem; text-align: left; }
+p.memory { font-family: monospace; font-size: 0.85rem; }
 .correct { color: #2ca02c; } .missed { color: #ff7f0e; } .spurious { color: #d62728; }
 """
 _SCRIPT = """
@@ -167,7 +180,8 @@ def page(
             f'<section class="frame" id="rank-{rank}" data-sample="{html.escape(result.sample_id)}" '
             f'data-wrongness="{result.wrongness}"><h2>{html.escape(title)}</h2>'
             f'<img src="{png_uri(picture(result))}" alt="{html.escape(result.sample_id)}">'
-            f"{_relations_table(result)}</section>"
+            + ("" if result.memory is None else f'<p class="memory">memory: {html.escape(result.memory)}</p>')
+            + f"{_relations_table(result)}</section>"
         )
     note = f", {unannotated} predicted frame(s) without an annotation left out" if unannotated else ""
     return (
