@@ -119,6 +119,19 @@ def prediction_triplets(prediction: Prediction, mode: ParseMode) -> list[Triplet
     return [triplet for triplet in resolved if triplet is not None]
 
 
+def dropped_fields(prediction: Prediction, mode: ParseMode) -> tuple[bool, list[tuple[str, str, str]]]:
+    """What parsing drops from one prediction: whether it is unparsable (text with content but no
+    ``subject,object,predicate`` chunk), and its ``(subject, object, predicate)`` fields that hold a name
+    the parse mode cannot resolve (those triplets are dropped)."""
+    if isinstance(prediction, str):
+        fields = scene_graph.split_fields(prediction, mode)
+        unparsable = not fields and bool(_NO_CONTENT.sub("", prediction))
+    else:
+        fields = [(subject, obj, predicate) for subject, predicate, obj in prediction]
+        unparsable = False
+    return unparsable, [field for field in fields if scene_graph.resolve(*field, mode) is None]
+
+
 class _Dropped:
     """What parsing dropped from the predictions: unparsable predictions and unknown names."""
 
@@ -129,15 +142,10 @@ class _Dropped:
         self.triplets = 0
 
     def add(self, sample_id: str, prediction: Prediction) -> None:
-        if isinstance(prediction, str):
-            fields = scene_graph.split_fields(prediction, self.mode)
-            if not fields and _NO_CONTENT.sub("", prediction):
-                self.unparsable.append(sample_id)
-        else:
-            fields = [(subject, obj, predicate) for subject, predicate, obj in prediction]
-        for subject, obj, predicate in fields:
-            if scene_graph.resolve(subject, obj, predicate, self.mode) is not None:
-                continue
+        unparsable, unknown = dropped_fields(prediction, self.mode)
+        if unparsable:
+            self.unparsable.append(sample_id)
+        for subject, obj, predicate in unknown:
             self.triplets += 1
             # resolve() fails when any field is unknown: ask about each with known names in the other slots
             for slot, name, probe in (
@@ -243,7 +251,8 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _headline_rows(result: Mapping[str, Any]) -> list[list[str]]:
+def headline_rows(result: Mapping[str, Any]) -> list[list[str]]:
+    """Per surgery type and overall, the cells of :data:`HEADLINE_HEADER` (console, report.md, error page)."""
     groups = {**result["surgery_types"], "overall": result["overall"]}
     rows = []
     for name, group in groups.items():
@@ -257,7 +266,7 @@ def _headline_rows(result: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
-_HEADLINE_HEADER = [
+HEADLINE_HEADER = [
     "group",
     "frames",
     "scored",
@@ -273,8 +282,8 @@ _HEADLINE_HEADER = [
 
 def format_headline(result: Mapping[str, Any]) -> str:
     """The console summary: per surgery type and overall, paper-style macro and exact-triplet scores."""
-    rows = [_HEADLINE_HEADER, *_headline_rows(result)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADLINE_HEADER))]
+    rows = [HEADLINE_HEADER, *headline_rows(result)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADLINE_HEADER))]
     lines = [
         f"protocol {result['protocol']}: parse mode {result['parse_mode']}, entity set from {result['entity_set']}",
         *(
@@ -315,7 +324,7 @@ def _report_rows(report: Mapping[str, Any], labels: Sequence[str], only_supporte
 def format_report(result: Mapping[str, Any]) -> str:
     """``report.md``: the headline, per-take scores and the overall per-label reports."""
     lines = _report_intro(result)
-    lines += ["", *_section("Headline", _HEADLINE_HEADER, _headline_rows(result))]
+    lines += ["", *_section("Headline", HEADLINE_HEADER, headline_rows(result))]
     lines += _section("Per take", ["take", "scored frames", "pairs", "macro F1", "triplet F1"], _take_rows(result))
     lines += _label_reports(result["overall"])
     lines += ["## Plots", "", *(f"![{title}]({file})\n" for title, file in _PLOTS)]

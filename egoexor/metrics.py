@@ -137,8 +137,8 @@ class _Tally:
             if self.entities_from_gt
             else predicted
         )
-        gt_first = _first_predicates(gt)
-        pred_first = _first_predicates(pred)
+        gt_first = first_predicates(gt)
+        pred_first = first_predicates(pred)
         visited = 0
         for pair in gt_first.keys() | pred_first.keys():
             a, b = pair
@@ -171,7 +171,7 @@ def _histogram(codes: list[int], shape: tuple[int, ...]) -> np.ndarray:
     return np.bincount(np.asarray(codes, dtype=np.int64), minlength=size).reshape(shape)
 
 
-def _first_predicates(triplets: Sequence[Triplet]) -> dict[tuple[str, str], str]:
+def first_predicates(triplets: Sequence[Triplet]) -> dict[tuple[str, str], str]:
     """Ordered pair -> predicate of its first triplet in text order (the reference's loop ``break``)."""
     first: dict[tuple[str, str], str] = {}
     for subject, obj, predicate in triplets:

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -15,10 +16,11 @@ import pytest
 from matplotlib.colors import to_rgb
 from PIL import Image
 
-from egoexor import cli, vocab
+from egoexor import cli, scene_graph, vocab
 from egoexor.data.layout import TakeKey
 from egoexor.data.reader import EgoExorReader
-from egoexor.viz import graph
+from egoexor.scene_graph import Triplet
+from egoexor.viz import errors, graph
 from egoexor.viz.__main__ import main
 from egoexor.viz.timepoint import GAZE_COLOUR, HAND_COLOURS, render
 
@@ -157,89 +159,181 @@ def test_take_command_video_frames_and_duration(tiny_dataset, tmp_path, capsys):
     assert not (tmp_path / "x.mp4").exists()
 
 
+UNPARSABLE = "the head surgeon is busy with something"
+UNKNOWN_NAME = "head surgeon,patient,juggling"
+
+
+@dataclass
+class Results:
+    """An evaluation of the test split whose every kind of error is known in advance."""
+
+    folder: Path
+    worst: str  # much wronger than every other frame
+    unparsable: str
+    unknown: str
+    confusion: tuple[str, str, str, str]  # annotated, predicted, subject, object: in every frame of ``confused``
+    confused: list[str]
+
+
+def _recurring_triplet(samples: list[dict], skip: set[str]) -> tuple[Triplet, list[str]]:
+    """A triplet that is the first of the answer of at least two frames outside ``skip``."""
+    frames: dict[Triplet, list[str]] = {}
+    for sample in samples:
+        truth = scene_graph.parse(sample["conversations"][1]["value"])
+        if sample["id"] not in skip and truth:
+            frames.setdefault(truth[0], []).append(sample["id"])
+    triplet, ids = max(frames.items(), key=lambda item: len(item[1]))
+    assert len(ids) >= 2
+    return triplet, ids[:3]
+
+
 @pytest.fixture(scope="module")
-def results(tiny_dataset, sample_files, tmp_path_factory) -> tuple[Path, str]:
-    """An evaluation of the test split where one frame is much wronger than all others (its id is returned)."""
+def results(sample_files, tmp_path_factory) -> Results:
     from egoexor.evaluate import main as evaluate
 
     samples = json.loads(sample_files["test"].read_text())
-    worst = samples[len(samples) // 2]["id"]
+    ids = [sample["id"] for sample in samples]
+    worst, unparsable, unknown = ids[len(ids) // 2], ids[1], ids[2]
+    empty = set(ids[::3])
+    triplet, confused = _recurring_triplet(samples, {worst, unparsable, unknown, *empty})
+    wrong = next(p for p in vocab.PREDICATES if p != triplet.predicate)
     predictions = {}
-    for index, sample in enumerate(samples):
-        text = sample["conversations"][1]["value"]
+    for sample in samples:
+        text, truth = sample["conversations"][1]["value"], scene_graph.parse(sample["conversations"][1]["value"])
         if sample["id"] == worst:
             text = "<SG> patient,scalpel,cutting; head surgeon,bin,dropping; assistant,cotton,holding </SG>"
-        elif index % 3 == 0:
+        elif sample["id"] == unparsable:
+            text = UNPARSABLE
+        elif sample["id"] == unknown:
+            text = text.replace("</SG>", f"; {UNKNOWN_NAME} </SG>")
+        elif sample["id"] in confused:
+            spurious = Triplet("head_surgeon", "bin", "dropping")  # wronger than the empty answers: 2 of 3 shown
+            text = scene_graph.serialize([triplet._replace(predicate=wrong), *truth[1:], spurious])
+        elif sample["id"] in empty:
             text = "<SG> </SG>"  # one or two missed
         predictions[sample["id"]] = text
     folder = tmp_path_factory.mktemp("results")
     (folder / "predictions.json").write_text(json.dumps(predictions))
     out = folder / "eval"
-    assert (
-        evaluate(
-            [
-                "--predictions",
-                str(folder / "predictions.json"),
-                "--samples",
-                str(sample_files["test"]),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    shutil.copy(folder / "predictions.json", out / "predictions.json")
-    return out, worst
-
-
-def test_errors_page_worst_first(results, merged_file, tmp_path):
-    folder, worst = results
-    out = tmp_path / "errors.html"
     argv = [
-        "errors",
-        "--results",
-        str(folder),
-        "--hdf5",
-        str(merged_file),
-        "--limit",
-        "3",
-        "--dpi",
-        "30",
+        "--predictions",
+        str(folder / "predictions.json"),
+        "--samples",
+        str(sample_files["test"]),
         "--out",
         str(out),
     ]
-    assert main(argv) == 0
-    text = out.read_text()
-    wrongness = [int(w) for w in re.findall(r'data-wrongness="(\d+)"', text)]
+    assert evaluate(argv) == 0
+    shutil.copy(folder / "predictions.json", out / "predictions.json")
+    confusion = (triplet.predicate, wrong, triplet.subject, triplet.object)
+    return Results(out, worst, unparsable, unknown, confusion, confused)
+
+
+def _errors_page(results: Results, merged_file: Path, out: Path, *extra: str) -> str:
+    argv = ["errors", "--results", str(results.folder), "--hdf5", str(merged_file), "--dpi", "30", "--out", str(out)]
+    assert main([*argv, *extra]) == 0
+    return out.read_text()
+
+
+@pytest.fixture(scope="module")
+def error_page(results, merged_file, tmp_path_factory) -> str:
+    return _errors_page(results, merged_file, tmp_path_factory.mktemp("page") / "errors.html", "--limit", "3")
+
+
+def _part(text: str, start: str, end: str) -> str:
+    """From ``start`` to the first ``end`` after it."""
+    first = text.index(start)
+    return text[first : text.index(end, first)]
+
+
+def _sample_ids(text: str) -> list[str]:
+    return re.findall(r'<section class="frame" id="[^"]+" data-sample="([^"]+)"', text)
+
+
+def test_errors_page_headline_is_the_evaluations(results, error_page):
+    evaluation = json.loads((results.folder / "metrics.json").read_text())
+    rows = dict(re.findall(r'<tr data-group="([^"]+)" data-macro-f1="([^"]*)">', error_page))
+    assert set(rows) == {*evaluation["surgery_types"], "overall"}
+    for group, shown in rows.items():
+        expected = evaluation["overall"] if group == "overall" else evaluation["surgery_types"][group]
+        assert float(shown) == expected["macro"]["f1-score"], group
+    report = (results.folder / "report.md").read_text()
+    overall = next(line for line in report.splitlines() if line.startswith("| overall |"))
+    cells = re.search(r'<tr data-group="overall"[^>]*>(.*?)</tr>', error_page).group(1)
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", cells) == [c.strip() for c in overall.strip("|").split("|")]
+    plain_mean = evaluation["overall"]["relation_report"]["macro avg"]["f1-score"]  # over all 23 labels: not it
+    assert f"{plain_mean:.4f}" not in error_page and f"{plain_mean:.3f}" not in error_page
+
+
+def test_errors_page_lists_unreadable_answers_first_with_their_text(results, error_page):
+    unreadable = _part(error_page, 'id="unreadable"', "<h2>Recurring confusions")
+    wrongest = error_page[error_page.index('id="wrongest"') :]
+    assert error_page.index('id="unreadable"') < error_page.index('id="wrongest"')
+    assert set(_sample_ids(unreadable)) == {results.unparsable, results.unknown}
+    assert not {results.unparsable, results.unknown} & set(_sample_ids(wrongest))
+    assert f'<pre class="raw">{UNPARSABLE}</pre>' in unreadable
+    assert "unparsable: no subject,object,predicate chunk" in unreadable
+    assert f"dropped for an unknown name: {UNKNOWN_NAME}" in unreadable
+    assert "dropped for an unknown name" not in wrongest and "unparsable:" not in wrongest
+
+
+def test_errors_page_wrongest_frames_show_raw_parsed_and_truth(results, error_page):
+    wrongest = error_page[error_page.index('id="wrongest"') :]
+    wrongness = [int(w) for w in re.findall(r'data-wrongness="(\d+)"', wrongest)]
     assert len(wrongness) == 3 and wrongness == sorted(wrongness, reverse=True)
-    assert re.search(r'data-sample="([^"]+)"', text).group(1) == worst
+    assert _sample_ids(wrongest)[0] == results.worst
+    section = _part(wrongest, f'data-sample="{results.worst}"', "</section>")
+    assert "patient,scalpel,cutting; head surgeon,bin,dropping" in section  # the raw text
+    parsed = _part(section, '<table class="parsed">', '<table class="truth">')
+    assert '<tr class="spurious"><td>head_surgeon</td><td>dropping</td><td>bin</td>' in parsed
+    truth = section[section.index('<table class="truth">') :]
+    assert '<tr class="missed">' in truth and "spurious" not in truth and "dropping" not in truth
+
+
+def test_errors_page_recurring_confusions_link_their_frames(results, error_page):
+    table = _part(error_page, '<table id="confusions">', "</table>")
+    rows = re.findall(
+        r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*) &rarr; ([^<]*)</td>"
+        r'<td class="number">(\d+)</td><td>(.*?)</td></tr>',
+        table,
+    )
+    truth, predicted, subject, obj = results.confusion
+    row = next(r for r in rows if r[:4] == (truth, predicted, subject, obj))
+    assert int(row[4]) == len(results.confused)
+    assert all(int(r[4]) >= 2 for r in rows)  # only what recurs
+    shown = set(_sample_ids(error_page))
+    assert 0 < len(shown & set(results.confused)) < len(results.confused)  # both kinds of entry are checked
+    for sample_id in results.confused:
+        anchor = f'href="#{errors._anchor(sample_id)}"'
+        assert (anchor in row[5]) == (sample_id in shown) and sample_id in row[5]
+        if sample_id in shown:
+            assert f'id="{errors._anchor(sample_id)}"' in error_page
+
+
+def test_errors_page_pictures_go_into_a_folder_past_the_size_limit(results, merged_file, error_page, tmp_path, capsys):
+    assert "data:image/png;base64," in error_page  # the 3-frame page is under the default limit: inlined
+    out = tmp_path / "errors.html"
+    text = _errors_page(results, merged_file, out, "--limit", "1", "--inline_mb", "0")
+    folder = tmp_path / "errors_files"
+    sources = re.findall(r'<img src="([^"]+)"', text)
+    assert "data:" not in text and len(sources) == 3  # the F1 plot, one unreadable frame, one wrong frame
+    assert sorted(sources) == sorted(f"errors_files/{p.name}" for p in folder.glob("*.png"))
+    assert all(Image.open(tmp_path / source).size[0] == 480 for source in sources[1:])
+    capsys.readouterr()
+    argv = ["errors", "--results", str(results.folder), "--hdf5", str(merged_file), "--out", str(out)]
+    out.unlink()
+    assert main(argv) == cli.EXIT_ERROR  # the page is gone, its pictures' folder is not: refused
+    assert "errors_files: already exists" in capsys.readouterr().err and not out.exists()
 
 
 @pytest.mark.skipif(
     shutil.which("chromium") is None and not os.environ.get("CI"),
     reason="needs Debian's chromium (apt-get install chromium); CI installs it and never skips",
 )
-def test_errors_page_loads_in_headless_chromium(results, merged_file, tmp_path):
-    folder, worst = results
+@pytest.mark.parametrize("inline_mb", ["2", "0"], ids=["inlined", "folder"])
+def test_errors_page_loads_in_headless_chromium(results, merged_file, tmp_path, inline_mb):
     out = tmp_path / "errors.html"
-    assert (
-        main(
-            [
-                "errors",
-                "--results",
-                str(folder),
-                "--hdf5",
-                str(merged_file),
-                "--limit",
-                "2",
-                "--dpi",
-                "30",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    _errors_page(results, merged_file, out, "--limit", "1", "--inline_mb", inline_mb)
     run = subprocess.run(
         [
             "chromium",
@@ -261,5 +355,6 @@ def test_errors_page_loads_in_headless_chromium(results, merged_file, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == []
-    assert 'data-decoded="3"' in run.stdout  # the F1 plot and two frame pictures decoded
-    assert re.search(r'<section class="frame" id="rank-1" data-sample="([^"]+)"', run.stdout).group(1) == worst
+    assert 'data-decoded="3"' in run.stdout  # the F1 plot, the first unreadable and the wrongest frame decoded
+    wrongest = run.stdout[run.stdout.index('id="wrongest"') :]
+    assert _sample_ids(wrongest)[0] == results.worst

@@ -120,16 +120,19 @@ def _take(args) -> int:
 
 
 def _errors(args) -> int:
-    predictions, result, plot = errors.read_results(Path(args.results))
+    results = Path(args.results)
+    predictions, result, plot = errors.read_results(results)
     cli.open_hdf5(args.hdf5, "--hdf5").close()
-    out = cli.check_output(
-        args.out, inputs=[args.hdf5, *Path(args.results).iterdir()], overwrite=args.overwrite, flag="--out"
-    )
+    inputs = [args.hdf5, *results.iterdir()]
+    out = cli.check_output(args.out, inputs=inputs, overwrite=args.overwrite, flag="--out")
+    folder = out.with_name(out.stem + "_files")  # the pictures, where the page would be too big with them inside
+    cli.check_output(folder, inputs=inputs, overwrite=args.overwrite, owner=COMMAND, flag="--out")
     reader = EgoExorReader(args.hdf5)
     frames, unannotated = errors.score_frames(predictions, reader, result["parse_mode"])
     if not frames:
         raise cli.CommandError(f"--results {args.results}: no predicted frame is annotated in {args.hdf5}")
-    bar = tqdm(total=min(args.limit, len(frames)), desc="drawing", unit="frame")
+    listed = min(args.limit, sum(f.unreadable for f in frames)) + min(args.limit, sum(not f.unreadable for f in frames))
+    bar = tqdm(total=listed, desc="drawing", unit="frame")
 
     def picture(frame: errors.FrameResult) -> np.ndarray:
         point = reader.read(frame.take, frame.frame)
@@ -139,9 +142,23 @@ def _errors(args) -> int:
         return image
 
     with bar:
-        text = errors.page(frames, result, plot, picture, limit=args.limit, unannotated=unannotated)
-    write_text(out, text)
-    print(f"wrote {out}: {min(args.limit, len(frames))} of {len(frames)} frames, worst first")
+        made = errors.page(
+            frames,
+            result,
+            plot,
+            picture,
+            limit=args.limit,
+            unannotated=unannotated,
+            folder_name=folder.name,
+            inline_limit=args.inline_mb * 1e6,
+        )
+    if made.files:
+        with cli.output_folder(folder, COMMAND) as temporary:
+            for name, data in made.files.items():
+                (temporary / name).write_bytes(data)
+    write_text(out, made.text)
+    where = f"pictures in {folder}/" if made.files else "pictures inlined"
+    print(f"wrote {out}: {listed} of {len(frames)} frames, unreadable answers first, then the wrongest; {where}")
     return 0
 
 
@@ -198,9 +215,22 @@ def _parser() -> cli.ArgumentParser:
     page.add_argument(
         "--results",
         required=True,
-        help="results folder of egoexor.infer (predictions.json, metrics.json, f1_per_predicate.png)",
+        help="results folder of egoexor.infer (raw_predictions.json or predictions.json, metrics.json, "
+        "f1_per_predicate.png)",
     )
-    page.add_argument("--limit", type=cli.int_flag(1), default=30, help="how many of the wrongest frames to show")
+    page.add_argument(
+        "--limit",
+        type=cli.int_flag(1),
+        default=30,
+        help="how many frames to show in each list (unreadable answers; the wrongest frames)",
+    )
+    page.add_argument(
+        "--inline_mb",
+        type=cli.float_flag(0),
+        default=errors.INLINE_LIMIT_MB,
+        help="pictures are inlined while the page stays under this many MB (default %(default)s); beyond "
+        "it they are written to OUT_files/ beside the page (0: always)",
+    )
     page.add_argument("--out", required=True, help="HTML file to write")
     return parser
 

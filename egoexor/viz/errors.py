@@ -1,16 +1,31 @@
-"""An evaluation as one static HTML page: where the model is wrong, worst frames first.
+"""An evaluation as one static HTML page: why the model is wrong, in the order a researcher acts on it.
 
 Reads a results folder of ``python -m egoexor.infer`` (or ``egoexor.evaluate`` beside a predictions
-file): ``predictions.json`` (else ``raw_predictions.json``), ``metrics.json`` for the protocol's parse
-mode and the headline numbers, and ``f1_per_predicate.png``. Each predicted sample is a frame
+file): ``raw_predictions.json`` (the generated text, what was scored; else ``predictions.json``),
+``metrics.json`` and ``f1_per_predicate.png``. Each predicted sample is a frame
 (``<surgery_type>_<procedure>_<take>_<frame>_<permutation>``; the first permutation of a frame stands
-for it), scored against the frame's annotation in the HDF5 file: wrongness = missed + spurious
-relations. The page lists the ``limit`` wrongest frames, each with its picture
-(:mod:`egoexor.viz.timepoint`) and its annotated vs predicted relations.
+for it), compared with the frame's annotation in the HDF5 file.
 
-Everything, pictures included, is inside the one file (``data:`` URIs): it opens from disk, sent by
-mail or copied anywhere, with no server. A few lines of script count the pictures that decoded and
-report one that did not on the console, so a broken page is visible (the browser test reads both).
+The page, top to bottom:
+
+* the headline table of ``metrics.json`` as :func:`egoexor.evaluate.headline_rows` writes it for the
+  console and ``report.md`` (macro P/R/F1 over the labels with support, exact-triplet scores, per surgery
+  type and overall), so the page and the evaluation never disagree, and the per-label F1 plot;
+* **answers the parser could not read**: frames whose text has no ``subject,object,predicate`` chunk,
+  or with names the protocol's parse mode does not know (those triplets were dropped before scoring);
+* **recurring confusions**: annotated predicate -> predicted predicate for the same ordered entity pair
+  (first triplet of a pair in text order, the pair metric's rule), counted over frames, each with links
+  to its frames on the page;
+* **the wrongest frames** (missed + spurious relations, ties broken by fewer correct ones).
+
+Each listed frame shows its picture (:mod:`egoexor.viz.timepoint`), the model's raw output, the
+parsed triplets (correct / spurious) and the ground truth (correct / missed).
+
+Pictures are inlined (``data:`` URIs: the page opens from disk, sent by mail, with no server) while the
+page stays under ``inline_limit`` bytes (:data:`INLINE_LIMIT_MB` by default); beyond it they are PNG
+files in a folder beside the page (``<page>_files/``), referenced relatively, so a 30-frame page stays
+small and loads fast. A few lines of script count the pictures that decoded and report one that did not
+on the console, so a broken page is visible (the browser test reads both).
 """
 
 from __future__ import annotations
@@ -18,25 +33,40 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import re
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 
-from egoexor import cli, evaluate
+from egoexor import cli, evaluate, metrics, vocab
 from egoexor.data.layout import TakeKey
 from egoexor.data.reader import EgoExorReader
 from egoexor.scene_graph import Triplet
 from egoexor.viz import graph
 
-PREDICTION_FILES = ("predictions.json", "raw_predictions.json")
+PREDICTION_FILES = ("raw_predictions.json", "predictions.json")
 METRICS_FILE = "metrics.json"
 F1_PLOT = "f1_per_predicate.png"
+#: Pictures are inlined while the page stays under this size (MB); beyond it they go into a folder.
+INLINE_LIMIT_MB = 2.0
+#: Rows of the recurring-confusions table, and frame links per row.
+CONFUSION_ROWS, CONFUSION_LINKS = 20, 8
 _SAMPLE_ID = re.compile(r"(?P<surgery_type>.+)_(?P<procedure>\d+)_(?P<take>\d+)_(?P<frame>\d+)_(?P<permutation>\d+)")
+
+
+class Confusion(NamedTuple):
+    """One ordered entity pair whose annotated predicate the model replaced by another predicate."""
+
+    truth: str
+    predicted: str
+    subject: str
+    object: str
 
 
 @dataclass
@@ -45,6 +75,10 @@ class FrameResult:
     take: TakeKey
     frame: int
     edges: list[tuple[Triplet, graph.Status]]
+    prediction: evaluate.Prediction
+    unparsable: bool
+    unknown: list[tuple[str, str, str]]  # (subject, object, predicate) fields dropped for an unknown name
+    confusions: list[Confusion]
 
     def count(self, status: graph.Status) -> int:
         return sum(s == status for _, s in self.edges)
@@ -52,6 +86,10 @@ class FrameResult:
     @property
     def wrongness(self) -> int:
         return self.count("missed") + self.count("spurious")
+
+    @property
+    def unreadable(self) -> bool:
+        return self.unparsable or bool(self.unknown)
 
 
 def frame_of(sample_id: str) -> tuple[TakeKey, int, int]:
@@ -74,10 +112,20 @@ def read_results(folder: Path) -> tuple[dict[str, evaluate.Prediction], dict[str
         raise cli.CommandError(f"--results {folder}: no {' or '.join(PREDICTION_FILES)} (written by egoexor.infer)")
     predictions = evaluate.read_predictions(cli.read_json(found, "--results"))
     result = cli.read_json(folder / METRICS_FILE, "--results")
-    if not isinstance(result, dict) or "parse_mode" not in result:
+    if not isinstance(result, dict) or not {"parse_mode", "overall", "surgery_types"} <= result.keys():
         raise cli.CommandError(f"--results {folder / METRICS_FILE}: not written by egoexor.evaluate (no parse_mode)")
     plot = cli.input_file(folder / F1_PLOT, "--results").read_bytes()
     return predictions, result, plot
+
+
+def confusions(truth: Sequence[Triplet], predicted: Sequence[Triplet]) -> list[Confusion]:
+    """Ordered pairs whose first annotated and first predicted predicates differ (both real predicates)."""
+    annotated, guessed = metrics.first_predicates(truth), metrics.first_predicates(predicted)
+    return [
+        Confusion(annotated[pair], guessed[pair], *pair)
+        for pair in annotated
+        if pair in guessed and guessed[pair] != annotated[pair] and guessed[pair] in vocab.PREDICATES
+    ]
 
 
 def score_frames(
@@ -96,17 +144,34 @@ def score_frames(
         if truth is None:
             unannotated += 1
             continue
-        predicted = evaluate.prediction_triplets(predictions[sample_id], parse_mode)
-        results.append(FrameResult(sample_id, take, frame, graph.compare(truth, predicted)))
+        prediction = predictions[sample_id]
+        predicted = evaluate.prediction_triplets(prediction, parse_mode)
+        unparsable, unknown = evaluate.dropped_fields(prediction, parse_mode)
+        edges = graph.compare(truth, predicted)
+        results.append(
+            FrameResult(sample_id, take, frame, edges, prediction, unparsable, unknown, confusions(truth, predicted))
+        )
     results.sort(key=lambda r: (-r.wrongness, r.count("correct"), r.take, r.frame))
     return results, unannotated
 
 
-def png_uri(data: bytes | np.ndarray) -> str:
-    if isinstance(data, np.ndarray):
-        buffer = io.BytesIO()
-        Image.fromarray(data).save(buffer, format="PNG", optimize=True)
-        data = buffer.getvalue()
+def recurring_confusions(results: Sequence[FrameResult]) -> list[tuple[Confusion, list[str]]]:
+    """Each confusion that occurs in more than one frame, with those frames' sample ids, most frequent first."""
+    frames: dict[Confusion, list[str]] = defaultdict(list)
+    for result in results:
+        for confusion in dict.fromkeys(result.confusions):
+            frames[confusion].append(result.sample_id)
+    recurring = [(confusion, ids) for confusion, ids in frames.items() if len(ids) > 1]
+    return sorted(recurring, key=lambda item: (-len(item[1]), item[0]))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _data_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
@@ -116,7 +181,10 @@ section.frame { border-top: 2px solid #ccc; padding-top: 1rem; margin-top: 2rem;
 img { max-width: 100%; height: auto; }
 table { border-collapse: collapse; margin: 0.5rem 0; }
 td, th { padding: 0.15rem 0.8rem; text-align: left; }
-.correct { color: #2ca02c; } .missed { color: #ff7f0e; } .spurious { color: #d62728; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
+pre.raw { background: #f4f4f4; padding: 0.5rem; white-space: pre-wrap; overflow-wrap: anywhere; }
+.relations { display: flex; gap: 3rem; flex-wrap: wrap; }
+.correct { color: #2ca02c; } .missed { color: #ff7f0e; } .spurious { color: #d62728; } .dropped { color: #9467bd; }
 """
 _SCRIPT = """
 window.addEventListener("load", () => {
@@ -130,52 +198,151 @@ window.addEventListener("load", () => {
 """
 
 
-def _relations_table(result: FrameResult) -> str:
-    rows = "".join(
-        f'<tr class="{status}"><td>{html.escape(t.subject)}</td><td>{html.escape(t.predicate)}</td>'
-        f"<td>{html.escape(t.object)}</td><td>{status}</td></tr>"
-        for t, status in result.edges
+def _anchor(sample_id: str) -> str:
+    return "frame-" + re.sub(r"[^A-Za-z0-9_-]", "-", sample_id)
+
+
+def _triplet_table(title: str, kind: str, rows: Sequence[tuple[Triplet, str]]) -> str:
+    body = (
+        "".join(
+            f'<tr class="{status}"><td>{html.escape(t.subject)}</td><td>{html.escape(t.predicate)}</td>'
+            f"<td>{html.escape(t.object)}</td><td>{status}</td></tr>"
+            for t, status in rows
+        )
+        or '<tr><td colspan="4">(none)</td></tr>'
     )
-    return f"<table><tr><th>subject</th><th>predicate</th><th>object</th><th>status</th></tr>{rows}</table>"
+    return (
+        f'<table class="{kind}"><caption>{title}</caption>'
+        f"<tr><th>subject</th><th>predicate</th><th>object</th><th></th></tr>{body}</table>"
+    )
+
+
+def _raw_text(prediction: evaluate.Prediction) -> str:
+    return prediction if isinstance(prediction, str) else json.dumps(prediction)
+
+
+def _frame_section(result: FrameResult, title: str, src: str) -> str:
+    dropped = ""
+    if result.unparsable:
+        dropped = '<p class="dropped">unparsable: no subject,object,predicate chunk in the text</p>'
+    elif result.unknown:
+        fields = "; ".join(",".join(field) for field in result.unknown)
+        dropped = f'<p class="dropped">dropped for an unknown name: {html.escape(fields)}</p>'
+    truth = [(t, s) for t, s in result.edges if s in ("correct", "missed")]
+    parsed = [(t, s) for t, s in result.edges if s in ("correct", "spurious")]
+    return (
+        f'<section class="frame" id="{_anchor(result.sample_id)}" data-sample="{html.escape(result.sample_id)}" '
+        f'data-wrongness="{result.wrongness}"><h3>{html.escape(title)}</h3>'
+        f'<img src="{src}" alt="{html.escape(result.sample_id)}">'
+        f'<p>raw output:</p><pre class="raw">{html.escape(_raw_text(result.prediction))}</pre>{dropped}'
+        f'<div class="relations">{_triplet_table("parsed prediction", "parsed", parsed)}'
+        f"{_triplet_table('ground truth', 'truth', truth)}</div></section>"
+    )
+
+
+def _frame_title(result: FrameResult) -> str:
+    key = result.take
+    return (
+        f"{key.surgery_type} procedure {key.procedure_id} take {key.take_id}, frame {result.frame}: "
+        f"{result.count('missed')} missed, {result.count('spurious')} spurious, {result.count('correct')} correct"
+    )
+
+
+def _headline(result: Mapping[str, Any]) -> str:
+    """The evaluation's headline table, cell for cell as ``report.md`` has it."""
+    groups = [*result["surgery_types"], "overall"]
+    header = "".join(f"<th>{html.escape(name)}</th>" for name in evaluate.HEADLINE_HEADER)
+    rows = []
+    for group, cells in zip(groups, evaluate.headline_rows(result), strict=True):
+        macro = (result["overall"] if group == "overall" else result["surgery_types"][group])["macro"] or {}
+        tds = "".join(
+            f'<td class="number">{html.escape(cell)}</td>' if i else f"<td>{cell}</td>" for i, cell in enumerate(cells)
+        )
+        rows.append(f'<tr data-group="{html.escape(group)}" data-macro-f1="{macro.get("f1-score", "")}">{tds}</tr>')
+    return f'<table id="headline"><tr>{header}</tr>{"".join(rows)}</table>'
+
+
+def _confusion_table(recurring: list[tuple[Confusion, list[str]]], shown: set[str]) -> str:
+    if not recurring:
+        return "<p>No predicate confusion occurs in more than one frame.</p>"
+    rows = []
+    for confusion, ids in recurring[:CONFUSION_ROWS]:
+        links = ", ".join(
+            f'<a href="#{_anchor(i)}">{html.escape(i)}</a>' if i in shown else html.escape(i)
+            for i in ids[:CONFUSION_LINKS]
+        )
+        more = f" and {len(ids) - CONFUSION_LINKS} more" if len(ids) > CONFUSION_LINKS else ""
+        rows.append(
+            f"<tr><td>{html.escape(confusion.truth)}</td><td>{html.escape(confusion.predicted)}</td>"
+            f"<td>{html.escape(confusion.subject)} &rarr; {html.escape(confusion.object)}</td>"
+            f'<td class="number">{len(ids)}</td><td>{links}{more}</td></tr>'
+        )
+    return (
+        '<table id="confusions"><tr><th>annotated</th><th>predicted</th><th>entity pair</th><th>frames</th>'
+        f"<th>frames (linked where shown below)</th></tr>{''.join(rows)}</table>"
+    )
+
+
+@dataclass
+class Page:
+    """The HTML and, when pictures are not inlined, the PNG files of the folder beside it (name -> bytes)."""
+
+    text: str
+    files: dict[str, bytes]
 
 
 def page(
     results: list[FrameResult],
-    metrics: Mapping[str, Any],
+    evaluation: Mapping[str, Any],
     f1_plot: bytes,
     picture: Callable[[FrameResult], np.ndarray],
     *,
     limit: int,
     unannotated: int,
-) -> str:
-    """The HTML of the page; ``picture`` renders one frame (called for the listed frames only)."""
-    overall = metrics.get("overall", {})
-    macro = (overall.get("relation_report") or {}).get("macro avg", {}).get("f1-score")
-    headline = f"protocol {html.escape(str(metrics.get('protocol')))}, parse mode {html.escape(metrics['parse_mode'])}"
-    if macro is not None:
-        headline += f", macro F1 {macro:.3f}"
-    shown = results[:limit]
-    sections = []
-    for rank, result in enumerate(shown, start=1):
-        key = result.take
-        title = (
-            f"#{rank} {key.surgery_type} procedure {key.procedure_id} take {key.take_id}, frame {result.frame}: "
-            f"{result.count('missed')} missed, {result.count('spurious')} spurious, "
-            f"{result.count('correct')} correct"
+    folder_name: str,
+    inline_limit: float = INLINE_LIMIT_MB * 1e6,
+) -> Page:
+    """The page; ``picture`` renders one frame (called for the listed frames only). Pictures go into
+    ``folder_name/`` (relative to the page) when inlining them would make the page exceed ``inline_limit`` bytes."""
+    unreadable = [r for r in results if r.unreadable]
+    wrongest = [r for r in results if not r.unreadable]
+    groups = (("unreadable", unreadable[:limit]), ("wrongest", wrongest[:limit]))
+    pictures = {"f1_per_predicate.png": f1_plot}
+    for _, listed in groups:
+        for result in listed:
+            pictures[f"{_anchor(result.sample_id)}.png"] = png_bytes(picture(result))
+    inline = sum(len(data) for data in pictures.values()) * 4 / 3 <= inline_limit
+    sources = {
+        name: _data_uri(data) if inline else f"{html.escape(folder_name)}/{name}" for name, data in pictures.items()
+    }
+    shown = {r.sample_id for _, listed in groups for r in listed}
+    sections = {
+        kind: "".join(
+            _frame_section(r, f"#{rank} {_frame_title(r)}", sources[f"{_anchor(r.sample_id)}.png"])
+            for rank, r in enumerate(listed, start=1)
         )
-        sections.append(
-            f'<section class="frame" id="rank-{rank}" data-sample="{html.escape(result.sample_id)}" '
-            f'data-wrongness="{result.wrongness}"><h2>{html.escape(title)}</h2>'
-            f'<img src="{png_uri(picture(result))}" alt="{html.escape(result.sample_id)}">'
-            f"{_relations_table(result)}</section>"
-        )
+        for kind, listed in groups
+    }
+    dropped = evaluate.dropped_summary(evaluation)
     note = f", {unannotated} predicted frame(s) without an annotation left out" if unannotated else ""
-    return (
+    text = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>egoexor: evaluation errors</title>'
         f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>"
-        f"<h1>Evaluation errors</h1><p>{headline}. {len(results)} annotated frames scored{note}; "
-        f"the {len(shown)} wrongest below (wrongness = missed + spurious relations).</p>"
-        f'<h2>Per-predicate F1</h2><img src="{png_uri(f1_plot)}" alt="per-predicate F1">'
-        + "".join(sections)
-        + "</body></html>\n"
+        f"<h1>Evaluation errors</h1>"
+        f"<p>protocol {html.escape(str(evaluation.get('protocol')))}, parse mode "
+        f"{html.escape(evaluation['parse_mode'])}: the numbers of {METRICS_FILE}. "
+        f"{html.escape(dropped) + '.' if dropped else 'Every prediction parsed; every name is known.'}</p>"
+        f"{_headline(evaluation)}"
+        f'<h2>Per-predicate F1</h2><img src="{sources["f1_per_predicate.png"]}" alt="per-predicate F1">'
+        f'<h2 id="unreadable">Answers the parser could not read ({len(unreadable)} frames'
+        f"{f', {len(groups[0][1])} shown' if len(unreadable) > limit else ''})</h2>"
+        "<p>Unparsable text, or names the parse mode does not know: these triplets never reached the metric.</p>"
+        f"{sections['unreadable']}"
+        f"<h2>Recurring confusions</h2><p>Annotated predicate &rarr; predicted predicate of the same ordered "
+        f"entity pair (each pair's first triplet), in more than one frame.</p>"
+        f"{_confusion_table(recurring_confusions(results), shown)}"
+        f'<h2 id="wrongest">The {len(groups[1][1])} wrongest frames</h2><p>{len(results)} annotated frames '
+        f"scored{note}; wrongness = missed + spurious relations, ties: fewer correct first.</p>"
+        f"{sections['wrongest']}</body></html>\n"
     )
+    return Page(text, {} if inline else pictures)
