@@ -20,7 +20,9 @@ ids that are not in the samples are ignored. Both are counted, with examples, on
 **Outputs** (each written to a temporary file, then renamed): ``metrics.json`` (everything
 :func:`egoexor.metrics.compute_metrics` returns, plus the id bookkeeping), ``report.md`` (the tables),
 ``f1_per_predicate.png`` (per-label F1, overall and per surgery type) and ``confusion_matrix.png``
-(the overall 23x23 matrix). See :mod:`egoexor.metrics` for what the numbers mean and how the
+(the overall 23x23 matrix). The macro F1, overall and per surgery type, comes with a 95 % bootstrap
+confidence interval over takes (``macro_f1_interval``; ``--bootstrap`` resamples, ``--seed``), so two
+runs can be compared honestly. See :mod:`egoexor.metrics` for what the numbers mean and how the
 ``paper`` and ``gt`` protocols differ. The command writes them into a temporary folder that replaces
 ``--out`` when complete; an existing ``--out`` needs ``--overwrite``, and one holding an input is refused.
 
@@ -180,18 +182,26 @@ def evaluate(
     protocol: Protocol = "paper",
     *,
     progress: bool = False,
+    bootstrap: int = metrics.BOOTSTRAP_SAMPLES,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """All metrics of ``predictions`` against the sample records (see the module docstring).
+    """All metrics of ``predictions`` against the sample records (see the module docstring); ``bootstrap``
+    resamples from ``seed`` give the macro F1's confidence interval (:func:`egoexor.metrics.macro_f1_interval`).
 
     Raises :class:`InputError` for malformed inputs, an empty sample list or predictions none of
     which has a sample's id, and ``ValueError`` for an unknown protocol. Prediction text itself is
     never an error: what does not parse is dropped, as the reference does, and counted.
     """
-    return _score(read_predictions(predictions), read_samples(samples), protocol, progress)
+    return _score(read_predictions(predictions), read_samples(samples), protocol, progress, bootstrap, seed)
 
 
 def _score(
-    predictions: dict[str, Prediction], samples: list[Sample], protocol: Protocol, progress: bool
+    predictions: dict[str, Prediction],
+    samples: list[Sample],
+    protocol: Protocol,
+    progress: bool,
+    bootstrap: int,
+    seed: int,
 ) -> dict[str, Any]:
     metrics.check_protocol(protocol)
     mode = metrics.PARSE_MODE[protocol]
@@ -215,7 +225,7 @@ def _score(
         )
         for sample in tqdm(samples, desc="scoring", unit="frame", disable=not progress, file=sys.stderr)
     )
-    result = metrics.compute_metrics(frames, protocol)
+    result = metrics.compute_metrics(frames, protocol, bootstrap=bootstrap, seed=seed)
     return {
         **result,
         "samples": len(samples),
@@ -251,6 +261,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _interval(interval: Mapping[str, Any] | None) -> str:
+    return "-" if interval is None else f"{interval['low']:.4f}-{interval['high']:.4f}"
+
+
 def headline_rows(result: Mapping[str, Any]) -> list[list[str]]:
     """Per surgery type and overall, the cells of :data:`HEADLINE_HEADER` (console, report.md, error page)."""
     groups = {**result["surgery_types"], "overall": result["overall"]}
@@ -261,6 +275,7 @@ def headline_rows(result: Mapping[str, Any]) -> list[list[str]]:
         rows.append(
             [name, str(group["frames"]), str(group["scored_frames"]), str(group["pairs"])]
             + [_fmt(macro.get(key)) for key in ("precision", "recall", "f1-score")]
+            + [_interval(group.get("macro_f1_interval"))]
             + [_fmt(triplet[key]) for key in ("precision", "recall", "f1-score")]
         )
     return rows
@@ -274,6 +289,7 @@ HEADLINE_HEADER = [
     "macro P",
     "macro R",
     "macro F1",
+    "95% CI",
     "trip P",
     "trip R",
     "trip F1",
@@ -342,6 +358,7 @@ def _report_intro(result: Mapping[str, Any]) -> list[str]:
         "",
         f"Parse mode `{result['parse_mode']}`; entity set from the {result['entity_set'].replace('_', ' ')} triplets. "
         "Macro P/R/F1 = mean over the labels with ground-truth support (`none` included), the paper's headline. "
+        f"95% CI = {_interval_method(result)}. "
         "Triplet P/R/F1 = exact (subject, object, predicate) set match, summed over all frames.",
         "",
         f"{result['samples']} samples, {result['predictions']} predictions.",
@@ -353,6 +370,16 @@ def _report_intro(result: Mapping[str, Any]) -> list[str]:
     dropped = dropped_summary(result)
     lines.append(f"Dropped by the parser: {dropped}." if dropped else "Every prediction parsed; every name is known.")
     return lines
+
+
+def _interval_method(result: Mapping[str, Any]) -> str:
+    interval = result["overall"].get("macro_f1_interval")
+    if interval is None:
+        return "none (fewer than two takes to resample, or no bootstrap)"
+    return (
+        f"percentile bootstrap interval of the macro F1: {interval['samples']} resamples (seed {interval['seed']}) "
+        f"of the {interval['takes']} takes, each with all its frames, within each surgery type"
+    )
 
 
 def _take_rows(result: Mapping[str, Any]) -> list[list[str]]:
@@ -494,6 +521,14 @@ def _parser() -> cli.ArgumentParser:
         metavar="DIR",
         help="output folder for metrics.json, report.md and the PNG plots (replaced as a whole when complete).",
     )
+    parser.add_argument(
+        "--bootstrap",
+        type=cli.int_flag(0),
+        default=metrics.BOOTSTRAP_SAMPLES,
+        help="bootstrap resamples of the takes for the macro F1's 95%% confidence interval (0: no interval). "
+        "Default: %(default)s.",
+    )
+    parser.add_argument("--seed", type=cli.int_flag(0), default=0, help="seed of the bootstrap (default 0)")
     cli.add_overwrite_flag(parser)
     return parser
 
@@ -505,6 +540,8 @@ def evaluate_files(
     *,
     protocol: Protocol = "paper",
     overwrite: bool = False,
+    bootstrap: int = metrics.BOOTSTRAP_SAMPLES,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The command as a function: score the predictions file against the samples file, write ``out`` (replaced
     as a whole when complete); returns the evaluation. User mistakes raise :class:`cli.CommandError`."""
@@ -512,7 +549,7 @@ def evaluate_files(
     checked_predictions = _read_file(predictions, read_predictions, "--predictions")
     checked_samples = _read_file(samples, read_samples, "--samples")
     progress = len(checked_samples) >= _PROGRESS_MIN_SAMPLES
-    result = _score(checked_predictions, checked_samples, protocol, progress)
+    result = _score(checked_predictions, checked_samples, protocol, progress, bootstrap, seed)
     with cli.output_folder(out, COMMAND) as temporary:
         write_outputs(result, temporary)
     return result

@@ -320,9 +320,15 @@ def test_cli_writes_every_output_and_prints_the_headline(inputs, tmp_path, capsy
     assert set(result["surgery_types"]) == {"MISS", "Ultrasound"}
     assert len(result["overall"]["confusion_matrix"]) == 23
     assert (out / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
-    assert "## Per take" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## Per take" in report
+    interval = result["overall"]["macro_f1_interval"]  # takes resampled: the default 1000 resamples, seed 0
+    assert interval["low"] < result["overall"]["macro"]["f1-score"] < interval["high"] and interval["samples"] == 1000
+    overall_row = next(line for line in report.splitlines() if line.startswith("| overall |"))
+    assert f"| {interval['low']:.4f}-{interval['high']:.4f} |" in overall_row
+    assert "1000 resamples (seed 0)" in report
     printed = capsys.readouterr().out
-    for fragment in ("MISS", "Ultrasound", "overall", "macro F1", "1 samples without a prediction", "not_a_sample"):
+    for fragment in ("MISS", "Ultrasound", "overall", "macro F1", "95% CI", "1 samples without a prediction"):
         assert fragment in printed
 
 
