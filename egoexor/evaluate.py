@@ -19,8 +19,9 @@ ids that are not in the samples are ignored. Both are counted, with examples, on
 
 **Outputs** (each written to a temporary file, then renamed): ``metrics.json`` (everything
 :func:`egoexor.metrics.compute_metrics` returns, plus the id bookkeeping), ``report.md`` (the tables),
-``f1_per_predicate.png`` (per-label F1, overall and per surgery type) and ``confusion_matrix.png``
-(the overall 23x23 matrix). The macro F1, overall and per surgery type, comes with a 95 % bootstrap
+``f1_per_predicate.png`` (per-label F1, overall and per surgery type; labels without ground truth
+marked, not drawn as 0) and ``confusion_matrix.png`` (the overall matrix over the labels that occur).
+The macro F1, overall and per surgery type, comes with a 95 % bootstrap
 confidence interval over takes (``macro_f1_interval``; ``--bootstrap`` resamples, ``--seed``), so two
 runs can be compared honestly. See :mod:`egoexor.metrics` for what the numbers mean and how the
 ``paper`` and ``gt`` protocols differ. The command writes them into a temporary folder that replaces
@@ -415,7 +416,9 @@ def _save_figure(figure: Any, path: Path) -> None:
         figure.savefig(temporary, format="png", dpi=100)
 
 
-def _plot_f1(result: Mapping[str, Any], path: Path) -> None:
+def f1_figure(result: Mapping[str, Any]) -> Any:
+    """Per-label F1, overall and per surgery type. A label without ground truth in a group has no bar there
+    (its F1 is undefined, not 0); one without ground truth anywhere is marked "no support"."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -426,45 +429,72 @@ def _plot_f1(result: Mapping[str, Any], path: Path) -> None:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     height = 0.8 / max(len(groups), 1)
-    positions = np.arange(len(labels))
     for i, (name, report) in enumerate(groups.items()):
-        scores = [report[label]["f1-score"] for label in labels]
+        supported = [j for j, label in enumerate(labels) if report[label]["support"]]
+        scores = [report[labels[j]]["f1-score"] for j in supported]
         colour = _PLOT_GROUP_COLOURS[i % len(_PLOT_GROUP_COLOURS)]
-        axes.barh(positions + i * height, scores, height=height, label=name, color=colour)
+        axes.barh(np.array(supported) + i * height, scores, height=height, label=name, color=colour)
     support = result["overall"]["relation_report"] or {label: {"support": 0} for label in labels}
-    tick_labels = [f"{label} (n={support[label]['support']})" for label in labels]
-    axes.set_yticks(positions + height * (len(groups) - 1) / 2, tick_labels)
+    middle = height * (len(groups) - 1) / 2
+    tick_labels = []
+    for j, label in enumerate(labels):
+        n = support[label]["support"]
+        tick_labels.append(f"{label} (n={n})")
+        if not n:
+            axes.text(0.01, j + middle, "no support", va="center", fontsize=8, color="#888888", style="italic")
+    axes.set_yticks(np.arange(len(labels)) + middle, tick_labels)
+    for tick, label in zip(axes.get_yticklabels(), labels, strict=True):
+        if not support[label]["support"]:
+            tick.set_color("#888888")
     axes.invert_yaxis()
     axes.set_xlim(0, 1)
     axes.set_xlabel("F1")
-    axes.set_title(f"Per-label F1 (protocol {result['protocol']}; n = overall ground-truth support)")
+    axes.set_title(
+        f"Per-label F1 (protocol {result['protocol']}; n = overall ground-truth support;\n"
+        "no bar: no ground truth of the label in that group)"
+    )
     if groups:
         figure.legend(loc="outside lower center", ncols=len(groups))
-    _save_figure(figure, path)
+    return figure
 
 
-def _plot_confusion(result: Mapping[str, Any], path: Path) -> None:
+def occurring_labels(confusion: np.ndarray) -> list[int]:
+    """Indices of the labels with a ground-truth or a predicted pair (a non-empty row or column)."""
+    return [i for i in range(len(confusion)) if confusion[i].any() or confusion[:, i].any()]
+
+
+def confusion_figure(result: Mapping[str, Any]) -> Any:
+    """The overall confusion matrix over the labels that occur, counts written in each non-empty cell."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    confusion = np.asarray(result["overall"]["confusion_matrix"], dtype=np.float64)
+    full = np.asarray(result["overall"]["confusion_matrix"], dtype=np.float64)
+    keep = occurring_labels(full) or [vocab.RELATION_LABELS.index(vocab.NONE)]
+    confusion = full[np.ix_(keep, keep)]
+    labels = [vocab.RELATION_LABELS[i] for i in keep]
     totals = confusion.sum(axis=1, keepdims=True)
     row_share = np.divide(confusion, totals, out=np.zeros_like(confusion), where=totals > 0)
-    labels = vocab.RELATION_LABELS
-    figure = Figure(figsize=(13, 12), layout="constrained")
+    side = 0.55 * len(labels) + 3.5
+    fontsize = float(np.clip(180 / len(labels), 8, 14))
+    figure = Figure(figsize=(side + 1.5, side), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     image = axes.imshow(row_share, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axes, label="share of the ground-truth row")
     for row, column in zip(*np.nonzero(confusion), strict=True):
         colour = "white" if row_share[row, column] > 0.5 else "black"
-        axes.text(column, row, f"{int(confusion[row, column])}", ha="center", va="center", fontsize=6, color=colour)
+        text = f"{int(confusion[row, column])}"
+        axes.text(column, row, text, ha="center", va="center", fontsize=fontsize, color=colour)
     axes.set_xticks(range(len(labels)), labels, rotation=90)
     axes.set_yticks(range(len(labels)), labels)
     axes.set_xlabel("predicted")
     axes.set_ylabel("ground truth")
-    axes.set_title(f"Overall confusion matrix (protocol {result['protocol']}, counts; colour = row share)")
-    _save_figure(figure, path)
+    left_out = len(vocab.RELATION_LABELS) - len(labels)
+    axes.set_title(
+        f"Overall confusion matrix (protocol {result['protocol']}; counts, colour = row share;\n"
+        f"{left_out} labels that occur nowhere left out)"
+    )
+    return figure
 
 
 def write_outputs(result: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> list[Path]:
@@ -474,8 +504,8 @@ def write_outputs(result: Mapping[str, Any], out_dir: str | os.PathLike[str]) ->
     paths = [out / "metrics.json", out / "report.md", out / "f1_per_predicate.png", out / "confusion_matrix.png"]
     write_json(paths[0], result)
     write_text(paths[1], format_report(result))
-    _plot_f1(result, paths[2])
-    _plot_confusion(result, paths[3])
+    _save_figure(f1_figure(result), paths[2])
+    _save_figure(confusion_figure(result), paths[3])
     return paths
 
 
