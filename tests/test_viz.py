@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
@@ -22,7 +22,15 @@ from egoexor.data.reader import EgoExorReader
 from egoexor.scene_graph import Triplet
 from egoexor.viz import errors, graph
 from egoexor.viz.__main__ import main
-from egoexor.viz.timepoint import GAZE_COLOUR, HAND_COLOURS, render
+from egoexor.viz.timepoint import (
+    FRAME_MARK_COLOUR,
+    GAZE_COLOUR,
+    HAND_COLOURS,
+    NOTE_COLOUR,
+    TimepointFigure,
+    render,
+    spectrogram,
+)
 
 TAKE, FRAME = TakeKey("MISS", 1, 1), 4  # every gaze row of this frame is valid; the anesthetist's has an offset
 
@@ -98,6 +106,97 @@ def test_hand_keypoints_on_ego_views(point, picture):
     column, row_px = (round(v) for v in panel.to_picture(*right_wrist))
     window = picture.image[row_px - 3 : row_px + 4, column - 3 : column + 4]
     assert _mask(window, HAND_COLOURS[1]).sum() >= 9
+
+
+def test_hands_are_drawn_above_the_gaze_marker(point):
+    row = point.hands[point.hands[:, 0] == vocab.SOURCES["circulator"]][0]
+    right_wrist = row[1:17].reshape(8, 2)[2]
+    gaze = point.gaze.copy()
+    gaze[gaze[:, 0] == vocab.SOURCES["circulator"], 1:3] = right_wrist  # the gaze marker covers the wrist
+    picture = render(replace(point, gaze=gaze), dpi=60)
+    panel = next(p for p in picture.panels if p.name == "circulator")
+    column, row_px = (round(v) for v in panel.to_picture(*right_wrist))
+    window = picture.image[row_px - 3 : row_px + 4, column - 3 : column + 4]
+    assert _mask(window, HAND_COLOURS[1]).sum() >= 9
+    assert _mask(picture.image, GAZE_COLOUR, (column - 12, row_px - 12, column + 13, row_px + 13)).sum() > 10
+
+
+def _outside_panels(image: np.ndarray, panels) -> np.ndarray:
+    outside = np.ones(image.shape[:2], dtype=bool)
+    for panel in panels:
+        left, top, right, bottom = panel.box
+        outside[top - 2 : bottom + 2, left - 2 : right + 2] = False
+    return outside
+
+
+def test_legend_of_gaze_and_hands_only_where_there_are_ego_views(point, picture):
+    outside = _outside_panels(picture.image, picture.panels)
+    top_right = np.zeros_like(outside)
+    top_right[: picture.panels[0].box[1], picture.image.shape[1] // 2 :] = True
+    for colour in (GAZE_COLOUR, *HAND_COLOURS):
+        legend = _mask(picture.image, colour) & outside
+        assert legend.sum() > 10 and not (legend & ~top_right).any(), colour
+    no_cameras = render(replace(point, rgb=None), dpi=60)
+    for colour in (GAZE_COLOUR, *HAND_COLOURS):
+        assert not _mask(no_cameras.image, colour).any(), colour
+
+
+def test_spectrogram_peaks_at_the_tone():
+    seconds = np.arange(48_000) / 48_000
+    audio = np.stack([np.sin(2 * np.pi * 3000 * seconds)] * 2, axis=1)
+    power = spectrogram(audio)
+    bins = np.fft.rfftfreq(2 * (power.shape[0] - 1), 1 / 48_000)
+    assert abs(bins[power.mean(axis=1).argmax()] - 3000) <= bins[1]
+    assert power.shape[1] > 100  # about as many time steps as frequencies
+
+
+def test_audio_panel_marks_the_frame_and_says_nothing_of_channels(point):
+    seconds = np.arange(48_000) / 48_000
+    audio = np.stack([np.sin(2 * np.pi * 440 * seconds)] * 2, axis=1).astype(np.float32)  # a 1-s snippet
+    figure = TimepointFigure(replace(point, audio=audio), dpi=60)
+    picture = figure.draw(replace(point, audio=audio))
+    left, top, right, bottom = next(p for p in picture.panels if p.name == "audio").box
+    mark = _mask(picture.image, FRAME_MARK_COLOUR, tolerance=10)
+    columns = np.nonzero(mark.any(axis=0))[0]
+    assert mark[top:bottom, left:right].sum() > 20 and mark.sum() == mark[top - 2 : bottom + 2, left:right].sum()
+    assert columns.min() <= left + 2 and columns.max() <= left + (right - left) / 15 + 3  # the first 1/15 s
+    assert "blue" not in figure.audio.axes.get_title()
+    silent = TimepointFigure(replace(point, audio=None), dpi=60)
+    picture = silent.draw(replace(point, audio=None))
+    assert not _mask(picture.image, FRAME_MARK_COLOUR, tolerance=10).any()
+    assert silent.audio.axes.get_title() == "audio" and "legend" not in silent.audio.axes.get_title()
+
+
+def test_what_the_parser_dropped_is_written_under_the_scene_graph(point):
+    note = "unparsable: no subject,object,predicate chunk in 'the surgeon is busy'"
+    with_note, without = render(point, [], note=note, dpi=60), render(point, [], dpi=60)
+    left, top, right, bottom = with_note.panels[-1].box
+    changed = (with_note.image != without.image).any(axis=-1)
+    assert changed.sum() > 100 and changed.sum() == changed[bottom:, left:right].sum()  # under the graph only
+    assert _mask(with_note.image, NOTE_COLOUR, tolerance=30)[bottom:, left:right].sum() > 50
+    assert not _mask(without.image, NOTE_COLOUR, tolerance=30)[bottom:, left:right].any()
+
+
+def test_scene_graph_places_are_fixed_for_a_take(tiny_dataset):
+    with EgoExorReader(tiny_dataset.directory / "miss_1.h5") as reader:
+        points = [reader.read(TAKE, frame) for frame in range(reader.frame_count(TAKE))]
+    names = [{n for t in p.annotations or () for n in (t.subject, t.object)} for p in points]
+    entities = list(dict.fromkeys(n for p in points for t in p.annotations or () for n in (t.subject, t.object)))
+
+    def place(frame: int, name: str, fixed: list[str] | None) -> tuple[float, float]:
+        figure = TimepointFigure(points[frame], dpi=30, entities=fixed)
+        figure.draw(points[frame])
+        return next(text.get_position() for text in figure.scene.texts if text.get_text() == name.replace("_", " "))
+
+    # two frames where placing each frame's own entities moves a shared one (what a video must not do)
+    first, second, shared = next(
+        (a, b, name)
+        for a in range(len(points))
+        for b in range(a)
+        for name in sorted(names[a] & names[b])
+        if names[a] != names[b] and place(a, name, None) != place(b, name, None)
+    )
+    assert place(first, shared, entities) == place(second, shared, entities)
 
 
 def test_scene_graph_edges_are_coloured_by_status(point):

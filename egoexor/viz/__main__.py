@@ -51,13 +51,15 @@ def _open(path: str, take: TakeKey) -> tuple[EgoExorReader, int]:
     return reader, reader.frame_count(take)
 
 
-def _frame_predictions(path: str, take: TakeKey, frame: int, protocol: str) -> list[Triplet]:
-    """The prediction for one frame (its first permutation) from a predictions file keyed by sample id."""
+def _frame_predictions(path: str, take: TakeKey, frame: int, protocol: str) -> tuple[list[Triplet], str | None]:
+    """The prediction for one frame (its first permutation) from a predictions file keyed by sample id: its
+    triplets, and what the parser could not read of it (:func:`errors.dropped_note`)."""
     predictions = evaluate.read_predictions(cli.read_json(path, "--predictions"))
     ids = sorted((errors.frame_of(i)[2], i) for i in predictions if errors.frame_of(i)[:2] == (take, frame))
     if not ids:
         raise cli.CommandError(f"--predictions {path}: no prediction for {take.path} frame {frame}")
-    return evaluate.prediction_triplets(predictions[ids[0][1]], metrics.PARSE_MODE[protocol])
+    prediction, mode = predictions[ids[0][1]], metrics.PARSE_MODE[protocol]
+    return evaluate.prediction_triplets(prediction, mode), errors.dropped_note(prediction, mode)
 
 
 def _save_png(picture: timepoint.Picture, out: Path) -> None:
@@ -69,10 +71,12 @@ def _frame(args) -> int:
     reader, n_frames = _open(args.hdf5, args.take)
     if args.frame >= n_frames:
         raise cli.CommandError(f"--frame {args.frame}: out of range ({args.take.path} has {n_frames} frames)")
-    predicted = _frame_predictions(args.predictions, args.take, args.frame, args.protocol) if args.predictions else None
+    predicted, note = (
+        _frame_predictions(args.predictions, args.take, args.frame, args.protocol) if args.predictions else (None, None)
+    )
     out = cli.check_output(args.out, inputs=[args.hdf5, args.predictions], overwrite=args.overwrite, flag="--out")
     point = reader.read(args.take, args.frame)
-    picture = timepoint.render(point, predicted, dpi=args.dpi, swap_channels=not args.stored_channels)
+    picture = timepoint.render(point, predicted, note=note, dpi=args.dpi, swap_channels=not args.stored_channels)
     _save_png(picture, out)
     print(f"wrote {out}: {picture.image.shape[1]}x{picture.image.shape[0]}, {len(picture.panels)} panels")
     return 0
@@ -89,6 +93,15 @@ def frame_range(text: str, n_frames: int) -> range:
     if not sep or not 0 <= first < end <= n_frames:
         raise cli.CommandError(f"--frames {text}: expected A:B with 0 <= A < B <= {n_frames} (the take's frames)")
     return range(first, end)
+
+
+def _entities(reader: EgoExorReader, take: TakeKey, frames: range) -> list[str]:
+    """Every entity the frames' annotations name, in order of first appearance: the graph's fixed places."""
+    names: dict[str, None] = {}
+    for frame in frames:
+        for triplet in reader.read(take, frame, fields=("annotations",)).annotations or ():
+            names.update(dict.fromkeys((triplet.subject, triplet.object)))
+    return list(names)
 
 
 def _take(args) -> int:
@@ -108,8 +121,13 @@ def _take(args) -> int:
                 f"frame {frames.stop}; silence fills the rest",
             )
     out = cli.check_output(args.out, inputs=[args.hdf5], overwrite=args.overwrite, flag="--out")
-    swap = not args.stored_channels
-    pictures = (timepoint.render(reader.read(args.take, f), dpi=args.dpi, swap_channels=swap).image for f in frames)
+    figure = timepoint.TimepointFigure(
+        reader.read(args.take, frames.start),
+        dpi=args.dpi,
+        swap_channels=not args.stored_channels,
+        entities=_entities(reader, args.take, frames),
+    )
+    pictures = (figure.draw(reader.read(args.take, f)).image for f in frames)
     with tqdm(total=len(frames), desc="rendering", unit="frame") as bar, atomic_output(out) as temporary:
         count = video.write_mp4(temporary, pictures, audio=audio, on_frame=bar.update)
     print(
@@ -137,7 +155,8 @@ def _errors(args) -> int:
     def picture(frame: errors.FrameResult) -> np.ndarray:
         point = reader.read(frame.take, frame.frame)
         predicted = [t for t, status in frame.edges if status != "missed"]
-        image = timepoint.render(point, predicted, dpi=args.dpi, swap_channels=not args.stored_channels).image
+        swap = not args.stored_channels
+        image = timepoint.render(point, predicted, note=frame.note, dpi=args.dpi, swap_channels=swap).image
         bar.update()
         return image
 

@@ -18,8 +18,9 @@ The page, top to bottom:
   to its frames on the page;
 * **the wrongest frames** (missed + spurious relations, ties broken by fewer correct ones).
 
-Each listed frame shows its picture (:mod:`egoexor.viz.timepoint`), the model's raw output, the
-parsed triplets (correct / spurious) and the ground truth (correct / missed).
+Each listed frame shows its picture (:mod:`egoexor.viz.timepoint`, with what the parser could not read
+written on it), the model's raw output, the parsed triplets (correct / spurious) and the ground truth
+(correct / missed).
 
 Pictures are inlined (``data:`` URIs: the page opens from disk, sent by mail, with no server) while the
 page stays under ``inline_limit`` bytes (:data:`INLINE_LIMIT_MB` by default); beyond it they are PNG
@@ -35,6 +36,7 @@ import html
 import io
 import json
 import re
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -76,8 +78,7 @@ class FrameResult:
     frame: int
     edges: list[tuple[Triplet, graph.Status]]
     prediction: evaluate.Prediction
-    unparsable: bool
-    unknown: list[tuple[str, str, str]]  # (subject, object, predicate) fields dropped for an unknown name
+    note: str | None  # what the parser could not read (:func:`dropped_note`)
     confusions: list[Confusion]
 
     def count(self, status: graph.Status) -> int:
@@ -89,7 +90,7 @@ class FrameResult:
 
     @property
     def unreadable(self) -> bool:
-        return self.unparsable or bool(self.unknown)
+        return self.note is not None
 
 
 def frame_of(sample_id: str) -> tuple[TakeKey, int, int]:
@@ -116,6 +117,16 @@ def read_results(folder: Path) -> tuple[dict[str, evaluate.Prediction], dict[str
         raise cli.CommandError(f"--results {folder / METRICS_FILE}: not written by egoexor.evaluate (no parse_mode)")
     plot = cli.input_file(folder / F1_PLOT, "--results").read_bytes()
     return predictions, result, plot
+
+
+def dropped_note(prediction: evaluate.Prediction, parse_mode: str) -> str | None:
+    """What the parser could not read of a prediction, in one line (the page and the picture show it)."""
+    unparsable, unknown = evaluate.dropped_fields(prediction, parse_mode)
+    if unparsable:
+        return f"unparsable: no subject,object,predicate chunk in {textwrap.shorten(str(prediction), 100)!r}"
+    if unknown:
+        return "dropped for an unknown name: " + "; ".join(",".join(field) for field in unknown)
+    return None
 
 
 def confusions(truth: Sequence[Triplet], predicted: Sequence[Triplet]) -> list[Confusion]:
@@ -146,11 +157,9 @@ def score_frames(
             continue
         prediction = predictions[sample_id]
         predicted = evaluate.prediction_triplets(prediction, parse_mode)
-        unparsable, unknown = evaluate.dropped_fields(prediction, parse_mode)
+        note = dropped_note(prediction, parse_mode)
         edges = graph.compare(truth, predicted)
-        results.append(
-            FrameResult(sample_id, take, frame, edges, prediction, unparsable, unknown, confusions(truth, predicted))
-        )
+        results.append(FrameResult(sample_id, take, frame, edges, prediction, note, confusions(truth, predicted)))
     results.sort(key=lambda r: (-r.wrongness, r.count("correct"), r.take, r.frame))
     return results, unannotated
 
@@ -222,12 +231,7 @@ def _raw_text(prediction: evaluate.Prediction) -> str:
 
 
 def _frame_section(result: FrameResult, title: str, src: str) -> str:
-    dropped = ""
-    if result.unparsable:
-        dropped = '<p class="dropped">unparsable: no subject,object,predicate chunk in the text</p>'
-    elif result.unknown:
-        fields = "; ".join(",".join(field) for field in result.unknown)
-        dropped = f'<p class="dropped">dropped for an unknown name: {html.escape(fields)}</p>'
+    dropped = f'<p class="dropped">{html.escape(result.note)}</p>' if result.note else ""
     truth = [(t, s) for t, s in result.edges if s in ("correct", "missed")]
     parsed = [(t, s) for t, s in result.edges if s in ("correct", "spurious")]
     return (
