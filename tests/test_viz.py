@@ -351,7 +351,8 @@ def _sample_ids(text: str) -> list[str]:
 
 def test_errors_page_headline_is_the_evaluations(results, error_page):
     evaluation = json.loads((results.folder / "metrics.json").read_text())
-    rows = dict(re.findall(r'<tr data-group="([^"]+)" data-macro-f1="([^"]*)">', error_page))
+    headline = _part(error_page, '<table id="headline">', "</table>")
+    rows = dict(re.findall(r'<tr data-group="([^"]+)" data-macro-f1="([^"]*)">', headline))
     assert set(rows) == {*evaluation["surgery_types"], "overall"}
     for group, shown in rows.items():
         expected = evaluation["overall"] if group == "overall" else evaluation["surgery_types"][group]
@@ -423,6 +424,60 @@ def test_errors_page_pictures_go_into_a_folder_past_the_size_limit(results, merg
     out.unlink()
     assert main(argv) == cli.EXIT_ERROR  # the page is gone, its pictures' folder is not: refused
     assert "errors_files: already exists" in capsys.readouterr().err and not out.exists()
+
+
+def _sections(text: str) -> dict[str, str]:
+    """Sample id -> the HTML of its frame section."""
+    return {
+        m.group(1): m.group(0)
+        for m in re.finditer(r'<section class="frame"[^>]*data-sample="([^"]+)".*?</section>', text)
+    }
+
+
+def test_errors_page_filters_keep_only_the_chosen_frames(results, merged_file, error_page, tmp_path, capsys):
+    predicate = results.confusion[0]
+    text = _errors_page(results, merged_file, tmp_path / "p.html", "--limit", "1", "--predicate", predicate)
+    sections = _sections(text)
+    assert sections and all(f"<td>{predicate}</td>" in section for section in sections.values())
+    assert any(f"<td>{predicate}</td>" not in section for section in _sections(error_page).values())
+    assert f'<p id="scope">Frames below: only predicate {predicate} (' in text
+    assert 'id="scope"' not in error_page
+    text = _errors_page(results, merged_file, tmp_path / "u.html", "--limit", "1", "--surgery_type", "Ultrasound")
+    assert _sections(text) and all(sample.startswith("Ultrasound_") for sample in _sections(text))
+    text = _errors_page(results, merged_file, tmp_path / "t.html", "--limit", "1", "--take", "MISS/1/1")
+    assert _sections(text) and all(sample.startswith("MISS_1_1_") for sample in _sections(text))
+    capsys.readouterr()
+    argv = ["errors", "--results", str(results.folder), "--hdf5", str(merged_file), "--out", str(tmp_path / "x.html")]
+    assert main([*argv, "--take", "MISS/9/9"]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MISS/9" in err and not (tmp_path / "x.html").exists()
+
+
+def test_errors_page_compares_two_runs_both_ways(results, sample_files, merged_file, error_page, tmp_path):
+    from egoexor.evaluate import main as evaluate
+
+    mine = json.loads((results.folder / "predictions.json").read_text())
+    samples = {sample["id"]: sample for sample in json.loads(sample_files["test"].read_text())}
+    right = [i for i, text in mine.items() if text == samples[i]["conversations"][1]["value"]]
+    broken = right[0]  # right in this run, empty in the other
+    theirs = {**mine, results.worst: samples[results.worst]["conversations"][1]["value"], broken: "<SG> </SG>"}
+    (tmp_path / "theirs.json").write_text(json.dumps(theirs))
+    other = tmp_path / "other"
+    argv = ["--predictions", str(tmp_path / "theirs.json"), "--samples", str(sample_files["test"]), "--out", str(other)]
+    assert evaluate(argv) == 0
+    shutil.copy(tmp_path / "theirs.json", other / "predictions.json")
+    text = _errors_page(results, merged_file, tmp_path / "c.html", "--limit", "1", "--compare", str(other))
+    ids = {
+        kind: re.findall(r"<tr><td>(?:<a [^>]*>)?([^<]+)", _part(text, f'id="{kind}"', "</table>"))
+        for kind in ("right-here", "right-there")
+    }
+    assert ids == {"right-here": [broken], "right-there": [results.worst]}
+    assert f'<a href="#{errors._anchor(results.worst)}">' in _part(text, 'id="right-there"', "</table>")  # shown
+    evaluation = json.loads((other / "metrics.json").read_text())
+    headline = _part(text, '<table id="headline-other">', "</table>")
+    shown = re.search(r'<tr data-group="overall" data-macro-f1="([^"]*)">', headline).group(1)
+    assert float(shown) == evaluation["overall"]["macro"]["f1-score"]
+    assert 'id="comparison"' in text and 'id="comparison"' not in error_page
 
 
 @pytest.mark.skipif(

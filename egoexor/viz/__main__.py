@@ -4,7 +4,8 @@
 
     python -m egoexor.viz frame  --hdf5 F --take MISS/1/2 --frame 195 [--predictions P.json] --out frame.png
     python -m egoexor.viz take   --hdf5 F --take MISS/1/2 [--frames A:B] [--audio] --out take.mp4
-    python -m egoexor.viz errors --results RUN_DIR --hdf5 F --out errors.html
+    python -m egoexor.viz errors --results RUN_DIR --hdf5 F [--compare RUN_DIR2] [--take T] [--surgery_type S]
+                                 [--predicate P] --out errors.html
 
 The rules of :mod:`egoexor.cli`: a bad file, take, frame or flag is one line and exit status 2, Ctrl-C
 exit 130, an existing output needs ``--overwrite``, outputs are written to a temporary file and renamed.
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from egoexor import cli, evaluate, metrics
+from egoexor import cli, evaluate, metrics, vocab
 from egoexor.atomic import atomic_output, write_text
 from egoexor.data import layout
 from egoexor.data.layout import TakeKey
@@ -140,15 +141,31 @@ def _take(args) -> int:
 def _errors(args) -> int:
     results = Path(args.results)
     predictions, result, plot = errors.read_results(results)
+    other = errors.read_results(Path(args.compare), "--compare") if args.compare else None
     cli.open_hdf5(args.hdf5, "--hdf5").close()
-    inputs = [args.hdf5, *results.iterdir()]
+    inputs = [args.hdf5, *results.iterdir(), *(Path(args.compare).iterdir() if args.compare else ())]
     out = cli.check_output(args.out, inputs=inputs, overwrite=args.overwrite, flag="--out")
     folder = out.with_name(out.stem + "_files")  # the pictures, where the page would be too big with them inside
     cli.check_output(folder, inputs=inputs, overwrite=args.overwrite, owner=COMMAND, flag="--out")
     reader = EgoExorReader(args.hdf5)
-    frames, unannotated = errors.score_frames(predictions, reader, result["parse_mode"])
-    if not frames:
+    if args.take is not None:
+        reader.frame_count(args.take)  # a take the file lacks is an error, not an empty page
+    scored, unannotated = errors.score_frames(predictions, reader, result["parse_mode"])
+    if not scored:
         raise cli.CommandError(f"--results {args.results}: no predicted frame is annotated in {args.hdf5}")
+    chosen = {"take": args.take, "surgery_type": args.surgery_type, "predicate": args.predicate}
+    frames = errors.select(scored, **chosen)
+    scope = ", ".join(
+        f"{flag.replace('_', ' ')} {value.path if flag == 'take' else value}"
+        for flag, value in chosen.items()
+        if value is not None
+    )
+    if not frames:
+        raise cli.CommandError(f"no scored frame of {args.results} is of {scope}")
+    comparison = None
+    if other is not None:
+        other_frames, _ = errors.score_frames(other[0], reader, other[1]["parse_mode"])
+        comparison = errors.compare(frames, other_frames, args.compare, other[1])
     listed = min(args.limit, sum(f.unreadable for f in frames)) + min(args.limit, sum(not f.unreadable for f in frames))
     bar = tqdm(total=listed, desc="drawing", unit="frame")
 
@@ -170,6 +187,8 @@ def _errors(args) -> int:
             unannotated=unannotated,
             folder_name=folder.name,
             inline_limit=args.inline_mb * 1e6,
+            scope=scope or None,
+            comparison=comparison,
         )
     if made.files:
         with cli.output_folder(folder, COMMAND) as temporary:
@@ -249,6 +268,24 @@ def _parser() -> cli.ArgumentParser:
         default=errors.INLINE_LIMIT_MB,
         help="pictures are inlined while the page stays under this many MB (default %(default)s); beyond "
         "it they are written to OUT_files/ beside the page (0: always)",
+    )
+    page.add_argument(
+        "--compare",
+        default=None,
+        metavar="RESULTS",
+        help="a second results folder (another run on the same frames): the page adds its headline and the "
+        "frames one run gets right and the other does not",
+    )
+    page.add_argument("--take", type=parse_take, default=None, help="list only this take's frames (MISS/1/2)")
+    page.add_argument(
+        "--surgery_type", choices=vocab.SURGERY_TYPES, default=None, help="list only this surgery type's frames"
+    )
+    page.add_argument(
+        "--predicate",
+        choices=vocab.PREDICATES,
+        default=None,
+        metavar="PREDICATE",
+        help="list only the frames with this predicate in their ground truth or prediction",
     )
     page.add_argument("--out", required=True, help="HTML file to write")
     return parser

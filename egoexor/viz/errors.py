@@ -16,7 +16,12 @@ The page, top to bottom:
 * **recurring confusions**: annotated predicate -> predicted predicate for the same ordered entity pair
   (first triplet of a pair in text order, the pair metric's rule), counted over frames, each with links
   to its frames on the page;
+* with a second run (``compare``), its headline and the frames that one run gets right (every relation,
+  nothing dropped) and the other does not, both ways;
 * **the wrongest frames** (missed + spurious relations, ties broken by fewer correct ones).
+
+The listed frames can be limited to one take, one surgery type or the frames with one predicate in their
+ground truth or prediction (:func:`select`); the headline stays the whole evaluation's.
 
 Each listed frame shows its picture (:mod:`egoexor.viz.timepoint`, with what the parser could not read
 written on it), the model's raw output, the parsed triplets (correct / spurious) and the ground truth
@@ -59,6 +64,8 @@ F1_PLOT = "f1_per_predicate.png"
 INLINE_LIMIT_MB = 2.0
 #: Rows of the recurring-confusions table, and frame links per row.
 CONFUSION_ROWS, CONFUSION_LINKS = 20, 8
+#: Rows of each table of the comparison with another run.
+COMPARISON_ROWS = 50
 _SAMPLE_ID = re.compile(r"(?P<surgery_type>.+)_(?P<procedure>\d+)_(?P<take>\d+)_(?P<frame>\d+)_(?P<permutation>\d+)")
 
 
@@ -104,18 +111,18 @@ def frame_of(sample_id: str) -> tuple[TakeKey, int, int]:
     return take, int(match["frame"]), int(match["permutation"])
 
 
-def read_results(folder: Path) -> tuple[dict[str, evaluate.Prediction], dict[str, Any], bytes]:
+def read_results(folder: Path, flag: str = "--results") -> tuple[dict[str, evaluate.Prediction], dict[str, Any], bytes]:
     """Predictions, metrics and the F1 plot of a results folder; a missing piece names the file."""
     if not folder.is_dir():
-        raise cli.CommandError(f"--results {folder}: no such folder")
+        raise cli.CommandError(f"{flag} {folder}: no such folder")
     found = next((folder / name for name in PREDICTION_FILES if (folder / name).is_file()), None)
     if found is None:
-        raise cli.CommandError(f"--results {folder}: no {' or '.join(PREDICTION_FILES)} (written by egoexor.infer)")
-    predictions = evaluate.read_predictions(cli.read_json(found, "--results"))
-    result = cli.read_json(folder / METRICS_FILE, "--results")
+        raise cli.CommandError(f"{flag} {folder}: no {' or '.join(PREDICTION_FILES)} (written by egoexor.infer)")
+    predictions = evaluate.read_predictions(cli.read_json(found, flag))
+    result = cli.read_json(folder / METRICS_FILE, flag)
     if not isinstance(result, dict) or not {"parse_mode", "overall", "surgery_types"} <= result.keys():
-        raise cli.CommandError(f"--results {folder / METRICS_FILE}: not written by egoexor.evaluate (no parse_mode)")
-    plot = cli.input_file(folder / F1_PLOT, "--results").read_bytes()
+        raise cli.CommandError(f"{flag} {folder / METRICS_FILE}: not written by egoexor.evaluate (no parse_mode)")
+    plot = cli.input_file(folder / F1_PLOT, flag).read_bytes()
     return predictions, result, plot
 
 
@@ -162,6 +169,52 @@ def score_frames(
         results.append(FrameResult(sample_id, take, frame, edges, prediction, note, confusions(truth, predicted)))
     results.sort(key=lambda r: (-r.wrongness, r.count("correct"), r.take, r.frame))
     return results, unannotated
+
+
+def select(
+    results: Sequence[FrameResult],
+    *,
+    take: TakeKey | None = None,
+    surgery_type: str | None = None,
+    predicate: str | None = None,
+) -> list[FrameResult]:
+    """The frames of one take, of one surgery type, and with ``predicate`` in their ground truth or prediction."""
+    return [
+        r
+        for r in results
+        if (take is None or r.take == take)
+        and (surgery_type is None or r.take.surgery_type == surgery_type)
+        and (predicate is None or any(t.predicate == predicate for t, _ in r.edges))
+    ]
+
+
+@dataclass
+class Comparison:
+    """Another run on the same frames: the frames one run gets right and the other does not."""
+
+    name: str
+    evaluation: Mapping[str, Any]
+    right_here: list[tuple[FrameResult, FrameResult]]  # (this run's frame, the other's): right here only
+    right_there: list[tuple[FrameResult, FrameResult]]  # right in the other run only
+
+
+def _right(result: FrameResult) -> bool:
+    """Every relation correct and nothing dropped by the parser."""
+    return result.wrongness == 0 and not result.unreadable
+
+
+def compare(
+    results: Sequence[FrameResult], other: Sequence[FrameResult], name: str, evaluation: Mapping[str, Any]
+) -> Comparison:
+    """Match ``other``'s frames to ``results`` (by take and frame); frames only one of them has are left out."""
+    theirs = {(r.take, r.frame): r for r in other}
+    pairs = [(r, theirs[r.take, r.frame]) for r in results if (r.take, r.frame) in theirs]
+    return Comparison(
+        name,
+        evaluation,
+        [(a, b) for a, b in pairs if _right(a) and not _right(b)],
+        [(a, b) for a, b in pairs if _right(b) and not _right(a)],
+    )
 
 
 def recurring_confusions(results: Sequence[FrameResult]) -> list[tuple[Confusion, list[str]]]:
@@ -252,7 +305,7 @@ def _frame_title(result: FrameResult) -> str:
     )
 
 
-def _headline(result: Mapping[str, Any]) -> str:
+def _headline(result: Mapping[str, Any], table_id: str = "headline") -> str:
     """The evaluation's headline table, cell for cell as ``report.md`` has it."""
     groups = [*result["surgery_types"], "overall"]
     header = "".join(f"<th>{html.escape(name)}</th>" for name in evaluate.HEADLINE_HEADER)
@@ -263,7 +316,7 @@ def _headline(result: Mapping[str, Any]) -> str:
             f'<td class="number">{html.escape(cell)}</td>' if i else f"<td>{cell}</td>" for i, cell in enumerate(cells)
         )
         rows.append(f'<tr data-group="{html.escape(group)}" data-macro-f1="{macro.get("f1-score", "")}">{tds}</tr>')
-    return f'<table id="headline"><tr>{header}</tr>{"".join(rows)}</table>'
+    return f'<table id="{table_id}"><tr>{header}</tr>{"".join(rows)}</table>'
 
 
 def _confusion_table(recurring: list[tuple[Confusion, list[str]]], shown: set[str]) -> str:
@@ -271,10 +324,7 @@ def _confusion_table(recurring: list[tuple[Confusion, list[str]]], shown: set[st
         return "<p>No predicate confusion occurs in more than one frame.</p>"
     rows = []
     for confusion, ids in recurring[:CONFUSION_ROWS]:
-        links = ", ".join(
-            f'<a href="#{_anchor(i)}">{html.escape(i)}</a>' if i in shown else html.escape(i)
-            for i in ids[:CONFUSION_LINKS]
-        )
+        links = ", ".join(_frame_link(i, shown) for i in ids[:CONFUSION_LINKS])
         more = f" and {len(ids) - CONFUSION_LINKS} more" if len(ids) > CONFUSION_LINKS else ""
         rows.append(
             f"<tr><td>{html.escape(confusion.truth)}</td><td>{html.escape(confusion.predicted)}</td>"
@@ -285,6 +335,41 @@ def _confusion_table(recurring: list[tuple[Confusion, list[str]]], shown: set[st
         '<table id="confusions"><tr><th>annotated</th><th>predicted</th><th>entity pair</th><th>frames</th>'
         f"<th>frames (linked where shown below)</th></tr>{''.join(rows)}</table>"
     )
+
+
+def _frame_link(sample_id: str, shown: set[str]) -> str:
+    """A sample id, linked to its section where the page shows that frame."""
+    text = html.escape(sample_id)
+    return f'<a href="#{_anchor(sample_id)}">{text}</a>' if sample_id in shown else text
+
+
+def _errors_cell(result: FrameResult) -> str:
+    dropped = ", answer not fully read" if result.unreadable else ""
+    return f"{result.count('missed')} missed, {result.count('spurious')} spurious{dropped}"
+
+
+def _comparison_section(comparison: Comparison, shown: set[str]) -> str:
+    name = html.escape(comparison.name)
+    parts = [
+        f'<h2 id="comparison">Compared with {name}</h2><p>Its headline ({METRICS_FILE} of {name}):</p>',
+        _headline(comparison.evaluation, "headline-other"),
+    ]
+    for kind, title, pairs in (
+        ("right-here", f"right here, wrong in {name}", comparison.right_here),
+        ("right-there", f"wrong here, right in {name}", comparison.right_there),
+    ):
+        rows = "".join(
+            f"<tr><td>{_frame_link(here.sample_id, shown)}</td>"
+            f"<td>{_errors_cell(here)}</td><td>{_errors_cell(there)}</td></tr>"
+            for here, there in pairs[:COMPARISON_ROWS]
+        )
+        more = f"<p>and {len(pairs) - COMPARISON_ROWS} more</p>" if len(pairs) > COMPARISON_ROWS else ""
+        parts.append(
+            f"<h3>{len(pairs)} frames {title}</h3>"
+            f'<table class="comparison" id="{kind}"><tr><th>frame</th><th>here</th><th>{name}</th></tr>{rows}</table>'
+            f"{more}"
+        )
+    return "".join(parts)
 
 
 @dataclass
@@ -305,9 +390,14 @@ def page(
     unannotated: int,
     folder_name: str,
     inline_limit: float = INLINE_LIMIT_MB * 1e6,
+    scope: str | None = None,
+    comparison: Comparison | None = None,
 ) -> Page:
     """The page; ``picture`` renders one frame (called for the listed frames only). Pictures go into
-    ``folder_name/`` (relative to the page) when inlining them would make the page exceed ``inline_limit`` bytes."""
+    ``folder_name/`` (relative to the page) when inlining them would make the page exceed ``inline_limit``
+    bytes. ``scope`` says which frames ``results`` holds when a filter chose them (the headline is always
+    the whole evaluation's); ``comparison`` adds the frames another run gets right and this one not, and
+    the other way round."""
     unreadable = [r for r in results if r.unreadable]
     wrongest = [r for r in results if not r.unreadable]
     groups = (("unreadable", unreadable[:limit]), ("wrongest", wrongest[:limit]))
@@ -329,15 +419,16 @@ def page(
     }
     dropped = evaluate.dropped_summary(evaluation)
     note = f", {unannotated} predicted frame(s) without an annotation left out" if unannotated else ""
+    only = f'<p id="scope">Frames below: only {html.escape(scope)} ({len(results)} frames).</p>' if scope else ""
     text = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>egoexor: evaluation errors</title>'
         f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>"
         f"<h1>Evaluation errors</h1>"
         f"<p>protocol {html.escape(str(evaluation.get('protocol')))}, parse mode "
-        f"{html.escape(evaluation['parse_mode'])}: the numbers of {METRICS_FILE}. "
+        f"{html.escape(evaluation['parse_mode'])}: the numbers of {METRICS_FILE} (the whole evaluation). "
         f"{html.escape(dropped) + '.' if dropped else 'Every prediction parsed; every name is known.'}</p>"
         f"{_headline(evaluation)}"
-        f'<h2>Per-predicate F1</h2><img src="{sources["f1_per_predicate.png"]}" alt="per-predicate F1">'
+        f'<h2>Per-predicate F1</h2><img src="{sources["f1_per_predicate.png"]}" alt="per-predicate F1">{only}'
         f'<h2 id="unreadable">Answers the parser could not read ({len(unreadable)} frames'
         f"{f', {len(groups[0][1])} shown' if len(unreadable) > limit else ''})</h2>"
         "<p>Unparsable text, or names the parse mode does not know: these triplets never reached the metric.</p>"
@@ -345,6 +436,7 @@ def page(
         f"<h2>Recurring confusions</h2><p>Annotated predicate &rarr; predicted predicate of the same ordered "
         f"entity pair (each pair's first triplet), in more than one frame.</p>"
         f"{_confusion_table(recurring_confusions(results), shown)}"
+        f"{_comparison_section(comparison, shown) if comparison else ''}"
         f'<h2 id="wrongest">The {len(groups[1][1])} wrongest frames</h2><p>{len(results)} annotated frames '
         f"scored{note}; wrongness = missed + spurious relations, ties: fewer correct first.</p>"
         f"{sections['wrongest']}</body></html>\n"
