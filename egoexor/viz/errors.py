@@ -312,9 +312,8 @@ def _headline(result: Mapping[str, Any], table_id: str = "headline") -> str:
     rows = []
     for group, cells in zip(groups, evaluate.headline_rows(result), strict=True):
         macro = (result["overall"] if group == "overall" else result["surgery_types"][group])["macro"] or {}
-        tds = "".join(
-            f'<td class="number">{html.escape(cell)}</td>' if i else f"<td>{cell}</td>" for i, cell in enumerate(cells)
-        )
+        kinds = ["", *([' class="number"'] * (len(cells) - 1))]  # the group's name, then numbers
+        tds = "".join(f"<td{kind}>{html.escape(cell)}</td>" for kind, cell in zip(kinds, cells, strict=True))
         rows.append(f'<tr data-group="{html.escape(group)}" data-macro-f1="{macro.get("f1-score", "")}">{tds}</tr>')
     return f'<table id="{table_id}"><tr>{header}</tr>{"".join(rows)}</table>'
 
