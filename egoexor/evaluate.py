@@ -418,7 +418,8 @@ def _save_figure(figure: Any, path: Path) -> None:
 
 def f1_figure(result: Mapping[str, Any]) -> Any:
     """Per-label F1, overall and per surgery type. A label without ground truth in a group has no bar there
-    (its F1 is undefined, not 0); one without ground truth anywhere is marked "no support"."""
+    (its F1 is undefined, not 0); one without ground truth anywhere is marked "no support"; an F1 of 0 is
+    written as "0" beside its (empty) bar."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -434,6 +435,9 @@ def f1_figure(result: Mapping[str, Any]) -> Any:
         scores = [report[labels[j]]["f1-score"] for j in supported]
         colour = _PLOT_GROUP_COLOURS[i % len(_PLOT_GROUP_COLOURS)]
         axes.barh(np.array(supported) + i * height, scores, height=height, label=name, color=colour)
+        for j, score in zip(supported, scores, strict=True):
+            if score == 0:  # a bar of no width: say it, so it is not taken for a missing label
+                axes.text(0.005, j + i * height, "0", va="center", fontsize=7, color=colour)
     support = result["overall"]["relation_report"] or {label: {"support": 0} for label in labels}
     middle = height * (len(groups) - 1) / 2
     tick_labels = []

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from matplotlib.colors import to_rgb
 from sklearn.metrics import classification_report as sklearn_report
 
 from egoexor import scene_graph, vocab
@@ -423,6 +424,15 @@ def test_f1_plot_marks_labels_without_support_instead_of_drawing_zero(sparse_res
     assert marked == {label for label in labels if not overall[label]["support"]} and len(marked) == 20
     greyed = {tick.get_text().split(" (")[0] for tick in axes.get_yticklabels() if tick.get_color() == "#888888"}
     assert greyed == marked
+    colours = {container.get_label(): container[0].get_facecolor() for container in axes.containers}
+    zeros = {
+        (labels[round(text.get_position()[1] - 0.4)], name)
+        for text in axes.texts
+        if text.get_text() == "0"
+        for name, colour in colours.items()
+        if to_rgb(text.get_color()) == colour[:3]
+    }
+    assert zeros == {("holding", "MISS")}  # F1 0 (cutting predicted instead) is written, not left blank
 
 
 def test_confusion_plot_keeps_only_the_labels_that_occur(sparse_result):

@@ -270,20 +270,23 @@ class Results:
     worst: str  # much wronger than every other frame
     unparsable: str
     unknown: str
-    confusion: tuple[str, str, str, str]  # annotated, predicted, subject, object: in every frame of ``confused``
-    confused: list[str]
+    confused: list[str]  # one annotated relation replaced by another predicate of the same pair
+    swapped: list[str]  # one annotated relation replaced by a relation of another pair
+    rows: dict[
+        tuple[str, str, str, str], list[str]
+    ]  # the recurring confusions' rows (as the page writes them) -> frames
 
 
-def _recurring_triplet(samples: list[dict], skip: set[str]) -> tuple[Triplet, list[str]]:
-    """A triplet that is the first of the answer of at least two frames outside ``skip``."""
+def _recurring_triplets(samples: list[dict], skip: set[str]) -> list[tuple[Triplet, list[str]]]:
+    """The two triplets that are the first of the answer of the most frames outside ``skip`` (3 frames at most)."""
     frames: dict[Triplet, list[str]] = {}
     for sample in samples:
         truth = scene_graph.parse(sample["conversations"][1]["value"])
         if sample["id"] not in skip and truth:
             frames.setdefault(truth[0], []).append(sample["id"])
-    triplet, ids = max(frames.items(), key=lambda item: len(item[1]))
-    assert len(ids) >= 2
-    return triplet, ids[:3]
+    top = sorted(frames.items(), key=lambda item: -len(item[1]))[:2]
+    assert len(top) == 2 and all(len(ids) >= 2 for _, ids in top)
+    return [(triplet, ids[:3]) for triplet, ids in top]
 
 
 @pytest.fixture(scope="module")
@@ -294,8 +297,9 @@ def results(sample_files, tmp_path_factory) -> Results:
     ids = [sample["id"] for sample in samples]
     worst, unparsable, unknown = ids[len(ids) // 2], ids[1], ids[2]
     empty = set(ids[::3])
-    triplet, confused = _recurring_triplet(samples, {worst, unparsable, unknown, *empty})
+    (triplet, confused), (replaced, swapped) = _recurring_triplets(samples, {worst, unparsable, unknown, *empty})
     wrong = next(p for p in vocab.PREDICATES if p != triplet.predicate)
+    swap = Triplet("head_surgeon", "ultrasound_machine", "anaesthetising")  # a pair none of these frames has
     predictions = {}
     for sample in samples:
         text, truth = sample["conversations"][1]["value"], scene_graph.parse(sample["conversations"][1]["value"])
@@ -308,6 +312,9 @@ def results(sample_files, tmp_path_factory) -> Results:
         elif sample["id"] in confused:
             spurious = Triplet("head_surgeon", "bin", "dropping")  # wronger than the empty answers: 2 of 3 shown
             text = scene_graph.serialize([triplet._replace(predicate=wrong), *truth[1:], spurious])
+        elif sample["id"] in swapped:
+            assert all((t.subject, t.object) != (swap.subject, swap.object) for t in truth)
+            text = scene_graph.serialize([swap, *truth[1:]])
         elif sample["id"] in empty:
             text = "<SG> </SG>"  # one or two missed
         predictions[sample["id"]] = text
@@ -324,8 +331,16 @@ def results(sample_files, tmp_path_factory) -> Results:
     ]
     assert evaluate(argv) == 0
     shutil.copy(folder / "predictions.json", out / "predictions.json")
-    confusion = (triplet.predicate, wrong, triplet.subject, triplet.object)
-    return Results(out, worst, unparsable, unknown, confusion, confused)
+    rows = {
+        (triplet.predicate, wrong, f"{triplet.subject} &rarr; {triplet.object}", "same"): confused,
+        (
+            replaced.predicate,
+            swap.predicate,
+            f"{replaced.subject} &rarr; {replaced.object}",
+            "head_surgeon &rarr; ultrasound_machine",
+        ): swapped,
+    }
+    return Results(out, worst, unparsable, unknown, confused, swapped, rows)
 
 
 def _errors_page(results: Results, merged_file: Path, out: Path, *extra: str) -> str:
@@ -392,22 +407,39 @@ def test_errors_page_wrongest_frames_show_raw_parsed_and_truth(results, error_pa
 
 def test_errors_page_recurring_confusions_link_their_frames(results, error_page):
     table = _part(error_page, '<table id="confusions">', "</table>")
-    rows = re.findall(
-        r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*) &rarr; ([^<]*)</td>"
-        r'<td class="number">(\d+)</td><td>(.*?)</td></tr>',
-        table,
-    )
-    truth, predicted, subject, obj = results.confusion
-    row = next(r for r in rows if r[:4] == (truth, predicted, subject, obj))
-    assert int(row[4]) == len(results.confused)
-    assert all(int(r[4]) >= 2 for r in rows)  # only what recurs
+    rows = {
+        row[:4]: row[4:]
+        for row in re.findall(
+            r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>"
+            r'<td class="number">(\d+)</td><td>(.*?)</td></tr>',
+            table,
+        )
+    }
+    assert all(int(count) >= 2 for count, _ in rows.values())  # only what recurs
+    for key, frames in results.rows.items():  # the same pair with another predicate; another pair
+        assert int(rows[key][0]) == len(frames) and all(frame in rows[key][1] for frame in frames), key
+    row = rows[next(key for key, frames in results.rows.items() if frames == results.confused)]
     shown = set(_sample_ids(error_page))
     assert 0 < len(shown & set(results.confused)) < len(results.confused)  # both kinds of entry are checked
     for sample_id in results.confused:
         anchor = f'href="#{errors._anchor(sample_id)}"'
-        assert (anchor in row[5]) == (sample_id in shown) and sample_id in row[5]
+        assert (anchor in row[1]) == (sample_id in shown)
         if sample_id in shown:
             assert f'id="{errors._anchor(sample_id)}"' in error_page
+
+
+def test_confusions_pair_the_same_entity_pair_first_then_the_rest_in_text_order():
+    kept = Triplet("circulator", "patient", "holding")
+    same = Triplet("head_surgeon", "patient", "cutting")
+    other = Triplet("anesthetist", "scissors", "removing")
+    swap = Triplet("head_surgeon", "ultrasound_machine", "anaesthetising")
+    truth = [kept, same, other, Triplet("assistant", "gloves", "wearing")]  # the last one stays plainly missed
+    predicted = [swap, same._replace(predicate="dropping"), kept]
+    assert errors.confusions(truth, predicted) == [
+        errors.Confusion(same, same._replace(predicate="dropping")),
+        errors.Confusion(other, swap),
+    ]
+    assert errors.confusions(truth, [*truth, swap]) == []  # a hallucination alone replaces nothing
 
 
 def test_errors_page_pictures_go_into_a_folder_past_the_size_limit(results, merged_file, error_page, tmp_path, capsys):
@@ -435,7 +467,7 @@ def _sections(text: str) -> dict[str, str]:
 
 
 def test_errors_page_filters_keep_only_the_chosen_frames(results, merged_file, error_page, tmp_path, capsys):
-    predicate = results.confusion[0]
+    predicate = next(iter(results.rows))[0]
     text = _errors_page(results, merged_file, tmp_path / "p.html", "--limit", "1", "--predicate", predicate)
     sections = _sections(text)
     assert sections and all(f"<td>{predicate}</td>" in section for section in sections.values())

@@ -13,9 +13,11 @@ The page, top to bottom:
   type and overall), so the page and the evaluation never disagree, and the per-label F1 plot;
 * **answers the parser could not read**: frames whose text has no ``subject,object,predicate`` chunk,
   or with names the protocol's parse mode does not know (those triplets were dropped before scoring);
-* **recurring confusions**: annotated predicate -> predicted predicate for the same ordered entity pair
-  (first triplet of a pair in text order, the pair metric's rule), counted over frames, each with links
-  to its frames on the page;
+* **recurring confusions**: an annotated relation the model replaced by another, counted over frames,
+  each with links to its frames on the page. A frame's confusions are, first, the ordered entity pairs
+  whose first annotated and first predicted predicates differ (the pair metric's rule), then its other
+  missed and spurious relations paired in text order (the model wrote ``head_surgeon,ultrasound_machine,
+  anaesthetising`` where ``anesthetist,scissors,removing`` was annotated);
 * with a second run (``compare``), its headline and the frames that one run gets right (every relation,
   nothing dropped) and the other does not, both ways;
 * **the wrongest frames** (missed + spurious relations, ties broken by fewer correct ones).
@@ -70,12 +72,10 @@ _SAMPLE_ID = re.compile(r"(?P<surgery_type>.+)_(?P<procedure>\d+)_(?P<take>\d+)_
 
 
 class Confusion(NamedTuple):
-    """One ordered entity pair whose annotated predicate the model replaced by another predicate."""
+    """An annotated relation the model replaced by another (same entity pair, or another)."""
 
-    truth: str
-    predicted: str
-    subject: str
-    object: str
+    truth: Triplet
+    predicted: Triplet
 
 
 @dataclass
@@ -137,13 +137,19 @@ def dropped_note(prediction: evaluate.Prediction, parse_mode: str) -> str | None
 
 
 def confusions(truth: Sequence[Triplet], predicted: Sequence[Triplet]) -> list[Confusion]:
-    """Ordered pairs whose first annotated and first predicted predicates differ (both real predicates)."""
+    """The annotated relations a prediction replaced by others: same ordered pair with another predicate
+    (each pair's first triplet, as the pair metric reads them), then the remaining missed and spurious
+    relations paired in text order."""
     annotated, guessed = metrics.first_predicates(truth), metrics.first_predicates(predicted)
-    return [
-        Confusion(annotated[pair], guessed[pair], *pair)
+    same_pair = [
+        Confusion(Triplet(*pair, annotated[pair]), Triplet(*pair, guessed[pair]))
         for pair in annotated
         if pair in guessed and guessed[pair] != annotated[pair] and guessed[pair] in vocab.PREDICATES
     ]
+    used = {c.truth for c in same_pair} | {c.predicted for c in same_pair}
+    missed = [t for t in dict.fromkeys(truth) if t not in predicted and t not in used]
+    spurious = [t for t in dict.fromkeys(predicted) if t not in truth and t not in used]
+    return same_pair + [Confusion(a, b) for a, b in zip(missed, spurious, strict=False)]
 
 
 def score_frames(
@@ -318,21 +324,28 @@ def _headline(result: Mapping[str, Any], table_id: str = "headline") -> str:
     return f'<table id="{table_id}"><tr>{header}</tr>{"".join(rows)}</table>'
 
 
+def _pair(triplet: Triplet) -> str:
+    return f"{html.escape(triplet.subject)} &rarr; {html.escape(triplet.object)}"
+
+
 def _confusion_table(recurring: list[tuple[Confusion, list[str]]], shown: set[str]) -> str:
     if not recurring:
-        return "<p>No predicate confusion occurs in more than one frame.</p>"
+        return "<p>No confusion occurs in more than one frame.</p>"
     rows = []
     for confusion, ids in recurring[:CONFUSION_ROWS]:
         links = ", ".join(_frame_link(i, shown) for i in ids[:CONFUSION_LINKS])
         more = f" and {len(ids) - CONFUSION_LINKS} more" if len(ids) > CONFUSION_LINKS else ""
+        truth, predicted = confusion
+        same = (truth.subject, truth.object) == (predicted.subject, predicted.object)
         rows.append(
-            f"<tr><td>{html.escape(confusion.truth)}</td><td>{html.escape(confusion.predicted)}</td>"
-            f"<td>{html.escape(confusion.subject)} &rarr; {html.escape(confusion.object)}</td>"
+            f"<tr><td>{html.escape(truth.predicate)}</td><td>{html.escape(predicted.predicate)}</td>"
+            f"<td>{_pair(truth)}</td><td>{'same' if same else _pair(predicted)}</td>"
             f'<td class="number">{len(ids)}</td><td>{links}{more}</td></tr>'
         )
     return (
-        '<table id="confusions"><tr><th>annotated</th><th>predicted</th><th>entity pair</th><th>frames</th>'
-        f"<th>frames (linked where shown below)</th></tr>{''.join(rows)}</table>"
+        '<table id="confusions"><tr><th>annotated</th><th>predicted</th><th>annotated pair</th>'
+        "<th>predicted pair</th><th>frames</th><th>frames (linked where shown below)</th></tr>"
+        f"{''.join(rows)}</table>"
     )
 
 
@@ -432,8 +445,9 @@ def page(
         f"{f', {len(groups[0][1])} shown' if len(unreadable) > limit else ''})</h2>"
         "<p>Unparsable text, or names the parse mode does not know: these triplets never reached the metric.</p>"
         f"{sections['unreadable']}"
-        f"<h2>Recurring confusions</h2><p>Annotated predicate &rarr; predicted predicate of the same ordered "
-        f"entity pair (each pair's first triplet), in more than one frame.</p>"
+        "<h2>Recurring confusions</h2><p>An annotated relation the model replaced by another, in more than one "
+        "frame: same entity pair with another predicate (each pair's first triplet), else the frame's other "
+        "missed and spurious relations paired in text order.</p>"
         f"{_confusion_table(recurring_confusions(results), shown)}"
         f"{_comparison_section(comparison, shown) if comparison else ''}"
         f'<h2 id="wrongest">The {len(groups[1][1])} wrongest frames</h2><p>{len(results)} annotated frames '
