@@ -10,7 +10,8 @@ nothing in them; a branch (``ego``, ``exo``) goes with all its views and tokens.
 * ``ablation.md``: the table, one row per removed input (``none``: the full model), columns macro F1
   overall, exact-triplet F1 and the macro F1 of each predicate group;
 * ``ablation.json``: the same numbers, the groups and the settings;
-* ``ablation.png``: the table as a heat map;
+* ``ablation.png``: the change of each score against the full model, and of the macro F1 with bootstrap
+  intervals (:func:`figure`);
 * ``predictions/<removed>.jsonl``: every generated answer of each run.
 
 Predicate groups (``--groups``): ``parts``, the groups of the synthetic modality benchmark
@@ -56,7 +57,8 @@ GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
 
 
 def scores(result: dict[str, Any], groups: dict[str, tuple[str, ...]]) -> dict[str, Any]:
-    """Macro F1 overall, exact-triplet F1 and each group's macro F1 (None: no predicate of it in the ground truth)."""
+    """Macro F1 overall (with its bootstrap interval), exact-triplet F1 and each group's macro F1 (None: no
+    predicate of it in the ground truth)."""
     overall = result["overall"]
     report = overall["relation_report"]
     per_group = {}
@@ -65,6 +67,7 @@ def scores(result: dict[str, Any], groups: dict[str, tuple[str, ...]]) -> dict[s
         per_group[name] = None if macro is None else macro["f1-score"]
     return {
         "macro_f1": overall["macro"]["f1-score"] if overall["macro"] else None,
+        "macro_f1_interval": overall["macro_f1_interval"],
         "triplet_f1": overall["triplet"]["f1-score"],
         "groups": per_group,
     }
@@ -112,31 +115,65 @@ def format_table(rows: list[dict], protocol: str, n_samples: int) -> str:
         "|---" * (len(_columns(rows)) + 1) + "|",
     ]
     lines += ["| " + " | ".join([row["removed"], *map(_cell, _values(row))]) + " |" for row in rows]
-    return "\n".join([*lines, "", "![heat map](ablation.png)", ""])
+    return "\n".join([*lines, "", "![change against the full model](ablation.png)", ""])
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """``ablation.png``: removed input x score, coloured 0 (dark) to 1 (bright)."""
+def figure(rows: list[dict]) -> Any:
+    """``ablation.png``: what removing each input changes against the full model (the first row).
+
+    Left, a heat map of the change of every score (red: worse, blue: better), the full model's own scores
+    in the title. Right, the change of the macro F1 as bars, each with the removed run's 95% bootstrap
+    interval (takes resampled, :func:`egoexor.metrics.macro_f1_interval`) shifted by the full model's
+    score, and the full model's interval as a grey band around 0: a bar whose interval lies inside the
+    band is no change the test set can show. A run without an interval (one take) has no error bar.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     columns = _columns(rows)
     table = np.array([[math.nan if v is None else v for v in _values(row)] for row in rows], dtype=np.float64)
-    figure = Figure(figsize=(1.2 * len(columns) + 2, 0.45 * len(rows) + 1.5), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    image = axes.imshow(table, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    figure.colorbar(image, ax=axes, label="F1")
-    for (row, column), value in np.ndenumerate(table):
+    base, removed = rows[0], rows[1:]
+    change = table[1:] - table[0]
+    plot = Figure(figsize=(1.2 * len(columns) + 7, 0.45 * len(removed) + 2.2), layout="constrained")
+    FigureCanvasAgg(plot)
+    heat, bars = plot.subplots(1, 2, width_ratios=[1.2 * len(columns) + 1, 4])
+    if not removed:
+        heat.text(0.5, 0.5, "no input removed", ha="center", va="center", transform=heat.transAxes)
+    image = heat.imshow(change.reshape(len(removed), len(columns)), cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    plot.colorbar(image, ax=heat, label="change against the full model")
+    for (row, column), value in np.ndenumerate(change):
         if not math.isnan(value):
-            colour = "black" if value > 0.6 else "white"
-            axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=8, color=colour)
-    axes.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
-    axes.set_yticks(range(len(rows)), [row["removed"] for row in rows])
-    axes.set_xlabel("score (groups: macro F1 of the predicates the input alone sets)")
-    axes.set_ylabel("removed input")
-    axes.set_title("Modality ablation")
-    figure.savefig(path, format="png", dpi=100)
+            heat.text(column, row, f"{value:+.2f}", ha="center", va="center", fontsize=8)
+    heat.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    heat.set_yticks(range(len(removed)), [row["removed"] for row in removed])
+    heat.set_ylabel("removed input")
+    full = ", ".join(f"{name} {_cell(value)}" for name, value in zip(columns, _values(base), strict=True))
+    heat.set_title(f"Change against the full model ({full})", fontsize=9)
+    if base["macro_f1"] is not None:
+        _macro_change_bars(bars, base, removed)
+    bars.set_title("macro F1 change, 95% bootstrap intervals", fontsize=9)
+    return plot
+
+
+def _macro_change_bars(axes: Any, base: dict, removed: list[dict]) -> None:
+    """Horizontal bars of each run's macro F1 minus the full model's, with intervals (see :func:`figure`)."""
+    reference = base["macro_f1"]
+    interval = base.get("macro_f1_interval")
+    if interval is not None:
+        axes.axvspan(interval["low"] - reference, interval["high"] - reference, color="#cccccc", label="full model")
+    for position, row in enumerate(removed):
+        if row["macro_f1"] is None:
+            continue
+        change = row["macro_f1"] - reference
+        axes.barh(position, change, color="#d62728" if change < 0 else "#1f77b4", height=0.6)
+        own = row.get("macro_f1_interval")
+        if own is not None:
+            spread = [[row["macro_f1"] - own["low"]], [own["high"] - row["macro_f1"]]]
+            axes.errorbar(change, position, xerr=spread, color="black", capsize=3)
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_yticks(range(len(removed)), [row["removed"] for row in removed])
+    axes.invert_yaxis()
+    axes.set_xlabel("macro F1 - full model's")
 
 
 def _parser() -> cli.ArgumentParser:
@@ -209,7 +246,7 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
         settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
         write_json(folder / "ablation.json", {"rows": rows, "groups": GROUPS[args.groups], "settings": settings})
         write_text(folder / "ablation.md", format_table(rows, args.protocol, len(samples)))
-        plot(rows, folder / "ablation.png")
+        figure(rows).savefig(folder / "ablation.png", format="png", dpi=100)
     print(format_table(rows, args.protocol, len(samples)))
     print(f"wrote {out}: ablation.json, ablation.md, ablation.png, predictions/")
     return rows

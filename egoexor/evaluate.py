@@ -19,8 +19,11 @@ ids that are not in the samples are ignored. Both are counted, with examples, on
 
 **Outputs** (each written to a temporary file, then renamed): ``metrics.json`` (everything
 :func:`egoexor.metrics.compute_metrics` returns, plus the id bookkeeping), ``report.md`` (the tables),
-``f1_per_predicate.png`` (per-label F1, overall and per surgery type) and ``confusion_matrix.png``
-(the overall 23x23 matrix). See :mod:`egoexor.metrics` for what the numbers mean and how the
+``f1_per_predicate.png`` (per-label F1, overall and per surgery type; labels without ground truth
+marked, not drawn as 0) and ``confusion_matrix.png`` (the overall matrix over the labels that occur).
+The macro F1, overall and per surgery type, comes with a 95 % bootstrap
+confidence interval over takes (``macro_f1_interval``; ``--bootstrap`` resamples, ``--seed``), so two
+runs can be compared honestly. See :mod:`egoexor.metrics` for what the numbers mean and how the
 ``paper`` and ``gt`` protocols differ. The command writes them into a temporary folder that replaces
 ``--out`` when complete; an existing ``--out`` needs ``--overwrite``, and one holding an input is refused.
 
@@ -119,6 +122,19 @@ def prediction_triplets(prediction: Prediction, mode: ParseMode) -> list[Triplet
     return [triplet for triplet in resolved if triplet is not None]
 
 
+def dropped_fields(prediction: Prediction, mode: ParseMode) -> tuple[bool, list[tuple[str, str, str]]]:
+    """What parsing drops from one prediction: whether it is unparsable (text with content but no
+    ``subject,object,predicate`` chunk), and its ``(subject, object, predicate)`` fields that hold a name
+    the parse mode cannot resolve (those triplets are dropped)."""
+    if isinstance(prediction, str):
+        fields = scene_graph.split_fields(prediction, mode)
+        unparsable = not fields and bool(_NO_CONTENT.sub("", prediction))
+    else:
+        fields = [(subject, obj, predicate) for subject, predicate, obj in prediction]
+        unparsable = False
+    return unparsable, [field for field in fields if scene_graph.resolve(*field, mode) is None]
+
+
 class _Dropped:
     """What parsing dropped from the predictions: unparsable predictions and unknown names."""
 
@@ -129,15 +145,10 @@ class _Dropped:
         self.triplets = 0
 
     def add(self, sample_id: str, prediction: Prediction) -> None:
-        if isinstance(prediction, str):
-            fields = scene_graph.split_fields(prediction, self.mode)
-            if not fields and _NO_CONTENT.sub("", prediction):
-                self.unparsable.append(sample_id)
-        else:
-            fields = [(subject, obj, predicate) for subject, predicate, obj in prediction]
-        for subject, obj, predicate in fields:
-            if scene_graph.resolve(subject, obj, predicate, self.mode) is not None:
-                continue
+        unparsable, unknown = dropped_fields(prediction, self.mode)
+        if unparsable:
+            self.unparsable.append(sample_id)
+        for subject, obj, predicate in unknown:
             self.triplets += 1
             # resolve() fails when any field is unknown: ask about each with known names in the other slots
             for slot, name, probe in (
@@ -172,18 +183,26 @@ def evaluate(
     protocol: Protocol = "paper",
     *,
     progress: bool = False,
+    bootstrap: int = metrics.BOOTSTRAP_SAMPLES,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """All metrics of ``predictions`` against the sample records (see the module docstring).
+    """All metrics of ``predictions`` against the sample records (see the module docstring); ``bootstrap``
+    resamples from ``seed`` give the macro F1's confidence interval (:func:`egoexor.metrics.macro_f1_interval`).
 
     Raises :class:`InputError` for malformed inputs, an empty sample list or predictions none of
     which has a sample's id, and ``ValueError`` for an unknown protocol. Prediction text itself is
     never an error: what does not parse is dropped, as the reference does, and counted.
     """
-    return _score(read_predictions(predictions), read_samples(samples), protocol, progress)
+    return _score(read_predictions(predictions), read_samples(samples), protocol, progress, bootstrap, seed)
 
 
 def _score(
-    predictions: dict[str, Prediction], samples: list[Sample], protocol: Protocol, progress: bool
+    predictions: dict[str, Prediction],
+    samples: list[Sample],
+    protocol: Protocol,
+    progress: bool,
+    bootstrap: int,
+    seed: int,
 ) -> dict[str, Any]:
     metrics.check_protocol(protocol)
     mode = metrics.PARSE_MODE[protocol]
@@ -207,7 +226,7 @@ def _score(
         )
         for sample in tqdm(samples, desc="scoring", unit="frame", disable=not progress, file=sys.stderr)
     )
-    result = metrics.compute_metrics(frames, protocol)
+    result = metrics.compute_metrics(frames, protocol, bootstrap=bootstrap, seed=seed)
     return {
         **result,
         "samples": len(samples),
@@ -243,7 +262,12 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _headline_rows(result: Mapping[str, Any]) -> list[list[str]]:
+def _interval(interval: Mapping[str, Any] | None) -> str:
+    return "-" if interval is None else f"{interval['low']:.4f}-{interval['high']:.4f}"
+
+
+def headline_rows(result: Mapping[str, Any]) -> list[list[str]]:
+    """Per surgery type and overall, the cells of :data:`HEADLINE_HEADER` (console, report.md, error page)."""
     groups = {**result["surgery_types"], "overall": result["overall"]}
     rows = []
     for name, group in groups.items():
@@ -252,12 +276,13 @@ def _headline_rows(result: Mapping[str, Any]) -> list[list[str]]:
         rows.append(
             [name, str(group["frames"]), str(group["scored_frames"]), str(group["pairs"])]
             + [_fmt(macro.get(key)) for key in ("precision", "recall", "f1-score")]
+            + [_interval(group.get("macro_f1_interval"))]
             + [_fmt(triplet[key]) for key in ("precision", "recall", "f1-score")]
         )
     return rows
 
 
-_HEADLINE_HEADER = [
+HEADLINE_HEADER = [
     "group",
     "frames",
     "scored",
@@ -265,6 +290,7 @@ _HEADLINE_HEADER = [
     "macro P",
     "macro R",
     "macro F1",
+    "95% CI",
     "trip P",
     "trip R",
     "trip F1",
@@ -273,8 +299,8 @@ _HEADLINE_HEADER = [
 
 def format_headline(result: Mapping[str, Any]) -> str:
     """The console summary: per surgery type and overall, paper-style macro and exact-triplet scores."""
-    rows = [_HEADLINE_HEADER, *_headline_rows(result)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADLINE_HEADER))]
+    rows = [HEADLINE_HEADER, *headline_rows(result)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADLINE_HEADER))]
     lines = [
         f"protocol {result['protocol']}: parse mode {result['parse_mode']}, entity set from {result['entity_set']}",
         *(
@@ -315,7 +341,7 @@ def _report_rows(report: Mapping[str, Any], labels: Sequence[str], only_supporte
 def format_report(result: Mapping[str, Any]) -> str:
     """``report.md``: the headline, per-take scores and the overall per-label reports."""
     lines = _report_intro(result)
-    lines += ["", *_section("Headline", _HEADLINE_HEADER, _headline_rows(result))]
+    lines += ["", *_section("Headline", HEADLINE_HEADER, headline_rows(result))]
     lines += _section("Per take", ["take", "scored frames", "pairs", "macro F1", "triplet F1"], _take_rows(result))
     lines += _label_reports(result["overall"])
     lines += ["## Plots", "", *(f"![{title}]({file})\n" for title, file in _PLOTS)]
@@ -333,6 +359,7 @@ def _report_intro(result: Mapping[str, Any]) -> list[str]:
         "",
         f"Parse mode `{result['parse_mode']}`; entity set from the {result['entity_set'].replace('_', ' ')} triplets. "
         "Macro P/R/F1 = mean over the labels with ground-truth support (`none` included), the paper's headline. "
+        f"95% CI = {_interval_method(result)}. "
         "Triplet P/R/F1 = exact (subject, object, predicate) set match, summed over all frames.",
         "",
         f"{result['samples']} samples, {result['predictions']} predictions.",
@@ -344,6 +371,16 @@ def _report_intro(result: Mapping[str, Any]) -> list[str]:
     dropped = dropped_summary(result)
     lines.append(f"Dropped by the parser: {dropped}." if dropped else "Every prediction parsed; every name is known.")
     return lines
+
+
+def _interval_method(result: Mapping[str, Any]) -> str:
+    interval = result["overall"].get("macro_f1_interval")
+    if interval is None:
+        return "none (fewer than two takes to resample, or no bootstrap)"
+    return (
+        f"percentile bootstrap interval of the macro F1: {interval['samples']} resamples (seed {interval['seed']}) "
+        f"of the {interval['takes']} takes, each with all its frames, within each surgery type"
+    )
 
 
 def _take_rows(result: Mapping[str, Any]) -> list[list[str]]:
@@ -379,7 +416,10 @@ def _save_figure(figure: Any, path: Path) -> None:
         figure.savefig(temporary, format="png", dpi=100)
 
 
-def _plot_f1(result: Mapping[str, Any], path: Path) -> None:
+def f1_figure(result: Mapping[str, Any]) -> Any:
+    """Per-label F1, overall and per surgery type. A label without ground truth in a group has no bar there
+    (its F1 is undefined, not 0); one without ground truth anywhere is marked "no support"; an F1 of 0 is
+    written as "0" beside its (empty) bar."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -390,45 +430,75 @@ def _plot_f1(result: Mapping[str, Any], path: Path) -> None:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     height = 0.8 / max(len(groups), 1)
-    positions = np.arange(len(labels))
     for i, (name, report) in enumerate(groups.items()):
-        scores = [report[label]["f1-score"] for label in labels]
+        supported = [j for j, label in enumerate(labels) if report[label]["support"]]
+        scores = [report[labels[j]]["f1-score"] for j in supported]
         colour = _PLOT_GROUP_COLOURS[i % len(_PLOT_GROUP_COLOURS)]
-        axes.barh(positions + i * height, scores, height=height, label=name, color=colour)
+        axes.barh(np.array(supported) + i * height, scores, height=height, label=name, color=colour)
+        for j, score in zip(supported, scores, strict=True):
+            if score == 0:  # a bar of no width: say it, so it is not taken for a missing label
+                axes.text(0.005, j + i * height, "0", va="center", fontsize=7, color=colour)
     support = result["overall"]["relation_report"] or {label: {"support": 0} for label in labels}
-    tick_labels = [f"{label} (n={support[label]['support']})" for label in labels]
-    axes.set_yticks(positions + height * (len(groups) - 1) / 2, tick_labels)
+    middle = height * (len(groups) - 1) / 2
+    tick_labels = []
+    for j, label in enumerate(labels):
+        n = support[label]["support"]
+        tick_labels.append(f"{label} (n={n})")
+        if not n:
+            axes.text(0.01, j + middle, "no support", va="center", fontsize=8, color="#888888", style="italic")
+    axes.set_yticks(np.arange(len(labels)) + middle, tick_labels)
+    for tick, label in zip(axes.get_yticklabels(), labels, strict=True):
+        if not support[label]["support"]:
+            tick.set_color("#888888")
     axes.invert_yaxis()
     axes.set_xlim(0, 1)
     axes.set_xlabel("F1")
-    axes.set_title(f"Per-label F1 (protocol {result['protocol']}; n = overall ground-truth support)")
+    axes.set_title(
+        f"Per-label F1 (protocol {result['protocol']}; n = overall ground-truth support;\n"
+        "no bar: no ground truth of the label in that group)"
+    )
     if groups:
         figure.legend(loc="outside lower center", ncols=len(groups))
-    _save_figure(figure, path)
+    return figure
 
 
-def _plot_confusion(result: Mapping[str, Any], path: Path) -> None:
+def occurring_labels(confusion: np.ndarray) -> list[int]:
+    """Indices of the labels with a ground-truth or a predicted pair (a non-empty row or column)."""
+    return [i for i in range(len(confusion)) if confusion[i].any() or confusion[:, i].any()]
+
+
+def confusion_figure(result: Mapping[str, Any]) -> Any:
+    """The overall confusion matrix over the labels that occur, counts written in each non-empty cell."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    confusion = np.asarray(result["overall"]["confusion_matrix"], dtype=np.float64)
+    full = np.asarray(result["overall"]["confusion_matrix"], dtype=np.float64)
+    keep = occurring_labels(full) or [vocab.RELATION_LABELS.index(vocab.NONE)]
+    confusion = full[np.ix_(keep, keep)]
+    labels = [vocab.RELATION_LABELS[i] for i in keep]
     totals = confusion.sum(axis=1, keepdims=True)
     row_share = np.divide(confusion, totals, out=np.zeros_like(confusion), where=totals > 0)
-    labels = vocab.RELATION_LABELS
-    figure = Figure(figsize=(13, 12), layout="constrained")
+    side = 0.55 * len(labels) + 3.5
+    fontsize = float(np.clip(180 / len(labels), 8, 14))
+    figure = Figure(figsize=(side + 1.5, side), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     image = axes.imshow(row_share, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axes, label="share of the ground-truth row")
     for row, column in zip(*np.nonzero(confusion), strict=True):
         colour = "white" if row_share[row, column] > 0.5 else "black"
-        axes.text(column, row, f"{int(confusion[row, column])}", ha="center", va="center", fontsize=6, color=colour)
+        text = f"{int(confusion[row, column])}"
+        axes.text(column, row, text, ha="center", va="center", fontsize=fontsize, color=colour)
     axes.set_xticks(range(len(labels)), labels, rotation=90)
     axes.set_yticks(range(len(labels)), labels)
     axes.set_xlabel("predicted")
     axes.set_ylabel("ground truth")
-    axes.set_title(f"Overall confusion matrix (protocol {result['protocol']}, counts; colour = row share)")
-    _save_figure(figure, path)
+    left_out = len(vocab.RELATION_LABELS) - len(labels)
+    axes.set_title(
+        f"Overall confusion matrix (protocol {result['protocol']}; counts, colour = row share;\n"
+        f"{left_out} labels that occur nowhere left out)"
+    )
+    return figure
 
 
 def write_outputs(result: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> list[Path]:
@@ -438,8 +508,8 @@ def write_outputs(result: Mapping[str, Any], out_dir: str | os.PathLike[str]) ->
     paths = [out / "metrics.json", out / "report.md", out / "f1_per_predicate.png", out / "confusion_matrix.png"]
     write_json(paths[0], result)
     write_text(paths[1], format_report(result))
-    _plot_f1(result, paths[2])
-    _plot_confusion(result, paths[3])
+    _save_figure(f1_figure(result), paths[2])
+    _save_figure(confusion_figure(result), paths[3])
     return paths
 
 
@@ -485,6 +555,14 @@ def _parser() -> cli.ArgumentParser:
         metavar="DIR",
         help="output folder for metrics.json, report.md and the PNG plots (replaced as a whole when complete).",
     )
+    parser.add_argument(
+        "--bootstrap",
+        type=cli.int_flag(0),
+        default=metrics.BOOTSTRAP_SAMPLES,
+        help="bootstrap resamples of the takes for the macro F1's 95%% confidence interval (0: no interval). "
+        "Default: %(default)s.",
+    )
+    parser.add_argument("--seed", type=cli.int_flag(0), default=0, help="seed of the bootstrap (default 0)")
     cli.add_overwrite_flag(parser)
     return parser
 
@@ -496,6 +574,8 @@ def evaluate_files(
     *,
     protocol: Protocol = "paper",
     overwrite: bool = False,
+    bootstrap: int = metrics.BOOTSTRAP_SAMPLES,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The command as a function: score the predictions file against the samples file, write ``out`` (replaced
     as a whole when complete); returns the evaluation. User mistakes raise :class:`cli.CommandError`."""
@@ -503,7 +583,7 @@ def evaluate_files(
     checked_predictions = _read_file(predictions, read_predictions, "--predictions")
     checked_samples = _read_file(samples, read_samples, "--samples")
     progress = len(checked_samples) >= _PROGRESS_MIN_SAMPLES
-    result = _score(checked_predictions, checked_samples, protocol, progress)
+    result = _score(checked_predictions, checked_samples, protocol, progress, bootstrap, seed)
     with cli.output_folder(out, COMMAND) as temporary:
         write_outputs(result, temporary)
     return result

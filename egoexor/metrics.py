@@ -37,6 +37,14 @@ predicate is not a predicate (the reference raises too) gives the label ``none``
 would. Takes without a single scored pair are absent from the reference's output; their (possible)
 entity entries are likewise left out of the pooled entity reports.
 
+**Uncertainty.** The overall and per-surgery-type macro F1 come with a bootstrap confidence interval
+(``macro_f1_interval``, 95 %, 1000 resamples, seeded): the **takes** are resampled with replacement,
+each with all its frames, within each surgery type (the frames of one take are consecutive moments of one
+recording, far from independent, so resampling single frames would give an interval that is too narrow;
+the test set's mix of surgery types is held fixed). Each resample pools the drawn takes' confusion
+matrices, so it costs one matrix product, not a re-scoring. With fewer than two takes there is nothing
+to resample and the interval is ``None``; with a handful of takes it is coarse, and honestly wide.
+
 The reports are computed from confusion matrices with numpy (the same numbers as sklearn's
 ``classification_report(..., output_dict=True)`` with ``zero_division=0``), so nothing here needs
 sklearn or torch, and 100k frames take seconds.
@@ -137,8 +145,8 @@ class _Tally:
             if self.entities_from_gt
             else predicted
         )
-        gt_first = _first_predicates(gt)
-        pred_first = _first_predicates(pred)
+        gt_first = first_predicates(gt)
+        pred_first = first_predicates(pred)
         visited = 0
         for pair in gt_first.keys() | pred_first.keys():
             a, b = pair
@@ -171,7 +179,7 @@ def _histogram(codes: list[int], shape: tuple[int, ...]) -> np.ndarray:
     return np.bincount(np.asarray(codes, dtype=np.int64), minlength=size).reshape(shape)
 
 
-def _first_predicates(triplets: Sequence[Triplet]) -> dict[tuple[str, str], str]:
+def first_predicates(triplets: Sequence[Triplet]) -> dict[tuple[str, str], str]:
     """Ordered pair -> predicate of its first triplet in text order (the reference's loop ``break``)."""
     first: dict[tuple[str, str], str] = {}
     for subject, obj, predicate in triplets:
@@ -290,6 +298,50 @@ def pool(groups: Iterable[Counts]) -> Counts:
     )
 
 
+#: Bootstrap resamples and confidence level of ``macro_f1_interval``.
+BOOTSTRAP_SAMPLES, CONFIDENCE = 1000, 0.95
+
+
+def batched_macro_f1(relation: np.ndarray) -> np.ndarray:
+    """The headline macro F1 (:func:`macro_over_supported`) of each of a stack of confusion matrices
+    ``[..., L, L]``; ``nan`` where no label has support."""
+    relation = np.asarray(relation, dtype=np.float64)
+    tp = np.diagonal(relation, axis1=-2, axis2=-1)
+    support, predicted = relation.sum(axis=-1), relation.sum(axis=-2)
+    f1 = _ratio(2 * tp, predicted + support)
+    supported = support > 0
+    labels = supported.sum(axis=-1)
+    return np.divide((f1 * supported).sum(axis=-1), labels, out=np.full(labels.shape, np.nan), where=labels > 0)
+
+
+def macro_f1_interval(
+    strata: Sequence[Sequence[Counts]], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0, confidence: float = CONFIDENCE
+) -> dict[str, Any] | None:
+    """Percentile bootstrap interval of the macro F1, takes resampled with replacement within each stratum
+    (a list of takes' counts: one per surgery type); ``None`` with fewer than two takes in every stratum."""
+    if samples < 1 or all(len(takes) < 2 for takes in strata):
+        return None
+    rng = np.random.default_rng(seed)
+    pooled = np.zeros((samples, _N_RELATIONS * _N_RELATIONS))
+    for takes in strata:
+        matrices = np.stack([counts.relation.ravel() for counts in takes]).astype(np.float64)
+        draws = rng.multinomial(len(takes), np.full(len(takes), 1 / len(takes)), size=samples)
+        pooled += draws @ matrices
+    macro = batched_macro_f1(pooled.reshape(samples, _N_RELATIONS, _N_RELATIONS))
+    if np.isnan(macro).all():
+        return None
+    low, high = np.nanquantile(macro, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {
+        "low": float(low),
+        "high": float(high),
+        "confidence": confidence,
+        "samples": samples,
+        "seed": seed,
+        "takes": sum(len(takes) for takes in strata),
+        "resampled": "takes, within each surgery type",
+    }
+
+
 def check_protocol(protocol: str) -> None:
     """``ValueError`` unless ``protocol`` is one of :data:`PROTOCOLS` (callers check before parsing anything)."""
     if protocol not in PROTOCOLS:
@@ -297,12 +349,18 @@ def check_protocol(protocol: str) -> None:
 
 
 def compute_metrics(
-    frames: Iterable[tuple[str, Sequence[Triplet], Sequence[Triplet]]], protocol: Protocol = "paper"
+    frames: Iterable[tuple[str, Sequence[Triplet], Sequence[Triplet]]],
+    protocol: Protocol = "paper",
+    *,
+    bootstrap: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Score parsed frames ``(take, ground_truth, prediction)``; triplets in text order, parsed per :data:`PARSE_MODE`.
 
     Returns ``{"protocol", "parse_mode", "entity_set", "overall", "surgery_types", "takes"}``, the last
-    three holding :func:`summarize` dictionaries (takes and surgery types in sorted order).
+    three holding :func:`summarize` dictionaries (takes and surgery types in sorted order); overall and
+    each surgery type also hold ``macro_f1_interval`` (:func:`macro_f1_interval` with ``bootstrap``
+    resamples from ``seed``; 0 resamples: ``None``).
     """
     check_protocol(protocol)
     tallies: dict[str, _Tally] = {}
@@ -319,7 +377,13 @@ def compute_metrics(
         "protocol": protocol,
         "parse_mode": PARSE_MODE[protocol],
         "entity_set": ENTITY_SET[protocol],
-        "overall": summarize(pool(takes.values())),
-        "surgery_types": {name: summarize(pool(group)) for name, group in sorted(by_type.items())},
+        "overall": {
+            **summarize(pool(takes.values())),
+            "macro_f1_interval": macro_f1_interval(list(by_type.values()), bootstrap, seed),
+        },
+        "surgery_types": {
+            name: {**summarize(pool(group)), "macro_f1_interval": macro_f1_interval([group], bootstrap, seed)}
+            for name, group in sorted(by_type.items())
+        },
         "takes": {take: summarize(counts) for take, counts in takes.items()},
     }

@@ -8,6 +8,7 @@ what a trained tiny model learns).
 import json
 
 import pytest
+from matplotlib.container import ErrorbarContainer
 from test_infer import checkpoint, few_samples, infer_args  # noqa: F401  (fixtures)
 
 from egoexor import ablate, infer
@@ -149,3 +150,34 @@ def test_infer_drop_modalities_is_checked_and_recorded_as_another_run(
     capsys.readouterr()
     assert infer.main([*argv, "--drop_modalities", "hands"]) == 2  # another run
     assert "holds predictions of another run" in capsys.readouterr().err
+
+
+def _row(removed, macro, interval, triplet=0.5, group=0.5):
+    bounds = None if interval is None else {"low": interval[0], "high": interval[1]}
+    return {
+        "removed": removed,
+        "macro_f1": macro,
+        "macro_f1_interval": bounds,
+        "triplet_f1": triplet,
+        "groups": {"gaze": group},
+    }
+
+
+def test_plot_shows_the_change_against_the_full_model_with_intervals_where_there_are_some():
+    rows = [
+        _row("none", 0.8, (0.7, 0.9), triplet=0.6, group=0.9),
+        _row("gaze", 0.5, (0.4, 0.65), triplet=0.6, group=0.3),
+        _row("exo", 0.75, None, triplet=None, group=0.9),
+    ]
+    heat, bars = ablate.figure(rows).axes[:2]
+    assert [tick.get_text() for tick in heat.get_yticklabels()] == ["gaze", "exo"]  # the full model is the reference
+    cells = {(round(x), round(y)): text.get_text() for text in heat.texts for x, y in [text.get_position()]}
+    assert cells == {(0, 0): "-0.30", (1, 0): "+0.00", (2, 0): "-0.60", (0, 1): "-0.05", (2, 1): "+0.00"}
+    assert "macro F1 0.800" in heat.get_title() and "triplet F1 0.600" in heat.get_title()
+    widths = [bar.get_width() for bar in bars.patches if bar.get_height() == pytest.approx(0.6)]
+    assert widths == pytest.approx([-0.3, -0.05])
+    (errorbar,) = [c for c in bars.containers if isinstance(c, ErrorbarContainer)]  # gaze has an interval, exo none
+    segment = errorbar.lines[2][0].get_segments()[0]
+    assert segment[:, 0] == pytest.approx([0.4 - 0.8, 0.65 - 0.8]) and segment[0, 1] == 0
+    band = next(patch for patch in bars.patches if patch.get_label() == "full model")
+    assert band.get_x() == pytest.approx(-0.1) and band.get_width() == pytest.approx(0.2)

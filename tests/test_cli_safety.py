@@ -551,7 +551,7 @@ def _interrupt_synthetic(monkeypatch, e: Env) -> list[str]:
 def _interrupt_evaluate(monkeypatch, e: Env) -> list[str]:
     _file("eval", "report.md", text="the old report")(e)
     _file("eval", cli.marker(evaluate.COMMAND))(e)  # an earlier evaluation, which --overwrite may replace
-    monkeypatch.setattr(evaluate, "_plot_confusion", _raise_on_call(1))
+    monkeypatch.setattr(evaluate, "confusion_figure", _raise_on_call(1))
     return evaluate_argv(e, "--overwrite")
 
 

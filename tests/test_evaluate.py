@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from matplotlib.colors import to_rgb
 from sklearn.metrics import classification_report as sklearn_report
 
 from egoexor import scene_graph, vocab
-from egoexor.evaluate import InputError, evaluate, main
+from egoexor.evaluate import InputError, confusion_figure, evaluate, f1_figure, main
 
 
 def record(sample_id: str, answer: str, surgery_type: str = "MISS", procedure_id: int = 1, take_id: int = 1) -> dict:
@@ -320,9 +321,15 @@ def test_cli_writes_every_output_and_prints_the_headline(inputs, tmp_path, capsy
     assert set(result["surgery_types"]) == {"MISS", "Ultrasound"}
     assert len(result["overall"]["confusion_matrix"]) == 23
     assert (out / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
-    assert "## Per take" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## Per take" in report
+    interval = result["overall"]["macro_f1_interval"]  # takes resampled: the default 1000 resamples, seed 0
+    assert interval["low"] < result["overall"]["macro"]["f1-score"] < interval["high"] and interval["samples"] == 1000
+    overall_row = next(line for line in report.splitlines() if line.startswith("| overall |"))
+    assert f"| {interval['low']:.4f}-{interval['high']:.4f} |" in overall_row
+    assert "1000 resamples (seed 0)" in report
     printed = capsys.readouterr().out
-    for fragment in ("MISS", "Ultrasound", "overall", "macro F1", "1 samples without a prediction", "not_a_sample"):
+    for fragment in ("MISS", "Ultrasound", "overall", "macro F1", "95% CI", "1 samples without a prediction"):
         assert fragment in printed
 
 
@@ -383,3 +390,64 @@ def test_cli_help_explains_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--predictions", "--samples", "--protocol", "--out", "paper", "gt"):
         assert flag in text
+
+
+@pytest.fixture
+def sparse_result() -> dict:
+    """holding in both surgery types, lyingon only in MISS, cutting only predicted, 19 predicates nowhere."""
+    samples = [
+        record("a", GT, "MISS"),
+        record("b", "<SG> head surgeon,patient,holding </SG>", "Ultrasound"),
+    ]
+    predictions = {
+        "a": "<SG> head surgeon,patient,cutting; patient,operating table,lyingon </SG>",
+        "b": "<SG> head surgeon,patient,holding </SG>",
+    }
+    return evaluate(predictions, samples, "paper", bootstrap=0)
+
+
+def test_f1_plot_marks_labels_without_support_instead_of_drawing_zero(sparse_result):
+    axes = f1_figure(sparse_result).axes[0]
+    labels = vocab.RELATION_LABELS
+    groups = {"overall": sparse_result["overall"], **sparse_result["surgery_types"]}
+    supported = {
+        name: {label for label in labels if group["relation_report"][label]["support"]}
+        for name, group in groups.items()
+    }
+    assert supported["Ultrasound"] == {"holding", "none"} and "lyingon" in supported["MISS"]
+    assert [container.get_label() for container in axes.containers] == list(groups)
+    for container in axes.containers:  # no lyingon bar for Ultrasound; none for cutting (only predicted) anywhere
+        drawn = {labels[int(bar.get_y() + bar.get_height() / 2)] for bar in container}
+        assert drawn == supported[container.get_label()]
+    marked = {labels[round(text.get_position()[1])] for text in axes.texts if text.get_text() == "no support"}
+    overall = sparse_result["overall"]["relation_report"]
+    assert marked == {label for label in labels if not overall[label]["support"]} and len(marked) == 20
+    greyed = {tick.get_text().split(" (")[0] for tick in axes.get_yticklabels() if tick.get_color() == "#888888"}
+    assert greyed == marked
+    colours = {container.get_label(): container[0].get_facecolor() for container in axes.containers}
+    zeros = {
+        (labels[round(text.get_position()[1] - 0.4)], name)
+        for text in axes.texts
+        if text.get_text() == "0"
+        for name, colour in colours.items()
+        if to_rgb(text.get_color()) == colour[:3]
+    }
+    assert zeros == {("holding", "MISS")}  # F1 0 (cutting predicted instead) is written, not left blank
+
+
+def test_confusion_plot_keeps_only_the_labels_that_occur(sparse_result):
+    axes = confusion_figure(sparse_result).axes[0]
+    kept = [label for label in vocab.RELATION_LABELS if label in {"holding", "cutting", "lyingon", "none"}]
+    assert [tick.get_text() for tick in axes.get_yticklabels()] == kept
+    assert [tick.get_text() for tick in axes.get_xticklabels()] == kept
+    full = np.array(sparse_result["overall"]["confusion_matrix"])
+    index = [vocab.RELATION_LABELS.index(label) for label in kept]
+    expected = {
+        (column, row, str(full[index[row], index[column]]))
+        for row in range(len(kept))
+        for column in range(len(kept))
+        if full[index[row], index[column]]
+    }
+    cells = {(*map(round, text.get_position()), text.get_text()) for text in axes.texts}
+    assert cells == expected and len(expected) >= 3
+    assert min(text.get_fontsize() for text in axes.texts) >= 12  # 4 labels: large numbers

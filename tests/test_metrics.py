@@ -10,7 +10,14 @@ import pytest
 from sklearn.metrics import classification_report as sklearn_report
 
 from egoexor import vocab
-from egoexor.metrics import classification_report, compute_metrics, macro_over_supported, surgery_type, take_name
+from egoexor.metrics import (
+    batched_macro_f1,
+    classification_report,
+    compute_metrics,
+    macro_over_supported,
+    surgery_type,
+    take_name,
+)
 from egoexor.scene_graph import Triplet as T
 
 HS, PAT, OT, AS = "head_surgeon", "patient", "operating_table", "assistant"
@@ -229,3 +236,47 @@ def test_classification_report_matches_sklearn(seed):
             truth, guess, labels=range(len(entity_names)), target_names=entity_names, output_dict=True
         )
     _assert_same_report(classification_report(_confusion(truth, guess, len(entity_names)), entity_names), expected)
+
+
+def _noisy_frames(seed: int, takes: list[str], n: int) -> list[tuple[str, list[T], list[T]]]:
+    """Frames whose predictions keep, change or drop each ground-truth triplet."""
+    rng = random.Random(seed)
+    frames = []
+    for _, gt, _ in _random_frames(seed, n):
+        pred = [t if rng.random() < 0.6 else t._replace(predicate=rng.choice(vocab.PREDICATES)) for t in gt]
+        frames.append((rng.choice(takes), gt, [t for t in pred if rng.random() < 0.9]))
+    return frames
+
+
+def test_batched_macro_f1_is_the_headline():
+    result = compute_metrics(_noisy_frames(1, ["MISS_1_1", "MISS_1_2", "Ultrasound_2_1"], 200))
+    groups = [result["overall"], *result["surgery_types"].values(), *result["takes"].values()]
+    stack = np.array([group["confusion_matrix"] for group in groups])
+    expected = [group["macro"]["f1-score"] for group in groups]
+    assert batched_macro_f1(stack) == pytest.approx(expected, abs=1e-12)
+    assert np.isnan(batched_macro_f1(np.zeros((23, 23))))
+
+
+def test_bootstrap_resamples_whole_takes():
+    """One perfect take and one all-wrong take: resampling takes reaches both extremes (1.0, and the wrong
+    take's own score); resampling single frames would stay near the pooled score."""
+    perfect = [("MISS_1_1", [T(HS, PAT, "holding")], [T(HS, PAT, "holding")])] * 20
+    wrong = [("MISS_1_2", [T(HS, PAT, "cutting")], [T(HS, PAT, "drilling")])] * 20
+    result = compute_metrics(perfect + wrong)
+    interval = result["overall"]["macro_f1_interval"]
+    assert interval == result["surgery_types"]["MISS"]["macro_f1_interval"]  # one surgery type: the same draws
+    assert interval["high"] == 1.0
+    assert interval["low"] == result["takes"]["MISS_1_2"]["macro"]["f1-score"] < 0.5
+    assert interval["low"] < result["overall"]["macro"]["f1-score"] < interval["high"]
+    assert interval["takes"] == 2 and interval["samples"] == 1000 and interval["confidence"] == 0.95
+
+
+def test_bootstrap_is_seeded_and_absent_without_takes_to_resample():
+    frames = _noisy_frames(2, [f"MISS_1_{take}" for take in range(1, 9)], 300)
+    first, again = (compute_metrics(frames, bootstrap=500, seed=3)["overall"] for _ in range(2))
+    other = compute_metrics(frames, bootstrap=500, seed=4)["overall"]
+    assert first["macro_f1_interval"] == again["macro_f1_interval"] != other["macro_f1_interval"]
+    assert first["macro_f1_interval"]["low"] < first["macro"]["f1-score"] < first["macro_f1_interval"]["high"]
+    one_take = [("MISS_1_1", gt, pred) for _, gt, pred in frames]
+    assert compute_metrics(one_take)["overall"]["macro_f1_interval"] is None
+    assert compute_metrics(frames, bootstrap=0)["overall"]["macro_f1_interval"] is None

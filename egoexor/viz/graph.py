@@ -1,6 +1,7 @@
 """A frame's scene graph drawn as a graph, each edge coloured by how a prediction got it.
 
-Entities sit on a circle with their names outside it, so names never cover edges or each other;
+Entities sit on a circle with their names outside it, so names never cover edges or each other (for a
+take, at places fixed by the take's entities, so the graph can be followed over time);
 an edge is an arc from subject to object labelled with its predicate at the arc's middle. Two
 relations between the same two entities (the annotated one and a wrong prediction, say) bend by
 different amounts, so their labels stay apart.
@@ -47,8 +48,14 @@ def _positions(entities: list[str]) -> dict[str, np.ndarray]:
     return {name: _RADIUS * np.array([np.cos(a), np.sin(a)]) for name, a in zip(entities, angles, strict=True)}
 
 
-def draw(axes: Axes, edges: list[tuple[Triplet, Status]], fontsize: float = 10) -> None:
-    """Draw ``edges`` (from :func:`compare`) into ``axes``, with a legend of the statuses present."""
+def draw(
+    axes: Axes, edges: list[tuple[Triplet, Status]], fontsize: float = 10, entities: Sequence[str] | None = None
+) -> None:
+    """Draw ``edges`` (from :func:`compare`) into ``axes``, with a legend of the statuses present.
+
+    Nodes sit on the circle at the places of ``entities`` (fixed for a take, so an entity keeps its place
+    from frame to frame; only those in ``edges`` are drawn), else at places shared out among the entities
+    of ``edges``."""
     axes.set_aspect("equal")
     axes.set_xlim(-2.1, 2.1)
     axes.set_ylim(-1.85, 1.4)  # the band below the circle holds the legend
@@ -56,9 +63,10 @@ def draw(axes: Axes, edges: list[tuple[Triplet, Status]], fontsize: float = 10) 
     if not edges:
         axes.text(0, 0, "no relations", ha="center", va="center", fontsize=fontsize, color="#777777")
         return
-    entities = list(dict.fromkeys(name for triplet, _ in edges for name in (triplet.subject, triplet.object)))
-    where = _positions(entities)
-    for name, (x, y) in where.items():
+    present = list(dict.fromkeys(name for triplet, _ in edges for name in (triplet.subject, triplet.object)))
+    where = _positions([*dict.fromkeys([*(entities or ()), *present])])
+    for name in present:
+        x, y = where[name]
         axes.plot([x], [y], "o", color="#1f4e79", markersize=7, zorder=3)
         axes.text(
             1.12 * x,

@@ -1,10 +1,13 @@
 """One picture of one timepoint: what the model sees, in one image a person can read.
 
 Every camera of the take (ego views first, then the room cameras and screens), each titled with its
-source name; on ego views the wearer's gaze point and the 8 hand keypoints per hand (wrist and palm of
-each hand, and the tips of their normals, joined to them). Below: a top view of the point cloud in
-its own colours, the audio snippet's two channels, and the scene graph (:mod:`egoexor.viz.graph`),
-its edges coloured against a prediction when one is given.
+source name; on ego views the wearer's gaze point and, drawn above it, the 8 hand keypoints per hand
+(wrist and palm of each hand, and the tips of their normals, joined to them), explained by a legend at
+the top right. Below: a top view of the point cloud in its own colours, the audio snippet as a
+spectrogram with the frame's own 1/15 s marked (a snippet starts at its frame and holds the sound of the
+next second), and the scene graph (:mod:`egoexor.viz.graph`), its edges coloured against a prediction
+when one is given, with what the parser could not read written under it. For a take, the graph's entity
+positions can be fixed (``entities``), so an entity keeps its place from frame to frame.
 
 Frames are stored in the channel order the recording tools wrote (the reference's visualiser swaps
 every camera's channels before showing it, treating them as BGR); ``swap_channels`` does the same.
@@ -25,6 +28,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from egoexor import vocab
 from egoexor.data import layout
@@ -37,6 +41,10 @@ from egoexor.viz import graph
 GAZE_COLOUR = "#ff00ff"
 #: Left and right hand keypoint colours.
 HAND_COLOURS = ("#00b0ff", "#39ff14")
+#: Outline of the frame's own span on the audio spectrogram: pure cyan is not in its colour map.
+FRAME_MARK_COLOUR = "#00ffff"
+#: Colour of the note on what the parser could not read.
+NOTE_COLOUR = "#9467bd"
 _COLUMNS = 4
 _WIDTH_INCHES = 16.0
 _TITLE_INCHES = 0.45
@@ -100,16 +108,19 @@ class _Camera:
         axes.set_xlim(-0.5, width - 0.5)
         axes.set_ylim(height - 0.5, -0.5)
         self.title = axes.set_title(source, fontsize=_FONT, pad=4)
+        # the hands' few pixels are drawn above the large gaze marker, which would otherwise hide them
+        self.gaze = axes.plot(
+            [], [], "o", color=GAZE_COLOUR, markersize=13, markeredgecolor="white", markeredgewidth=1.5, zorder=3
+        )[0]
         self.hands = [
             (
-                axes.plot([], [], color=colour, linewidth=2)[0],
-                axes.plot([], [], "o", color=colour, markersize=6, markeredgecolor="black", markeredgewidth=0.5)[0],
+                axes.plot([], [], color=colour, linewidth=2, zorder=4)[0],
+                axes.plot(
+                    [], [], "o", color=colour, markersize=6, markeredgecolor="black", markeredgewidth=0.5, zorder=5
+                )[0],
             )
             for colour in HAND_COLOURS
         ]
-        self.gaze = axes.plot(
-            [], [], "o", color=GAZE_COLOUR, markersize=13, markeredgecolor="white", markeredgewidth=1.5
-        )[0]
 
     def update(self, point: Timepoint, swap_channels: bool) -> None:
         frame = point.rgb[self.camera]
@@ -169,25 +180,41 @@ class _PointCloud:
         self.axes.set_ylim(*_limits(xyz[keep, 1]))
 
 
+def spectrogram(audio: np.ndarray) -> np.ndarray:
+    """Power (dB) of the channels' mean over [frequency, time]: Hann windows of about sqrt(2 x samples)
+    samples (a power of two), half overlapping, so time and frequency get similar resolution."""
+    signal = np.nan_to_num(np.asarray(audio, dtype=np.float64)).mean(axis=1)
+    window = int(2 ** np.clip(round(math.log2(math.sqrt(2 * max(len(signal), 1)))), 4, 12))
+    signal = np.pad(signal, (0, max(window - len(signal), 0)))
+    frames = np.lib.stride_tricks.sliding_window_view(signal, window)[:: window // 2] * np.hanning(window)
+    return 10 * np.log10(np.abs(np.fft.rfft(frames, axis=1)).T ** 2 + 1e-12)
+
+
 class _Audio:
+    """The snippet's spectrogram, the frame's own 1/15 s outlined (a snippet starts at its frame)."""
+
     def __init__(self, axes: Axes, present: bool) -> None:
         self.axes = axes
-        axes.set_title("audio snippet (blue: left, orange: right)", fontsize=_FONT)
-        colours = ("#1f77b4", "#ff7f0e") if present else ()
-        self.lines = [axes.plot([], [], color=colour, linewidth=0.6)[0] for colour in colours]
-        if present:
-            axes.set_xlabel("time (s)")
-        else:
+        self.image = None
+        if not present:
+            axes.set_title("audio", fontsize=_FONT)
             _message(axes, "no audio")
+            return
+        axes.set_title("audio snippet: spectrogram, outlined: this frame", fontsize=_FONT)
+        self.image = axes.imshow(np.zeros((2, 2)), origin="lower", aspect="auto", cmap="magma")
+        axes.axvspan(0, 1 / layout.FPS, facecolor="none", edgecolor=FRAME_MARK_COLOUR, linewidth=2.5, zorder=3)
+        axes.set_xlabel("time from the frame (s)")
+        axes.set_ylabel("kHz")
 
     def update(self, point: Timepoint) -> None:
-        if not self.lines or point.audio is None:
+        if self.image is None or point.audio is None:
             return
-        seconds = np.arange(len(point.audio)) / layout.AUDIO_SAMPLE_RATE
-        for channel, line in enumerate(self.lines):
-            line.set_data(seconds, point.audio[:, channel])
-        self.axes.set_xlim(0, seconds[-1] if len(seconds) > 1 else 1)
-        self.axes.set_ylim(*_limits(np.nan_to_num(point.audio)))
+        power = spectrogram(point.audio)
+        seconds = len(point.audio) / layout.AUDIO_SAMPLE_RATE
+        self.image.set_data(power)
+        self.image.set_extent((0, seconds, 0, layout.AUDIO_SAMPLE_RATE / 2000))
+        self.image.set_clim(power.max() - 80, power.max())
+        self.axes.set_xlim(0, seconds)
 
 
 def _graph_title(edges: list[tuple[Triplet, graph.Status]], annotated: bool, predicted: bool) -> str:
@@ -208,11 +235,21 @@ class TimepointFigure:
     """The figure for the timepoints of one take, built once and redrawn per frame (a video's frames reuse it).
 
     The layout depends on the take only (its cameras, frame size, which modalities it has), so every
-    picture of one take has the same size and panel positions.
+    picture of one take has the same size and panel positions. ``entities`` (say, every entity the take's
+    annotations name) fixes the scene graph's node positions for all its frames; without it each frame
+    places its own entities.
     """
 
-    def __init__(self, point: Timepoint, *, dpi: int = 100, swap_channels: bool = True) -> None:
+    def __init__(
+        self,
+        point: Timepoint,
+        *,
+        dpi: int = 100,
+        swap_channels: bool = True,
+        entities: Sequence[str] | None = None,
+    ) -> None:
         self.swap_channels = swap_channels
+        self.entities = entities
         views = cameras(point) if point.rgb is not None else []
         rows = max(1, math.ceil(len(views) / _COLUMNS))
         aspect = point.rgb.shape[1] / point.rgb.shape[2] if point.rgb is not None else 0.75
@@ -241,12 +278,33 @@ class TimepointFigure:
         ]
         if not views:
             _message(self.figure.add_subplot(grid[0, :]), "no camera frames in this take")
+        if any(source in vocab.EGO_SOURCES for _, source in views):
+            self._legend(inches)
         self.cloud = _PointCloud(self.figure.add_subplot(grid[rows, 0]), point.point_coordinates is not None)
         self.audio = _Audio(self.figure.add_subplot(grid[rows, 1]), point.audio is not None)
         self.scene = self.figure.add_subplot(grid[rows, 2:])
 
-    def draw(self, point: Timepoint, predicted: Sequence[Triplet] | None = None) -> Picture:
-        """The picture of ``point`` (a timepoint of the take this figure was built for)."""
+    def _legend(self, inches: float) -> None:
+        """What the marks on the ego views are, in the title band at the right."""
+        handles = [
+            Line2D([], [], marker="o", linestyle="", color=GAZE_COLOUR, markersize=11, label="gaze"),
+            *(
+                Line2D([], [], marker="o", color=colour, linewidth=2, markersize=6, label=f"{side} hand")
+                for colour, side in zip(HAND_COLOURS, ("left", "right"), strict=True)
+            ),
+        ]
+        self.figure.legend(
+            handles=handles,
+            loc="upper right",
+            bbox_to_anchor=(0.985, 1 - 0.04 / inches),
+            ncols=3,
+            frameon=False,
+            fontsize=_FONT,
+        )
+
+    def draw(self, point: Timepoint, predicted: Sequence[Triplet] | None = None, note: str | None = None) -> Picture:
+        """The picture of ``point`` (a timepoint of the take this figure was built for); ``note``: what the
+        parser could not read of the prediction, written under the scene graph."""
         key = point.take
         self.title.set_text(f"{key.surgery_type} procedure {key.procedure_id}, take {key.take_id}, frame {point.frame}")
         for camera in self.cameras:
@@ -256,7 +314,19 @@ class TimepointFigure:
         self.scene.clear()
         edges = graph.compare(point.annotations or [], predicted)
         self.scene.set_title(_graph_title(edges, point.annotations is not None, predicted is not None), fontsize=_FONT)
-        graph.draw(self.scene, edges, fontsize=_FONT)
+        graph.draw(self.scene, edges, fontsize=_FONT, entities=self.entities)
+        if note:
+            self.scene.text(
+                0.5,
+                -0.02,
+                note,
+                transform=self.scene.transAxes,
+                ha="center",
+                va="top",
+                fontsize=_FONT - 1,
+                color=NOTE_COLOUR,
+                wrap=True,
+            )
         self.canvas.draw()
         image = np.asarray(self.canvas.buffer_rgba())[..., :3].copy()
         flip = np.array([[1.0, 0, 0], [0, -1.0, self.height_px], [0, 0, 1.0]])  # display (y up) -> rows (down)
@@ -275,7 +345,12 @@ class TimepointFigure:
 
 
 def render(
-    point: Timepoint, predicted: Sequence[Triplet] | None = None, *, dpi: int = 100, swap_channels: bool = True
+    point: Timepoint,
+    predicted: Sequence[Triplet] | None = None,
+    *,
+    note: str | None = None,
+    dpi: int = 100,
+    swap_channels: bool = True,
 ) -> Picture:
-    """Draw ``point`` (with its ``predicted`` scene graph, if any) into one picture."""
-    return TimepointFigure(point, dpi=dpi, swap_channels=swap_channels).draw(point, predicted)
+    """Draw ``point`` (with its ``predicted`` scene graph and the ``note`` on what did not parse, if any)."""
+    return TimepointFigure(point, dpi=dpi, swap_channels=swap_channels).draw(point, predicted, note)
