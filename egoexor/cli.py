@@ -26,8 +26,10 @@ The rules :func:`run` enforces:
 * a user mistake is a :class:`CommandError` (or an ``OSError``, or a type listed in ``errors``, such
   as a module's own ``ValueError`` subclass): exactly one line ``<command>: error: <message>`` on
   stderr, exit status 2, no traceback. Messages name the file, take, frame or field;
-* Ctrl-C: one line ``<command>: interrupted``, exit status 130; the ``atomic`` writers have already
-  removed their temporary outputs on the way out;
+* Ctrl-C: one line ``<command>: interrupted``, exit status 130; SIGTERM, SIGHUP and SIGQUIT (a cluster
+  stopping the job, a lost terminal): ``<command>: stopped by SIGTERM``, exit status 128 + the signal's
+  number (:mod:`egoexor.signals`). The ``atomic`` writers have already removed their temporary outputs on
+  the way out;
 * a bad flag (unknown, abbreviated, out of range) is a :class:`CommandError` from the parser: one line
   instead of argparse's usage block. :class:`OneLineErrors` gives another parser class the same
   behaviour (``class Parser(cli.OneLineErrors, HfArgumentParser)``, built with ``allow_abbrev=False``);
@@ -47,6 +49,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -56,7 +59,7 @@ from typing import Any
 import h5py
 import huggingface_hub
 
-from egoexor import atomic
+from egoexor import atomic, signals
 
 #: Exit status of a user mistake, as argparse uses it.
 EXIT_ERROR = 2
@@ -349,6 +352,15 @@ def one_line(error: BaseException, *, gist: bool = False) -> str:
     return " ".join(message.split())
 
 
+def interruption(error: KeyboardInterrupt) -> str:
+    """The line after a stop signal: ``interrupted`` for Ctrl-C, ``stopped by SIGTERM`` for the others, with
+    what the command did about it (``saved ...``), if anything."""
+    signum = error.signum if isinstance(error, signals.Stopped) else signal.SIGINT
+    said = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    detail = error.detail if isinstance(error, signals.Stopped) else ""
+    return f"{said}; {detail}" if detail else said
+
+
 def _warn_stale(command: str) -> None:
     for path in atomic.removed_stale():
         warn(command, f"removed {path}, left by an interrupted run")
@@ -359,17 +371,19 @@ def run(command: str, body: Callable[[], int | None], errors: tuple[type[BaseExc
 
     Stale temporary outputs the body removed (:func:`egoexor.atomic.removed_stale`) are named in warnings.
     Returns the exit status: the body's (``None`` is 0), 2 after a :class:`CommandError`, an ``OSError``
-    or one of ``errors``, 130 after Ctrl-C. Anything else is a bug and keeps its traceback.
+    or one of ``errors``, 128 + the signal's number after a stop signal (:mod:`egoexor.signals`: 130 after
+    Ctrl-C, 143 after SIGTERM). Anything else is a bug and keeps its traceback.
     """
     try:
-        status = body()
+        with signals.stop_signals():
+            status = body()
     except (CommandError, OSError, *errors) as error:
         _warn_stale(command)
         print(f"{command}: error: {one_line(error)}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         _warn_stale(command)
-        print(f"{command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"{command}: {interruption(error)}", file=sys.stderr)
+        return error.exit_status if isinstance(error, signals.Stopped) else EXIT_INTERRUPTED
     _warn_stale(command)
     return 0 if status is None else status

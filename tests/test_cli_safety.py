@@ -651,14 +651,46 @@ def test_kill_9_during_a_merge_leaves_a_stale_temporary_that_the_next_run_remove
         assert layout.check_layout(h5) == 4
 
 
-def test_sigint_during_a_merge_is_one_line_exit_130_and_removes_the_temporary(large_inputs, tmp_path):
+#: The line each stop signal ends a command with (exit status 128 + the signal's number).
+STOP_LINES = {
+    signal.SIGINT: "interrupted",
+    signal.SIGTERM: "stopped by SIGTERM",
+    signal.SIGHUP: "stopped by SIGHUP",
+    signal.SIGQUIT: "stopped by SIGQUIT",
+}
+
+
+@pytest.mark.parametrize("signum", list(STOP_LINES), ids=[s.name for s in STOP_LINES])
+def test_a_stop_signal_during_a_merge_is_one_line_exit_128_plus_n_and_removes_the_temporary(
+    signum, large_inputs, tmp_path
+):
     output = tmp_path / "out" / "merged.h5"
     process, _ = _start_merge(large_inputs, output)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
-    assert err == "egoexor-merge-h5: interrupted\n"
+    assert process.returncode == 128 + signum
+    assert err == f"egoexor-merge-h5: {STOP_LINES[signum]}\n"
     assert list(output.parent.iterdir()) == []
+
+
+def test_sighup_to_the_process_group_during_synthetic_is_one_line_and_keeps_the_earlier_output(tmp_path):
+    """A closed terminal: every process of the group gets SIGHUP while files are written; the earlier
+    dataset (written with another seed) stays byte-identical and no temporary is left."""
+    out = tmp_path / "data"
+    synthetic.generate(out, "tiny", seed=3, n_frames=4)
+    before = snapshot(out)
+    command = [sys.executable, "-m", "egoexor.data.synthetic", "--out", str(out), "--frames", "400", "--overwrite"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while process.poll() is None and not list(out.glob(".*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    os.killpg(process.pid, signal.SIGHUP)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGHUP, err
+    assert err.splitlines()[-1] == "egoexor.data.synthetic: stopped by SIGHUP" and "Traceback" not in err
+    assert snapshot(out) == before
 
 
 # --- The atomic layer itself. --------------------------------------------------------------------------------------
