@@ -677,6 +677,46 @@ def test_kill_9_during_inference_and_the_rerun_resumes_to_the_same_predictions(
     )
 
 
+@pytest.mark.parametrize(
+    ("signum", "workers"),
+    [(signal.SIGTERM, "0"), (signal.SIGHUP, "1")],
+    ids=["SIGTERM to the process", "SIGHUP to the group, a loader worker"],
+)
+def test_a_stop_signal_during_an_overwrite_keeps_the_earlier_results_intact(
+    signum, workers, checkpoint, merged_file, few_samples, reference_run, tmp_path
+):
+    """``--overwrite`` replaces the earlier run only by the final rename: stopped mid-generation (a cluster's
+    SIGTERM; a lost terminal's SIGHUP, which the DataLoader worker gets too), the earlier predictions and
+    metrics are there, byte for byte, and nothing else is."""
+    out = tmp_path / "out"
+    shutil.copytree(reference_run, out)
+    before = snapshot(out)
+    argv = infer_args(checkpoint, merged_file, few_samples, out, "--overwrite", "--num_workers", workers)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_INFER, *argv],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    logs: list[Path] = []
+    while process.poll() is None and time.monotonic() < deadline:
+        logs = list(tmp_path.glob(".out.*.tmp/raw_predictions.rank0.jsonl"))
+        if logs and len(logs[0].read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert logs, "the new run never generated into a temporary folder"
+    os.killpg(process.pid, signum) if signum == signal.SIGHUP else process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, err
+    said = [line for line in err.splitlines() if line.startswith("egoexor.infer")]
+    assert said == [f"egoexor.infer: stopped by {signal.Signals(signum).name}"] and "Traceback" not in err
+    assert snapshot(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 def test_overwrite_starts_the_run_afresh_and_another_run_is_refused(
     checkpoint,
     merged_file,
