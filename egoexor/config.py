@@ -237,6 +237,10 @@ class TrainConfig:
     #: Start afresh in an ``--output_dir`` that holds an earlier run (its checkpoints are removed first);
     #: without it (or ``--resume_from_checkpoint`` from a checkpoint there) such a folder is refused.
     overwrite_output_dir: bool = False
+    #: On a stop signal (SIGTERM from a cluster stopping or preempting the job, SIGHUP, SIGQUIT, Ctrl-C):
+    #: finish the current step, save a checkpoint, then exit with 128 + the signal's number. False: stop at
+    #: once, without saving.
+    save_on_signal: bool = True
 
     def __post_init__(self) -> None:
         if self.mm_projector_lr is not None:

@@ -19,7 +19,10 @@ DeepSpeed (``--deepspeed configs/zero2.json``), torchrun DDP, mixed precision (`
 checkpointing, logging (``--report_to``) and resume (``--resume_from_checkpoint``) are the Trainer's.
 
 The command follows :mod:`egoexor.cli`: a bad flag, sample file, HDF5 file or output folder is one line
-``egoexor.train: error: ...`` (exit 2) before any model is loaded; Ctrl-C is one line (exit 130). An
+``egoexor.train: error: ...`` (exit 2) before any model is loaded. A stop signal during training (SIGTERM
+from a cluster stopping or preempting the job, SIGHUP, SIGQUIT, Ctrl-C) lets the current step finish, saves
+``checkpoint-N`` and exits with one line naming it and 128 + the signal's number (143 for SIGTERM);
+``--save_on_signal False`` stops at once without saving. Before and after training a signal stops at once. An
 ``--output_dir`` holding an earlier run is refused unless it is resumed (``--resume_from_checkpoint``
 True or one of its checkpoints) or replaced (``--overwrite_output_dir``); one that is an input folder or
 holds an input file is always refused. ``kill -9`` at any moment leaves every ``checkpoint-N`` complete;
@@ -39,6 +42,7 @@ import re
 import shutil
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,7 +53,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from egoexor import atomic, cli
+from egoexor import atomic, cli, signals
 from egoexor.config import ConfigError, TrainSetup, checkpoint_config, data_for_model, parse_train_args, train_help
 from egoexor.data import layout
 from egoexor.data.dataset import EgoExorDataset
@@ -159,12 +163,27 @@ class _EpochToDataset(TrainerCallback):
         self.dataset.set_epoch(int(state.epoch or 0))
 
 
+class _StopAfterStep(TrainerCallback):
+    """``--save_on_signal``: a stop signal held back during a step (:func:`egoexor.signals.deferred`) ends
+    training once the step is done, with a checkpoint. Every rank stops at the same step: the ranks agree on
+    the signal before they decide (a signal may reach one rank a step before another)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        received = torch.tensor([signals.pending() or 0], device=args.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(received, torch.distributed.ReduceOp.MAX)
+        if received.item():
+            control.should_save = control.should_training_stop = True
+
+
 class EgoExorTrainer(Trainer):
     def __init__(self, *args, setup: TrainSetup, token_weights: torch.Tensor | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.setup = setup
         self.token_weights = token_weights
         self.add_callback(_EpochToDataset(self.train_dataset))
+        if setup.train.save_on_signal:
+            self.add_callback(_StopAfterStep())
         self._saving_checkpoint = False
 
     def _prepare_inputs(self, inputs):
@@ -268,13 +287,16 @@ class EgoExorTrainer(Trainer):
         """The trained model and the trainer state in ``--output_dir`` (what ``egoexor.infer`` reads): written
         into the staging folder, then moved into place file by file, each atomically."""
         staged = Path(self.args.output_dir) / STAGING / "model"
-        self.save_model(str(staged))
-        if self.args.should_save:
-            self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
-            for file in sorted(staged.iterdir()):
-                with atomic.atomic_output(staged.parents[1] / file.name) as temporary:
-                    os.replace(file, temporary)
-            shutil.rmtree(staged.parent)
+        try:
+            self.save_model(str(staged))
+            if self.args.should_save:
+                self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
+                for file in sorted(staged.iterdir()):
+                    with atomic.atomic_output(staged.parents[1] / file.name) as temporary:
+                        os.replace(file, temporary)
+        finally:  # a stop signal included: no staging folder left behind
+            if self.args.should_save:
+                shutil.rmtree(staged.parent, ignore_errors=True)
 
 
 def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
@@ -449,8 +471,16 @@ def train(setup: TrainSetup) -> EgoExorTrainer:
     resume = resume_checkpoint(setup.trainer)
     check_output_dir(setup, resume)
     trainer = build_training(setup)
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_final_model()
+    output = Path(setup.trainer.output_dir)
+    with signals.deferred() if setup.train.save_on_signal else nullcontext():
+        trainer.train(resume_from_checkpoint=resume)
+        checkpoint = output / f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
+        stopped_early = signals.pending() is not None and checkpoint.is_dir()  # by _StopAfterStep
+        if not stopped_early:  # a signal after the last step still gets the trained model saved
+            trainer.save_final_model()
+    if signals.pending() is not None:
+        saved = f"{checkpoint} (--resume_from_checkpoint True continues from it)" if stopped_early else output
+        raise signals.Stopped(signals.pending(), f"saved {saved}")
     return trainer
 
 

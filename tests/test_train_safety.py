@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_cli_safety import _dead_pid, _dir, _file, snapshot
 
 from egoexor import atomic, train
@@ -550,6 +551,80 @@ def test_torchrun_two_ranks_one_writer(sample_files, merged_file, tmp_path):
     state = json.loads((output / TRAINER_STATE_NAME).read_text())
     assert state["global_step"] == 2
     assert not [p for p in output.iterdir() if p.name.startswith(".")]
+
+
+#: Runs ``egoexor.train`` with each step slowed down and counted in $MARKER, so that a signal lands mid-run.
+_COUNTED_STEPS = """
+import os, sys, time
+from pathlib import Path
+from egoexor import train
+marker, step = Path(os.environ["MARKER"]), train.EgoExorTrainer.training_step
+def counted(self, *args, **kwargs):
+    loss = step(self, *args, **kwargs)
+    marker.write_text(str(self.state.global_step + 1))
+    time.sleep(0.3)
+    return loss
+train.EgoExorTrainer.training_step = counted
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_a_checkpoint_that_resumes_bit_exact(sample_files, merged_file, tmp_path, capsys):
+    """A cluster's SIGTERM (preemption) mid-epoch: the step finishes, a complete checkpoint-N is written, one
+    line names it, exit 143; resuming from it gives bit for bit the weights of a run never stopped."""
+    common = ["--config", TINY, "--data_path", str(sample_files["train"]), "--hdf5_path", str(merged_file)]
+    common += ["--max_steps", "6", "--disable_tqdm", "True"]
+    stopped, marker = tmp_path / "stopped", tmp_path / "steps"
+    process = subprocess.Popen(
+        [sys.executable, "-c", _COUNTED_STEPS, *common, "--output_dir", str(stopped)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MARKER": str(marker), "PYTHONPATH": str(ROOT)},
+    )
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if marker.is_file() and marker.read_text() == "2":
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 143, err[-3000:]
+    [checkpoint] = train.checkpoint_folders(stopped)  # the only one: --save_strategy is "no" in tiny.yaml
+    step = int(checkpoint.name.split("-")[1])
+    steps_per_epoch = -(-len(json.loads(sample_files["train"].read_text())) // 4)
+    assert 2 <= step < min(6, steps_per_epoch)  # mid-epoch, and mid-run
+    said = [line for line in err.splitlines() if line.startswith("egoexor.train")]
+    assert said == [
+        f"egoexor.train: stopped by SIGTERM; saved {checkpoint} (--resume_from_checkpoint True continues from it)"
+    ]
+    assert "Traceback" not in err
+    assert train.incomplete(checkpoint) is None
+    assert sorted(p.name for p in stopped.iterdir()) == [checkpoint.name]  # no final model, no .partial
+    capsys.readouterr()
+
+    assert train.main([*common, "--output_dir", str(stopped), "--resume_from_checkpoint", "True"]) == 0
+    assert train.main([*common, "--output_dir", str(tmp_path / "straight")]) == 0
+    for name in (NON_LORA_FILE, "adapter_model.safetensors"):
+        resumed, straight = load_file(stopped / name), load_file(tmp_path / "straight" / name)
+        assert resumed.keys() == straight.keys()
+        assert all(torch.equal(resumed[key], straight[key]) for key in straight), name
+    assert json.loads((stopped / TRAINER_STATE_NAME).read_text())["global_step"] == 6
+
+
+def test_without_save_on_signal_a_sigterm_stops_at_once_without_a_checkpoint(env, monkeypatch, capsys):
+    def terminated(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not stop the step")
+
+    monkeypatch.setattr(train.EgoExorTrainer, "training_step", terminated)
+    code = train.main(argv(env, "--max_steps", "3", "--save_on_signal", "False"))
+    assert code == 143
+    assert capsys.readouterr().err.splitlines()[-1] == "egoexor.train: stopped by SIGTERM"
+    assert train.checkpoint_folders(env.out / "run") == []
+    assert not [p for p in (env.out / "run").rglob("*") if p.is_file()]
 
 
 def test_a_real_process_prints_the_error_line_alone(tmp_path):
