@@ -5,6 +5,9 @@ disk (``fsync`` of every file), renamed over the final name, and the parent fold
 the rename itself survives a crash. A folder replaces an existing folder by an atomic exchange
 (``renameat2(RENAME_EXCHANGE)``), so the old one stays complete under its name until the new one is.
 
+A write that finds no room (a full disk, a quota) is an ``OSError`` naming the output the user asked for
+(:func:`naming_full_disk`), whatever type the library that wrote it raised.
+
 Temporary names are ``.<name>.<host>.<pid>.<random>.tmp``. An exception (Ctrl-C included) removes
 the temporary output; ``kill -9`` cannot, so on entry every writer removes the temporary outputs of
 the same target left by processes of this host that no longer exist (never those of a live process,
@@ -30,6 +33,42 @@ _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 #: Stale temporaries the writers removed, not yet reported.
 _removed: list[Path] = []
+
+
+#: What a write that found no room says: the disk is full, or the user's quota is.
+_NO_ROOM = {errno.ENOSPC: os.strerror(errno.ENOSPC), errno.EDQUOT: os.strerror(errno.EDQUOT)}
+
+
+def _out_of_room(error: Exception, folder: Path) -> bool:
+    """Whether ``error`` is a write into ``folder`` that found no room. Libraries raise it as their own types with
+    the errno only in the message (h5py's ``RuntimeError``, safetensors' ``SafetensorError``), or say nothing
+    of it (``torch.save``'s zip writer: "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs
+    534"): that one counts when under 1 MiB is left."""
+    if isinstance(error, OSError) and error.errno in _NO_ROOM:
+        return True
+    if any(message in str(error) for message in _NO_ROOM.values()):
+        return True
+    if not (isinstance(error, RuntimeError) and "inline_container.cc" in str(error)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
+
+
+@contextmanager
+def naming_full_disk(target: str | os.PathLike) -> Iterator[None]:
+    """A write in the block that finds no room (full disk, quota) is raised as an ``OSError`` naming ``target``,
+    the output the user asked for (not a temporary name, nor a library's multi-line dump); other errors pass."""
+    target = Path(target)
+    try:
+        yield
+    except Exception as error:
+        folder = next((parent for parent in (target, *target.parents) if parent.is_dir()), Path("/"))
+        if not _out_of_room(error, folder):
+            raise
+        code = error.errno if isinstance(error, OSError) and error.errno in _NO_ROOM else errno.ENOSPC
+        raise OSError(code, f"cannot write: {_NO_ROOM[code]}", str(target)) from None
 
 
 def _umask() -> int:
@@ -122,12 +161,13 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     _removed.extend(remove_stale_temporaries(target))
     temporary = _temporary_name(target)
     try:
-        os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        yield temporary
-        os.chmod(temporary, 0o666 & ~_umask())
-        _fsync(temporary)
-        os.replace(temporary, target)
-        _fsync(target.parent)
+        with naming_full_disk(target):
+            os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            yield temporary
+            os.chmod(temporary, 0o666 & ~_umask())
+            _fsync(temporary)
+            os.replace(temporary, target)
+            _fsync(target.parent)
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -145,22 +185,23 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     _removed.extend(remove_stale_temporaries(target))
     temporary = _temporary_name(target)
     try:
-        os.mkdir(temporary, 0o700)
-        yield temporary
-        os.chmod(temporary, 0o777 & ~_umask())
-        for folder, _, files in os.walk(temporary):
-            for name in files:
-                _fsync(Path(folder) / name)
-            _fsync(Path(folder))
-        if target.is_dir() and any(target.iterdir()):
-            if not _exchange(temporary, target):
-                aside = _temporary_name(target)
-                os.replace(target, aside)
+        with naming_full_disk(target):
+            os.mkdir(temporary, 0o700)
+            yield temporary
+            os.chmod(temporary, 0o777 & ~_umask())
+            for folder, _, files in os.walk(temporary):
+                for name in files:
+                    _fsync(Path(folder) / name)
+                _fsync(Path(folder))
+            if target.is_dir() and any(target.iterdir()):
+                if not _exchange(temporary, target):
+                    aside = _temporary_name(target)
+                    os.replace(target, aside)
+                    os.replace(temporary, target)
+                    temporary = aside
+            else:
                 os.replace(temporary, target)
-                temporary = aside
-        else:
-            os.replace(temporary, target)
-        _fsync(target.parent)
+            _fsync(target.parent)
     finally:
         _remove(temporary)
 

@@ -65,7 +65,7 @@ from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from egoexor import cli, evaluate, metrics, scene_graph
+from egoexor import atomic, cli, evaluate, metrics, scene_graph
 from egoexor.atomic import write_json
 from egoexor.config import DROPPABLE_MODALITIES, ConfigError, DataConfig, ModelConfig, read_checkpoint_config
 from egoexor.convert_reference import (
@@ -452,7 +452,7 @@ def _generate_and_evaluate(
     model, tokenizer, data_config = loaded
     start = time.perf_counter()
     # the loaded configuration, not the checked one: a released folder's image size comes from its CLIP tower
-    with state.split_between_processes(samples) as share:
+    with state.split_between_processes(samples) as share, atomic.naming_full_disk(out):
         dataset = EgoExorDataset(share, hdf5, tokenizer, replace(data_config, **overrides), "generate")
         _generate(model, dataset, _log(folder, state.process_index), batch_size, max_new_tokens, state, num_workers)
     state.wait_for_everyone()
@@ -460,7 +460,8 @@ def _generate_and_evaluate(
         return Inference(out)
     texts = {key: text for rank in range(state.num_processes) for key, text in _read_log(_log(folder, rank)).items()}
     print(f"generated {len(texts)} answers in {time.perf_counter() - start:.1f} s")
-    return Inference(out, texts, write_results(folder, texts, samples, protocol, shown=out))
+    with atomic.naming_full_disk(out):
+        return Inference(out, texts, write_results(folder, texts, samples, protocol, shown=out))
 
 
 def _check_settings(

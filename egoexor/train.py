@@ -268,7 +268,8 @@ class EgoExorTrainer(Trainer):
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         self._saving_checkpoint = True
         try:
-            super()._save_checkpoint(model, trial)
+            with atomic.naming_full_disk(run_dir / name):
+                super()._save_checkpoint(model, trial)
         except BaseException:  # Ctrl-C included: leave no half-written folder behind
             if self.args.should_save:
                 shutil.rmtree(run_dir / STAGING, ignore_errors=True)

@@ -561,8 +561,10 @@ class _TakeWriter:
 
 
 def _write_atomically(path: Path, write: Callable[[h5py.File], None]) -> None:
-    """Write an HDF5 file through a temporary file, renamed only on success."""
-    with atomic_output(path) as temporary, h5py.File(temporary, "w") as h5:
+    """Write an HDF5 file through a temporary file, renamed only on success. The file is built in memory and
+    written as it closes (HDF5's ``core`` driver): a write to disk that fails half-way through the metadata
+    leaves HDF5 unable to close the file, and the interpreter crashes at exit (a full disk: rc -11)."""
+    with atomic_output(path) as temporary, h5py.File(temporary, "w", driver="core", backing_store=True) as h5:
         write(h5)
 
 
