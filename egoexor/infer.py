@@ -52,7 +52,7 @@ import typing
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -410,27 +410,22 @@ def infer(
     overrides = {**(overrides or {}), **({"audio_cache": str(audio_cache)} if audio_cache else {})}
     settings = dict(bits=bits, protocol=protocol, batch_size=batch_size, max_new_tokens=max_new_tokens)
     state = PartialState(cpu=not torch.cuda.is_available())
-    all_samples, run, resume = check_run(
-        state, checkpoint, hdf5, Path(samples), out, settings, overrides, audio_cache, overwrite
-    )
-    generation = dict(
-        samples=all_samples,
-        hdf5=hdf5,
-        overrides=overrides,
-        protocol=protocol,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        num_workers=num_workers,
-    )
-    if overwrite and out.is_dir() and any(out.iterdir()):
-        # the earlier run stays complete under its name until this one is: all of it happens in a temporary
-        # folder that replaces it at the very end (a stopped run leaves the earlier one as it was)
-        with _replacement(state, out) as work:
-            with state.main_process_first():
-                loaded = _load_and_record(checkpoint, bits, state.device, work, run if state.is_main_process else None)
-            return _generate_and_evaluate(state, loaded, work, out, **generation)
-    loaded = _load_once_main_has(state, checkpoint, bits, out, None if resume else run)
-    return _generate_and_evaluate(state, loaded, out, out, **generation)
+    with atomic.output_lock(out) if state.is_main_process else nullcontext():  # a second run into out: refused
+        all_samples, run, resume = check_run(
+            state, checkpoint, hdf5, Path(samples), out, settings, overrides, audio_cache, overwrite
+        )
+        generation = dict(samples=all_samples, hdf5=hdf5, overrides=overrides, num_workers=num_workers)
+        generation.update(protocol=protocol, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        if overwrite and out.is_dir() and any(out.iterdir()):
+            # the earlier run stays complete under its name until this one is: all of it happens in a temporary
+            # folder that replaces it at the very end (a stopped run leaves the earlier one as it was)
+            with _replacement(state, out) as work:
+                with state.main_process_first():
+                    record = run if state.is_main_process else None
+                    loaded = _load_and_record(checkpoint, bits, state.device, work, record)
+                return _generate_and_evaluate(state, loaded, work, out, **generation)
+        loaded = _load_once_main_has(state, checkpoint, bits, out, None if resume else run)
+        return _generate_and_evaluate(state, loaded, out, out, **generation)
 
 
 def _generate_and_evaluate(

@@ -473,7 +473,8 @@ def train(setup: TrainSetup) -> EgoExorTrainer:
     check_output_dir(setup, resume)
     trainer = build_training(setup)
     output = Path(setup.trainer.output_dir)
-    with signals.deferred() if setup.train.save_on_signal else nullcontext():
+    writing = atomic.output_lock(output) if trainer.args.should_save else nullcontext()  # a second run: refused
+    with writing, signals.deferred() if setup.train.save_on_signal else nullcontext():
         trainer.train(resume_from_checkpoint=resume)
         checkpoint = output / f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
         stopped_early = signals.pending() is not None and checkpoint.is_dir()  # by _StopAfterStep

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -691,6 +692,40 @@ def test_sighup_to_the_process_group_during_synthetic_is_one_line_and_keeps_the_
     assert process.returncode == 128 + signal.SIGHUP, err
     assert err.splitlines()[-1] == "egoexor.data.synthetic: stopped by SIGHUP" and "Traceback" not in err
     assert snapshot(out) == before
+
+
+def test_a_second_merge_into_the_same_output_is_refused_while_the_first_writes(large_inputs, tmp_path):
+    """Two real processes: the second is one line naming the output and the process writing it, and touches
+    nothing; the first completes its output."""
+    output = tmp_path / "out" / "merged.h5"
+    first, _ = _start_merge(large_inputs, output)
+    second = subprocess.run(
+        [sys.executable, "-m", "egoexor.data.merge_h5", "--data_dir", str(large_inputs[0].parent)]
+        + ["--input_files", *[p.name for p in large_inputs], "--output_file", str(output), "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert second.returncode == 2
+    assert second.stderr == (
+        f"egoexor-merge-h5: error: {output}: process {first.pid} on {socket.gethostname()} is writing it; "
+        "wait for it to end or write elsewhere\n"
+    )
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert [p.name for p in output.parent.iterdir()] == ["merged.h5"]  # no lock file, no temporary
+    with h5py.File(output, "r") as h5:
+        assert layout.check_layout(h5) == 4
+
+
+def test_the_output_lock_nests_in_one_process_and_a_killed_holders_file_is_taken_over(tmp_path):
+    target = tmp_path / "out.json"
+    (tmp_path / ".out.json.lock").write_text(f"process {_dead_pid()} on {socket.gethostname()}")  # kill -9'd
+    with atomic.output_lock(target):
+        with atomic.atomic_output(target) as temporary:  # the same process asks again: allowed
+            temporary.write_text("{}")
+        assert (tmp_path / ".out.json.lock").read_text() == f"process {os.getpid()} on {socket.gethostname()}"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
 # --- The atomic layer itself. --------------------------------------------------------------------------------------
