@@ -514,7 +514,7 @@ def check_inputs(
     """The samples, the checkpoint's configurations (with ``overrides``) and the takes without RGB frames,
     once the samples, the HDF5 file, the checkpoint and the audio cache passed their checks."""
     samples = read_samples(samples_file)
-    with cli.open_hdf5(hdf5, "--hdf5") as h5:
+    with layout.open_checked(hdf5, "--hdf5") as h5:
         try:
             check_in_hdf5(samples, h5)
         except SampleError as error:  # names the file, the first sample missing and the count

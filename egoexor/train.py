@@ -530,7 +530,7 @@ def check_inputs(setup: TrainSetup) -> list[Sample]:
     samples = load_samples(cli.input_file(train.data_path, "--data_path"))
     if not samples:
         raise cli.CommandError(f"--data_path {train.data_path}: the sample list is empty")
-    with cli.open_hdf5(train.hdf5_path, "--hdf5_path") as h5:
+    with layout.open_checked(train.hdf5_path, "--hdf5_path") as h5:
         check_in_hdf5(samples, h5)
         without_rgb = sorted(key.path for key in {s.take for s in samples} if layout.RGB not in h5[key.path])
     if without_rgb:

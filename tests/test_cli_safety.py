@@ -50,6 +50,14 @@ def inputs(tiny_dataset, merged_file, sample_files, tmp_path_factory) -> Path:
     with h5py.File(root / "dl" / "norgb.h5", "r+") as h5:
         del h5[f"data/MISS/2/take/1/{layout.RGB}"]
     shutil.copy(merged_file, root / "merged.h5")
+    shutil.copy(merged_file, root / "misspelt.h5")
+    with h5py.File(root / "misspelt.h5", "r+") as h5:
+        for _, take in layout.iter_takes(h5):
+            for frame in take[layout.ANNOTATIONS].values():
+                rows = frame[layout.REL_ANNOTATIONS][()]
+                rows[0, 0] = b"patiant"
+                del frame[layout.REL_ANNOTATIONS]
+                frame[layout.REL_ANNOTATIONS] = rows.astype(layout.REL_ANNOTATION_DTYPE)
     (root / "garbage.h5").write_text("this is not HDF5\n")
     (root / "empty.h5").write_bytes(b"")
     data = (root / "merged.h5").read_bytes()
@@ -71,6 +79,8 @@ def inputs(tiny_dataset, merged_file, sample_files, tmp_path_factory) -> Path:
     (root / "empty_list.json").write_text("[]")
     (root / "latin1.json").write_bytes(b"\xff\xfe[]")
     (root / "bad_record.json").write_text(json.dumps([{**records[0], "hdf5_indices": {}}]))
+    boolean = {**records[1], "hdf5_indices": {**records[1]["hdf5_indices"], "frame_idx": True}}
+    (root / "boolean_frame.json").write_text(json.dumps([records[0], boolean]))
     return root
 
 
@@ -245,6 +255,12 @@ CASES = [
         "missing 'splits/test'",
     ),
     Case(
+        "annotation misspells an entity",
+        "samples",
+        lambda e: samples(e, hdf5=str(e.inp / "misspelt.h5")),
+        "row 0: 'patiant' is not in metadata/vocabulary/entity",
+    ),
+    Case(
         "split row names a missing take",
         "samples",
         lambda e: samples(e, hdf5=str(e.inp / "dangling.h5")),
@@ -332,7 +348,12 @@ CASES = [
     Case("hdf5 missing", "audio", lambda e: audio(e, hdf5=str(e.inp / "nope.h5")), "nope.h5: no such file"),
     Case("hdf5 truncated", "audio", lambda e: audio(e, hdf5=str(e.inp / "truncated.h5")), "truncated.h5"),
     Case("hdf5 not HDF5", "audio", lambda e: audio(e, hdf5=str(e.inp / "garbage.h5")), "not an HDF5 file"),
-    Case("hdf5 wrong layout", "audio", lambda e: audio(e, hdf5=str(e.inp / "nolayout.h5")), "no 'data/' group"),
+    Case(
+        "hdf5 wrong layout",
+        "audio",
+        lambda e: audio(e, hdf5=str(e.inp / "nolayout.h5")),
+        "nolayout.h5: missing 'metadata/vocabulary/entity'",
+    ),
     Case(
         "hdf5 without audio",
         "audio",
@@ -398,6 +419,12 @@ CASES = [
         "evaluate",
         lambda e: evaluate_argv(e, sample_file=str(e.inp / "bad_record.json")),
         "record 0",
+    ),
+    Case(
+        "samples record with a boolean frame",
+        "evaluate",
+        lambda e: evaluate_argv(e, sample_file=str(e.inp / "boolean_frame.json")),
+        "boolean_frame.json: record 1 (id 'MISS_1_1_",
     ),
     Case(
         "predictions not an object",

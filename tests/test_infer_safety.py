@@ -65,6 +65,7 @@ def inputs(checkpoint, few_samples, merged_file, tmp_path_factory) -> Path:
     (root / "empty_list.json").write_text("[]")
     (root / "not_json.json").write_text("{not json")
     (root / "bad_record.json").write_text(json.dumps([{**records[0], "hdf5_indices": {}}]))
+    (root / "null_id.json").write_text(json.dumps([records[0], {**records[1], "id": None}]))
     (root / "dup_ids.json").write_text(json.dumps([records[0], records[1], records[0]]))
     moved = [dict(r, hdf5_indices=dict(r["hdf5_indices"])) for r in records]
     moved[2]["hdf5_indices"]["take_id"] = 9
@@ -289,6 +290,12 @@ CASES = [
         "bad_record.json: record 0",
     ),
     Case("sample id twice", "infer", lambda e: run_infer(e, samples="dup_ids.json"), "occurs twice"),
+    Case(
+        "sample id null",
+        "infer",
+        lambda e: run_infer(e, samples="null_id.json"),
+        "null_id.json: record 1: id: Input should be a valid string (got None)",
+    ),
     Case(
         "sample of a missing take",
         "infer",

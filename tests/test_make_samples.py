@@ -157,7 +157,7 @@ def test_reference_record_loads():
     [
         ("{not json", "not a readable JSON file"),
         ('{"a": 1}', "expected a JSON list"),
-        ('[{"id": "x"}]', "record 0 .id 'x'.: 'hdf5_indices' must hold"),
+        ('[{"id": "x"}]', "record 0 .id 'x'.: hdf5_indices: Field required"),
     ],
 )
 def test_malformed_sample_files(tmp_path, content, message):

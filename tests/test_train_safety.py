@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import h5py
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -29,6 +31,7 @@ from test_cli_safety import _dead_pid, _dir, _file, snapshot
 
 from egoexor import atomic, train
 from egoexor.config import parse_train_args
+from egoexor.data import layout
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE
 from egoexor.train import STAGING, TRAINER_STATE_NAME
 
@@ -54,6 +57,14 @@ def inputs(merged_file, sample_files, tmp_path_factory) -> Path:
     }
     (root / "telepathy.json").write_text(json.dumps(telepathy))
     (root / "no_indices.json").write_text(json.dumps([{**records[0], "hdf5_indices": {}}]))
+    fractional = {**records[2], "hdf5_indices": {**records[2]["hdf5_indices"], "frame_idx": 3.7}}
+    (root / "fractional_frame.json").write_text(json.dumps([*records[:2], fractional]))
+    swapped = {**records[1], "conversations": records[1]["conversations"][::-1]}
+    (root / "answer_first.json").write_text(json.dumps([records[0], swapped]))
+    shutil.copy(merged_file, root / "infinite_gaze.h5")
+    with h5py.File(root / "infinite_gaze.h5", "r+") as h5:
+        take = next(key for _, key in layout.iter_takes(h5) if layout.GAZE in key)
+        take[layout.GAZE][1, 0, 1] = np.inf
     elsewhere = [
         {**r, "id": f"gone_{i}", "hdf5_indices": {**r["hdf5_indices"], "procedure_id": 9}}
         for i, r in enumerate(records[:3])
@@ -167,6 +178,21 @@ CASES = [
     Case("samples empty", lambda e: argv(e, data="empty_list.json"), "the sample list is empty"),
     Case("record malformed", lambda e: argv(e, data="no_indices.json"), "record 0"),
     Case("unknown modality", lambda e: argv(e, data="telepathy.json"), "record 3"),
+    Case(
+        "a fractional frame index",
+        lambda e: argv(e, data="fractional_frame.json"),
+        "): hdf5_indices.frame_idx: Input should be a valid integer (got 3.7)",  # after the record and its id
+    ),
+    Case(
+        "the answer before the question",
+        lambda e: argv(e, data="answer_first.json"),
+        "): conversations: must start with a human turn (the question), then a gpt turn (the answer)",
+    ),
+    Case(
+        "an infinite gaze coordinate",
+        lambda e: argv(e, hdf5="infinite_gaze.h5"),
+        "eye_gaze/coordinates: infinite value at frame 1",
+    ),
     Case(
         "sample of a missing take",
         lambda e: argv(e, data="missing_take.json"),
