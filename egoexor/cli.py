@@ -247,11 +247,28 @@ def read_json(path: str | os.PathLike, flag: str | None = None) -> Any:
     where = flagged(path, flag)
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            return json.load(handle, object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError) as error:
         raise CommandError(f"{where}: cannot read: {error}") from None
     except json.JSONDecodeError as error:
         raise CommandError(f"{where}: invalid JSON: {error}") from None
+    except _RepeatedKey as error:
+        raise CommandError(
+            f"{where}: the key {error.args[0]!r} occurs twice in one object (which one counts?)"
+        ) from None
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused where a key repeats (``json`` would keep the last value without a word)."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        keys = [key for key, _ in pairs]
+        raise _RepeatedKey(next(key for key in keys if keys.count(key) > 1))
+    return found
 
 
 def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:

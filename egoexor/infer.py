@@ -81,7 +81,7 @@ from egoexor.data.audio import AudioCache
 from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.processor import Collator, SampleInputError
 from egoexor.data.reader import ReadError
-from egoexor.data.samples import Sample, SampleError, check_in_hdf5, load_samples
+from egoexor.data.samples import Sample, SampleError, check_in_hdf5, check_unique_ids, load_samples
 from egoexor.metrics import Protocol
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE
 from egoexor.prompt import IGNORE_INDEX
@@ -234,15 +234,11 @@ def read_samples(path: Path) -> list[Sample]:
     """The samples to generate for: a readable, non-empty list with one record per id."""
     try:
         samples = load_samples(cli.input_file(path, "--samples"))
+        check_unique_ids(samples, str(path))
     except SampleError as error:  # names the file and the record
         raise cli.CommandError(f"--samples {error}") from None
     if not samples:
         raise cli.CommandError(f"--samples {path}: an empty list: nothing to generate")
-    seen = set()
-    for sample in samples:
-        if sample.id in seen:
-            raise cli.CommandError(f"--samples {path}: sample id {sample.id!r} occurs twice (predictions go by id)")
-        seen.add(sample.id)
     return samples
 
 

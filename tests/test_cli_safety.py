@@ -75,6 +75,10 @@ def inputs(tiny_dataset, merged_file, sample_files, tmp_path_factory) -> Path:
     (root / "samples.json").write_text(json.dumps(records))
     (root / "predictions.json").write_text(json.dumps({r["id"]: r["conversations"][1]["value"] for r in records}))
     (root / "other_predictions.json").write_text(json.dumps({"x_1": "<SG> </SG>"}))
+    first = records[0]["id"]
+    (root / "repeated_key.json").write_text(f'{{"{first}": "<SG> </SG>", "{first}": "<SG> </SG>"}}')
+    (root / "one_prediction.json").write_text(json.dumps({first: records[0]["conversations"][1]["value"]}))
+    (root / "repeated_sample.json").write_text(json.dumps([*records[:3], records[1]]))
     (root / "not_json.json").write_text("{not json")
     (root / "empty_list.json").write_text("[]")
     (root / "latin1.json").write_bytes(b"\xff\xfe[]")
@@ -419,6 +423,30 @@ CASES = [
         "evaluate",
         lambda e: evaluate_argv(e, sample_file=str(e.inp / "bad_record.json")),
         "record 0",
+    ),
+    Case(
+        "a prediction key twice",
+        "evaluate",
+        lambda e: evaluate_argv(e, predictions=str(e.inp / "repeated_key.json")),
+        "repeated_key.json: the key 'MISS_1_1_",
+    ),
+    Case(
+        "a sample id twice",
+        "evaluate",
+        lambda e: evaluate_argv(e, sample_file=str(e.inp / "repeated_sample.json")),
+        "occurs twice (predictions go by id)",
+    ),
+    Case(
+        "predictions below --min_coverage",
+        "evaluate",
+        lambda e: evaluate_argv(e, "--min_coverage", "0.5", predictions=str(e.inp / "one_prediction.json")),
+        "one_prediction.json: predictions for only 1 of 35 samples (2.9%), below --min_coverage 0.5",
+    ),
+    Case(
+        "--min_coverage above 1",
+        "evaluate",
+        lambda e: evaluate_argv(e, "--min_coverage", "1.5"),
+        "--min_coverage: must be >= 0 and <= 1, got 1.5",
     ),
     Case(
         "samples record with a boolean frame",
@@ -925,3 +953,12 @@ def test_range_checks_for_flags_and_fields():
     cli.check_range("lora_r", 8, 1)
     with pytest.raises(cli.CommandError, match=r"^lora_r must be >= 1 and <= 1024, got 0$"):
         cli.check_range("lora_r", 0, 1, 1024)
+
+
+def test_evaluate_says_loudly_how_little_of_the_split_the_predictions_cover(env, capsys):
+    assert evaluate.main(evaluate_argv(env, predictions=str(env.inp / "one_prediction.json"))) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    said = "egoexor.evaluate: warning: predictions for only 1 of 35 samples (2.9%): the other 34 are scored as empty"
+    assert any(line.startswith(said) for line in warnings), warnings
+    assert evaluate.main(evaluate_argv(env, "--overwrite", "--min_coverage", "1")) == 0  # all of them: no warning
+    assert "warning" not in capsys.readouterr().err

@@ -143,6 +143,15 @@ def load_samples(path: str | os.PathLike) -> list[Sample]:
     return [sample_from_record(r, f"{path}: record {i}") for i, r in enumerate(records)]
 
 
+def check_unique_ids(samples: Sequence[Sample], where: str) -> None:
+    """One record per id: predictions and scores go by id, so a repeated one would be scored twice or lost."""
+    seen: set[str] = set()
+    for sample in samples:
+        if sample.id in seen:
+            raise SampleError(f"{where}: sample id {sample.id!r} occurs twice (predictions go by id)")
+        seen.add(sample.id)
+
+
 def check_in_hdf5(samples: Sequence[Sample], h5: h5py.File) -> None:
     """Check that every sample's take and frame are in ``h5`` (one look at each take), so that a
     sample file of another dataset fails here, not as a read error in the middle of training.
