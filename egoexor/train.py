@@ -39,11 +39,12 @@ import logging
 import math
 import os
 import re
+import reprlib
 import shutil
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -54,7 +55,15 @@ from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from egoexor import atomic, cli, signals
-from egoexor.config import ConfigError, TrainSetup, checkpoint_config, data_for_model, parse_train_args, train_help
+from egoexor.config import (
+    ConfigError,
+    TrainSetup,
+    checkpoint_config,
+    data_for_model,
+    parse_train_args,
+    read_checkpoint_config,
+    train_help,
+)
 from egoexor.data import layout
 from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.processor import Collator, SampleInputError
@@ -435,6 +444,30 @@ def check_output_dir(setup: TrainSetup, resume: str | None) -> None:
         )
 
 
+#: Model settings a resumed run may change: where the pretrained weights are found, the precision they load in.
+RESUMABLE_CHANGES = ("model_name_or_path", "vision_tower", "bits", "dtype")
+
+
+def check_resumed_model(setup: TrainSetup, resume: str | None) -> None:
+    """A resumed run continues the checkpoint's model: every other model setting (``--lora_r``,
+    ``--fusion_layers``, ...) must be the checkpoint's, else its weights would not fit (a traceback after the
+    model is built) or would silently train another model."""
+    if resume is None:
+        return
+    saved, _ = read_checkpoint_config(resume, "--resume_from_checkpoint")
+    changed = [
+        (field.name, getattr(saved, field.name), getattr(setup.model, field.name))
+        for field in fields(saved)
+        if field.name not in RESUMABLE_CHANGES and getattr(saved, field.name) != getattr(setup.model, field.name)
+    ]
+    if changed:
+        said = ", ".join(f"{name} {reprlib.repr(then)} (now {reprlib.repr(now)})" for name, then, now in changed)
+        raise ConfigError(
+            f"--resume_from_checkpoint {resume}: the checkpoint was trained with {said}; resume with its settings, "
+            "or train afresh into another --output_dir"
+        )
+
+
 def check_training_arguments(args) -> None:
     """The ranges of :data:`_TRAINER_RANGES`, and something to train (epochs or steps)."""
     for name, low, high, exclusive_low in _TRAINER_RANGES:
@@ -443,6 +476,8 @@ def check_training_arguments(args) -> None:
         cli.check_range("--save_total_limit", args.save_total_limit, 0)
     if args.save_strategy == "steps":
         cli.check_range("--save_steps", args.save_steps, 0, exclusive_low=True)
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise cli.CommandError(f"--max_steps {args.max_steps}: must be >= 1 (or -1: train --num_train_epochs)")
     if args.max_steps <= 0 and args.num_train_epochs <= 0:
         raise cli.CommandError(
             f"--num_train_epochs {args.num_train_epochs} and --max_steps {args.max_steps}: nothing to train "
@@ -471,6 +506,7 @@ def train(setup: TrainSetup) -> EgoExorTrainer:
         cli.warn(COMMAND, warning)
     resume = resume_checkpoint(setup.trainer)
     check_output_dir(setup, resume)
+    check_resumed_model(setup, resume)
     trainer = build_training(setup)
     output = Path(setup.trainer.output_dir)
     writing = atomic.output_lock(output) if trainer.args.should_save else nullcontext()  # a second run: refused

@@ -391,6 +391,12 @@ CASES = [
     Case("out is a file", "synthetic", lambda e: ["--out", str(e.out / "f"), "--frames", "4"], "is a file", _file("f")),
     Case("too few frames", "synthetic", lambda e: ["--out", str(e.out), "--frames", "2"], "--frames: must be >= 3"),
     Case("negative seed", "synthetic", lambda e: ["--out", str(e.out), "--seed", "-1"], "--seed: must be >= 0"),
+    Case(
+        "a trillion frames",
+        "synthetic",
+        lambda e: ["--out", str(e.out), "--frames", "1000000000000"],
+        "--frames: must be >= 3 and <= 108000, got 1000000000000",
+    ),
     Case("unknown profile", "synthetic", lambda e: ["--out", str(e.out), "--profile", "huge"], "invalid choice"),
     # --- evaluate ---------------------------------------------------------------------------------------------------
     Case(

@@ -26,11 +26,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from test_cli_safety import _dead_pid, _dir, _file, snapshot
 
 from egoexor import atomic, train
-from egoexor.config import parse_train_args
+from egoexor.config import checkpoint_config, parse_train_args
 from egoexor.data import layout
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE
 from egoexor.train import STAGING, TRAINER_STATE_NAME
@@ -78,6 +79,10 @@ def inputs(merged_file, sample_files, tmp_path_factory) -> Path:
     (root / "truncated.h5").write_bytes(data[: len(data) // 2])
     (root / "freqs_not_json.json").write_text("{")
     (root / "bad.yaml").write_text("model: [unclosed\n")
+    tiny = yaml.safe_load(Path(TINY).read_text())
+    for name, field, value in (("negative_layers", "num_hidden_layers", -2), ("seven_heads", "num_attention_heads", 7)):
+        edited = {**tiny, "model": {**tiny["model"], "llm_config": {**tiny["model"]["llm_config"], field: value}}}
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(edited))
     (root / "tokenizer").mkdir()
     (root / "tokenizer" / "tokenizer.json").write_text("{}")
     _checkpoint("checkpoint-1")(Env(root, root))
@@ -121,6 +126,17 @@ def _checkpoint(*parts: str, files=(NON_LORA_FILE, CONFIG_FILE, TRAINER_STATE_NA
     return setup
 
 
+def _tiny_checkpoint(*parts: str) -> Callable[[Env], None]:
+    """A complete checkpoint folder under ``out`` whose configuration is ``configs/tiny.yaml``'s."""
+
+    def setup(e: Env) -> None:
+        _checkpoint(*parts)(e)
+        tiny = parse_train_args(["--config", TINY])
+        (e.out.joinpath(*parts) / CONFIG_FILE).write_text(json.dumps(checkpoint_config(tiny.model, tiny.data)))
+
+    return setup
+
+
 @dataclass
 class Case:
     id: str
@@ -144,7 +160,20 @@ CASES = [
         "no epochs and no steps", lambda e: argv(e, "--num_train_epochs", "-1", "--max_steps", "-1"), "nothing to train"
     ),
     Case(
-        "zero epochs, zero steps", lambda e: argv(e, "--num_train_epochs", "0", "--max_steps", "0"), "nothing to train"
+        "zero epochs, zero steps",
+        lambda e: argv(e, "--num_train_epochs", "0", "--max_steps", "-1"),
+        "nothing to train",
+    ),
+    Case("zero steps", lambda e: argv(e, "--max_steps", "0"), "--max_steps 0: must be >= 1 (or -1"),
+    Case(
+        "a config-built LLM with negative layers",
+        lambda e: [*argv(e), "--config", str(e.inp / "negative_layers.yaml")],
+        "llm_config.num_hidden_layers must be >= 1, got -2",
+    ),
+    Case(
+        "a config-built LLM whose heads do not divide its width",
+        lambda e: [*argv(e), "--config", str(e.inp / "seven_heads.yaml")],
+        "llm_config: hidden_size 64 is not divisible by num_attention_heads 7",
     ),
     Case("epochs infinite", lambda e: argv(e, "--num_train_epochs", "inf"), "--num_train_epochs must be finite"),
     Case("save steps 0", lambda e: argv(e, "--save_strategy", "steps", "--save_steps", "0"), "--save_steps"),
@@ -257,6 +286,12 @@ CASES = [
         "resume from a missing folder",
         lambda e: argv(e, "--resume_from_checkpoint", str(e.out / "nope")),
         "nope: no such folder",
+    ),
+    Case(
+        "resume with another LoRA rank and fusion depth",
+        lambda e: argv(e, "--resume_from_checkpoint", "True", "--lora_r", "8", "--fusion_layers", "3"),
+        "the checkpoint was trained with fusion_layers None (now 3), lora_r 32 (now 8)",
+        _tiny_checkpoint("run", "checkpoint-2"),
     ),
     Case(
         "overwrite the checkpoint to resume",

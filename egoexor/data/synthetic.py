@@ -589,6 +589,11 @@ def write_splits(path: Path, splits: dict[str, np.ndarray]) -> None:
     _write_atomically(path, write)
 
 
+#: The most frames a take may have: 2 hours at 15 fps, longer than any released take. A larger count is a
+#: typing slip (10**12 frames would need terabytes before the first file is written).
+MAX_FRAMES = 2 * 3600 * layout.FPS
+
+
 def generate(
     out: str | os.PathLike,
     profile: str | Profile = "tiny",
@@ -608,8 +613,8 @@ def generate(
             raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
         profile = PROFILES[profile]()
     if n_frames is not None:
-        if n_frames < len(layout.SPLIT_NAMES):
-            raise ValueError(f"n_frames must be at least {len(layout.SPLIT_NAMES)}, got {n_frames}")
+        if not len(layout.SPLIT_NAMES) <= n_frames <= MAX_FRAMES:
+            raise ValueError(f"n_frames must be {len(layout.SPLIT_NAMES)} to {MAX_FRAMES}, got {n_frames}")
         profile = replace(profile, takes=tuple(replace(t, n_frames=n_frames) for t in profile.takes))
     directory = Path(out)
     if directory.exists() and not directory.is_dir():
@@ -663,9 +668,9 @@ def _parser() -> cli.ArgumentParser:
     )
     parser.add_argument(
         "--frames",
-        type=cli.int_flag(len(layout.SPLIT_NAMES)),
+        type=cli.int_flag(len(layout.SPLIT_NAMES), MAX_FRAMES),
         default=None,
-        help="override the number of frames of every take",
+        help=f"override the number of frames of every take ({len(layout.SPLIT_NAMES)} to {MAX_FRAMES})",
     )
     cli.add_overwrite_flag(parser)
     return parser
