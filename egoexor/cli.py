@@ -46,6 +46,7 @@ name, fsync, rename); the temporary outputs it removes, left by killed runs, are
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -271,12 +272,21 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
+def resolved(path: str | os.PathLike) -> Path:
+    """``Path.resolve()``; a symlink loop is an ``OSError`` naming the path (Python before 3.13 raises a bare
+    ``RuntimeError``, a traceback)."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
+
+
 def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
     """Whether two paths name one file (after symlinks; hard links included), existing or not."""
     try:
         return os.path.samefile(first, second)
     except OSError:
-        return Path(first).resolve() == Path(second).resolve()
+        return resolved(first) == resolved(second)
 
 
 def marker(command: str) -> str:
@@ -286,10 +296,10 @@ def marker(command: str) -> str:
 
 def _protected(path: Path) -> str | None:
     """Why a folder output must never be replaced: the current folder, one of its ancestors, the home folder."""
-    resolved = path.resolve()
-    if resolved == Path.home().resolve():
+    real = resolved(path)
+    if real == resolved(Path.home()):
         return "is the home folder"
-    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+    if real == resolved(Path.cwd()) or real in resolved(Path.cwd()).parents:
         return "is the current folder or holds it"
     return None
 
@@ -318,9 +328,9 @@ def check_output(
     for source in (Path(p) for p in inputs if p is not None):
         if same_file(source, path):
             raise CommandError(f"{where}: is also an input ({source}); write the output elsewhere")
-        if folder and path.resolve() in source.resolve().parents:
+        if folder and resolved(path) in resolved(source).parents:
             raise CommandError(f"{where}: holds the input {source}; replacing it would delete the input")
-        if path.exists() and source.is_dir() and source.resolve() in path.resolve().parents:
+        if path.exists() and source.is_dir() and resolved(source) in resolved(path).parents:
             raise CommandError(f"{where}: is inside the input folder {source}; write the output elsewhere")
     blocking = next((parent for parent in path.parents if parent.exists()), None)
     if blocking is not None and not blocking.is_dir():

@@ -58,6 +58,9 @@ def inputs(tiny_dataset, merged_file, sample_files, tmp_path_factory) -> Path:
                 rows[0, 0] = b"patiant"
                 del frame[layout.REL_ANNOTATIONS]
                 frame[layout.REL_ANNOTATIONS] = rows.astype(layout.REL_ANNOTATION_DTYPE)
+    for first, second in (("loop_a.h5", "loop_b.h5"), ("loop_a.json", "loop_b.json")):
+        (root / first).symlink_to(second)
+        (root / second).symlink_to(first)
     (root / "garbage.h5").write_text("this is not HDF5\n")
     (root / "empty.h5").write_bytes(b"")
     data = (root / "merged.h5").read_bytes()
@@ -171,6 +174,19 @@ CASES = [
         "merge",
         lambda e: merge(e, files=(str(e.inp / "garbage.h5"),)),
         "garbage.h5: not an HDF5 file",
+    ),
+    Case(
+        "input a symlink loop",
+        "merge",
+        lambda e: merge(e, files=(str(e.inp / "loop_a.h5"),)),
+        "loop_a.h5: Too many levels of symbolic links",
+    ),
+    Case(
+        "output a symlink loop, --overwrite",
+        "merge",
+        lambda e: merge(e, "--overwrite", output=str(e.out / "m.h5")),
+        "m.h5: Too many levels of symbolic links",
+        lambda e: ((e.out / "m.h5").symlink_to("n.h5"), (e.out / "n.h5").symlink_to("m.h5")),
     ),
     Case("input empty", "merge", lambda e: merge(e, files=(str(e.inp / "empty.h5"),)), "empty.h5: not an HDF5"),
     Case(
@@ -429,6 +445,12 @@ CASES = [
         "evaluate",
         lambda e: evaluate_argv(e, sample_file=str(e.inp / "bad_record.json")),
         "record 0",
+    ),
+    Case(
+        "predictions a symlink loop",
+        "evaluate",
+        lambda e: evaluate_argv(e, predictions=str(e.inp / "loop_a.json")),
+        "loop_a.json: Too many levels of symbolic links",
     ),
     Case(
         "a prediction key twice",
