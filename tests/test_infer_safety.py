@@ -650,6 +650,27 @@ sys.exit(infer.main(sys.argv[1:]))
 """
 
 
+def _slow_infer_after_two_answers(argv: list[str], logs: Callable[[], list[Path]]) -> tuple[subprocess.Popen, Path]:
+    """Start a slowed-down infer in a session of its own (its process group can be signalled) and return once
+    one of ``logs()`` holds two generated answers."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_INFER, *argv],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        found = [log for log in logs() if len(log.read_text().splitlines()) >= 2]
+        if found:
+            return process, found[0]
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"infer never logged two answers: {process.communicate()[1][-2000:]}")
+
+
 def test_kill_9_during_inference_and_the_rerun_resumes_to_the_same_predictions(
     checkpoint,
     merged_file,
@@ -658,19 +679,7 @@ def test_kill_9_during_inference_and_the_rerun_resumes_to_the_same_predictions(
     tmp_path,
 ):
     argv = infer_args(checkpoint, merged_file, few_samples, tmp_path, "--num_workers", "0")
-    process = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_INFER, *argv],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    log = tmp_path / "raw_predictions.rank0.jsonl"
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        if log.is_file() and len(log.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
+    process, log = _slow_infer_after_two_answers(argv, lambda: list(tmp_path.glob("raw_predictions.rank0.jsonl")))
     process.kill()
     _, err = process.communicate()
     assert process.returncode == -signal.SIGKILL, err
@@ -699,22 +708,10 @@ def test_a_stop_signal_during_an_overwrite_keeps_the_earlier_results_intact(
     shutil.copytree(reference_run, out)
     before = snapshot(out)
     argv = infer_args(checkpoint, merged_file, few_samples, out, "--overwrite", "--num_workers", workers)
-    process = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_INFER, *argv],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    # the new run generates into a temporary folder beside the earlier one
+    process, _ = _slow_infer_after_two_answers(
+        argv, lambda: list(tmp_path.glob(".out.*.tmp/raw_predictions.rank0.jsonl"))
     )
-    deadline = time.monotonic() + 120
-    logs: list[Path] = []
-    while process.poll() is None and time.monotonic() < deadline:
-        logs = list(tmp_path.glob(".out.*.tmp/raw_predictions.rank0.jsonl"))
-        if logs and len(logs[0].read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
-    assert logs, "the new run never generated into a temporary folder"
     os.killpg(process.pid, signum) if signum == signal.SIGHUP else process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum, err
