@@ -18,7 +18,9 @@ the signal with :func:`deferred` and asks :func:`pending` between steps.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,10 +42,11 @@ class Stopped(KeyboardInterrupt):
 
 
 class _State:
-    """The handler's memory: the first signal, and whether a loop holds it back."""
+    """The handler's memory: the first signal, whether a loop holds it back, the unraisable hook it replaced."""
 
     received: int | None = None
     deferring = False
+    previous_hook = sys.unraisablehook
 
 
 def _handle(signum: int, frame) -> None:
@@ -52,6 +55,18 @@ def _handle(signum: int, frame) -> None:
     _State.received = signum
     if not _State.deferring:
         raise Stopped(signum)
+
+
+def _resend_if_swallowed(unraisable) -> None:
+    """``sys.unraisablehook``: Python swallows an exception raised inside a finalizer or a weakref callback (and
+    prints "Exception ignored in ..."). A :class:`Stopped` raised there, because the signal's handler happened
+    to run inside one, would leave the command running to its end: the signal is sent again, from another
+    thread, to be handled once the callback has returned."""
+    if not isinstance(unraisable.exc_value, Stopped):
+        _State.previous_hook(unraisable)
+        return
+    _State.received = None
+    threading.Timer(0.01, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
 
 
 @contextmanager
@@ -63,11 +78,13 @@ def stop_signals() -> Iterator[None]:
         return
     previous = {signum: signal.signal(signum, _handle) for signum in STOP_SIGNALS}
     _State.received, _State.deferring = None, False
+    _State.previous_hook, sys.unraisablehook = sys.unraisablehook, _resend_if_swallowed
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = _State.previous_hook
         _State.received, _State.deferring = None, False
 
 

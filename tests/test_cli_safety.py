@@ -679,13 +679,31 @@ def large_inputs(tmp_path_factory) -> list[Path]:
     return dataset.files
 
 
-def _start_merge(files: list[Path], output: Path) -> tuple[subprocess.Popen, Path]:
-    """Start a merge and return once its temporary output exists (the merge is under way)."""
+#: Runs ``egoexor-merge-h5`` with the fsync before its final rename held until $RELEASE exists: a merge that
+#: holds its output (temporary written, lock taken) for as long as a test needs.
+_HELD_MERGE = """
+import os, sys, time
+from pathlib import Path
+from egoexor import atomic
+from egoexor.data import merge_h5
+release, fsync = Path(os.environ["RELEASE"]), atomic._fsync
+def held(path):
+    while not release.exists():
+        time.sleep(0.01)
+    fsync(path)
+atomic._fsync = held
+sys.exit(merge_h5.main(sys.argv[1:]))
+"""
+
+
+def _start_merge(files: list[Path], output: Path, release: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    """Start a merge and return once its temporary output exists (the merge is under way); with ``release``,
+    a merge that waits for that file to exist before it completes."""
+    program = ["-m", "egoexor.data.merge_h5"] if release is None else ["-c", _HELD_MERGE]
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "egoexor.data.merge_h5",
+            *program,
             "--data_dir",
             str(files[0].parent),
             "--input_files",
@@ -697,6 +715,7 @@ def _start_merge(files: list[Path], output: Path) -> tuple[subprocess.Popen, Pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "RELEASE": str(release), "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
@@ -780,8 +799,8 @@ def test_sighup_to_the_process_group_during_synthetic_is_one_line_and_keeps_the_
 def test_a_second_merge_into_the_same_output_is_refused_while_the_first_writes(large_inputs, tmp_path):
     """Two real processes: the second is one line naming the output and the process writing it, and touches
     nothing; the first completes its output."""
-    output = tmp_path / "out" / "merged.h5"
-    first, _ = _start_merge(large_inputs, output)
+    output, release = tmp_path / "out" / "merged.h5", tmp_path / "release"
+    first, temporary = _start_merge(large_inputs, output, release)  # holds its output until released
     second = subprocess.run(
         [sys.executable, "-m", "egoexor.data.merge_h5", "--data_dir", str(large_inputs[0].parent)]
         + ["--input_files", *[p.name for p in large_inputs], "--output_file", str(output), "--quiet"],
@@ -789,11 +808,13 @@ def test_a_second_merge_into_the_same_output_is_refused_while_the_first_writes(l
         text=True,
         check=False,
     )
+    assert first.poll() is None and temporary.exists()  # the first was writing all along
     assert second.returncode == 2
     assert second.stderr == (
         f"egoexor-merge-h5: error: {output}: process {first.pid} on {socket.gethostname()} is writing it; "
         "wait for it to end or write elsewhere\n"
     )
+    release.touch()
     _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     assert [p.name for p in output.parent.iterdir()] == ["merged.h5"]  # no lock file, no temporary

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -62,3 +63,21 @@ def test_a_deferred_signal_waits_for_the_loop_to_ask(capsys):
     assert cli.run("cmd", body) == 143
     assert steps == [0, 1]
     assert capsys.readouterr().err == "cmd: stopped by SIGTERM; stopped after step 2\n"
+
+
+def test_a_signal_handled_inside_a_finalizer_is_sent_again_not_lost(capsys):
+    """The handler may run inside a weakref callback or a ``__del__`` (as a garbage collection in the middle of
+    generation once had it), where Python swallows what it raises: the stop must still happen."""
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))  # the handler runs here, inside __del__
+
+    def body():
+        Finalized()  # collected at once
+        time.sleep(30)
+        raise AssertionError("the stop was lost")
+
+    assert cli.run("cmd", body) == 143
+    assert capsys.readouterr().err == "cmd: stopped by SIGTERM\n"  # no "Exception ignored in ..."
