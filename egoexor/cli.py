@@ -50,7 +50,6 @@ import errno
 import json
 import math
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -379,15 +378,6 @@ def one_line(error: BaseException, *, gist: bool = False) -> str:
     return " ".join(message.split())
 
 
-def interruption(error: KeyboardInterrupt) -> str:
-    """The line after a stop signal: ``interrupted`` for Ctrl-C, ``stopped by SIGTERM`` for the others, with
-    what the command did about it (``saved ...``), if anything."""
-    signum = error.signum if isinstance(error, signals.Stopped) else signal.SIGINT
-    said = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-    detail = error.detail if isinstance(error, signals.Stopped) else ""
-    return f"{said}; {detail}" if detail else said
-
-
 def _warn_stale(command: str) -> None:
     for path in atomic.removed_stale():
         warn(command, f"removed {path}, left by an interrupted run")
@@ -410,7 +400,8 @@ def run(command: str, body: Callable[[], int | None], errors: tuple[type[BaseExc
         return EXIT_ERROR
     except KeyboardInterrupt as error:
         _warn_stale(command)
-        print(f"{command}: {interruption(error)}", file=sys.stderr)
-        return error.exit_status if isinstance(error, signals.Stopped) else EXIT_INTERRUPTED
+        line, status = signals.outcome(error)
+        print(f"{command}: {line}", file=sys.stderr)
+        return status
     _warn_stale(command)
     return 0 if status is None else status

@@ -101,6 +101,14 @@ def deferred() -> Iterator[None]:
         _State.deferring = False
 
 
+def outcome(error: KeyboardInterrupt) -> tuple[str, int]:
+    """The line a stopped command ends with and its exit status: ``interrupted`` and 130 after Ctrl-C,
+    ``stopped by SIGTERM`` and 143 after SIGTERM, with what the command did about it (``saved ...``) if anything."""
+    stop = error if isinstance(error, Stopped) else Stopped(signal.SIGINT)  # a KeyboardInterrupt raised by hand
+    said = "interrupted" if stop.signum == signal.SIGINT else f"stopped by {signal.Signals(stop.signum).name}"
+    return (f"{said}; {stop.detail}" if stop.detail else said), stop.exit_status
+
+
 def pending() -> int | None:
     """The stop signal received so far (its number), or ``None``."""
     return _State.received
