@@ -42,6 +42,7 @@ from egoexor import cli, evaluate, infer, metrics
 from egoexor.atomic import write_json, write_text
 from egoexor.config import DROPPABLE_MODALITIES, DataConfig
 from egoexor.convert_reference import is_reference_checkpoint
+from egoexor.data import layout
 from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.samples import Sample, SampleError, check_in_hdf5
 from egoexor.data.synthetic import PARTS
@@ -210,7 +211,7 @@ def _parser() -> cli.ArgumentParser:
 def _check_inputs(args) -> list[Sample]:
     """What ``egoexor.infer`` checks before loading a model; the samples."""
     samples = infer.read_samples(args.samples)
-    with cli.open_hdf5(args.hdf5, "--hdf5") as h5:
+    with layout.open_checked(args.hdf5, "--hdf5") as h5:
         try:
             check_in_hdf5(samples, h5)
         except SampleError as error:

@@ -5,6 +5,12 @@ disk (``fsync`` of every file), renamed over the final name, and the parent fold
 the rename itself survives a crash. A folder replaces an existing folder by an atomic exchange
 (``renameat2(RENAME_EXCHANGE)``), so the old one stays complete under its name until the new one is.
 
+While an output is written its lock is held (:func:`output_lock`): a second process writing the same output
+is refused at once, in one line naming the first.
+
+A write that finds no room (a full disk, a quota) is an ``OSError`` naming the output the user asked for
+(:func:`naming_full_disk`), whatever type the library that wrote it raised.
+
 Temporary names are ``.<name>.<host>.<pid>.<random>.tmp``. An exception (Ctrl-C included) removes
 the temporary output; ``kill -9`` cannot, so on entry every writer removes the temporary outputs of
 the same target left by processes of this host that no longer exist (never those of a live process,
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import re
@@ -22,7 +29,7 @@ import secrets
 import shutil
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
@@ -30,6 +37,99 @@ _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 #: Stale temporaries the writers removed, not yet reported.
 _removed: list[Path] = []
+#: The output locks this process holds: lock file -> [descriptor, depth].
+_held_locks: dict[Path, list[int]] = {}
+
+
+#: What a write that found no room says: the disk is full, or the user's quota is.
+_NO_ROOM = {errno.ENOSPC: os.strerror(errno.ENOSPC), errno.EDQUOT: os.strerror(errno.EDQUOT)}
+
+
+def _out_of_room(error: Exception, folder: Path) -> bool:
+    """Whether ``error`` is a write into ``folder`` that found no room. Libraries raise it as their own types with
+    the errno only in the message (h5py's ``RuntimeError``, safetensors' ``SafetensorError``), or say nothing
+    of it (``torch.save``'s zip writer: "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs
+    534"): that one counts when under 1 MiB is left."""
+    if isinstance(error, OSError) and error.errno in _NO_ROOM:
+        return True
+    if any(message in str(error) for message in _NO_ROOM.values()):
+        return True
+    if not (isinstance(error, RuntimeError) and "inline_container.cc" in str(error)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
+
+
+@contextmanager
+def naming_full_disk(target: str | os.PathLike) -> Iterator[None]:
+    """A write in the block that finds no room (full disk, quota) is raised as an ``OSError`` naming ``target``,
+    the output the user asked for (not a temporary name, nor a library's multi-line dump); other errors pass."""
+    target = Path(target)
+    try:
+        yield
+    except Exception as error:
+        folder = next((parent for parent in (target, *target.parents) if parent.is_dir()), Path("/"))
+        if not _out_of_room(error, folder):
+            raise
+        code = error.errno if isinstance(error, OSError) and error.errno in _NO_ROOM else errno.ENOSPC
+        raise OSError(code, f"cannot write: {_NO_ROOM[code]}", str(target)) from None
+
+
+def _lock_file(target: Path) -> Path:
+    return target.parent / f".{target.name}.lock"
+
+
+@contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold ``path``'s output lock in the block: another process that asks for it meanwhile gets an ``OSError``
+    (``EBUSY``) naming the output and the process writing it, at once; this process may ask again (nested).
+
+    The lock is ``flock`` on ``.<name>.lock`` beside the output, removed as it is released (one left by a
+    killed process is taken over by the next). Taken after a release removed it, an old file is let go and
+    the new one locked, so that two processes never both hold one.
+    """
+    target = Path(path).absolute()
+    lock = _lock_file(target)
+    if lock in _held_locks:
+        _held_locks[lock][1] += 1
+        try:
+            yield
+        finally:
+            _held_locks[lock][1] -= 1
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = _take_lock(lock, target)
+    _held_locks[lock] = [descriptor, 1]
+    try:
+        yield
+    finally:
+        del _held_locks[lock]
+        lock.unlink(missing_ok=True)  # while still held: a process waiting on this file takes the next one
+        os.close(descriptor)
+
+
+def _take_lock(lock: Path, target: Path) -> int:
+    while True:
+        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(descriptor, 200).decode(errors="replace").strip() or "another process"
+            os.close(descriptor)
+            busy = f"{holder} is writing it; wait for it to end or write elsewhere"
+            raise OSError(errno.EBUSY, busy, str(target)) from None
+        try:
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(descriptor), current):
+            with suppress(OSError):  # who holds it, for the message of a refused writer (a full disk: no)
+                os.ftruncate(descriptor, 0)
+                os.write(descriptor, f"process {os.getpid()} on {socket.gethostname()}".encode())
+            return descriptor
+        os.close(descriptor)  # the holder removed that file as it released the lock: take the next one
 
 
 def _umask() -> int:
@@ -115,21 +215,17 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; it replaces ``path`` when the block succeeds.
 
     The parent folder is created; the file gets the usual permissions (0666 less the umask),
-    not the 0600 it is created with. On any exception the temporary file is removed.
+    not the 0600 it is created with. On any exception the temporary file is removed. The output's lock
+    (:func:`output_lock`) is held throughout: a second writer of ``path`` is refused.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _removed.extend(remove_stale_temporaries(target))
-    temporary = _temporary_name(target)
-    try:
+    with output_lock(target), _temporary(target) as temporary:
         os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         yield temporary
         os.chmod(temporary, 0o666 & ~_umask())
         _fsync(temporary)
         os.replace(temporary, target)
         _fsync(target.parent)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -138,13 +234,11 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
 
     An existing folder at ``path`` is swapped out atomically and then deleted (where the filesystem
     cannot swap, it is moved aside just before the new one moves in). On any exception the temporary
-    folder is removed and ``path`` is untouched. Whether replacing is allowed is the caller's decision.
+    folder is removed and ``path`` is untouched. Whether replacing is allowed is the caller's decision;
+    the output's lock (:func:`output_lock`) is held throughout.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _removed.extend(remove_stale_temporaries(target))
-    temporary = _temporary_name(target)
-    try:
+    with output_lock(target), _temporary(target) as temporary:
         os.mkdir(temporary, 0o700)
         yield temporary
         os.chmod(temporary, 0o777 & ~_umask())
@@ -157,10 +251,21 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
                 aside = _temporary_name(target)
                 os.replace(target, aside)
                 os.replace(temporary, target)
-                temporary = aside
+                os.replace(aside, temporary)  # the old folder, removed as the temporary is
         else:
             os.replace(temporary, target)
         _fsync(target.parent)
+
+
+@contextmanager
+def _temporary(target: Path) -> Iterator[Path]:
+    """A temporary name for ``target`` (stale ones of dead processes removed first); whatever is under it at
+    the end is removed, and a write that found no room is an error naming ``target``."""
+    _removed.extend(remove_stale_temporaries(target))
+    temporary = _temporary_name(target)
+    try:
+        with naming_full_disk(target):
+            yield temporary
     finally:
         _remove(temporary)
 

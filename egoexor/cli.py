@@ -26,8 +26,10 @@ The rules :func:`run` enforces:
 * a user mistake is a :class:`CommandError` (or an ``OSError``, or a type listed in ``errors``, such
   as a module's own ``ValueError`` subclass): exactly one line ``<command>: error: <message>`` on
   stderr, exit status 2, no traceback. Messages name the file, take, frame or field;
-* Ctrl-C: one line ``<command>: interrupted``, exit status 130; the ``atomic`` writers have already
-  removed their temporary outputs on the way out;
+* Ctrl-C: one line ``<command>: interrupted``, exit status 130; SIGTERM, SIGHUP and SIGQUIT (a cluster
+  stopping the job, a lost terminal): ``<command>: stopped by SIGTERM``, exit status 128 + the signal's
+  number (:mod:`egoexor.signals`). The ``atomic`` writers have already removed their temporary outputs on
+  the way out;
 * a bad flag (unknown, abbreviated, out of range) is a :class:`CommandError` from the parser: one line
   instead of argparse's usage block. :class:`OneLineErrors` gives another parser class the same
   behaviour (``class Parser(cli.OneLineErrors, HfArgumentParser)``, built with ``allow_abbrev=False``);
@@ -44,6 +46,7 @@ name, fsync, rename); the temporary outputs it removes, left by killed runs, are
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -56,7 +59,7 @@ from typing import Any
 import h5py
 import huggingface_hub
 
-from egoexor import atomic, held_messages
+from egoexor import atomic, held_messages, signals
 
 #: Exit status of a user mistake, as argparse uses it.
 EXIT_ERROR = 2
@@ -244,11 +247,37 @@ def read_json(path: str | os.PathLike, flag: str | None = None) -> Any:
     where = flagged(path, flag)
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            return json.load(handle, object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError) as error:
         raise CommandError(f"{where}: cannot read: {error}") from None
     except json.JSONDecodeError as error:
         raise CommandError(f"{where}: invalid JSON: {error}") from None
+    except _RepeatedKey as error:
+        raise CommandError(
+            f"{where}: the key {error.args[0]!r} occurs twice in one object (which one counts?)"
+        ) from None
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused where a key repeats (``json`` would keep the last value without a word)."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        keys = [key for key, _ in pairs]
+        raise _RepeatedKey(next(key for key in keys if keys.count(key) > 1))
+    return found
+
+
+def resolved(path: str | os.PathLike) -> Path:
+    """``Path.resolve()``; a symlink loop is an ``OSError`` naming the path (Python before 3.13 raises a bare
+    ``RuntimeError``, a traceback)."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
 
 
 def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
@@ -256,7 +285,7 @@ def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
     try:
         return os.path.samefile(first, second)
     except OSError:
-        return Path(first).resolve() == Path(second).resolve()
+        return resolved(first) == resolved(second)
 
 
 def marker(command: str) -> str:
@@ -266,10 +295,10 @@ def marker(command: str) -> str:
 
 def _protected(path: Path) -> str | None:
     """Why a folder output must never be replaced: the current folder, one of its ancestors, the home folder."""
-    resolved = path.resolve()
-    if resolved == Path.home().resolve():
+    real = resolved(path)
+    if real == resolved(Path.home()):
         return "is the home folder"
-    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+    if real == resolved(Path.cwd()) or real in resolved(Path.cwd()).parents:
         return "is the current folder or holds it"
     return None
 
@@ -298,9 +327,9 @@ def check_output(
     for source in (Path(p) for p in inputs if p is not None):
         if same_file(source, path):
             raise CommandError(f"{where}: is also an input ({source}); write the output elsewhere")
-        if folder and path.resolve() in source.resolve().parents:
+        if folder and resolved(path) in resolved(source).parents:
             raise CommandError(f"{where}: holds the input {source}; replacing it would delete the input")
-        if path.exists() and source.is_dir() and source.resolve() in path.resolve().parents:
+        if path.exists() and source.is_dir() and resolved(source) in resolved(path).parents:
             raise CommandError(f"{where}: is inside the input folder {source}; write the output elsewhere")
     blocking = next((parent for parent in path.parents if parent.exists()), None)
     if blocking is not None and not blocking.is_dir():
@@ -359,23 +388,26 @@ def run(command: str, body: Callable[[], int | None], errors: tuple[type[BaseExc
 
     Stale temporary outputs the body removed (:func:`egoexor.atomic.removed_stale`) are named in warnings.
     Returns the exit status: the body's (``None`` is 0), 2 after a :class:`CommandError`, an ``OSError``
-    or one of ``errors``, 130 after Ctrl-C. Anything else is a bug and keeps its traceback. Libraries'
-    warnings and log lines are held back until :func:`checks_done` or the end, and dropped before the
-    one line of a user mistake or Ctrl-C (:mod:`egoexor.held_messages`).
+    or one of ``errors``, 128 + the signal's number after a stop signal (:mod:`egoexor.signals`: 130 after
+    Ctrl-C, 143 after SIGTERM). Anything else is a bug and keeps its traceback. Libraries' warnings and log
+    lines are held back until :func:`checks_done` or the end, and dropped before the one line of a user
+    mistake or a stop signal (:mod:`egoexor.held_messages`).
     """
     with held_messages.held():
         try:
-            status = body()
+            with signals.stop_signals():
+                status = body()
         except (CommandError, OSError, *errors) as error:
             held_messages.drop()
             _warn_stale(command)
             print(f"{command}: error: {one_line(error)}", file=sys.stderr)
             return EXIT_ERROR
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as error:
             held_messages.drop()
             _warn_stale(command)
-            print(f"{command}: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            line, status = signals.outcome(error)
+            print(f"{command}: {line}", file=sys.stderr)
+            return status
     _warn_stale(command)
     return 0 if status is None else status
 

@@ -55,6 +55,35 @@ EXTRA_FEATURES = ("gaze", "hand", "audio", "point_cloud")
 DROPPABLE_MODALITIES = ("ego_frames", "gaze", "hands", "exo_frames", "ultrasound", "audio", "point_cloud", "ego", "exo")
 
 
+#: The sizes of a config-built LLM or CLIP tower (``llm_config``, ``vision_config``) that must be integers >= 1
+#: where given: transformers accepts -2 layers or 7 heads for a width of 64 and fails later in a traceback.
+_BUILT_SIZES = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+    "image_size",
+    "patch_size",
+)
+
+
+def _check_built_config(name: str, config: object) -> None:
+    if not isinstance(config, dict):
+        raise ConfigError(f"{name}: expected a mapping of configuration fields, got {type(config).__name__}")
+    for key in (key for key in _BUILT_SIZES if key in config):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}.{key} must be an integer, got {value!r}")
+        cli.check_range(f"{name}.{key}", value, 1)
+    width, heads, groups = (config.get(key) for key in ("hidden_size", "num_attention_heads", "num_key_value_heads"))
+    if width and heads and width % heads:
+        raise ConfigError(f"{name}: hidden_size {width} is not divisible by num_attention_heads {heads}")
+    if heads and groups and heads % groups:
+        raise ConfigError(f"{name}: num_attention_heads {heads} is not divisible by num_key_value_heads {groups}")
+
+
 @dataclass
 class ModelConfig(_ChoiceFields):
     """The model (``egoexor.model.build``). Defaults: the paper's architecture on LLaVA-1.5-7B."""
@@ -127,6 +156,9 @@ class ModelConfig(_ChoiceFields):
             raise ConfigError("give exactly one of model_name_or_path and llm_config")
         if (self.vision_tower is None) == (self.vision_config is None):
             raise ConfigError("give exactly one of vision_tower and vision_config")
+        for name in ("llm_config", "vision_config"):
+            if getattr(self, name) is not None:
+                _check_built_config(name, getattr(self, name))
         for name in (
             "tokens_per_branch",
             "fusion_heads",
@@ -242,6 +274,10 @@ class TrainConfig:
     #: Start afresh in an ``--output_dir`` that holds an earlier run (its checkpoints are removed first);
     #: without it (or ``--resume_from_checkpoint`` from a checkpoint there) such a folder is refused.
     overwrite_output_dir: bool = False
+    #: On a stop signal (SIGTERM from a cluster stopping or preempting the job, SIGHUP, SIGQUIT, Ctrl-C):
+    #: finish the current step, save a checkpoint, then exit with 128 + the signal's number. False: stop at
+    #: once, without saving.
+    save_on_signal: bool = True
 
     def __post_init__(self) -> None:
         if self.mm_projector_lr is not None:

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import huggingface_hub
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
 from egoexor import cli
 from egoexor.atomic import atomic_output
@@ -81,6 +81,8 @@ def fetch(
                 allow_patterns=patterns,
             )
         )
+    except HFValidationError as error:  # not a repository name at all ('../../etc'): nothing was asked of the hub
+        raise cli.CommandError(f"--repo_id {repo_id}: {' '.join(str(error).split())}") from None
     except LocalEntryNotFoundError as error:  # offline (HF_HUB_OFFLINE, no network) and not (fully) cached
         raise cli.CommandError(f"{repo_id}: {' '.join(str(error).split())}") from None
     except HfHubHTTPError as error:  # unknown repository, gated without a token, bad revision

@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from egoexor import cli, metrics, scene_graph, vocab
 from egoexor.atomic import atomic_output, write_json, write_text
-from egoexor.data.samples import Sample, SampleError, sample_from_record
+from egoexor.data.samples import Sample, SampleError, check_unique_ids, sample_from_record
 from egoexor.metrics import Protocol
 from egoexor.scene_graph import ParseMode, Triplet
 
@@ -91,9 +91,11 @@ def read_samples(records: Any) -> list[Sample]:
     if not records:
         raise InputError("the sample list is empty: nothing to evaluate")
     try:
-        return [sample_from_record(record, f"record {position}") for position, record in enumerate(records)]
+        samples = [sample_from_record(record, f"record {position}") for position, record in enumerate(records)]
+        check_unique_ids(samples, "the samples")
     except SampleError as error:
         raise InputError(str(error)) from None
+    return samples
 
 
 def read_predictions(predictions: Any) -> dict[str, Prediction]:
@@ -563,6 +565,13 @@ def _parser() -> cli.ArgumentParser:
         "Default: %(default)s.",
     )
     parser.add_argument("--seed", type=cli.int_flag(0), default=0, help="seed of the bootstrap (default 0)")
+    parser.add_argument(
+        "--min_coverage",
+        type=cli.float_flag(0, 1),
+        default=0.0,
+        help="share of the samples that must have a prediction (e.g. 1.0: all of them), else an error before "
+        "scoring; below 1, a report that covers fewer is written with a warning. Default: %(default)s.",
+    )
     cli.add_overwrite_flag(parser)
     return parser
 
@@ -576,12 +585,21 @@ def evaluate_files(
     overwrite: bool = False,
     bootstrap: int = metrics.BOOTSTRAP_SAMPLES,
     seed: int = 0,
+    min_coverage: float = 0.0,
 ) -> dict[str, Any]:
     """The command as a function: score the predictions file against the samples file, write ``out`` (replaced
-    as a whole when complete); returns the evaluation. User mistakes raise :class:`cli.CommandError`."""
+    as a whole when complete); returns the evaluation. User mistakes raise :class:`cli.CommandError`, among them
+    predictions for fewer than ``min_coverage`` of the samples."""
+    cli.check_range("--min_coverage", min_coverage, 0, 1)
     out = cli.check_output(out, inputs=[predictions, samples], overwrite=overwrite, owner=COMMAND, flag="--out")
     checked_predictions = _read_file(predictions, read_predictions, "--predictions")
     checked_samples = _read_file(samples, read_samples, "--samples")
+    covered = sum(sample.id in checked_predictions for sample in checked_samples)
+    if covered < min_coverage * len(checked_samples):
+        raise InputError(
+            f"--predictions {predictions}: {_coverage(covered, len(checked_samples))}, "
+            f"below --min_coverage {min_coverage}"
+        )
     progress = len(checked_samples) >= _PROGRESS_MIN_SAMPLES
     result = _score(checked_predictions, checked_samples, protocol, progress, bootstrap, seed)
     with cli.output_folder(out, COMMAND) as temporary:
@@ -589,10 +607,19 @@ def evaluate_files(
     return result
 
 
+def _coverage(covered: int, samples: int) -> str:
+    return f"predictions for only {covered} of {samples} samples ({100 * covered / samples:.1f}%)"
+
+
 def report(result: Mapping[str, Any], out: Path, command: str, wrote: str) -> None:
-    """The headline and the ``wrote`` line on stdout; what parsing dropped, if anything, as a warning."""
+    """The headline and the ``wrote`` line on stdout; what parsing dropped and samples without a prediction, if
+    any, as warnings (a report over a part of the split must not pass for one over all of it)."""
     print(format_headline(result))
     print(wrote)
+    missing = result["missing_predictions"]["count"]
+    if missing:
+        covered = _coverage(result["samples"] - missing, result["samples"])
+        cli.warn(command, f"{covered}: the other {missing} are scored as empty predictions")
     dropped = dropped_summary(result)
     if dropped:
         cli.warn(command, f"{dropped} (see {out / 'report.md'})")

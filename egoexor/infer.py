@@ -30,7 +30,10 @@ The overwrite rule of :mod:`egoexor.cli`, with resuming: ``--out`` may be absent
 very run; anything else (another run's predictions, other files) is refused unless ``--overwrite``,
 which replaces an earlier run's folder by a fresh one (never a folder of other files). An ``--out`` that
 is, holds, or is a file inside an input (the checkpoint and the model folders it names included) is always
-refused. ``--out`` appears only once the model has loaded; every result file is written atomically.
+refused. ``--out`` appears only once the model has loaded; every result file is written atomically. With
+``--overwrite``, the earlier run's folder stays as it was, complete, until the new run is: the new one is
+generated and evaluated in a temporary folder that replaces it at the end (a stopped run leaves the earlier
+results and a temporary that the next run removes; only a run without ``--overwrite`` is resumable).
 
 Everything checkable is checked before the model is loaded, each failure one line naming the flag,
 file or sample (exit status 2): the checkpoint folder and its weight files (present, safetensors headers
@@ -54,7 +57,8 @@ import time
 import typing
 import warnings
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -62,11 +66,12 @@ from typing import Any
 import h5py
 import torch
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from egoexor import cli, evaluate, metrics, scene_graph
+from egoexor import atomic, cli, evaluate, metrics, scene_graph
 from egoexor.atomic import write_json
 from egoexor.config import DROPPABLE_MODALITIES, ConfigError, DataConfig, ModelConfig, read_checkpoint_config
 from egoexor.convert_reference import (
@@ -82,7 +87,7 @@ from egoexor.data.audio import AudioCache
 from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.processor import Collator, SampleInputError
 from egoexor.data.reader import ReadError
-from egoexor.data.samples import Sample, SampleError, check_in_hdf5, load_samples
+from egoexor.data.samples import Sample, SampleError, check_in_hdf5, check_unique_ids, load_samples
 from egoexor.memory import MEMORY_START, STYLES, MemoryStyle
 from egoexor.metrics import Protocol
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE
@@ -293,15 +298,11 @@ def read_samples(path: Path) -> list[Sample]:
     """The samples to generate for: a readable, non-empty list with one record per id."""
     try:
         samples = load_samples(cli.input_file(path, "--samples"))
+        check_unique_ids(samples, str(path))
     except SampleError as error:  # names the file and the record
         raise cli.CommandError(f"--samples {error}") from None
     if not samples:
         raise cli.CommandError(f"--samples {path}: an empty list: nothing to generate")
-    seen = set()
-    for sample in samples:
-        if sample.id in seen:
-            raise cli.CommandError(f"--samples {path}: sample id {sample.id!r} occurs twice (predictions go by id)")
-        seen.add(sample.id)
     return samples
 
 
@@ -487,37 +488,70 @@ def infer(
     if temporal != "none":
         settings.update(temporal=temporal, memory_style=memory_style)
     state = PartialState(cpu=not torch.cuda.is_available())
-    all_samples, run, resume = check_run(
-        state, checkpoint, hdf5, Path(samples), out, settings, overrides, audio_cache, overwrite
-    )
-    with_memory = next((s for s in all_samples if MEMORY_START in s.question), None)
-    if temporal != "none" and with_memory is not None:
-        raise cli.CommandError(
-            f"--samples {samples}: sample {with_memory.id} has memory in its prompt already (a file made with "
-            "make_samples --temporal); --temporal adds its own: pass a file made without it"
+    with atomic.output_lock(out) if state.is_main_process else nullcontext():  # a second run into out: refused
+        all_samples, run, resume = check_run(
+            state, checkpoint, hdf5, Path(samples), out, settings, overrides, audio_cache, overwrite
         )
-    model, tokenizer, loaded = _load_once_main_has(state, checkpoint, bits, out, None if resume else run)
-    cli.checks_done()
+        with_memory = next((s for s in all_samples if MEMORY_START in s.question), None)
+        if temporal != "none" and with_memory is not None:
+            raise cli.CommandError(
+                f"--samples {samples}: sample {with_memory.id} has memory in its prompt already (a file made with "
+                "make_samples --temporal); --temporal adds its own: pass a file made without it"
+            )
+        generation = dict(samples=all_samples, hdf5=hdf5, overrides=overrides, num_workers=num_workers)
+        generation.update(protocol=protocol, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        generation.update(temporal=temporal, memory_style=memory_style)
+        if overwrite and out.is_dir() and any(out.iterdir()):
+            # the earlier run stays complete under its name until this one is: all of it happens in a temporary
+            # folder that replaces it at the very end (a stopped run leaves the earlier one as it was)
+            with _replacement(state, out) as work:
+                with state.main_process_first():
+                    record = run if state.is_main_process else None
+                    loaded = _load_and_record(checkpoint, bits, state.device, work, record)
+                return _generate_and_evaluate(state, loaded, work, out, **generation)
+        loaded = _load_once_main_has(state, checkpoint, bits, out, None if resume else run)
+        return _generate_and_evaluate(state, loaded, out, out, **generation)
+
+
+def _generate_and_evaluate(
+    state: PartialState,
+    loaded: tuple,
+    folder: Path,
+    out: Path,
+    *,
+    samples: list[Sample],
+    hdf5: Path,
+    overrides: Mapping[str, Any],
+    protocol: Protocol,
+    batch_size: int,
+    max_new_tokens: int,
+    num_workers: int,
+    temporal: TemporalMode,
+    memory_style: MemoryStyle,
+) -> Inference:
+    """Generate (resuming the texts logged in ``folder``) and, on the main process, evaluate into ``folder``,
+    which is ``out`` or the temporary folder that replaces it (messages name ``out``)."""
+    cli.checks_done()  # the model has loaded: library messages from here on go straight to stderr
+    model, tokenizer, data_config = loaded
     start = time.perf_counter()
-    # the loaded configuration, not the checked one: a released folder's image size comes from its CLIP tower
+    # the loaded configuration, not the checked one: a released folder's image size comes from its CLIP tower;
     # with memory, a process takes whole takes
-    shares = all_samples if temporal == "none" else [[all_samples[i] for i in g] for g in take_groups(all_samples)]
-    with state.split_between_processes(shares) as share:
+    shares = samples if temporal == "none" else [[samples[i] for i in group] for group in take_groups(samples)]
+    with state.split_between_processes(shares) as share, atomic.naming_full_disk(out):
         share = share if temporal == "none" else [sample for take in share for sample in take]
-        dataset = EgoExorDataset(share, hdf5, tokenizer, replace(loaded, **overrides), "generate")
-        log = _log(out, state.process_index)
+        dataset = EgoExorDataset(share, hdf5, tokenizer, replace(data_config, **overrides), "generate")
+        log = _log(folder, state.process_index)
         _generate(model, dataset, log, batch_size, max_new_tokens, state, num_workers, temporal, memory_style)
     state.wait_for_everyone()
     if not state.is_main_process:
         return Inference(out)
-    texts = {key: text for rank in range(state.num_processes) for key, text in _read_log(_log(out, rank)).items()}
+    texts = {key: text for rank in range(state.num_processes) for key, text in _read_log(_log(folder, rank)).items()}
     print(f"generated {len(texts)} answers in {time.perf_counter() - start:.1f} s")
-    if temporal != "none":
-        memories = {
-            k: m for rank in range(state.num_processes) for k, m in _read_log(_log(out, rank), "memory").items()
-        }
-        write_json(out / MEMORY_FILE, memories)
-    return Inference(out, texts, write_results(out, texts, all_samples, protocol))
+    with atomic.naming_full_disk(out):
+        if temporal != "none":
+            logs = [_log(folder, rank) for rank in range(state.num_processes)]
+            write_json(folder / MEMORY_FILE, {k: m for log in logs for k, m in _read_log(log, "memory").items()})
+        return Inference(out, texts, write_results(folder, texts, samples, protocol, shown=out))
 
 
 def _check_settings(
@@ -585,7 +619,7 @@ def check_inputs(
     """The samples, the checkpoint's configurations (with ``overrides``) and the takes without RGB frames,
     once the samples, the HDF5 file, the checkpoint and the audio cache passed their checks."""
     samples = read_samples(samples_file)
-    with cli.open_hdf5(hdf5, "--hdf5") as h5:
+    with layout.open_checked(hdf5, "--hdf5") as h5:
         try:
             check_in_hdf5(samples, h5)
         except SampleError as error:  # names the file, the first sample missing and the count
@@ -620,10 +654,27 @@ def _load_once_main_has(state: PartialState, checkpoint: Path, bits: int, out: P
     with state.main_process_first():
         if fresh_run is not None and state.is_main_process:
             with cli.output_folder(out, COMMAND) as temporary:
-                loaded = load_model(checkpoint, bits, state.device, temporary / "converted")
-                (temporary / RUN_FILE).write_text(json.dumps(fresh_run, indent=2))
-            return loaded
+                return _load_and_record(checkpoint, bits, state.device, temporary, fresh_run)
         return load_model(checkpoint, bits, state.device, out / "converted")
+
+
+def _load_and_record(checkpoint: Path, bits: int, device: torch.device, folder: Path, run: dict | None):
+    """:func:`load_model` with a released checkpoint converted into ``folder``; ``run`` (if given) recorded there."""
+    loaded = load_model(checkpoint, bits, device, folder / "converted")
+    if run is not None:
+        (folder / RUN_FILE).write_text(json.dumps(run, indent=2))
+    return loaded
+
+
+@contextmanager
+def _replacement(state: PartialState, out: Path) -> Iterator[Path]:
+    """The temporary folder that replaces ``out`` when the block succeeds (made by the main process, its
+    path sent to the others)."""
+    if not state.is_main_process:
+        yield broadcast_object_list([None])[0]
+        return
+    with cli.output_folder(out, COMMAND) as work:
+        yield broadcast_object_list([work])[0]
 
 
 def _log(out: Path, rank: int) -> Path:
@@ -656,15 +707,19 @@ def _generate(
         raise cli.CommandError(_without_worker_traceback(error)) from None
 
 
-def write_results(out: Path, texts: dict[str, str], samples: Sequence[Sample], protocol: Protocol) -> dict[str, Any]:
-    """The predictions in both formats, the evaluation's files and its summary; returns the evaluation."""
+def write_results(
+    out: Path, texts: dict[str, str], samples: Sequence[Sample], protocol: Protocol, shown: Path | None = None
+) -> dict[str, Any]:
+    """The predictions in both formats, the evaluation's files and its summary; returns the evaluation.
+    ``shown``: the name the messages give ``out`` (the folder a temporary ``out`` becomes)."""
+    shown = out if shown is None else shown
     write_json(out / "raw_predictions.json", texts)
     write_json(out / "predictions.json", reference_predictions(texts))
     records = [s.to_record() for s in samples]
     result = evaluate.evaluate(texts, records, protocol, progress=len(records) >= 10_000)
     evaluate.write_outputs(result, out)
-    wrote = f"wrote {out}: predictions.json, raw_predictions.json, metrics.json, report.md, plots"
-    evaluate.report(result, out, COMMAND, wrote)
+    wrote = f"wrote {shown}: predictions.json, raw_predictions.json, metrics.json, report.md, plots"
+    evaluate.report(result, shown, COMMAND, wrote)
     return result
 
 

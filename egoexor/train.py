@@ -19,7 +19,10 @@ DeepSpeed (``--deepspeed configs/zero2.json``), torchrun DDP, mixed precision (`
 checkpointing, logging (``--report_to``) and resume (``--resume_from_checkpoint``) are the Trainer's.
 
 The command follows :mod:`egoexor.cli`: a bad flag, sample file, HDF5 file or output folder is one line
-``egoexor.train: error: ...`` (exit 2) before any model is loaded; Ctrl-C is one line (exit 130). An
+``egoexor.train: error: ...`` (exit 2) before any model is loaded. A stop signal during training (SIGTERM
+from a cluster stopping or preempting the job, SIGHUP, SIGQUIT, Ctrl-C) lets the current step finish, saves
+``checkpoint-N`` and exits with one line naming it and 128 + the signal's number (143 for SIGTERM);
+``--save_on_signal False`` stops at once without saving. Before and after training a signal stops at once. An
 ``--output_dir`` holding an earlier run is refused unless it is resumed (``--resume_from_checkpoint``
 True or one of its checkpoints) or replaced (``--overwrite_output_dir``); one that is an input folder or
 holds an input file is always refused. ``kill -9`` at any moment leaves every ``checkpoint-N`` complete;
@@ -36,10 +39,12 @@ import logging
 import math
 import os
 import re
+import reprlib
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from contextlib import nullcontext
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -49,8 +54,16 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from egoexor import atomic, cli
-from egoexor.config import ConfigError, TrainSetup, checkpoint_config, data_for_model, parse_train_args, train_help
+from egoexor import atomic, cli, signals
+from egoexor.config import (
+    ConfigError,
+    TrainSetup,
+    checkpoint_config,
+    data_for_model,
+    parse_train_args,
+    read_checkpoint_config,
+    train_help,
+)
 from egoexor.convert_reference import is_reference_checkpoint
 from egoexor.data import layout
 from egoexor.data.dataset import EgoExorDataset
@@ -160,12 +173,27 @@ class _EpochToDataset(TrainerCallback):
         self.dataset.set_epoch(int(state.epoch or 0))
 
 
+class _StopAfterStep(TrainerCallback):
+    """``--save_on_signal``: a stop signal held back during a step (:func:`egoexor.signals.deferred`) ends
+    training once the step is done, with a checkpoint. Every rank stops at the same step: the ranks agree on
+    the signal before they decide (a signal may reach one rank a step before another)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        received = torch.tensor([signals.pending() or 0], device=args.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(received, torch.distributed.ReduceOp.MAX)
+        if received.item():
+            control.should_save = control.should_training_stop = True
+
+
 class EgoExorTrainer(Trainer):
     def __init__(self, *args, setup: TrainSetup, token_weights: torch.Tensor | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.setup = setup
         self.token_weights = token_weights
         self.add_callback(_EpochToDataset(self.train_dataset))
+        if setup.train.save_on_signal:
+            self.add_callback(_StopAfterStep())
         self._saving_checkpoint = False
 
     def _prepare_inputs(self, inputs):
@@ -250,7 +278,8 @@ class EgoExorTrainer(Trainer):
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         self._saving_checkpoint = True
         try:
-            super()._save_checkpoint(model, trial)
+            with atomic.naming_full_disk(run_dir / name):
+                super()._save_checkpoint(model, trial)
         except BaseException:  # Ctrl-C included: leave no half-written folder behind
             if self.args.should_save:
                 shutil.rmtree(run_dir / STAGING, ignore_errors=True)
@@ -269,13 +298,16 @@ class EgoExorTrainer(Trainer):
         """The trained model and the trainer state in ``--output_dir`` (what ``egoexor.infer`` reads): written
         into the staging folder, then moved into place file by file, each atomically."""
         staged = Path(self.args.output_dir) / STAGING / "model"
-        self.save_model(str(staged))
-        if self.args.should_save:
-            self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
-            for file in sorted(staged.iterdir()):
-                with atomic.atomic_output(staged.parents[1] / file.name) as temporary:
-                    os.replace(file, temporary)
-            shutil.rmtree(staged.parent)
+        try:
+            self.save_model(str(staged))
+            if self.args.should_save:
+                self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
+                for file in sorted(staged.iterdir()):
+                    with atomic.atomic_output(staged.parents[1] / file.name) as temporary:
+                        os.replace(file, temporary)
+        finally:  # a stop signal included: no staging folder left behind
+            if self.args.should_save:
+                shutil.rmtree(staged.parent, ignore_errors=True)
 
 
 def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
@@ -415,6 +447,30 @@ def check_output_dir(setup: TrainSetup, resume: str | None) -> None:
         )
 
 
+#: Model settings a resumed run may change: where the pretrained weights are found, the precision they load in.
+RESUMABLE_CHANGES = ("model_name_or_path", "vision_tower", "bits", "dtype")
+
+
+def check_resumed_model(setup: TrainSetup, resume: str | None) -> None:
+    """A resumed run continues the checkpoint's model: every other model setting (``--lora_r``,
+    ``--fusion_layers``, ...) must be the checkpoint's, else its weights would not fit (a traceback after the
+    model is built) or would silently train another model."""
+    if resume is None:
+        return
+    saved, _ = read_checkpoint_config(resume, "--resume_from_checkpoint")
+    changed = [
+        (field.name, getattr(saved, field.name), getattr(setup.model, field.name))
+        for field in fields(saved)
+        if field.name not in RESUMABLE_CHANGES and getattr(saved, field.name) != getattr(setup.model, field.name)
+    ]
+    if changed:
+        said = ", ".join(f"{name} {reprlib.repr(then)} (now {reprlib.repr(now)})" for name, then, now in changed)
+        raise ConfigError(
+            f"--resume_from_checkpoint {resume}: the checkpoint was trained with {said}; resume with its settings, "
+            "or train afresh into another --output_dir"
+        )
+
+
 def check_training_arguments(args) -> None:
     """The ranges of :data:`_TRAINER_RANGES`, and something to train (epochs or steps)."""
     for name, low, high, exclusive_low in _TRAINER_RANGES:
@@ -423,6 +479,8 @@ def check_training_arguments(args) -> None:
         cli.check_range("--save_total_limit", args.save_total_limit, 0)
     if args.save_strategy == "steps":
         cli.check_range("--save_steps", args.save_steps, 0, exclusive_low=True)
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise cli.CommandError(f"--max_steps {args.max_steps}: must be >= 1 (or -1: train --num_train_epochs)")
     if args.max_steps <= 0 and args.num_train_epochs <= 0:
         raise cli.CommandError(
             f"--num_train_epochs {args.num_train_epochs} and --max_steps {args.max_steps}: nothing to train "
@@ -451,10 +509,20 @@ def train(setup: TrainSetup) -> EgoExorTrainer:
         cli.warn(COMMAND, warning)
     resume = resume_checkpoint(setup.trainer)
     check_output_dir(setup, resume)
+    check_resumed_model(setup, resume)
     trainer = build_training(setup)
     cli.checks_done()
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_final_model()
+    output = Path(setup.trainer.output_dir)
+    writing = atomic.output_lock(output) if trainer.args.should_save else nullcontext()  # a second run: refused
+    with writing, signals.deferred() if setup.train.save_on_signal else nullcontext():
+        trainer.train(resume_from_checkpoint=resume)
+        checkpoint = output / f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
+        stopped_early = signals.pending() is not None and checkpoint.is_dir()  # by _StopAfterStep
+        if not stopped_early:  # a signal after the last step still gets the trained model saved
+            trainer.save_final_model()
+    if signals.pending() is not None:
+        saved = f"{checkpoint} (--resume_from_checkpoint True continues from it)" if stopped_early else output
+        raise signals.Stopped(signals.pending(), f"saved {saved}")
     return trainer
 
 
@@ -504,7 +572,7 @@ def check_inputs(setup: TrainSetup) -> list[Sample]:
     samples = load_samples(cli.input_file(train.data_path, "--data_path"))
     if not samples:
         raise cli.CommandError(f"--data_path {train.data_path}: the sample list is empty")
-    with cli.open_hdf5(train.hdf5_path, "--hdf5_path") as h5:
+    with layout.open_checked(train.hdf5_path, "--hdf5_path") as h5:
         check_in_hdf5(samples, h5)
         without_rgb = sorted(key.path for key in {s.take for s in samples} if layout.RGB not in h5[key.path])
     if without_rgb:

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,6 +50,17 @@ def inputs(tiny_dataset, merged_file, sample_files, tmp_path_factory) -> Path:
     with h5py.File(root / "dl" / "norgb.h5", "r+") as h5:
         del h5[f"data/MISS/2/take/1/{layout.RGB}"]
     shutil.copy(merged_file, root / "merged.h5")
+    shutil.copy(merged_file, root / "misspelt.h5")
+    with h5py.File(root / "misspelt.h5", "r+") as h5:
+        for _, take in layout.iter_takes(h5):
+            for frame in take[layout.ANNOTATIONS].values():
+                rows = frame[layout.REL_ANNOTATIONS][()]
+                rows[0, 0] = b"patiant"
+                del frame[layout.REL_ANNOTATIONS]
+                frame[layout.REL_ANNOTATIONS] = rows.astype(layout.REL_ANNOTATION_DTYPE)
+    for first, second in (("loop_a.h5", "loop_b.h5"), ("loop_a.json", "loop_b.json")):
+        (root / first).symlink_to(second)
+        (root / second).symlink_to(first)
     (root / "garbage.h5").write_text("this is not HDF5\n")
     (root / "empty.h5").write_bytes(b"")
     data = (root / "merged.h5").read_bytes()
@@ -66,10 +78,16 @@ def inputs(tiny_dataset, merged_file, sample_files, tmp_path_factory) -> Path:
     (root / "samples.json").write_text(json.dumps(records))
     (root / "predictions.json").write_text(json.dumps({r["id"]: r["conversations"][1]["value"] for r in records}))
     (root / "other_predictions.json").write_text(json.dumps({"x_1": "<SG> </SG>"}))
+    first = records[0]["id"]
+    (root / "repeated_key.json").write_text(f'{{"{first}": "<SG> </SG>", "{first}": "<SG> </SG>"}}')
+    (root / "one_prediction.json").write_text(json.dumps({first: records[0]["conversations"][1]["value"]}))
+    (root / "repeated_sample.json").write_text(json.dumps([*records[:3], records[1]]))
     (root / "not_json.json").write_text("{not json")
     (root / "empty_list.json").write_text("[]")
     (root / "latin1.json").write_bytes(b"\xff\xfe[]")
     (root / "bad_record.json").write_text(json.dumps([{**records[0], "hdf5_indices": {}}]))
+    boolean = {**records[1], "hdf5_indices": {**records[1]["hdf5_indices"], "frame_idx": True}}
+    (root / "boolean_frame.json").write_text(json.dumps([records[0], boolean]))
     return root
 
 
@@ -157,6 +175,19 @@ CASES = [
         lambda e: merge(e, files=(str(e.inp / "garbage.h5"),)),
         "garbage.h5: not an HDF5 file",
     ),
+    Case(
+        "input a symlink loop",
+        "merge",
+        lambda e: merge(e, files=(str(e.inp / "loop_a.h5"),)),
+        "loop_a.h5: Too many levels of symbolic links",
+    ),
+    Case(
+        "output a symlink loop, --overwrite",
+        "merge",
+        lambda e: merge(e, "--overwrite", output=str(e.out / "m.h5")),
+        "m.h5: Too many levels of symbolic links",
+        lambda e: ((e.out / "m.h5").symlink_to("n.h5"), (e.out / "n.h5").symlink_to("m.h5")),
+    ),
     Case("input empty", "merge", lambda e: merge(e, files=(str(e.inp / "empty.h5"),)), "empty.h5: not an HDF5"),
     Case(
         "input truncated",
@@ -242,6 +273,12 @@ CASES = [
         "samples",
         lambda e: samples(e, hdf5=str(e.inp / "dl" / "miss_1.h5")),
         "missing 'splits/test'",
+    ),
+    Case(
+        "annotation misspells an entity",
+        "samples",
+        lambda e: samples(e, hdf5=str(e.inp / "misspelt.h5")),
+        "row 0: 'patiant' is not in metadata/vocabulary/entity",
     ),
     Case(
         "split row names a missing take",
@@ -331,7 +368,12 @@ CASES = [
     Case("hdf5 missing", "audio", lambda e: audio(e, hdf5=str(e.inp / "nope.h5")), "nope.h5: no such file"),
     Case("hdf5 truncated", "audio", lambda e: audio(e, hdf5=str(e.inp / "truncated.h5")), "truncated.h5"),
     Case("hdf5 not HDF5", "audio", lambda e: audio(e, hdf5=str(e.inp / "garbage.h5")), "not an HDF5 file"),
-    Case("hdf5 wrong layout", "audio", lambda e: audio(e, hdf5=str(e.inp / "nolayout.h5")), "no 'data/' group"),
+    Case(
+        "hdf5 wrong layout",
+        "audio",
+        lambda e: audio(e, hdf5=str(e.inp / "nolayout.h5")),
+        "nolayout.h5: missing 'metadata/vocabulary/entity'",
+    ),
     Case(
         "hdf5 without audio",
         "audio",
@@ -365,6 +407,12 @@ CASES = [
     Case("out is a file", "synthetic", lambda e: ["--out", str(e.out / "f"), "--frames", "4"], "is a file", _file("f")),
     Case("too few frames", "synthetic", lambda e: ["--out", str(e.out), "--frames", "2"], "--frames: must be >= 3"),
     Case("negative seed", "synthetic", lambda e: ["--out", str(e.out), "--seed", "-1"], "--seed: must be >= 0"),
+    Case(
+        "a trillion frames",
+        "synthetic",
+        lambda e: ["--out", str(e.out), "--frames", "1000000000000"],
+        "--frames: must be >= 3 and <= 108000, got 1000000000000",
+    ),
     Case("unknown profile", "synthetic", lambda e: ["--out", str(e.out), "--profile", "huge"], "invalid choice"),
     # --- evaluate ---------------------------------------------------------------------------------------------------
     Case(
@@ -397,6 +445,42 @@ CASES = [
         "evaluate",
         lambda e: evaluate_argv(e, sample_file=str(e.inp / "bad_record.json")),
         "record 0",
+    ),
+    Case(
+        "predictions a symlink loop",
+        "evaluate",
+        lambda e: evaluate_argv(e, predictions=str(e.inp / "loop_a.json")),
+        "loop_a.json: Too many levels of symbolic links",
+    ),
+    Case(
+        "a prediction key twice",
+        "evaluate",
+        lambda e: evaluate_argv(e, predictions=str(e.inp / "repeated_key.json")),
+        "repeated_key.json: the key 'MISS_1_1_",
+    ),
+    Case(
+        "a sample id twice",
+        "evaluate",
+        lambda e: evaluate_argv(e, sample_file=str(e.inp / "repeated_sample.json")),
+        "occurs twice (predictions go by id)",
+    ),
+    Case(
+        "predictions below --min_coverage",
+        "evaluate",
+        lambda e: evaluate_argv(e, "--min_coverage", "0.5", predictions=str(e.inp / "one_prediction.json")),
+        "one_prediction.json: predictions for only 1 of 35 samples (2.9%), below --min_coverage 0.5",
+    ),
+    Case(
+        "--min_coverage above 1",
+        "evaluate",
+        lambda e: evaluate_argv(e, "--min_coverage", "1.5"),
+        "--min_coverage: must be >= 0 and <= 1, got 1.5",
+    ),
+    Case(
+        "samples record with a boolean frame",
+        "evaluate",
+        lambda e: evaluate_argv(e, sample_file=str(e.inp / "boolean_frame.json")),
+        "boolean_frame.json: record 1 (id 'MISS_1_1_",
     ),
     Case(
         "predictions not an object",
@@ -595,13 +679,31 @@ def large_inputs(tmp_path_factory) -> list[Path]:
     return dataset.files
 
 
-def _start_merge(files: list[Path], output: Path) -> tuple[subprocess.Popen, Path]:
-    """Start a merge and return once its temporary output exists (the merge is under way)."""
+#: Runs ``egoexor-merge-h5`` with the fsync before its final rename held until $RELEASE exists: a merge that
+#: holds its output (temporary written, lock taken) for as long as a test needs.
+_HELD_MERGE = """
+import os, sys, time
+from pathlib import Path
+from egoexor import atomic
+from egoexor.data import merge_h5
+release, fsync = Path(os.environ["RELEASE"]), atomic._fsync
+def held(path):
+    while not release.exists():
+        time.sleep(0.01)
+    fsync(path)
+atomic._fsync = held
+sys.exit(merge_h5.main(sys.argv[1:]))
+"""
+
+
+def _start_merge(files: list[Path], output: Path, release: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    """Start a merge and return once its temporary output exists (the merge is under way); with ``release``,
+    a merge that waits for that file to exist before it completes."""
+    program = ["-m", "egoexor.data.merge_h5"] if release is None else ["-c", _HELD_MERGE]
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "egoexor.data.merge_h5",
+            *program,
             "--data_dir",
             str(files[0].parent),
             "--input_files",
@@ -613,6 +715,7 @@ def _start_merge(files: list[Path], output: Path) -> tuple[subprocess.Popen, Pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "RELEASE": str(release), "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
@@ -651,14 +754,82 @@ def test_kill_9_during_a_merge_leaves_a_stale_temporary_that_the_next_run_remove
         assert layout.check_layout(h5) == 4
 
 
-def test_sigint_during_a_merge_is_one_line_exit_130_and_removes_the_temporary(large_inputs, tmp_path):
+#: The line each stop signal ends a command with (exit status 128 + the signal's number).
+STOP_LINES = {
+    signal.SIGINT: "interrupted",
+    signal.SIGTERM: "stopped by SIGTERM",
+    signal.SIGHUP: "stopped by SIGHUP",
+    signal.SIGQUIT: "stopped by SIGQUIT",
+}
+
+
+@pytest.mark.parametrize("signum", list(STOP_LINES), ids=[s.name for s in STOP_LINES])
+def test_a_stop_signal_during_a_merge_is_one_line_exit_128_plus_n_and_removes_the_temporary(
+    signum, large_inputs, tmp_path
+):
     output = tmp_path / "out" / "merged.h5"
     process, _ = _start_merge(large_inputs, output)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
-    assert err == "egoexor-merge-h5: interrupted\n"
+    assert process.returncode == 128 + signum
+    assert err == f"egoexor-merge-h5: {STOP_LINES[signum]}\n"
     assert list(output.parent.iterdir()) == []
+
+
+def test_sighup_to_the_process_group_during_synthetic_is_one_line_and_keeps_the_earlier_output(tmp_path):
+    """A closed terminal: every process of the group gets SIGHUP while files are written; the earlier
+    dataset (written with another seed) stays byte-identical and no temporary is left."""
+    out = tmp_path / "data"
+    synthetic.generate(out, "tiny", seed=3, n_frames=4)
+    before = snapshot(out)
+    command = [sys.executable, "-m", "egoexor.data.synthetic", "--out", str(out), "--frames", "400", "--overwrite"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while process.poll() is None and not list(out.glob(".*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    os.killpg(process.pid, signal.SIGHUP)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGHUP, err
+    assert err.splitlines()[-1] == "egoexor.data.synthetic: stopped by SIGHUP" and "Traceback" not in err
+    assert snapshot(out) == before
+
+
+def test_a_second_merge_into_the_same_output_is_refused_while_the_first_writes(large_inputs, tmp_path):
+    """Two real processes: the second is one line naming the output and the process writing it, and touches
+    nothing; the first completes its output."""
+    output, release = tmp_path / "out" / "merged.h5", tmp_path / "release"
+    first, temporary = _start_merge(large_inputs, output, release)  # holds its output until released
+    second = subprocess.run(
+        [sys.executable, "-m", "egoexor.data.merge_h5", "--data_dir", str(large_inputs[0].parent)]
+        + ["--input_files", *[p.name for p in large_inputs], "--output_file", str(output), "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert first.poll() is None and temporary.exists()  # the first was writing all along
+    assert second.returncode == 2
+    assert second.stderr == (
+        f"egoexor-merge-h5: error: {output}: process {first.pid} on {socket.gethostname()} is writing it; "
+        "wait for it to end or write elsewhere\n"
+    )
+    release.touch()
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert [p.name for p in output.parent.iterdir()] == ["merged.h5"]  # no lock file, no temporary
+    with h5py.File(output, "r") as h5:
+        assert layout.check_layout(h5) == 4
+
+
+def test_the_output_lock_nests_in_one_process_and_a_killed_holders_file_is_taken_over(tmp_path):
+    target = tmp_path / "out.json"
+    (tmp_path / ".out.json.lock").write_text(f"process {_dead_pid()} on {socket.gethostname()}")  # kill -9'd
+    with atomic.output_lock(target):
+        with atomic.atomic_output(target) as temporary:  # the same process asks again: allowed
+            temporary.write_text("{}")
+        assert (tmp_path / ".out.json.lock").read_text() == f"process {os.getpid()} on {socket.gethostname()}"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
 # --- The atomic layer itself. --------------------------------------------------------------------------------------
@@ -831,3 +1002,12 @@ def test_range_checks_for_flags_and_fields():
     cli.check_range("lora_r", 8, 1)
     with pytest.raises(cli.CommandError, match=r"^lora_r must be >= 1 and <= 1024, got 0$"):
         cli.check_range("lora_r", 0, 1, 1024)
+
+
+def test_evaluate_says_loudly_how_little_of_the_split_the_predictions_cover(env, capsys):
+    assert evaluate.main(evaluate_argv(env, predictions=str(env.inp / "one_prediction.json"))) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    said = "egoexor.evaluate: warning: predictions for only 1 of 35 samples (2.9%): the other 34 are scored as empty"
+    assert any(line.startswith(said) for line in warnings), warnings
+    assert evaluate.main(evaluate_argv(env, "--overwrite", "--min_coverage", "1")) == 0  # all of them: no warning
+    assert "warning" not in capsys.readouterr().err

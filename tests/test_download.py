@@ -97,3 +97,13 @@ def test_size_check_names_every_wrong_file(tmp_path):
     check_sizes(tmp_path, {"a.h5": 10, "b.h5": 5})
     with pytest.raises(cli.CommandError, match=r"b\.h5 is 5 bytes, the hub lists 7"):
         check_sizes(tmp_path, {"a.h5": 10, "b.h5": 7})
+
+
+def test_a_repo_id_that_is_no_repository_name_is_one_line(tmp_path):
+    """'../../etc' is refused by huggingface_hub's name check, before anything is asked of the hub or written."""
+    (tmp_path / "hub").mkdir()
+    result = _download(tmp_path / "hub", "--out", str(tmp_path / "dl"), "--repo_id", "../../etc")
+    assert result.returncode == cli.EXIT_ERROR
+    assert result.stderr.startswith("egoexor-download: error: --repo_id ../../etc: Repo id must be in the form")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "dl").exists()

@@ -65,6 +65,7 @@ def inputs(checkpoint, few_samples, merged_file, tmp_path_factory) -> Path:
     (root / "empty_list.json").write_text("[]")
     (root / "not_json.json").write_text("{not json")
     (root / "bad_record.json").write_text(json.dumps([{**records[0], "hdf5_indices": {}}]))
+    (root / "null_id.json").write_text(json.dumps([records[0], {**records[1], "id": None}]))
     (root / "dup_ids.json").write_text(json.dumps([records[0], records[1], records[0]]))
     moved = [dict(r, hdf5_indices=dict(r["hdf5_indices"])) for r in records]
     moved[2]["hdf5_indices"]["take_id"] = 9
@@ -289,6 +290,12 @@ CASES = [
         "bad_record.json: record 0",
     ),
     Case("sample id twice", "infer", lambda e: run_infer(e, samples="dup_ids.json"), "occurs twice"),
+    Case(
+        "sample id null",
+        "infer",
+        lambda e: run_infer(e, samples="null_id.json"),
+        "null_id.json: record 1: id: Input should be a valid string (got None)",
+    ),
     Case(
         "sample of a missing take",
         "infer",
@@ -643,6 +650,27 @@ sys.exit(infer.main(sys.argv[1:]))
 """
 
 
+def _slow_infer_after_two_answers(argv: list[str], logs: Callable[[], list[Path]]) -> tuple[subprocess.Popen, Path]:
+    """Start a slowed-down infer in a session of its own (its process group can be signalled) and return once
+    one of ``logs()`` holds two generated answers."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_INFER, *argv],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        found = [log for log in logs() if len(log.read_text().splitlines()) >= 2]
+        if found:
+            return process, found[0]
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"infer never logged two answers: {process.communicate()[1][-2000:]}")
+
+
 def test_kill_9_during_inference_and_the_rerun_resumes_to_the_same_predictions(
     checkpoint,
     merged_file,
@@ -651,19 +679,7 @@ def test_kill_9_during_inference_and_the_rerun_resumes_to_the_same_predictions(
     tmp_path,
 ):
     argv = infer_args(checkpoint, merged_file, few_samples, tmp_path, "--num_workers", "0")
-    process = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_INFER, *argv],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    log = tmp_path / "raw_predictions.rank0.jsonl"
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        if log.is_file() and len(log.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
+    process, log = _slow_infer_after_two_answers(argv, lambda: list(tmp_path.glob("raw_predictions.rank0.jsonl")))
     process.kill()
     _, err = process.communicate()
     assert process.returncode == -signal.SIGKILL, err
@@ -675,6 +691,34 @@ def test_kill_9_during_inference_and_the_rerun_resumes_to_the_same_predictions(
     assert json.loads((tmp_path / "raw_predictions.json").read_text()) == json.loads(
         (reference_run / "raw_predictions.json").read_text()
     )
+
+
+@pytest.mark.parametrize(
+    ("signum", "workers"),
+    [(signal.SIGTERM, "0"), (signal.SIGHUP, "1")],
+    ids=["SIGTERM to the process", "SIGHUP to the group, a loader worker"],
+)
+def test_a_stop_signal_during_an_overwrite_keeps_the_earlier_results_intact(
+    signum, workers, checkpoint, merged_file, few_samples, reference_run, tmp_path
+):
+    """``--overwrite`` replaces the earlier run only by the final rename: stopped mid-generation (a cluster's
+    SIGTERM; a lost terminal's SIGHUP, which the DataLoader worker gets too), the earlier predictions and
+    metrics are there, byte for byte, and nothing else is."""
+    out = tmp_path / "out"
+    shutil.copytree(reference_run, out)
+    before = snapshot(out)
+    argv = infer_args(checkpoint, merged_file, few_samples, out, "--overwrite", "--num_workers", workers)
+    # the new run generates into a temporary folder beside the earlier one
+    process, _ = _slow_infer_after_two_answers(
+        argv, lambda: list(tmp_path.glob(".out.*.tmp/raw_predictions.rank0.jsonl"))
+    )
+    os.killpg(process.pid, signum) if signum == signal.SIGHUP else process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, err
+    said = [line for line in err.splitlines() if line.startswith("egoexor.infer")]
+    assert said == [f"egoexor.infer: stopped by {signal.Signals(signum).name}"] and "Traceback" not in err
+    assert snapshot(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_overwrite_starts_the_run_afresh_and_another_run_is_refused(

@@ -228,7 +228,7 @@ def test_augmented_memory_mixes_styles_and_drops_history(merged_file, tmp_path):
     [
         ("{not json", "not a readable JSON file"),
         ('{"a": 1}', "expected a JSON list"),
-        ('[{"id": "x"}]', "record 0 .id 'x'.: 'hdf5_indices' must hold"),
+        ('[{"id": "x"}]', "record 0 .id 'x'.: hdf5_indices: Field required"),
     ],
 )
 def test_malformed_sample_files(tmp_path, content, message):

@@ -163,7 +163,7 @@ def test_wrong_layout_message_names_the_file_and_field(tmp_path):
     path = tmp_path / "bad.h5"
     with h5py.File(path, "w") as h5:
         for table in (layout.ENTITY_VOCAB, layout.RELATION_VOCAB, layout.SOURCE_TABLE):
-            h5[table] = np.zeros(1)
+            h5[table] = np.array([("x", 0)], dtype=layout.VOCAB_DTYPE)
         h5.create_dataset("data/MISS/1/take/1/frames/rgb", data=np.zeros((2, 1, 4, 4, 3), np.float32))
     with pytest.raises(CommandError, match=r"bad\.h5.*frames/rgb must be uint8"):
         merge_files([path], None, tmp_path / "out.h5")

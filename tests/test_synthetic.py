@@ -220,7 +220,7 @@ def test_cli(tmp_path, capsys):
     assert (tmp_path / "splits.h5").is_file() and (tmp_path / "miss_1.h5").is_file()
     capsys.readouterr()
     assert main(["--out", str(tmp_path), "--frames", "1"]) == 2
-    assert "argument --frames: must be >= 3, got 1" in capsys.readouterr().err
+    assert "argument --frames: must be >= 3 and <= 108000, got 1" in capsys.readouterr().err
     before = (tmp_path / "miss_1.h5").read_bytes()
     assert main(["--out", str(tmp_path), "--seed", "2"]) == 2  # a download folder's files are not replaced
     assert "miss_1.h5: already exists (pass --overwrite" in capsys.readouterr().err

@@ -22,12 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import h5py
+import numpy as np
 import pytest
 import torch
+import yaml
+from safetensors.torch import load_file
 from test_cli_safety import _dead_pid, _dir, _file, snapshot
 
 from egoexor import atomic, train
-from egoexor.config import parse_train_args
+from egoexor.config import checkpoint_config, parse_train_args
+from egoexor.data import layout
 from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE
 from egoexor.train import STAGING, TRAINER_STATE_NAME
 
@@ -53,6 +58,14 @@ def inputs(merged_file, sample_files, tmp_path_factory) -> Path:
     }
     (root / "telepathy.json").write_text(json.dumps(telepathy))
     (root / "no_indices.json").write_text(json.dumps([{**records[0], "hdf5_indices": {}}]))
+    fractional = {**records[2], "hdf5_indices": {**records[2]["hdf5_indices"], "frame_idx": 3.7}}
+    (root / "fractional_frame.json").write_text(json.dumps([*records[:2], fractional]))
+    swapped = {**records[1], "conversations": records[1]["conversations"][::-1]}
+    (root / "answer_first.json").write_text(json.dumps([records[0], swapped]))
+    shutil.copy(merged_file, root / "infinite_gaze.h5")
+    with h5py.File(root / "infinite_gaze.h5", "r+") as h5:
+        take = next(key for _, key in layout.iter_takes(h5) if layout.GAZE in key)
+        take[layout.GAZE][1, 0, 1] = np.inf
     elsewhere = [
         {**r, "id": f"gone_{i}", "hdf5_indices": {**r["hdf5_indices"], "procedure_id": 9}}
         for i, r in enumerate(records[:3])
@@ -66,6 +79,10 @@ def inputs(merged_file, sample_files, tmp_path_factory) -> Path:
     (root / "truncated.h5").write_bytes(data[: len(data) // 2])
     (root / "freqs_not_json.json").write_text("{")
     (root / "bad.yaml").write_text("model: [unclosed\n")
+    tiny = yaml.safe_load(Path(TINY).read_text())
+    for name, field, value in (("negative_layers", "num_hidden_layers", -2), ("seven_heads", "num_attention_heads", 7)):
+        edited = {**tiny, "model": {**tiny["model"], "llm_config": {**tiny["model"]["llm_config"], field: value}}}
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(edited))
     (root / "tokenizer").mkdir()
     (root / "tokenizer" / "tokenizer.json").write_text("{}")
     _checkpoint("checkpoint-1")(Env(root, root))
@@ -109,6 +126,17 @@ def _checkpoint(*parts: str, files=(NON_LORA_FILE, CONFIG_FILE, TRAINER_STATE_NA
     return setup
 
 
+def _tiny_checkpoint(*parts: str) -> Callable[[Env], None]:
+    """A complete checkpoint folder under ``out`` whose configuration is ``configs/tiny.yaml``'s."""
+
+    def setup(e: Env) -> None:
+        _checkpoint(*parts)(e)
+        tiny = parse_train_args(["--config", TINY])
+        (e.out.joinpath(*parts) / CONFIG_FILE).write_text(json.dumps(checkpoint_config(tiny.model, tiny.data)))
+
+    return setup
+
+
 @dataclass
 class Case:
     id: str
@@ -132,7 +160,20 @@ CASES = [
         "no epochs and no steps", lambda e: argv(e, "--num_train_epochs", "-1", "--max_steps", "-1"), "nothing to train"
     ),
     Case(
-        "zero epochs, zero steps", lambda e: argv(e, "--num_train_epochs", "0", "--max_steps", "0"), "nothing to train"
+        "zero epochs, zero steps",
+        lambda e: argv(e, "--num_train_epochs", "0", "--max_steps", "-1"),
+        "nothing to train",
+    ),
+    Case("zero steps", lambda e: argv(e, "--max_steps", "0"), "--max_steps 0: must be >= 1 (or -1"),
+    Case(
+        "a config-built LLM with negative layers",
+        lambda e: [*argv(e), "--config", str(e.inp / "negative_layers.yaml")],
+        "llm_config.num_hidden_layers must be >= 1, got -2",
+    ),
+    Case(
+        "a config-built LLM whose heads do not divide its width",
+        lambda e: [*argv(e), "--config", str(e.inp / "seven_heads.yaml")],
+        "llm_config: hidden_size 64 is not divisible by num_attention_heads 7",
     ),
     Case("epochs infinite", lambda e: argv(e, "--num_train_epochs", "inf"), "--num_train_epochs must be finite"),
     Case("save steps 0", lambda e: argv(e, "--save_strategy", "steps", "--save_steps", "0"), "--save_steps"),
@@ -166,6 +207,21 @@ CASES = [
     Case("samples empty", lambda e: argv(e, data="empty_list.json"), "the sample list is empty"),
     Case("record malformed", lambda e: argv(e, data="no_indices.json"), "record 0"),
     Case("unknown modality", lambda e: argv(e, data="telepathy.json"), "record 3"),
+    Case(
+        "a fractional frame index",
+        lambda e: argv(e, data="fractional_frame.json"),
+        "): hdf5_indices.frame_idx: Input should be a valid integer (got 3.7)",  # after the record and its id
+    ),
+    Case(
+        "the answer before the question",
+        lambda e: argv(e, data="answer_first.json"),
+        "): conversations: must start with a human turn (the question), then a gpt turn (the answer)",
+    ),
+    Case(
+        "an infinite gaze coordinate",
+        lambda e: argv(e, hdf5="infinite_gaze.h5"),
+        "eye_gaze/coordinates: infinite value at frame 1",
+    ),
     Case(
         "sample of a missing take",
         lambda e: argv(e, data="missing_take.json"),
@@ -230,6 +286,12 @@ CASES = [
         "resume from a missing folder",
         lambda e: argv(e, "--resume_from_checkpoint", str(e.out / "nope")),
         "nope: no such folder",
+    ),
+    Case(
+        "resume with another LoRA rank and fusion depth",
+        lambda e: argv(e, "--resume_from_checkpoint", "True", "--lora_r", "8", "--fusion_layers", "3"),
+        "the checkpoint was trained with fusion_layers None (now 3), lora_r 32 (now 8)",
+        _tiny_checkpoint("run", "checkpoint-2"),
     ),
     Case(
         "overwrite the checkpoint to resume",
@@ -550,6 +612,80 @@ def test_torchrun_two_ranks_one_writer(sample_files, merged_file, tmp_path):
     state = json.loads((output / TRAINER_STATE_NAME).read_text())
     assert state["global_step"] == 2
     assert not [p for p in output.iterdir() if p.name.startswith(".")]
+
+
+#: Runs ``egoexor.train`` with each step slowed down and counted in $MARKER, so that a signal lands mid-run.
+_COUNTED_STEPS = """
+import os, sys, time
+from pathlib import Path
+from egoexor import train
+marker, step = Path(os.environ["MARKER"]), train.EgoExorTrainer.training_step
+def counted(self, *args, **kwargs):
+    loss = step(self, *args, **kwargs)
+    marker.write_text(str(self.state.global_step + 1))
+    time.sleep(0.3)
+    return loss
+train.EgoExorTrainer.training_step = counted
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_a_checkpoint_that_resumes_bit_exact(sample_files, merged_file, tmp_path, capsys):
+    """A cluster's SIGTERM (preemption) mid-epoch: the step finishes, a complete checkpoint-N is written, one
+    line names it, exit 143; resuming from it gives bit for bit the weights of a run never stopped."""
+    common = ["--config", TINY, "--data_path", str(sample_files["train"]), "--hdf5_path", str(merged_file)]
+    common += ["--max_steps", "8", "--disable_tqdm", "True"]
+    stopped, marker = tmp_path / "stopped", tmp_path / "steps"
+    process = subprocess.Popen(
+        [sys.executable, "-c", _COUNTED_STEPS, *common, "--output_dir", str(stopped)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MARKER": str(marker), "PYTHONPATH": str(ROOT)},
+    )
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if marker.is_file() and int(marker.read_text() or 0) >= 2:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 143, err[-3000:]
+    [checkpoint] = train.checkpoint_folders(stopped)  # the only one: --save_strategy is "no" in tiny.yaml
+    step = int(checkpoint.name.split("-")[1])
+    steps_per_epoch = -(-len(json.loads(sample_files["train"].read_text())) // 4)
+    assert 2 <= step < min(8, steps_per_epoch)  # mid-epoch, and mid-run
+    said = [line for line in err.splitlines() if line.startswith("egoexor.train")]
+    assert said == [
+        f"egoexor.train: stopped by SIGTERM; saved {checkpoint} (--resume_from_checkpoint True continues from it)"
+    ]
+    assert "Traceback" not in err
+    assert train.incomplete(checkpoint) is None
+    assert sorted(p.name for p in stopped.iterdir()) == [checkpoint.name]  # no final model, no .partial
+    capsys.readouterr()
+
+    assert train.main([*common, "--output_dir", str(stopped), "--resume_from_checkpoint", "True"]) == 0
+    assert train.main([*common, "--output_dir", str(tmp_path / "straight")]) == 0
+    for name in (NON_LORA_FILE, "adapter_model.safetensors"):
+        resumed, straight = load_file(stopped / name), load_file(tmp_path / "straight" / name)
+        assert resumed.keys() == straight.keys()
+        assert all(torch.equal(resumed[key], straight[key]) for key in straight), name
+    assert json.loads((stopped / TRAINER_STATE_NAME).read_text())["global_step"] == 8
+
+
+def test_without_save_on_signal_a_sigterm_stops_at_once_without_a_checkpoint(env, monkeypatch, capsys):
+    def terminated(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not stop the step")
+
+    monkeypatch.setattr(train.EgoExorTrainer, "training_step", terminated)
+    code = train.main(argv(env, "--max_steps", "3", "--save_on_signal", "False"))
+    assert code == 143
+    assert capsys.readouterr().err.splitlines()[-1] == "egoexor.train: stopped by SIGTERM"
+    assert train.checkpoint_folders(env.out / "run") == []
+    assert not [p for p in (env.out / "run").rglob("*") if p.is_file()]
 
 
 def test_a_real_process_prints_the_error_line_alone(tmp_path):

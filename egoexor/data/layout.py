@@ -26,11 +26,14 @@ Procedure and take ids are decimal strings as group names and int32 in split row
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import h5py
 import numpy as np
+
+from egoexor import cli
 
 DATA = "data"
 METADATA = "metadata"
@@ -40,6 +43,7 @@ TAKE = "take"
 ENTITY_VOCAB = "metadata/vocabulary/entity"
 RELATION_VOCAB = "metadata/vocabulary/relation"
 SOURCE_TABLE = "metadata/sources/sources"
+VOCABULARY = (ENTITY_VOCAB, RELATION_VOCAB)
 DATASET_INFO = "metadata/dataset"
 
 SOURCES_GROUP = "sources"
@@ -153,30 +157,114 @@ def iter_takes(h5: h5py.File) -> Iterator[tuple[TakeKey, h5py.Group]]:
         yield key, h5[key.path]
 
 
+#: The per-take datasets besides ``frames/rgb``, each optional: (rank, width of the last axis or None, shape
+#: in words). All hold floating-point numbers.
+TAKE_DATASETS: dict[str, tuple[int, int | None, str]] = {
+    GAZE: (3, 3, "[F, G, 3]"),
+    GAZE_DEPTH: (2, None, "[F, G]"),
+    HANDS: (3, 17, "[F, G, 17]"),
+    AUDIO_WAVEFORM: (2, 2, "[S, 2]"),
+    AUDIO_SNIPPETS: (3, 2, "[F, S, 2]"),
+    POINT_COORDINATES: (3, 3, "[F, N, 3]"),
+    POINT_COLORS: (3, 3, "[F, N, 3]"),
+}
+#: Small datasets whose values are read too: NaN means "missing" in the released files, an infinity is an error.
+FINITE_OR_NAN = (GAZE, HANDS)
+
+
 def check_layout(h5: h5py.File) -> int:
     """Check that a per-procedure or merged file has the EgoExOR layout; return its take count.
 
-    Checks the structure a reader depends on (groups, take ids, the rgb dataset's rank and dtype),
-    not every value. Raises :class:`LayoutError` naming the file and the offending path.
+    The one schema check of an HDF5 input, run before any heavy work: the metadata tables, the take ids,
+    each take's camera names (``sources``), the dtype, rank and width of every per-frame dataset
+    (:data:`TAKE_DATASETS`), and the values of the small ones (:data:`FINITE_OR_NAN`). Frames, audio and point
+    clouds are not read. Raises :class:`LayoutError` naming the file and the offending path.
     """
-    for path in (ENTITY_VOCAB, RELATION_VOCAB, SOURCE_TABLE):
+    for path in (*VOCABULARY, SOURCE_TABLE):
         if path not in h5:
             raise LayoutError(f"{h5.filename}: missing '{path}'")
+        table = h5[path]
+        if not isinstance(table, h5py.Dataset) or "name" not in (table.dtype.names or ()):
+            raise LayoutError(f"{h5.filename}: '{path}' must be a table with a 'name' field, got {_described(table)}")
     count = 0
     for _, take in iter_takes(h5):
         if RGB in take:
-            rgb = take[RGB]
-            if rgb.ndim != 5 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
-                raise LayoutError(
-                    f"{h5.filename}: {rgb.name} must be uint8 [F, C, H, W, 3], got {rgb.dtype} {rgb.shape}"
-                )
-            n_sources = len(take_sources(take))
-            if n_sources != rgb.shape[1]:
-                raise LayoutError(
-                    f"{h5.filename}: {take.name}/sources names {n_sources} cameras, {rgb.name} has {rgb.shape[1]}"
-                )
+            _check_rgb(h5, take)
+        for path, (rank, width, shape) in TAKE_DATASETS.items():
+            if path in take:
+                _check_dataset(h5, take[path], rank, width, shape)
         count += 1
     return count
+
+
+def vocabulary(h5: h5py.File) -> tuple[frozenset[str], frozenset[str]]:
+    """The entity and the relation names the file's ``metadata/vocabulary`` lists (raw spellings)."""
+    entities, relations = (frozenset(decode(name) for name in h5[path].fields("name")[()]) for path in VOCABULARY)
+    return entities, relations
+
+
+def check_annotation(h5: h5py.File, dataset: h5py.Dataset, names: tuple[frozenset[str], frozenset[str]]) -> None:
+    """A ``rel_annotations`` dataset holds text rows (subject, predicate, object) whose names the file's
+    vocabulary (:func:`vocabulary`) lists: a row of numbers or a misspelt name would become a sample's answer.
+    (A row of more than three parts joins the middle ones into the predicate; one of fewer is skipped.)"""
+    if dataset.dtype.kind not in "OSU" or dataset.ndim != 2:
+        raise LayoutError(
+            f"{h5.filename}: {dataset.name} must hold text rows (subject, predicate, object), got {_described(dataset)}"
+        )
+    entities, relations = names
+    for row_number, row in enumerate(dataset[()]):
+        parts = [decode(part) for part in row]
+        if len(parts) < 3:
+            continue
+        named = ((parts[0], entities, ENTITY_VOCAB), (" ".join(parts[1:-1]), relations, RELATION_VOCAB))
+        for name, known, table in (*named, (parts[-1], entities, ENTITY_VOCAB)):
+            if name not in known:
+                raise LayoutError(f"{h5.filename}: {dataset.name} row {row_number}: {name!r} is not in {table}")
+
+
+def open_checked(path: str | os.PathLike, flag: str) -> h5py.File:
+    """:func:`egoexor.cli.open_hdf5` and :func:`check_layout`: the EgoExOR file a command reads, its schema
+    checked before any heavy work; a mistake is a :class:`egoexor.cli.CommandError` naming the flag."""
+    h5 = cli.open_hdf5(path, flag)
+    try:
+        check_layout(h5)
+    except LayoutError as error:
+        h5.close()
+        raise cli.CommandError(f"{flag} {error}") from None
+    return h5
+
+
+def _check_rgb(h5: h5py.File, take: h5py.Group) -> None:
+    rgb = take[RGB]
+    if not isinstance(rgb, h5py.Dataset) or rgb.ndim != 5 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+        raise LayoutError(f"{h5.filename}: {rgb.name} must be uint8 [F, C, H, W, 3], got {_described(rgb)}")
+    attrs = take[SOURCES_GROUP].attrs if SOURCES_GROUP in take else {}
+    if "source_count" not in attrs:
+        raise LayoutError(f"{h5.filename}: {take.name}/sources: no source_count attribute (names of the cameras)")
+    missing = [f"source_{i}" for i in range(int(attrs["source_count"])) if f"source_{i}" not in attrs]
+    if missing:
+        raise LayoutError(f"{h5.filename}: {take.name}/sources lacks the attribute {missing[0]}")
+    n_sources = len(take_sources(take))
+    if n_sources != rgb.shape[1]:
+        raise LayoutError(
+            f"{h5.filename}: {take.name}/sources names {n_sources} cameras, {rgb.name} has {rgb.shape[1]}"
+        )
+
+
+def _check_dataset(h5: h5py.File, dataset: h5py.Dataset, rank: int, width: int | None, shape: str) -> None:
+    fits = isinstance(dataset, h5py.Dataset) and dataset.dtype.kind == "f" and dataset.ndim == rank
+    if not fits or (width is not None and dataset.shape[-1] != width):
+        raise LayoutError(f"{h5.filename}: {dataset.name} must be float {shape}, got {_described(dataset)}")
+    if any(dataset.name.endswith(path) for path in FINITE_OR_NAN):
+        values = dataset[()]
+        infinite = np.isinf(values)
+        if infinite.any():
+            frame = int(np.argwhere(infinite)[0][0])
+            raise LayoutError(f"{h5.filename}: {dataset.name}: infinite value at frame {frame} (NaN marks a gap)")
+
+
+def _described(node: h5py.Group | h5py.Dataset) -> str:
+    return f"{node.dtype} {list(node.shape)}" if isinstance(node, h5py.Dataset) else "a group"
 
 
 def read_split(h5: h5py.File, split: str) -> np.ndarray:

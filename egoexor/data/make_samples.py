@@ -123,6 +123,7 @@ def make_samples(
     samples: list[Sample] = []
     skipped: list[str] = []
     sources_cache: dict[TakeKey, list[str]] = {}
+    names = layout.vocabulary(h5)
     for key, frame in _split_frames(h5, split, rng, reduce_ratio):
         if key.path not in h5:
             raise LayoutError(f"{h5.filename}: splits/{split} names {key.path}, which the file does not have")
@@ -133,6 +134,7 @@ def make_samples(
         if annotation not in take:
             skipped.append(f"{key.path}/{annotation}")
             continue
+        layout.check_annotation(h5, take[annotation], names)
         triplets = triplets_from_annotation(take[annotation][()])
         common = {"take": key, "frame": frame, "modalities": frozenset(modalities), "question": HUMAN_TURN}
         for permutation in range(n_permutations):
@@ -299,7 +301,7 @@ def write_samples(
     )
     loaded = None if tokenizer is None else _tokenizer(tokenizer)
     rng = random.Random(seed)
-    with cli.open_hdf5(hdf5, "--hdf5") as h5:
+    with layout.open_checked(hdf5, "--hdf5") as h5:
         samples, skipped = make_samples(h5, split, rng, n_permutations, modality_dropout_prob, reduce_ratio)
         without_rgb = sorted(key.path for key in {s.take for s in samples} if layout.RGB not in h5[key.path])
     if not samples:

@@ -161,7 +161,9 @@ def merge_files(
 
     try:
         _write(inputs, splits_file, output, summary, n_copies, progress)
-    except OSError as error:  # h5py's messages name neither file
+    except OSError as error:  # h5py's messages name neither file (a full disk's is named already)
+        if error.filename is not None:
+            raise
         raise cli.CommandError(f"{output}: merging failed: {error}") from None
     summary.bytes = output.stat().st_size
     return summary

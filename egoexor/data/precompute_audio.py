@@ -85,7 +85,7 @@ def _run(args) -> int:
     out = cli.check_output(
         args.out, inputs=[args.hdf5, cli.local_path(args.audio_encoder)], overwrite=args.overwrite, flag="--out"
     )
-    with cli.open_hdf5(args.hdf5, "--hdf5") as h5:
+    with layout.open_checked(args.hdf5, "--hdf5") as h5:
         if not audio_takes(h5):
             raise cli.CommandError(f"--hdf5 {args.hdf5}: no take has {layout.AUDIO_SNIPPETS}: nothing to embed")
     try:

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import h5py
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator
 
 from egoexor.data.layout import TakeKey, take_frame_count
 
@@ -33,10 +36,6 @@ MODALITIES: tuple[str, ...] = (
     "ultrasound",
     "point_cloud",
 )
-
-
-_KNOWN_MODALITIES = frozenset(MODALITIES)
-_INDEX_FIELDS = frozenset({"surgery_type", "procedure_id", "take_id", "frame_idx"})
 
 
 class SampleError(ValueError):
@@ -70,32 +69,64 @@ class Sample:
         }
 
 
+class _Strict(BaseModel):
+    """Fields of exactly their JSON type: ``frame_idx`` 3.7, ``true`` or ``"12"`` and ``"id": null`` are errors,
+    not frame 3, frame 1, frame 12 and the sample ``"None"``. Fields of other tools are let through."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class _Indices(_Strict):
+    surgery_type: str = Field(min_length=1)
+    procedure_id: NonNegativeInt
+    take_id: NonNegativeInt
+    frame_idx: NonNegativeInt
+    #: A misspelt name would silently mean "not available".
+    available_modalities: list[Literal[MODALITIES]] = []
+
+
+class _Turn(_Strict):
+    speaker: str = Field(alias="from")
+    value: str
+
+
+class _Record(_Strict):
+    id: str = Field(min_length=1)
+    hdf5_indices: _Indices
+    conversations: list[_Turn]
+
+    @field_validator("conversations")
+    @classmethod
+    def _question_then_answer(cls, turns: list[_Turn]) -> list[_Turn]:
+        if [turn.speaker for turn in turns[:2]] != ["human", "gpt"]:
+            raise ValueError("must start with a human turn (the question), then a gpt turn (the answer)")
+        return turns
+
+
+def _first_problem(error: ValidationError) -> str:
+    """Pydantic's first complaint on one line: the field, what is wrong, the value found."""
+    problem = error.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in problem["loc"])
+    message = problem["msg"].removeprefix("Value error, ")
+    found = "" if problem["type"] == "missing" else f" (got {reprlib.repr(problem['input'])})"
+    return f"{field}: {message}{found}"
+
+
 def sample_from_record(record: object, where: str = "record") -> Sample:
-    """Validate one JSON record; ``where`` names it in the error."""
-    if not isinstance(record, dict) or "id" not in record:
-        raise SampleError(f"{where}: expected a sample object with an 'id'")
-    where = f"{where} (id {record['id']!r})"
-    indices = record.get("hdf5_indices")
-    if not isinstance(indices, dict) or not _INDEX_FIELDS <= indices.keys():
-        raise SampleError(f"{where}: 'hdf5_indices' must hold {', '.join(sorted(_INDEX_FIELDS))}")
-    modalities = indices.get("available_modalities", [])
-    if not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities):
-        raise SampleError(f"{where}: 'available_modalities' must be a list of names")
-    unknown = [m for m in modalities if m not in _KNOWN_MODALITIES]
-    if unknown:  # a misspelt name would silently mean "not available"
-        raise SampleError(f"{where}: unknown modality {unknown[0]!r}; known: {', '.join(MODALITIES)}")
-    conversations = record.get("conversations")
-    if not isinstance(conversations, list) or not all(isinstance(turn, dict) for turn in conversations):
-        raise SampleError(f"{where}: 'conversations' must be a list of turns")
-    turns = {turn.get("from"): turn.get("value") for turn in reversed(conversations)}  # the first turn wins
-    if not isinstance(turns.get("human"), str) or not isinstance(turns.get("gpt"), str):
-        raise SampleError(f"{where}: 'conversations' needs a human and a gpt turn with text values")
+    """Validate one JSON record (:class:`_Record`: the types, the known modality names, the order of the turns);
+    ``where`` names it in the error."""
+    if not isinstance(record, dict):
+        raise SampleError(f"{where}: expected a sample object, got {reprlib.repr(record)}")
+    if isinstance(record.get("id"), str):
+        where = f"{where} (id {record['id']!r})"
     try:
-        take = TakeKey(str(indices["surgery_type"]), int(indices["procedure_id"]), int(indices["take_id"]))
-        frame = int(indices["frame_idx"])
-    except (TypeError, ValueError):
-        raise SampleError(f"{where}: procedure_id, take_id and frame_idx must be integers") from None
-    return Sample(str(record["id"]), take, frame, frozenset(modalities), turns["human"], turns["gpt"])
+        checked = _Record.model_validate(record)
+    except ValidationError as error:
+        raise SampleError(f"{where}: {_first_problem(error)}") from None
+    indices = checked.hdf5_indices
+    take = TakeKey(indices.surgery_type, indices.procedure_id, indices.take_id)
+    question, answer = (turn.value for turn in checked.conversations[:2])
+    return Sample(checked.id, take, indices.frame_idx, frozenset(indices.available_modalities), question, answer)
 
 
 def load_samples(path: str | os.PathLike) -> list[Sample]:
@@ -110,6 +141,15 @@ def load_samples(path: str | os.PathLike) -> list[Sample]:
     if not isinstance(records, list):
         raise SampleError(f"{path}: expected a JSON list of sample records, got {type(records).__name__}")
     return [sample_from_record(r, f"{path}: record {i}") for i, r in enumerate(records)]
+
+
+def check_unique_ids(samples: Sequence[Sample], where: str) -> None:
+    """One record per id: predictions and scores go by id, so a repeated one would be scored twice or lost."""
+    seen: set[str] = set()
+    for sample in samples:
+        if sample.id in seen:
+            raise SampleError(f"{where}: sample id {sample.id!r} occurs twice (predictions go by id)")
+        seen.add(sample.id)
 
 
 def check_in_hdf5(samples: Sequence[Sample], h5: h5py.File) -> None:

@@ -561,8 +561,10 @@ class _TakeWriter:
 
 
 def _write_atomically(path: Path, write: Callable[[h5py.File], None]) -> None:
-    """Write an HDF5 file through a temporary file, renamed only on success."""
-    with atomic_output(path) as temporary, h5py.File(temporary, "w") as h5:
+    """Write an HDF5 file through a temporary file, renamed only on success. The file is built in memory and
+    written as it closes (HDF5's ``core`` driver): a write to disk that fails half-way through the metadata
+    leaves HDF5 unable to close the file, and the interpreter crashes at exit (a full disk: rc -11)."""
+    with atomic_output(path) as temporary, h5py.File(temporary, "w", driver="core", backing_store=True) as h5:
         write(h5)
 
 
@@ -587,6 +589,11 @@ def write_splits(path: Path, splits: dict[str, np.ndarray]) -> None:
     _write_atomically(path, write)
 
 
+#: The most frames a take may have: 2 hours at 15 fps, longer than any released take. A larger count is a
+#: typing slip (10**12 frames would need terabytes before the first file is written).
+MAX_FRAMES = 2 * 3600 * layout.FPS
+
+
 def generate(
     out: str | os.PathLike,
     profile: str | Profile = "tiny",
@@ -606,8 +613,8 @@ def generate(
             raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
         profile = PROFILES[profile]()
     if n_frames is not None:
-        if n_frames < len(layout.SPLIT_NAMES):
-            raise ValueError(f"n_frames must be at least {len(layout.SPLIT_NAMES)}, got {n_frames}")
+        if not len(layout.SPLIT_NAMES) <= n_frames <= MAX_FRAMES:
+            raise ValueError(f"n_frames must be {len(layout.SPLIT_NAMES)} to {MAX_FRAMES}, got {n_frames}")
         profile = replace(profile, takes=tuple(replace(t, n_frames=n_frames) for t in profile.takes))
     directory = Path(out)
     if directory.exists() and not directory.is_dir():
@@ -661,9 +668,9 @@ def _parser() -> cli.ArgumentParser:
     )
     parser.add_argument(
         "--frames",
-        type=cli.int_flag(len(layout.SPLIT_NAMES)),
+        type=cli.int_flag(len(layout.SPLIT_NAMES), MAX_FRAMES),
         default=None,
-        help="override the number of frames of every take",
+        help=f"override the number of frames of every take ({len(layout.SPLIT_NAMES)} to {MAX_FRAMES})",
     )
     cli.add_overwrite_flag(parser)
     return parser
