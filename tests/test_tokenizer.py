@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import sentencepiece
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from llama_tokenizer import VOCAB_DIR, write_tokenizer_folder
 from transformers import LlamaTokenizer
@@ -39,6 +39,8 @@ def test_answers_split_into_several_pieces(tokenizer):
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=40))
 def test_byte_fallback_round_trips_any_text(text):
+    # a special token's text ('<unk>', '</s>') is that token, in LLaMA's tokenizer as here: not a round trip
+    assume(not any(special in text for special in _TOKENIZER.all_special_tokens))
     ids = _TOKENIZER(text, add_special_tokens=False).input_ids
     assert _TOKENIZER.unk_token_id not in ids
     # like LLaMA's: "▁" is prepended only when the text does not already start with a space,
