@@ -2,6 +2,7 @@
 
 import hashlib
 import re
+import shutil
 import sys
 from dataclasses import replace
 
@@ -46,6 +47,24 @@ def test_byte_fallback_round_trips_any_text(text):
     # like LLaMA's: "▁" is prepended only when the text does not already start with a space,
     # and decoding strips one leading space
     assert _TOKENIZER.decode(ids) == (text[1:] if text.startswith(" ") else text)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("config.json", "[]", "config.json holds a JSON list, expected an object"),
+        ("tokenizer_config.json", "{", "tokenizer_config.json is not readable JSON"),
+        ("special_tokens_map.json", '"<unk>"', "special_tokens_map.json holds a JSON str, expected an object"),
+    ],
+)
+def test_a_folder_with_a_json_file_of_the_wrong_kind_is_one_error_naming_it(
+    tokenizer_dir, tmp_path, name, content, says
+):
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(tokenizer_dir, folder)
+    (folder / name).write_text(content)
+    with pytest.raises(OSError, match=f"cannot load a tokenizer from {folder}: {re.escape(says)}"):
+        load_tokenizer(folder)
 
 
 def test_saved_tokenizer_loads_by_path(tokenizer_dir):

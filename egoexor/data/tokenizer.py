@@ -78,6 +78,9 @@ def load_tokenizer(name_or_path: str | os.PathLike, model_max_length: int = 2048
     generation collator pads on the left itself).
     """
     source = str(name_or_path)
+    problem = _folder_json_problem(Path(source)) if Path(source).is_dir() else None
+    if problem:
+        raise OSError(f"cannot load a tokenizer from {source}: {problem}")
     try:
         declared = get_tokenizer_config(source).get("tokenizer_class") or ""
         loader = LlamaTokenizer if declared.removesuffix("Fast") == "LlamaTokenizer" else AutoTokenizer
@@ -88,6 +91,25 @@ def load_tokenizer(name_or_path: str | os.PathLike, model_max_length: int = 2048
         tokenizer.pad_token = tokenizer.unk_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+#: The JSON files of a tokenizer folder that transformers reads as objects (its messages for a file of
+#: another kind are tracebacks: "argument after ** must be a mapping, not list").
+_FOLDER_JSON = ("config.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+
+
+def _folder_json_problem(folder: Path) -> str | None:
+    """What is wrong with the first of a folder's :data:`_FOLDER_JSON` files that is no JSON object, or None."""
+    for name in _FOLDER_JSON:
+        if not (folder / name).is_file():
+            continue
+        try:
+            content = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            return f"{name} is not readable JSON ({' '.join(str(error).split())})"
+        if not isinstance(content, dict):
+            return f"{name} holds a JSON {type(content).__name__}, expected an object"
+    return None
 
 
 def _cause(source: str, error: Exception) -> str:
