@@ -61,6 +61,12 @@ _KEY_RULES: tuple[tuple[re.Pattern, str | None], ...] = (
 )
 
 
+#: A CLIP layer's parameter in ``non_lora_trainables.bin`` (the reference saves the trained layers only).
+_CLIP_LAYER = re.compile(
+    r"^base_model\.model\.model\.vision_tower\.vision_tower\.vision_model\.encoder\.layers\.(\d+)\."
+)
+
+
 class ConversionError(cli.CommandError):
     """The released files do not fit the reference preset; the message names the file or the key."""
 
@@ -112,6 +118,15 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def trained_clip_layers(non_lora: dict[str, torch.Tensor]) -> int:
+    """The run's ``unfreeze_n_vision_tower_layers``, read from the saved keys: the reference saves exactly
+    the CLIP layers it trained, the last N (layers 12-23 of 24 for its default 12)."""
+    layers = sorted({int(match[1]) for key in non_lora if (match := _CLIP_LAYER.match(key))})
+    if layers and layers != list(range(layers[0], layers[-1] + 1)):
+        raise ConversionError(f"{REFERENCE_NON_LORA}: CLIP layers {layers} are not one window of last layers")
+    return len(layers)
+
+
 def model_config_from(llava: dict, adapter: dict, base: str, vision_tower: str | None) -> ModelConfig:
     """The reference preset with the released run's LoRA and vision settings (from its two JSON files)."""
     try:
@@ -152,7 +167,8 @@ def convert(
     """Write an egoexor checkpoint for a released reference folder; returns what was mapped and skipped.
 
     Everything is checked before the model is built: the four files, the output rule (an existing
-    ``output`` needs ``overwrite``), and that the base LLM and the CLIP tower can be loaded. The model
+    ``output`` needs ``overwrite``), and that the base LLM and the CLIP tower can be loaded. How many of
+    CLIP's last layers the run trained comes from the saved keys (:func:`trained_clip_layers`). The model
     is then built (``model_overrides`` may shrink it, e.g. ``bits=16``) to check every mapped tensor's
     shape against the reference preset before anything is written; ``output`` appears complete or not at all.
     """
@@ -164,6 +180,14 @@ def convert(
     cli.check_pretrained(config.vision_tower, "vision tower")
     non_lora = _load_bin(folder / REFERENCE_NON_LORA)
     adapter = _load_bin(folder / REFERENCE_ADAPTER)
+    unfrozen = trained_clip_layers(non_lora)
+    given = model_overrides.get("unfreeze_n_vision_tower_layers", unfrozen)
+    if given != unfrozen:
+        raise ConversionError(
+            f"{REFERENCE_NON_LORA}: holds the last {unfrozen} CLIP layers, the run trained those; "
+            f"unfreeze_n_vision_tower_layers={given} cannot load it"
+        )
+    config = dataclasses.replace(config, unfreeze_n_vision_tower_layers=unfrozen)
     model = build_model(config)
     ours = model.state_dict()
     mapped, skipped = {}, []

@@ -254,6 +254,20 @@ def test_converted_released_checkpoint_runs_inference(released, tmp_path, merged
     assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())) == 6
 
 
+def test_the_trained_clip_window_is_read_from_the_saved_keys(released, tmp_path):
+    """A run with another --unfreeze_n_vision_tower_layers than 12 imports without being told (here: 2)."""
+    folder, base, native, overrides = released
+    unstated = {k: v for k, v in overrides.items() if k != "unfreeze_n_vision_tower_layers"}
+    convert(folder, tmp_path / "converted", base=str(base), **unstated)
+    saved = json.loads((tmp_path / "converted" / "egoexor_config.json").read_text())
+    assert saved["model"]["unfreeze_n_vision_tower_layers"] == 2
+    loaded, _ = load_trained(tmp_path / "converted")
+    trained = {n for n, p in loaded.named_parameters() if p.requires_grad and ".vision_tower." in n}
+    assert trained == {n for n, p in native.named_parameters() if p.requires_grad and ".vision_tower." in n} != set()
+    with pytest.raises(ConversionError, match="holds the last 2 CLIP layers.*unfreeze_n_vision_tower_layers=1"):
+        convert(folder, tmp_path / "again", base=str(base), **{**unstated, "unfreeze_n_vision_tower_layers": 1})
+
+
 def test_released_checkpoint_errors_name_the_key(released, tmp_path):
     folder, base, _, overrides = released
     broken = tmp_path / "broken"
