@@ -195,6 +195,25 @@ def test_interrupted_merge_leaves_nothing(tiny_dataset, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_input_truncated_while_it_is_merged_is_one_error_naming_it(tiny_dataset, tmp_path, monkeypatch):
+    """The inputs pass their checks, then one is cut short (a download or copy still running) before it is read."""
+    inputs = [tmp_path / path.name for path in tiny_dataset.files]
+    for source, copy in zip(tiny_dataset.files, inputs, strict=True):
+        copy.write_bytes(source.read_bytes())
+    original = merge_h5._write
+
+    def truncate_then_write(*args):
+        with open(inputs[1], "r+b") as handle:
+            handle.truncate(inputs[1].stat().st_size // 2)
+        original(*args)
+
+    monkeypatch.setattr(merge_h5, "_write", truncate_then_write)
+    output = tmp_path / "out" / "merged.h5"
+    with pytest.raises(CommandError, match=f"^{inputs[1]}: changed while it was merged .*nothing was written"):
+        merge_files(inputs, tiny_dataset.splits_file, output)
+    assert not output.parent.exists() or list(output.parent.iterdir()) == []
+
+
 def test_paths_join_data_dir_unless_absolute(tiny_dataset, tmp_path):
     code = main(
         [

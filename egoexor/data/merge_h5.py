@@ -159,14 +159,30 @@ def merge_files(
         counts = ", ".join(f"{n} in {name}" for name, n in summary.dangling_rows.items())
         raise cli.CommandError(f"{splits_file}: split rows point at takes or frames missing from the inputs ({counts})")
 
+    checked = {path: _stamp(path) for path in [*inputs, *([Path(splits_file)] if splits_file else [])]}
     try:
         _write(inputs, splits_file, output, summary, n_copies, progress)
-    except OSError as error:  # h5py's messages name neither file (a full disk's is named already)
-        if error.filename is not None:
+    except (OSError, KeyError, RuntimeError) as error:  # h5py's messages name neither file
+        changed = next((path for path, stamp in checked.items() if _stamp(path) != stamp), None)
+        if changed is not None:
+            raise cli.CommandError(
+                f"{changed}: changed while it was merged (truncated or rewritten since it was checked); nothing "
+                "was written: merge again once it is complete"
+            ) from None
+        if not isinstance(error, OSError) or error.filename is not None:  # a bug; a full disk's error names it
             raise
-        raise cli.CommandError(f"{output}: merging failed: {error}") from None
+        raise cli.CommandError(f"{output}: merging failed: {cli.one_line(error)}") from None
     summary.bytes = output.stat().st_size
     return summary
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """A file's size and modification time (None once it is gone): what tells that it changed."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_size, status.st_mtime_ns
 
 
 def _plan(inputs: list[Path], splits_file: str | os.PathLike | None, output: Path) -> tuple[MergeSummary, int]:
