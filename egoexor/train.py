@@ -79,6 +79,8 @@ logger = logging.getLogger(COMMAND)
 #: The folder in ``--output_dir`` where checkpoints (and the final model) are written before they are
 #: renamed into place; what a killed run leaves there is removed by the next one.
 STAGING = ".partial"
+#: Where ``--overwrite_output_dir`` keeps the earlier run's checkpoints until this run has saved its model.
+EARLIER_RUN = ".earlier-run"
 #: Files a checkpoint cannot be resumed without. The Trainer writes trainer_state.json last.
 CHECKPOINT_FILES = (NON_LORA_FILE, CONFIG_FILE, TRAINER_STATE_NAME)
 _CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
@@ -305,6 +307,7 @@ class EgoExorTrainer(Trainer):
                 for file in sorted(staged.iterdir()):
                     with atomic.atomic_output(staged.parents[1] / file.name) as temporary:
                         os.replace(file, temporary)
+                remove_earlier_run(staged.parents[1])
         finally:  # a stop signal included: no staging folder left behind
             if self.args.should_save:
                 shutil.rmtree(staged.parent, ignore_errors=True)
@@ -348,13 +351,24 @@ def remove_checkpoint(checkpoint: Path) -> None:
 def prepare_output_dir(output: Path, overwrite: bool) -> None:
     """Run by the writing rank as training starts, before any rank writes. Removes what killed saves left
     (the staging folder; a checkpoint killed while being renamed into place, i.e. ``atomic``'s temporary of
-    a dead process) and, with ``--overwrite_output_dir``, the earlier run's checkpoints, so that a later
-    resume never picks one of them; a warning names what went."""
+    a dead process); a warning names what went.
+
+    With ``--overwrite_output_dir`` the earlier run's checkpoints move into :data:`EARLIER_RUN`, out of a
+    resume's sight, and are removed only once this run has saved its model (:func:`remove_earlier_run`): a
+    stopped run leaves them there. Where that folder exists already (an overwriting run was stopped), it keeps
+    the complete run's checkpoints and the stopped run's own are removed."""
     earlier = checkpoint_folders(output) if overwrite else []
-    for folder in earlier:
-        remove_checkpoint(folder)
-    if earlier:
-        cli.warn(COMMAND, f"--overwrite_output_dir: removed the earlier run's {', '.join(f.name for f in earlier)}")
+    names = ", ".join(folder.name for folder in earlier)
+    aside = output / EARLIER_RUN
+    if earlier and aside.is_dir():
+        for folder in earlier:
+            remove_checkpoint(folder)
+        cli.warn(COMMAND, f"--overwrite_output_dir: removed {names} of a stopped run ({aside} keeps the earlier run's)")
+    elif earlier:
+        aside.mkdir()
+        for folder in earlier:
+            folder.rename(aside / folder.name)
+        cli.warn(COMMAND, f"--overwrite_output_dir: the earlier run's {names} moved to {aside} until this run is saved")
     left = []
     for name in sorted({entry.name.split(".")[1] for entry in output.glob(f".{PREFIX_CHECKPOINT_DIR}-*.tmp")}):
         left += atomic.remove_stale_temporaries(output / name)
@@ -363,6 +377,12 @@ def prepare_output_dir(output: Path, overwrite: bool) -> None:
         shutil.rmtree(output / STAGING)
     if left:
         cli.warn(COMMAND, f"removed what interrupted saves left: {', '.join(map(str, left))}")
+
+
+def remove_earlier_run(output: Path) -> None:
+    """The run has saved its model: the checkpoints ``--overwrite_output_dir`` kept aside go."""
+    if (output / EARLIER_RUN).is_dir():
+        shutil.rmtree(output / EARLIER_RUN)
 
 
 def resume_checkpoint(args) -> str | None:
@@ -439,7 +459,7 @@ def check_output_dir(setup: TrainSetup, resume: str | None) -> None:
     if overwrite and continues:
         raise cli.CommandError(f"--overwrite_output_dir would remove the checkpoint to resume from ({resume})")
     earlier = [folder.name for folder in checkpoint_folders(output)]
-    earlier += [NON_LORA_FILE] if (output / NON_LORA_FILE).is_file() else []
+    earlier += [name for name in (NON_LORA_FILE, EARLIER_RUN) if (output / name).exists()]
     if earlier and not (overwrite or continues):
         raise cli.CommandError(
             f"--output_dir {output}: holds an earlier run ({', '.join(earlier)}); pass --resume_from_checkpoint "

@@ -13,6 +13,7 @@ from egoexor.config import ConfigError, parse_train_args
 from egoexor.model.build import NON_LORA_FILE
 from egoexor.model.egoexor_llava import next_token_loss
 from egoexor.train import (
+    EARLIER_RUN,
     build_training,
     length_grouped_indices,
     main,
@@ -215,9 +216,16 @@ def test_resume_gives_the_same_weights_as_training_straight(tiny_train_files, tm
     assert straight.keys() == resumed.keys()
     for name in straight:
         assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
-    # and the run did move the weights, so the comparison means something
-    fresh, _ = _train([*common, "--output_dir", str(tmp_path / "c"), "--max_steps", "2"])
+    # and the run did move the weights, so the comparison means something; it replaces the first run, whose
+    # checkpoints --overwrite_output_dir keeps aside until this one has saved its model
+    fresh, trainer = _train(
+        [*common, "--output_dir", str(tmp_path / "a"), "--max_steps", "2", "--overwrite_output_dir"]
+    )
     assert any(not torch.allclose(straight[n], fresh[n]) for n in straight)
+    assert sorted(p.name for p in (tmp_path / "a").glob("*checkpoint*")) == ["checkpoint-2"]
+    assert sorted(p.name for p in (tmp_path / "a" / EARLIER_RUN).iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    trainer.save_final_model()
+    assert not (tmp_path / "a" / EARLIER_RUN).exists() and (tmp_path / "a" / NON_LORA_FILE).is_file()
 
 
 @pytest.fixture(scope="module")

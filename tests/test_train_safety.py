@@ -454,9 +454,25 @@ def test_a_new_run_removes_what_interrupted_saves_left_and_overwrite_removes_che
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-2", "notes.txt"]
     err = capsys.readouterr().err
     assert f"{STAGING}/checkpoint-3" in err and unpublished.name in err
+    train.prepare_output_dir(tmp_path, overwrite=True)  # the earlier run's checkpoints: aside, out of resume's sight
+    aside = tmp_path / train.EARLIER_RUN
+    assert sorted(p.name for p in tmp_path.iterdir()) == [train.EARLIER_RUN, "notes.txt"]
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert f"the earlier run's checkpoint-1, checkpoint-2 moved to {aside}" in capsys.readouterr().err
+    _checkpoint("checkpoint-5")(Env(tmp_path, tmp_path))  # this run is stopped after one checkpoint, and rerun
     train.prepare_output_dir(tmp_path, overwrite=True)
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [train.EARLIER_RUN, "notes.txt"]
+    assert "removed checkpoint-5 of a stopped run" in capsys.readouterr().err
+    train.remove_earlier_run(tmp_path)  # the run saved its model
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
-    assert "--overwrite_output_dir: removed the earlier run's checkpoint-1, checkpoint-2" in capsys.readouterr().err
+
+
+def test_a_folder_with_an_earlier_run_kept_aside_is_refused_without_overwrite_or_resume(tmp_path):
+    _checkpoint("run", train.EARLIER_RUN, "checkpoint-1")(Env(tmp_path, tmp_path))
+    setup = parse_train_args(["--config", TINY, "--output_dir", str(tmp_path / "run")])
+    with pytest.raises(train.cli.CommandError, match=f"holds an earlier run \\({train.EARLIER_RUN}\\)"):
+        train.check_output_dir(setup, None)
 
 
 # --- Real processes: kill -9 in the middle of a checkpoint save, and two ranks under torchrun. ------------------
