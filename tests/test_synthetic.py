@@ -359,7 +359,7 @@ def test_history_annotations_hold_the_scalpel_from_pick_up_to_put_down(history_d
             for frame, state in enumerate(states):
                 triplets = triplets_from_annotation(take[f"annotations/frame_{frame}/rel_annotations"][()])
                 visible = Triplet(VISIBLE.subject, VISIBLE.object, VISIBLE.predicates[levels[frame]])
-                held = state in (synthetic.PICKED_UP, synthetic.HELD_OUT_OF_VIEW)
+                held = state in synthetic.HOLDING
                 assert triplets == ([visible, synthetic.HELD] if held else [visible])
         spells = np.flatnonzero(np.isin(states, (synthetic.PICKED_UP, synthetic.PUT_DOWN)))
         assert len(spells) >= 2 and states[spells[0]] == synthetic.PICKED_UP
@@ -402,4 +402,4 @@ def test_history_memory_tells_whether_the_scalpel_is_held(history_dataset):
         for frame in range(1, len(states)):
             entries = [entry for _, section in memory.memory_sections(log, frame, "short") for entry in section]
             last = next((entry for entry in reversed(entries) if entry.endswith("holding")), None)
-            assert (last == held_entry) == (states[frame - 1] in (synthetic.PICKED_UP, synthetic.HELD_OUT_OF_VIEW))
+            assert (last == held_entry) == (states[frame - 1] in synthetic.HOLDING)

@@ -402,6 +402,8 @@ VISIBLE = Part("exo_frames", "assistant", "patient", ("touching", "disinfection"
 HELD = Triplet("head_surgeon", "scalpel", "holding")
 #: Per-frame states of the held instrument: not held, picked up (shown), held out of view, put down (shown).
 NOT_HELD, PICKED_UP, HELD_OUT_OF_VIEW, PUT_DOWN = range(4)
+#: The states in which the frame's graph holds :data:`HELD`.
+HOLDING = (PICKED_UP, HELD_OUT_OF_VIEW)
 #: Frames of one held or not-held spell (inclusive range): long beside the gap between held-out frames
 #: (a split takes about one frame in seven), so the memory of the last one mostly still holds.
 EPISODE_FRAMES = (30, 60)
@@ -451,7 +453,7 @@ class _HistorySignal:
 
     def triplets(self, frame: int) -> list[Triplet]:
         visible = Triplet(VISIBLE.subject, VISIBLE.object, VISIBLE.predicates[self.levels[frame]])
-        return [visible, HELD] if self.states[frame] in (PICKED_UP, HELD_OUT_OF_VIEW) else [visible]
+        return [visible, HELD] if self.states[frame] in HOLDING else [visible]
 
     def image(self, frame: int, source: str, background: np.ndarray) -> np.ndarray:
         img = (1 - self.weight) * background + self.weight * _ROOM_TINTS[self.levels[frame]]
