@@ -112,7 +112,11 @@ def table(result: dict) -> str:
 
 
 def _parser() -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(prog=f"python -m {COMMAND}", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(
+        prog=f"python -m {COMMAND}",
+        description="Train the tiny model on the history synthetic profile and score the held-out split without "
+        "memory and with the ground truth's (infer --temporal oracle), side by side.",
+    )
     parser.add_argument(
         "--out",
         type=Path,
