@@ -3,12 +3,13 @@
 The ``history`` synthetic profile (:mod:`egoexor.data.synthetic`: a scalpel held out of view between the frame
 it is picked up and the frame it is put down) -> ``egoexor-merge-h5`` -> samples (train with memory in
 MM-OR's mix, ``make_samples --temporal aug``, half of them without; test without) -> the tiny model trained
-on the CPU (``configs/tiny.yaml``) -> ``egoexor.infer`` on the test split twice, without memory and with the
-ground truth's (``--temporal oracle``) -> one table, the two runs side by side: the held scalpel's accuracy on
-the frames where it follows from earlier frames alone (:func:`egoexor.data.synthetic.held_accuracy`), the
-evaluation's macro F1 and triplet F1 over every relation, and two bounds of the held accuracy: the majority
-class (the best a model without memory can expect, the frame's inputs telling nothing) and the previous test
-frame's state (what the oracle memory's last change says, the best a model with it can expect).
+on the CPU (``configs/tiny.yaml``) -> ``egoexor.infer`` on the test split three times, without memory, with the
+ground truth's (``--temporal oracle``) and with the model's own earlier answers (``--temporal online``) -> one
+table, the runs side by side: the held scalpel's accuracy on the frames where it follows from earlier frames
+alone (:func:`egoexor.data.synthetic.held_accuracy`), the evaluation's macro F1 and triplet F1 over every
+relation, and two bounds of the held accuracy: the majority class (the best a model without memory can
+expect, the frame's inputs telling nothing) and the previous test frame's state (what the oracle memory's
+last change says, the best a model with it can expect).
 
 ``--out`` (default ``outputs/memory_benchmark``) follows the overwrite rule of :mod:`egoexor.cli` and appears
 only when every stage is done, as the demo's. About two to three minutes on 2 CPU cores.
@@ -28,7 +29,7 @@ from egoexor import cli
 COMMAND = "egoexor.memory_benchmark"
 #: Epochs of the tiny model: the oracle run reaches the memory's bound at 10 (at 6 it does not).
 EPOCHS = 10
-MODES = ("none", "oracle")
+MODES = ("none", "oracle", "online")
 
 
 def _bounds(dataset, samples) -> tuple[float, float]:
@@ -94,7 +95,7 @@ def run(out: Path, seed: int = 0, epochs: int = EPOCHS, overwrite: bool = False)
 
 
 def table(result: dict) -> str:
-    """The two runs side by side, as Markdown."""
+    """The runs side by side, as Markdown."""
     rows = [
         "| memory | held scalpel, history-dependent frames | macro F1 (gt) | triplet F1 |",
         "|---|---|---|---|",
@@ -115,7 +116,7 @@ def _parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(
         prog=f"python -m {COMMAND}",
         description="Train the tiny model on the history synthetic profile and score the held-out split without "
-        "memory and with the ground truth's (infer --temporal oracle), side by side.",
+        "memory, with the ground truth's (infer --temporal oracle) and with its own (--temporal online), side by side.",
     )
     parser.add_argument(
         "--out",
