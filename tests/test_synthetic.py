@@ -1,5 +1,6 @@
 """The synthetic generator writes the released layout, its quirks, and a learnable signal (``templates``: every
-modality shows the frame's scene graph; ``parts``: each modality shows its own part of it)."""
+modality shows the frame's scene graph; ``parts``: each modality shows its own part of it; ``history``: a held
+scalpel that only earlier frames reveal)."""
 
 import random
 import warnings
@@ -8,12 +9,12 @@ import h5py
 import numpy as np
 import pytest
 
-from egoexor import vocab
-from egoexor.data import layout
+from egoexor import memory, vocab
+from egoexor.data import layout, synthetic
 from egoexor.data.layout import TakeKey
 from egoexor.data.make_samples import make_samples
 from egoexor.data.merge_h5 import merge_files
-from egoexor.data.synthetic import PARTS, generate, main
+from egoexor.data.synthetic import PARTS, VISIBLE, generate, main
 from egoexor.scene_graph import Triplet, parse, triplets_from_annotation
 
 MISS_FULL = TakeKey("MISS", 1, 1)
@@ -343,3 +344,62 @@ def test_parts_samples_see_exactly_the_modalities_of_their_parts(parts_dataset, 
     for sample in samples:
         shown = {PART_SAMPLE_MODALITY[by_pair[t.subject, t.object]] for t in parse(sample.answer, "robust")}
         assert shown == sample.modalities - {"eye_gaze_depth"}, sample.id
+
+
+@pytest.fixture(scope="module")
+def history_dataset(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("history"), "history", seed=0)
+
+
+def test_history_annotations_hold_the_scalpel_from_pick_up_to_put_down(history_dataset):
+    for key, states in history_dataset.held_states.items():
+        levels = history_dataset.visible_levels[key]
+        h5, take = open_take(history_dataset, key)
+        with h5:
+            for frame, state in enumerate(states):
+                triplets = triplets_from_annotation(take[f"annotations/frame_{frame}/rel_annotations"][()])
+                visible = Triplet(VISIBLE.subject, VISIBLE.object, VISIBLE.predicates[levels[frame]])
+                held = state in synthetic.HOLDING
+                assert triplets == ([visible, synthetic.HELD] if held else [visible])
+        spells = np.flatnonzero(np.isin(states, (synthetic.PICKED_UP, synthetic.PUT_DOWN)))
+        assert len(spells) >= 2 and states[spells[0]] == synthetic.PICKED_UP
+        lengths = np.diff(spells)
+        assert lengths.min() >= synthetic.EPISODE_FRAMES[0] and lengths.max() <= synthetic.EPISODE_FRAMES[1]
+
+
+def test_history_images_show_the_scalpel_only_when_it_is_picked_up_or_put_down(history_dataset):
+    """Frames between the cues look alike whether the scalpel is held or not: only history tells them apart."""
+    for key, states in history_dataset.held_states.items():
+        levels = history_dataset.visible_levels[key]
+        h5, take = open_take(history_dataset, key)
+        with h5:
+            rgb = take[layout.RGB][()].astype(np.float32)  # [F, C, H, W, 3]
+        spot = rgb[:, :, 4:10, 5:11].mean(axis=(1, 2, 3, 4))  # the pick-up square (0.25, 0.3) of 32x24 frames
+        assert spot[states == synthetic.PICKED_UP].min() > 240
+        assert spot[states != synthetic.PICKED_UP].max() < 200
+        for level in range(len(VISIBLE.predicates)):
+            held = rgb[(states == synthetic.HELD_OUT_OF_VIEW) & (levels == level)].mean(axis=0)
+            free = rgb[(states == synthetic.NOT_HELD) & (levels == level)].mean(axis=0)
+            assert np.abs(held - free).mean() < 1.0  # noise only (sigma 4, averaged over a dozen frames or more)
+
+
+def test_history_memory_tells_whether_the_scalpel_is_held(history_dataset):
+    """In the ground truth's change log the last change of the held pair before a frame is the state of the frame
+    before: memory knows what the frame's own inputs do not."""
+    held_entry = ",".join(vocab.answer_form(name) for name in synthetic.HELD[:2]) + ",holding"
+    for key, states in history_dataset.held_states.items():
+        h5, take = open_take(history_dataset, key)
+        with h5:
+            graphs = [
+                (frame, triplets_from_annotation(take[f"annotations/frame_{frame}/rel_annotations"][()]))
+                for frame in range(len(states))
+            ]
+        log = memory.change_log(
+            [(frame, [tuple(vocab.answer_form(name) for name in t) for t in graph]) for frame, graph in graphs],
+            random.Random(0),
+        )
+        assert len(log) == 1 + np.isin(states, (synthetic.PICKED_UP, synthetic.PUT_DOWN)).sum()  # visible pair once
+        for frame in range(1, len(states)):
+            entries = [entry for _, section in memory.memory_sections(log, frame, "short") for entry in section]
+            last = next((entry for entry in reversed(entries) if entry.endswith("holding")), None)
+            assert (last == held_entry) == (states[frame - 1] in synthetic.HOLDING)

@@ -12,7 +12,7 @@ groups, dtypes, attributes, gzip + per-frame chunking, raw camelCase/typo spelli
   and NaN gaze, NaN/+inf/>1 m gaze depth, partly-NaN and all-NaN hand rows;
 * the ultrasound screen in the middle of the camera axis; source names stored as bytes.
 
-Two learnable signals:
+Three learnable signals:
 
 ``templates`` (profiles ``tiny``, ``realistic``): every frame shows one of K template scene graphs. The
 template tints every camera (a per-template colour) and places a bright square at a per-template spot;
@@ -34,7 +34,15 @@ six triplets. Gaze rows belong to devices without a calibration offset in the re
 so ``gaze_fixation`` moves nothing; frames are 32x32 pixels, so gaze and hands are read with
 ``gaze_scale``/``hand_scale`` 32.
 
-``python -m egoexor.data.synthetic --out DIR --profile tiny|realistic|parts --seed S [--overwrite]``
+``history`` (profile ``history``, scene-graph memory's test bed, :mod:`egoexor.memory`): every graph holds the
+:data:`VISIBLE` part, a fixed pair whose predicate is drawn per frame and shows in every input, and, in held
+spells, :data:`HELD` (the head surgeon holding the scalpel). Held and not-held spells alternate, each of
+:data:`EPISODE_FRAMES` frames. Only the frame the scalpel is picked up shows it (a bright square in every
+camera) and only the frame it is put down shows that (a dark square elsewhere); in every other frame
+whether it is held follows from the earlier frames alone (:func:`history_dependent`): a model without
+memory can only guess it, one with the take's change log can read it off the last change of that pair.
+
+``python -m egoexor.data.synthetic --out DIR --profile tiny|realistic|parts|history --seed S [--overwrite]``
 
 Existing files of the same names in ``DIR`` (a download folder's ``miss_1.h5``, say) are refused
 unless ``--overwrite``, before anything is written; each file is written atomically.
@@ -44,7 +52,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -57,7 +65,8 @@ from egoexor import cli, vocab
 from egoexor.atomic import atomic_output
 from egoexor.data import layout
 from egoexor.data.layout import TakeKey
-from egoexor.scene_graph import Triplet
+from egoexor.data.samples import Sample
+from egoexor.scene_graph import Triplet, parse
 
 #: Canonical name -> raw spellings found in the released files (the first is the usual one).
 _RAW_SPELLINGS: dict[str, tuple[str, ...]] = {
@@ -112,8 +121,9 @@ class Profile:
     #: Share of the template (or part) colour in every pixel (the rest is the camera's own background).
     template_weight: float = 0.5
     #: ``templates``: every modality shows the frame's template; ``parts``: each modality shows its own
-    #: part of the scene graph (:data:`PARTS`).
-    signal: Literal["templates", "parts"] = "templates"
+    #: part of the scene graph (:data:`PARTS`); ``history``: a visible part and a held instrument that
+    #: shows only in the frames it is picked up and put down (:data:`HELD`).
+    signal: Literal["templates", "parts", "history"] = "templates"
     #: Samples from one frame's audio snippet to the next; None: ``snippet_samples // FPS``, overlapping 1-s
     #: snippets as released (a snippet then holds the sound of the next 15 frames, not of its own alone).
     snippet_hop: int | None = None
@@ -275,7 +285,38 @@ def _parts() -> Profile:
     )
 
 
-PROFILES = {"tiny": _tiny, "realistic": _realistic, "parts": _parts}
+def _history() -> Profile:
+    """Two takes of 200 small frames whose graphs are the visible part and the held instrument (:data:`HELD`)."""
+    size = {"height": 24, "width": 32}
+    return Profile(
+        name="history",
+        takes=(
+            TakeSpec(
+                TakeKey("MISS", 1, 1),
+                ("head_surgeon", "assistant", "or_light", "external_1"),
+                n_frames=200,
+                **size,
+                gaze_sources=("head_surgeon", "assistant"),
+                n_points=32,
+            ),
+            TakeSpec(
+                TakeKey("MISS", 2, 1),
+                ("head_surgeon", "circulator", "microscope", "external_1"),
+                n_frames=200,
+                **size,
+                gaze_sources=("circulator", "head_surgeon"),
+                n_points=32,
+            ),
+        ),
+        snippet_samples=480,
+        n_templates=0,
+        noise_sigma=4.0,
+        template_weight=0.7,
+        signal="history",
+    )
+
+
+PROFILES = {"tiny": _tiny, "realistic": _realistic, "parts": _parts, "history": _history}
 
 
 @dataclass(frozen=True)
@@ -352,6 +393,80 @@ class _PartsSignal:
         return (1 - self.weight) * background + self.weight * colour
 
 
+#: The ``history`` profile's visible part: a fixed pair whose predicate (one of three, drawn per frame) tints
+#: every camera and sets the gaze and hand spots, the tone and the point cloud's cluster. Its pair never
+#: changes, so it adds nothing to a take's change log after the first frame (:mod:`egoexor.memory`).
+VISIBLE = Part("exo_frames", "assistant", "patient", ("touching", "disinfection", "dressing"))
+#: The ``history`` profile's held instrument: in the graph from the frame it is picked up (which shows it)
+#: to the frame before it is put down (which shows that); the frames between show nothing of it.
+HELD = Triplet("head_surgeon", "scalpel", "holding")
+#: Per-frame states of the held instrument: not held, picked up (shown), held out of view, put down (shown).
+NOT_HELD, PICKED_UP, HELD_OUT_OF_VIEW, PUT_DOWN = range(4)
+#: The states in which the frame's graph holds :data:`HELD`.
+HOLDING = (PICKED_UP, HELD_OUT_OF_VIEW)
+#: Frames of one held or not-held spell (inclusive range): long beside the gap between held-out frames
+#: (a split takes about one frame in seven), so the memory of the last one mostly still holds.
+EPISODE_FRAMES = (30, 60)
+_PICK_UP_SPOT, _PUT_DOWN_SPOT = (0.25, 0.3), (0.75, 0.7)
+
+
+def held_states(rng: np.random.Generator, n_frames: int) -> np.ndarray:
+    """Alternating not-held and held spells of :data:`EPISODE_FRAMES` frames, starting not held."""
+    states = np.full(n_frames, NOT_HELD, np.int8)
+    frame, held = int(rng.integers(EPISODE_FRAMES[0], EPISODE_FRAMES[1] + 1)), True
+    while frame < n_frames:
+        length = int(rng.integers(EPISODE_FRAMES[0], EPISODE_FRAMES[1] + 1))
+        if held:
+            states[frame], states[frame + 1 : frame + length] = PICKED_UP, HELD_OUT_OF_VIEW
+        else:
+            states[frame] = PUT_DOWN
+        frame, held = frame + length, not held
+    return states
+
+
+def history_dependent(state: int) -> bool:
+    """Whether a frame's :data:`HELD` relation (present or absent) follows from earlier frames only."""
+    return state in (NOT_HELD, HELD_OUT_OF_VIEW)
+
+
+def held_accuracy(dataset: SyntheticDataset, samples: Iterable[Sample], texts: Mapping[str, str]) -> tuple[int, int]:
+    """How many of the samples whose frame's :data:`HELD` relation is :func:`history_dependent` have it right
+    (present or absent) in their generated text (``texts`` by sample id), and how many such samples there are."""
+    right = total = 0
+    for sample in samples:
+        state = dataset.held_states[sample.take][sample.frame]
+        if history_dependent(state):
+            total += 1
+            right += (HELD in parse(texts[sample.id])) == (state == HELD_OUT_OF_VIEW)
+    return right, total
+
+
+class _HistorySignal:
+    """The ``history`` signal: the visible part shows in every input, the held instrument only when it is
+    picked up (a bright square in every camera) or put down (a dark square elsewhere)."""
+
+    def __init__(self, profile: Profile, levels: np.ndarray, states: np.ndarray) -> None:
+        self.weight, self.levels, self.states = profile.template_weight, levels, states
+        self.gaze_spots, self.hand_spots = _GAZE_SPOTS[levels], _HAND_SPOTS[levels]
+        self.tones = _TONES[levels]
+        self.cloud_centres, self.cloud_colours = _CLOUD_CENTRES[levels], None
+
+    def triplets(self, frame: int) -> list[Triplet]:
+        visible = Triplet(VISIBLE.subject, VISIBLE.object, VISIBLE.predicates[self.levels[frame]])
+        return [visible, HELD] if self.states[frame] in HOLDING else [visible]
+
+    def image(self, frame: int, source: str, background: np.ndarray) -> np.ndarray:
+        img = (1 - self.weight) * background + self.weight * _ROOM_TINTS[self.levels[frame]]
+        state = self.states[frame]
+        if state in (PICKED_UP, PUT_DOWN):
+            height, width = img.shape[:2]
+            side = max(2, min(height, width) // 4)
+            u, v = _PICK_UP_SPOT if state == PICKED_UP else _PUT_DOWN_SPOT
+            y0, x0 = int(v * height) - side // 2, int(u * width) - side // 2
+            img[y0 : y0 + side, x0 : x0 + side] = 255.0 if state == PICKED_UP else 0.0
+        return img
+
+
 @dataclass
 class SyntheticDataset:
     """What :func:`generate` wrote, with the ground truth the tests check against."""
@@ -367,6 +482,9 @@ class SyntheticDataset:
     hotspots: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     #: ``parts`` profile: the level of every part (columns in :data:`PARTS` order) of every frame of every take.
     part_levels: dict[TakeKey, np.ndarray] = field(default_factory=dict)
+    #: ``history`` profile: the :data:`VISIBLE` level and the :data:`HELD` state of every frame of every take.
+    visible_levels: dict[TakeKey, np.ndarray] = field(default_factory=dict)
+    held_states: dict[TakeKey, np.ndarray] = field(default_factory=dict)
 
 
 def make_templates(rng: np.random.Generator, n_templates: int, sizes: tuple[int, int]) -> list[list[Triplet]]:
@@ -628,7 +746,11 @@ def generate(
     hotspots = rng.uniform(0.2, 0.8, (profile.n_templates, 2)).astype(np.float32)
     dataset = SyntheticDataset(directory, [], directory / _SPLITS_FILE, profile, templates, hotspots=hotspots)
 
-    def signal(spec: TakeSpec) -> _TemplateSignal | _PartsSignal:
+    def signal(spec: TakeSpec) -> _TemplateSignal | _PartsSignal | _HistorySignal:
+        if profile.signal == "history":
+            dataset.visible_levels[spec.key] = rng.integers(0, _LEVELS, spec.n_frames)
+            dataset.held_states[spec.key] = held_states(rng, spec.n_frames)
+            return _HistorySignal(profile, dataset.visible_levels[spec.key], dataset.held_states[spec.key])
         if profile.signal == "parts":
             dataset.part_levels[spec.key] = rng.integers(0, _LEVELS, (spec.n_frames, len(PARTS)))
             return _PartsSignal(profile, spec, dataset.part_levels[spec.key])
@@ -661,7 +783,8 @@ def _parser() -> cli.ArgumentParser:
         choices=sorted(PROFILES),
         default="tiny",
         help="tiny: small images, seconds; realistic: 336x336 cameras, 48 kHz audio, 8192-point clouds, ~1 GB; "
-        "parts: each input alone sets one triplet (the modality benchmark of egoexor.ablate)",
+        "parts: each input alone sets one triplet (the modality benchmark of egoexor.ablate); "
+        "history: an instrument held out of view, known only from earlier frames (the memory benchmark)",
     )
     parser.add_argument(
         "--seed", type=cli.int_flag(0), default=0, help="random seed; the same seed writes the same data"
