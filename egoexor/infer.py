@@ -71,7 +71,7 @@ from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from egoexor import atomic, cli, evaluate, metrics, scene_graph
+from egoexor import atomic, cli, cpus, evaluate, metrics, scene_graph
 from egoexor.atomic import write_json
 from egoexor.config import DROPPABLE_MODALITIES, ConfigError, DataConfig, ModelConfig, read_checkpoint_config
 from egoexor.convert_reference import (
@@ -386,7 +386,11 @@ def add_generation_flags(parser: cli.ArgumentParser) -> None:
         help="LLM weights at inference (reference: 16, bf16, although trained on 4-bit)",
     )
     parser.add_argument(
-        "--num_workers", type=cli.int_flag(0), default=4, help="data loading processes (0: in the main one)"
+        "--num_workers",
+        type=cli.int_flag(0),
+        default=cpus.default_workers(),
+        help="data loading processes (0: in the main one; default: the CPUs this process may use less one, at "
+        "most 4: %(default)s here)",
     )
     parser.add_argument(
         "--audio_cache",
@@ -470,7 +474,7 @@ def infer(
     bits: int = 16,
     overrides: Mapping[str, Any] | None = None,
     audio_cache: str | os.PathLike | None = None,
-    num_workers: int = 4,
+    num_workers: int | None = None,
     temporal: TemporalMode = "none",
     memory_style: MemoryStyle = "longshort",
     overwrite: bool = False,
@@ -479,7 +483,9 @@ def infer(
 
     ``overrides``: :class:`DataConfig` fields that replace the checkpoint's (:data:`DATA_OVERRIDES` has flags).
     Under torchrun every process calls it for its share of the samples. User mistakes raise
-    :class:`cli.CommandError` or one of :data:`ERRORS`, before the model is loaded."""
+    :class:`cli.CommandError` or one of :data:`ERRORS`, before the model is loaded. ``num_workers`` None:
+    :func:`egoexor.cpus.default_workers`."""
+    num_workers = cpus.default_workers() if num_workers is None else num_workers
     _check_settings(protocol, batch_size, max_new_tokens, num_workers, overrides or {}, temporal, memory_style)
     checkpoint, hdf5, out = Path(checkpoint), Path(hdf5), Path(out)
     audio_cache = None if audio_cache is None else Path(audio_cache)

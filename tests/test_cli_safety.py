@@ -280,12 +280,6 @@ CASES = [
         lambda e: samples(e, hdf5=str(e.inp / "misspelt.h5")),
         "row 0: 'patiant' is not in metadata/vocabulary/entity",
     ),
-    Case(
-        "split row names a missing take",
-        "samples",
-        lambda e: samples(e, hdf5=str(e.inp / "dangling.h5")),
-        "data/MISS/9/take/1",
-    ),
     Case("unknown split", "samples", lambda e: samples(e, "--split", "val"), "invalid choice: 'val'"),
     Case("zero permutations", "samples", lambda e: samples(e, "--n-permutations", "0"), "--n-permutations"),
     Case(
@@ -954,6 +948,18 @@ def test_takes_without_rgb_are_named_by_merge_and_make_samples(env, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("egoexor.data.make_samples: warning: ")
     assert "samples have no images: take(s) without frames/rgb: data/MISS/2/take/1" in err[0]
+
+
+def test_split_rows_naming_a_missing_take_are_a_warning_in_merge_and_make_samples(env, capsys):
+    """merge keeps them with a warning (an error with --strict, above); make_samples then leaves them out with a
+    warning too, instead of refusing the file merge wrote."""
+    assert make_samples.main(samples(env, hdf5=str(env.inp / "dangling.h5"))) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "egoexor.data.make_samples: warning: split rows name take(s) not in the file, left out: data/MISS/9/take/1 (1)"
+    ]
+    written = json.loads(next(env.out.glob("test_*.json")).read_text())
+    assert written and not any(record["id"].startswith("MISS_9_1_") for record in written)
 
 
 def test_evaluate_counts_unparsable_predictions_and_unknown_names(env, capsys):

@@ -265,3 +265,39 @@ def test_cli_error_on_file_without_splits(tiny_dataset, tmp_path, capsys):
 def test_cli_error_on_unloadable_tokenizer(merged_file, tmp_path, capsys):
     assert main(["--hdf5", str(merged_file), "--out", str(tmp_path), "--tokenizer", str(tmp_path / "nope")]) == 2
     assert "--no-token-freqs" in capsys.readouterr().err
+
+
+def test_a_merge_of_some_procedures_warns_in_both_commands_and_the_python_api(tiny_dataset, tmp_path, capsys):
+    """splits.h5 names every take; a merge of some procedures keeps those rows with a warning, and make_samples
+    leaves them out with a warning too (it used to stop with a LayoutError traceback from Python): the command
+    and the Python API agree, the summary lists what the command prints."""
+    from egoexor.data.merge_h5 import merge_files
+
+    kept = [path for path in tiny_dataset.files if path.name != "miss_2.h5"]
+    merged = merge_files(kept, tiny_dataset.splits_file, tmp_path / "some.h5")
+    assert any("point at a take or frame not in the merged data" in w for w in merged.warnings())
+    summary = write_samples(tmp_path / "some.h5", "train", tmp_path / "api", tokenizer=None)
+    assert list(summary.rows_without_take) == ["data/MISS/2/take/1"]
+    assert summary.warnings() == [
+        f"split rows name take(s) not in the file, left out: data/MISS/2/take/1 "
+        f"({summary.rows_without_take['data/MISS/2/take/1']})"
+    ]
+    assert summary.samples and all(s.take != TakeKey("MISS", 2, 1) for s in summary.samples)
+    with h5py.File(tiny_dataset.splits_file, "r") as splits:
+        named = sum(tuple(r)[:3] == (b"MISS", 2, 1) for r in splits["splits/train"][()])
+    assert summary.rows_without_take["data/MISS/2/take/1"] == named > 0
+
+    argv = ["--hdf5", str(tmp_path / "some.h5"), "--split", "train", "--out", str(tmp_path / "cli"), "--no-token-freqs"]
+    assert main(argv) == 0
+    assert capsys.readouterr().err.strip() == f"egoexor.data.make_samples: warning: {summary.warnings()[0]}"
+    assert (tmp_path / "cli" / summary.samples_file.name).read_bytes() == summary.samples_file.read_bytes()
+
+
+def test_layout_errors_are_command_errors(tmp_path):
+    """The Python API raises what the commands print as one line: a wrong layout is a CommandError."""
+    from egoexor import cli
+
+    path = tmp_path / "empty.h5"
+    h5py.File(path, "w").close()
+    with pytest.raises(cli.CommandError, match="empty.h5"):
+        write_samples(path, "train", tmp_path / "out", tokenizer=None)

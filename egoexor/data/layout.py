@@ -87,8 +87,9 @@ AUDIO_SAMPLE_RATE = 48_000
 FPS = 15
 
 
-class LayoutError(ValueError):
-    """A file does not have the EgoExOR layout; the message names the file and the field."""
+class LayoutError(cli.CommandError):
+    """A file does not have the EgoExOR layout; the message names the file and the field. A user mistake, so
+    a :class:`cli.CommandError`: the Python API raises what the commands print as one line."""
 
 
 @dataclass(frozen=True, order=True)

@@ -21,7 +21,8 @@ augmentation does). The samples are otherwise those without ``--temporal``.
 
 The command follows :mod:`egoexor.cli`: existing output files need ``--overwrite``, an output that is
 the HDF5 file is always refused, a split that yields no sample is an error, and takes without
-``frames/rgb`` (samples with no images) are named in a warning.
+``frames/rgb`` (samples with no images) and split rows naming a take the file lacks (left out, as after a
+merge of some of the procedures) are named in warnings.
 
 The Python API: :func:`write_samples` is the command (its flags are its parameters); :func:`make_samples`
 makes the samples of a split in memory.
@@ -113,7 +114,9 @@ def make_samples(
     modality_dropout_prob: float = 0.0,
     reduce_ratio: int = 1,
 ) -> tuple[list[Sample], list[str]]:
-    """Samples of one split in generation order, and the frames skipped for lack of annotations.
+    """Samples of one split in generation order, and the frames skipped for lack of annotations. Rows naming a
+    take the file lacks are left out: a merge of some of the procedures keeps every split row and warns about
+    them, and so does :func:`write_samples` (:func:`rows_without_take`).
 
     ``rng`` must be ``random.Random(seed)``; the reference then counts tokens in this order and
     shuffles the list with the same RNG (:func:`write_samples` does both).
@@ -126,7 +129,7 @@ def make_samples(
     names = layout.vocabulary(h5)
     for key, frame in _split_frames(h5, split, rng, reduce_ratio):
         if key.path not in h5:
-            raise LayoutError(f"{h5.filename}: splits/{split} names {key.path}, which the file does not have")
+            continue
         take = h5[key.path]
         sources = sources_cache.setdefault(key, layout.take_sources(take))
         modalities = _available_modalities(take, sources, rng, modality_dropout_prob)
@@ -150,6 +153,13 @@ def _split_frames(h5: h5py.File, split: str, rng: random.Random, reduce_ratio: i
     keys = [TakeKey(str(r["surgery_type"]), int(r["procedure_id"]), int(r["take_id"])) for r in rows]
     frames = list(zip(keys, (int(r["frame_id"]) for r in rows), strict=True))
     return frames if split == "train" else rng.sample(frames, len(frames) // reduce_ratio)
+
+
+def rows_without_take(h5: h5py.File, split: str) -> dict[str, int]:
+    """The split's rows per take the file lacks (what a merge of some of the procedures keeps)."""
+    rows = layout.read_split(h5, split)
+    paths = Counter(TakeKey(str(r["surgery_type"]), int(r["procedure_id"]), int(r["take_id"])).path for r in rows)
+    return {path: n for path, n in sorted(paths.items()) if path not in h5}
 
 
 def with_memory(samples: Sequence[Sample], temporal: Temporal, drop_history: float, rng: random.Random) -> list[Sample]:
@@ -248,7 +258,8 @@ def _tokenizer(name: str):
 @dataclass
 class SamplesSummary:
     """What :func:`write_samples` wrote: the samples in the written order, the frames skipped for lack of
-    annotations, the token counts (None without a tokenizer), and the takes without ``frames/rgb``."""
+    annotations, the token counts (None without a tokenizer), the takes without ``frames/rgb``, and the split's
+    rows per take the file lacks (left out). The last two are :meth:`warnings`, as for ``egoexor-merge-h5``."""
 
     samples_file: Path
     samples: list[Sample]
@@ -256,17 +267,26 @@ class SamplesSummary:
     token_freqs_file: Path | None
     token_counts: dict[str, int] | None
     takes_without_rgb: list[str]
+    rows_without_take: dict[str, int]
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.takes_without_rgb:
+            n = sum(s.take.path in self.takes_without_rgb for s in self.samples)
+            out.append(f"{n} samples have no images: take(s) without {layout.RGB}: {', '.join(self.takes_without_rgb)}")
+        if self.rows_without_take:
+            takes = ", ".join(f"{path} ({n})" for path, n in self.rows_without_take.items())
+            out.append(f"split rows name take(s) not in the file, left out: {takes}")
+        return out
 
     def report(self, command: str) -> None:
-        """The summary on stdout, the samples without images as a warning on stderr."""
+        """The summary on stdout, each warning as ``<command>: warning: ...`` on stderr."""
         skipped = f"{len(self.skipped)} frames without annotations skipped"
         print(f"wrote {self.samples_file}: {len(self.samples)} samples, {skipped}")
         if self.token_freqs_file is not None:
             print(f"wrote {self.token_freqs_file}: {len(self.token_counts)} distinct tokens")
-        if self.takes_without_rgb:
-            n = sum(s.take.path in self.takes_without_rgb for s in self.samples)
-            takes = ", ".join(self.takes_without_rgb)
-            cli.warn(command, f"{n} samples have no images: take(s) without {layout.RGB}: {takes}")
+        for warning in self.warnings():
+            cli.warn(command, warning)
 
 
 def write_samples(
@@ -304,10 +324,12 @@ def write_samples(
     with layout.open_checked(hdf5, "--hdf5") as h5:
         samples, skipped = make_samples(h5, split, rng, n_permutations, modality_dropout_prob, reduce_ratio)
         without_rgb = sorted(key.path for key in {s.take for s in samples} if layout.RGB not in h5[key.path])
+        without_take = rows_without_take(h5, split)
     if not samples:
         raise cli.CommandError(
             f"--hdf5 {hdf5}: splits/{split} gives no sample "
-            f"({len(skipped)} frames without annotations; --reduce-ratio {reduce_ratio})"
+            f"({len(skipped)} frames without annotations, {sum(without_take.values())} rows naming takes the file "
+            f"lacks; --reduce-ratio {reduce_ratio})"
         )
     token_counts = None if loaded is None else count_tokens(samples, loaded)
     rng.shuffle(samples)
@@ -315,7 +337,7 @@ def write_samples(
     write_json(samples_path, [s.to_record() for s in samples], indent=4)
     if freqs_path is not None:
         write_json(freqs_path, token_counts, indent=4)
-    return SamplesSummary(samples_path, samples, skipped, freqs_path, token_counts, without_rgb)
+    return SamplesSummary(samples_path, samples, skipped, freqs_path, token_counts, without_rgb, without_take)
 
 
 def _run(args) -> int:

@@ -37,7 +37,7 @@ from transformers import (
 )
 from transformers.utils import SAFE_WEIGHTS_NAME, cached_file
 
-from egoexor import atomic
+from egoexor import atomic, cpus
 from egoexor.config import CONFIG_FILE, DataConfig, ModelConfig, read_checkpoint_config
 from egoexor.model.egoexor_llava import EgoExorLlava, mlp2x_gelu
 from egoexor.model.fusion import BranchFusion
@@ -217,8 +217,11 @@ def _add_lora(model: PreTrainedModel, config: ModelConfig) -> nn.Module:
 def build_model(config: ModelConfig) -> EgoExorLlava:
     """The complete model with its trainable set marked; logs a parameter summary table.
 
-    Random initialisation is seeded by ``config.init_seed`` (without touching the global RNG).
+    Random initialisation is seeded by ``config.init_seed`` (without touching the global RNG). Every command
+    that runs a model builds it here, so this is where torch's threads are fitted to the CPUs the process may
+    use (:func:`egoexor.cpus.limit_torch_threads`).
     """
+    cpus.limit_torch_threads()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.init_seed)
         return _build_model(config)
