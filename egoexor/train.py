@@ -652,18 +652,22 @@ def build_training(setup: TrainSetup) -> EgoExorTrainer:
 
 def check_evaluation(setup: TrainSetup) -> None:
     """Evaluating (``--eval_strategy``, ``--load_best_model_at_end``) needs ``--eval_data_path``; the generated
-    F1 needs evaluations, and ``--metric_for_best_model`` is a metric they log."""
+    F1 and the best model need evaluations, and ``--metric_for_best_model`` is a metric they log."""
     train, args = setup.train, setup.trainer
     evaluating = args.eval_strategy != "no"
     wanted = [f"--eval_strategy {args.eval_strategy.value}"] if evaluating else []
     wanted += ["--load_best_model_at_end"] if args.load_best_model_at_end else []
     if wanted and train.eval_data_path is None:
         raise ConfigError(
-            f"{' and '.join(wanted)} need validation samples: pass --eval_data_path "
-            "(python -m egoexor.data.make_samples --split validation writes them)"
+            f"{' and '.join(wanted)} {'needs' if len(wanted) == 1 else 'need'} validation samples: pass "
+            "--eval_data_path (python -m egoexor.data.make_samples --split validation writes them)"
         )
-    if train.eval_generate_samples and not evaluating:
-        raise ConfigError("--eval_generate_samples: nothing evaluates; pass --eval_strategy steps or epoch")
+    for flag, on in (
+        ("--eval_generate_samples", train.eval_generate_samples),
+        ("--load_best_model_at_end", args.load_best_model_at_end),
+    ):
+        if on and not evaluating:
+            raise ConfigError(f"{flag}: nothing evaluates; pass --eval_strategy steps or epoch")
     metrics = ["eval_loss"] + (["eval_macro_f1"] if train.eval_generate_samples else [])
     best = args.metric_for_best_model
     if best is not None and (best if best.startswith("eval_") else f"eval_{best}") not in metrics:

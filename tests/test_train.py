@@ -280,8 +280,8 @@ def test_init_from_errors_are_one_line_and_write_nothing(tiny_train_files, train
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--eval_strategy", "steps"], "--eval_strategy steps need validation samples: pass --eval_data_path"),
-        (["--eval_strategy", "epoch"], "--eval_strategy epoch need validation samples: pass --eval_data_path"),
+        (["--eval_strategy", "steps"], "--eval_strategy steps needs validation samples: pass --eval_data_path"),
+        (["--eval_strategy", "epoch"], "--eval_strategy epoch needs validation samples: pass --eval_data_path"),
         (
             ["--eval_strategy", "steps", "--save_strategy", "steps", "--load_best_model_at_end", "True"],
             "--eval_strategy steps and --load_best_model_at_end need validation samples",
@@ -290,6 +290,8 @@ def test_init_from_errors_are_one_line_and_write_nothing(tiny_train_files, train
             ["--eval_data_path", "VALIDATION", "--eval_generate_samples", "2"],
             "--eval_generate_samples: nothing evaluates",
         ),
+        (["--eval_data_path", "VALIDATION", "--load_best_model_at_end"], "--load_best_model_at_end: nothing evaluates"),
+        (["--load_best_model_at_end"], "--load_best_model_at_end needs validation samples"),
         (["--eval_strategy", "steps", "--eval_data_path", "MISSING"], "--eval_data_path MISSING: no such file"),
         (
             ["--eval_strategy", "steps", "--eval_data_path", "VALIDATION", "--metric_for_best_model", "eval_macro_f1"],
