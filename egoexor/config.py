@@ -20,6 +20,7 @@ from typing import Literal
 import yaml
 
 from egoexor import cli
+from egoexor.metrics import Protocol
 from egoexor.prompt import PromptRoles
 
 
@@ -255,6 +256,16 @@ class TrainConfig:
     data_path: str | None = None
     #: Merged EgoExOR HDF5 file.
     hdf5_path: str | None = None
+    #: Validation sample JSON (``make_samples --split validation``), read from ``--hdf5_path``: what
+    #: ``--eval_strategy steps|epoch`` evaluates (``eval_loss``, the training loss) and ``--load_best_model_at_end``
+    #: chooses by; either without it is an error.
+    eval_data_path: str | None = None
+    #: At each evaluation, also generate answers for this many validation samples (a fixed subset, spread evenly
+    #: over the file) and log their macro F1 as ``eval_macro_f1`` (``--eval_protocol``); 0: the loss only.
+    eval_generate_samples: int = 0
+    #: The protocol of ``eval_macro_f1`` (see ``egoexor.evaluate``): ``gt`` scores every ground-truth pair, so it
+    #: is defined from the first step; ``paper`` is NaN while no answer names two entities.
+    eval_protocol: Protocol = "gt"
     #: Token-frequency JSON: loss weights 1/(ln count + 1); without it the loss is plain mean CE.
     token_weight_path: str | None = None
     #: Tokenizer (hub name or folder); None: the LLM's; ``tiny``: the built-in tiny tokenizer.
@@ -282,6 +293,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mm_projector_lr is not None:
             cli.check_range("mm_projector_lr", self.mm_projector_lr, 0, exclusive_low=True)
+        cli.check_range("eval_generate_samples", self.eval_generate_samples, 0)
+        _check_choices(self)
 
 
 # --------------------------------------------------------------------------------------------------

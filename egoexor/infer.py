@@ -96,6 +96,8 @@ from egoexor.temporal_inference import TEMPORAL_MODES, TakeWalk, TemporalMode, t
 
 COMMAND = "egoexor.infer"
 RUN_FILE = "run.json"
+#: The longest answer generated (the reference's inference setting).
+MAX_NEW_TOKENS = 300
 #: With ``--temporal``: the memory text in each sample's prompt (before the token budget), by sample id.
 MEMORY_FILE = "memory.json"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -377,7 +379,9 @@ def add_generation_flags(parser: cli.ArgumentParser) -> None:
     parser.add_argument(
         "--batch_size", type=cli.int_flag(1), default=16, help="samples per generation batch (reference: 16)"
     )
-    parser.add_argument("--max_new_tokens", type=cli.int_flag(1), default=300, help="longest answer (reference: 300)")
+    parser.add_argument(
+        "--max_new_tokens", type=cli.int_flag(1), default=MAX_NEW_TOKENS, help="longest answer (reference: 300)"
+    )
     parser.add_argument(
         "--bits",
         type=int,
@@ -470,7 +474,7 @@ def infer(
     *,
     protocol: Protocol = "paper",
     batch_size: int = 16,
-    max_new_tokens: int = 300,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     bits: int = 16,
     overrides: Mapping[str, Any] | None = None,
     audio_cache: str | os.PathLike | None = None,

@@ -14,6 +14,11 @@ A subclass of the HF ``Trainer`` that overrides only what differs from it:
   tokenizer; resuming restores all of it (the reference restored only LoRA). Only the writing rank
   (``should_save``) writes them.
 * ``_save_checkpoint``: a checkpoint appears under its name only when complete (see there).
+* ``evaluation_loop``: the Trainer's ``eval_loss`` on ``--eval_data_path`` (``compute_loss``, the weighted loss),
+  and with ``--eval_generate_samples N`` the macro F1 of answers generated for N of its samples
+  (``eval_macro_f1``, :func:`egoexor.infer.generate_shard` scored by :func:`egoexor.evaluate.evaluate`).
+* ``_load_best_model``: ``--load_best_model_at_end`` restores the best checkpoint's weights as a resume does; the
+  final model saved in ``--output_dir`` is then that checkpoint's.
 
 DeepSpeed (``--deepspeed configs/zero2.json``), torchrun DDP, mixed precision (``--bf16``), gradient
 checkpointing, logging (``--report_to``) and resume (``--resume_from_checkpoint``) are the Trainer's.
@@ -42,6 +47,7 @@ import re
 import reprlib
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import fields, replace
@@ -188,11 +194,27 @@ class _StopAfterStep(TrainerCallback):
             control.should_save = control.should_training_stop = True
 
 
+def spread(samples: Sequence[Sample], n: int) -> list[Sample]:
+    """``n`` samples spread evenly over ``samples`` (every take of a validation file, not the first one's frames)."""
+    return [samples[i * len(samples) // n] for i in range(n)]
+
+
 class EgoExorTrainer(Trainer):
     def __init__(self, *args, setup: TrainSetup, token_weights: torch.Tensor | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.setup = setup
         self.token_weights = token_weights
+        #: The fixed validation samples whose generated answers make ``eval_macro_f1`` (``--eval_generate_samples``).
+        self.generation_dataset = None
+        if setup.train.eval_generate_samples:
+            dataset = self.eval_dataset
+            self.generation_dataset = EgoExorDataset(
+                spread(dataset.samples, setup.train.eval_generate_samples),
+                setup.train.hdf5_path,
+                dataset.tokenizer,
+                dataset.config,
+                "generate",
+            )
         self.add_callback(_EpochToDataset(self.train_dataset))
         if setup.train.save_on_signal:
             self.add_callback(_StopAfterStep())
@@ -254,6 +276,37 @@ class EgoExorTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_checkpoint_weights(self.accelerator.unwrap_model(model or self.model), Path(resume_from_checkpoint))
 
+    def _load_best_model(self) -> None:
+        """The best checkpoint's weights, as a resume loads them (the Trainer's looks for a plain peft model)."""
+        logger.info("loading the best model, %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    def evaluation_loop(self, *args, metric_key_prefix: str = "eval", **kwargs):
+        """The Trainer's (the loss), and the generated macro F1 with ``--eval_generate_samples``."""
+        output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kwargs)
+        if self.generation_dataset is not None:
+            output.metrics[f"{metric_key_prefix}_macro_f1"] = self.generated_macro_f1()
+        return output
+
+    def generated_macro_f1(self) -> float:
+        """Macro F1 (``--eval_protocol``) of greedy answers for the fixed validation subset; NaN where the protocol
+        scores no pair. Every process generates the same answers (a small subset), so all agree on the best model;
+        the random state is forked: evaluating does not change what training draws next."""
+        from egoexor import evaluate
+        from egoexor.infer import MAX_NEW_TOKENS, generate_shard
+
+        dataset, device = self.generation_dataset, self.args.device
+        model = self.accelerator.unwrap_model(self.model)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with tempfile.TemporaryDirectory() as folder:
+                log = Path(folder) / "answers.jsonl"
+                texts = generate_shard(
+                    model, dataset, log, self.args.eval_batch_size, MAX_NEW_TOKENS, device, progress=False
+                )
+        records = [sample.to_record() for sample in dataset.samples]
+        macro = evaluate.evaluate(texts, records, self.setup.train.eval_protocol, bootstrap=0)["overall"]["macro"]
+        return math.nan if macro is None else macro["f1-score"]
+
     def train(self, *args, **kwargs):
         """The Trainer's, once the writing rank has prepared ``--output_dir`` (:func:`prepare_output_dir`)."""
         if self.args.should_save:
@@ -273,8 +326,9 @@ class EgoExorTrainer(Trainer):
         every rank is done, the writing rank fsyncs the folder and renames it to ``checkpoint-N``
         (:func:`egoexor.atomic.atomic_folder`; an existing one is swapped out atomically), then applies
         ``--save_total_limit``, which the Trainer's own rotation, run on the staging folder, leaves
-        undone. (The Trainer's best-checkpoint bookkeeping would see the staging path; training has no
-        evaluation set, so it never runs.)
+        undone, never removing the best checkpoint (``--load_best_model_at_end`` loads it at the end). The
+        Trainer names the best checkpoint by the folder it saved into: when that is this one, the name becomes
+        its final one, in the state and in the checkpoint's ``trainer_state.json``.
         """
         run_dir = Path(self._get_output_dir(trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
@@ -288,11 +342,16 @@ class EgoExorTrainer(Trainer):
             raise
         finally:
             self._saving_checkpoint = False
+        best = self.state.best_model_checkpoint
+        if best is not None and Path(best) == run_dir / STAGING / name:
+            self.state.best_model_checkpoint = str(run_dir / name)
+            if self.args.should_save:
+                self.state.save_to_json(str(run_dir / STAGING / name / TRAINER_STATE_NAME))
         self.accelerator.wait_for_everyone()  # every rank has written its part
         if self.args.should_save:
             with atomic.atomic_folder(run_dir / name) as temporary:
                 os.replace(run_dir / STAGING / name, temporary)
-            for old in rotated_out(run_dir, name, self.args.save_total_limit):
+            for old in rotated_out(run_dir, name, self.args.save_total_limit, self.state.best_model_checkpoint):
                 remove_checkpoint(old)
             (run_dir / STAGING).rmdir()
 
@@ -322,11 +381,15 @@ def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
     return [steps[step] for step in sorted(steps)]
 
 
-def rotated_out(output_dir: Path, written: str, limit: int | None) -> list[Path]:
-    """The checkpoints ``--save_total_limit`` removes once ``written`` is saved: all but ``written`` and the
-    ``limit - 1`` highest steps among the others. ``written`` stays even when higher steps exist (after a
-    resume from an older checkpoint); None or 0: no limit."""
-    others = [folder for folder in checkpoint_folders(output_dir) if folder.name != written]
+def rotated_out(output_dir: Path, written: str, limit: int | None, best: str | None = None) -> list[Path]:
+    """The checkpoints ``--save_total_limit`` removes once ``written`` is saved: all but ``written``, ``best``
+    (the best checkpoint's path, which counts towards the limit, as in the Trainer's rotation) and the highest
+    steps among the others up to the limit. ``written`` stays even when higher steps exist (after a resume from
+    an older checkpoint), and so does ``best`` under a limit of 1; None or 0: no limit."""
+    kept = {written, Path(best).name if best else None}
+    others = [folder for folder in checkpoint_folders(output_dir) if folder.name not in kept]
+    if best and Path(best).name != written:
+        limit = limit and max(limit - 1, 1)
     return others[: max(len(others) - limit + 1, 0)] if limit else []
 
 
@@ -421,6 +484,7 @@ def _input_paths(setup: TrainSetup, resume: str | None) -> tuple[dict[str, str],
     train, model, data = setup.train, setup.model, setup.data
     files = {
         "--data_path": train.data_path,
+        "--eval_data_path": train.eval_data_path,
         "--hdf5_path": train.hdf5_path,
         "--token_weight_path": train.token_weight_path,
         "--audio_cache": data.audio_cache,
@@ -551,7 +615,7 @@ def build_training(setup: TrainSetup) -> EgoExorTrainer:
     from egoexor.model.build import build_model
 
     check_training_arguments(setup.trainer)
-    samples = check_inputs(setup)
+    samples, eval_samples = check_inputs(setup)
     check_pretrained_names(setup)
     tokenizer = _tokenizer(setup)
     train = setup.train
@@ -571,10 +635,14 @@ def build_training(setup: TrainSetup) -> EgoExorTrainer:
         modality_dropout=setup.data.modality_dropout if train.do_multimodal_augment else 0.0,
     )
     dataset = EgoExorDataset(samples, train.hdf5_path, tokenizer, data_config, "train", seed=setup.trainer.seed)
+    eval_dataset = (
+        EgoExorDataset(eval_samples, train.hdf5_path, tokenizer, data_config, "eval") if eval_samples else None
+    )
     return EgoExorTrainer(
         model=model,
         args=setup.trainer,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         data_collator=Collator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         setup=replace(setup, data=data_config),
@@ -582,18 +650,57 @@ def build_training(setup: TrainSetup) -> EgoExorTrainer:
     )
 
 
-def check_inputs(setup: TrainSetup) -> list[Sample]:
-    """The training samples, once they, the HDF5 file, the audio cache and the token-frequency file passed
-    their checks (takes without RGB frames are named in a warning)."""
+def check_evaluation(setup: TrainSetup) -> None:
+    """Evaluating (``--eval_strategy``, ``--load_best_model_at_end``) needs ``--eval_data_path``; the generated
+    F1 and the best model need evaluations, and ``--metric_for_best_model`` is a metric they log."""
+    train, args = setup.train, setup.trainer
+    evaluating = args.eval_strategy != "no"
+    wanted = [f"--eval_strategy {args.eval_strategy.value}"] if evaluating else []
+    wanted += ["--load_best_model_at_end"] if args.load_best_model_at_end else []
+    if wanted and train.eval_data_path is None:
+        raise ConfigError(
+            f"{' and '.join(wanted)} {'needs' if len(wanted) == 1 else 'need'} validation samples: pass "
+            "--eval_data_path (python -m egoexor.data.make_samples --split validation writes them)"
+        )
+    for flag, on in (
+        ("--eval_generate_samples", train.eval_generate_samples),
+        ("--load_best_model_at_end", args.load_best_model_at_end),
+    ):
+        if on and not evaluating:
+            raise ConfigError(f"{flag}: nothing evaluates; pass --eval_strategy steps or epoch")
+    metrics = ["eval_loss"] + (["eval_macro_f1"] if train.eval_generate_samples else [])
+    best = args.metric_for_best_model
+    if best is not None and (best if best.startswith("eval_") else f"eval_{best}") not in metrics:
+        hint = "" if train.eval_generate_samples else " (eval_macro_f1 needs --eval_generate_samples)"
+        raise ConfigError(f"--metric_for_best_model {best}: evaluation logs {', '.join(metrics)}{hint}")
+
+
+def _read_samples(path: str, flag: str) -> list[Sample]:
+    """A sample file's samples (at least one)."""
+    samples = load_samples(cli.input_file(path, flag))
+    if not samples:
+        raise cli.CommandError(f"{flag} {path}: the sample list is empty")
+    return samples
+
+
+def check_inputs(setup: TrainSetup) -> tuple[list[Sample], list[Sample] | None]:
+    """The training and validation samples, once they, the HDF5 file, the audio cache and the token-frequency
+    file passed their checks (takes without RGB frames are named in a warning)."""
     train = setup.train
     for flag in ("data_path", "hdf5_path"):
         if getattr(train, flag) is None:
             raise ConfigError(f"--{flag} is required")
-    samples = load_samples(cli.input_file(train.data_path, "--data_path"))
-    if not samples:
-        raise cli.CommandError(f"--data_path {train.data_path}: the sample list is empty")
+    check_evaluation(setup)
+    samples = _read_samples(train.data_path, "--data_path")
+    eval_samples = None if train.eval_data_path is None else _read_samples(train.eval_data_path, "--eval_data_path")
+    if eval_samples is not None and len(eval_samples) < train.eval_generate_samples:
+        raise ConfigError(
+            f"--eval_generate_samples {train.eval_generate_samples}: --eval_data_path {train.eval_data_path} "
+            f"holds {len(eval_samples)} samples"
+        )
     with layout.open_checked(train.hdf5_path, "--hdf5_path") as h5:
-        check_in_hdf5(samples, h5)
+        for checked in (samples, eval_samples or []):
+            check_in_hdf5(checked, h5)
         without_rgb = sorted(key.path for key in {s.take for s in samples} if layout.RGB not in h5[key.path])
     if without_rgb:
         n = sum(s.take.path in without_rgb for s in samples)
@@ -604,7 +711,7 @@ def check_inputs(setup: TrainSetup) -> list[Sample]:
         cli.input_file(train.token_weight_path, "--token_weight_path")
     if train.init_from is not None:
         _check_init_from(Path(train.init_from))
-    return samples
+    return samples, eval_samples
 
 
 def _check_init_from(folder: Path) -> None:

@@ -275,3 +275,126 @@ def test_init_from_errors_are_one_line_and_write_nothing(tiny_train_files, train
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0] and err[0].startswith("egoexor.train: error: --"), err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--eval_strategy", "steps"], "--eval_strategy steps needs validation samples: pass --eval_data_path"),
+        (["--eval_strategy", "epoch"], "--eval_strategy epoch needs validation samples: pass --eval_data_path"),
+        (
+            ["--eval_strategy", "steps", "--save_strategy", "steps", "--load_best_model_at_end", "True"],
+            "--eval_strategy steps and --load_best_model_at_end need validation samples",
+        ),
+        (
+            ["--eval_data_path", "VALIDATION", "--eval_generate_samples", "2"],
+            "--eval_generate_samples: nothing evaluates",
+        ),
+        (["--eval_data_path", "VALIDATION", "--load_best_model_at_end"], "--load_best_model_at_end: nothing evaluates"),
+        (["--load_best_model_at_end"], "--load_best_model_at_end needs validation samples"),
+        (["--eval_strategy", "steps", "--eval_data_path", "MISSING"], "--eval_data_path MISSING: no such file"),
+        (
+            ["--eval_strategy", "steps", "--eval_data_path", "VALIDATION", "--metric_for_best_model", "eval_macro_f1"],
+            "--metric_for_best_model eval_macro_f1: evaluation logs eval_loss (eval_macro_f1 needs "
+            "--eval_generate_samples)",
+        ),
+    ],
+)
+def test_evaluation_flags_are_one_line_before_the_model_loads(
+    extra, message, tiny_train_files, sample_files, tmp_path, capsys, monkeypatch
+):
+    import egoexor.model.build
+
+    def no_model(*_):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(egoexor.model.build, "build_model", no_model)
+    paths = {"VALIDATION": str(sample_files["validation"]), "MISSING": str(tmp_path / "missing.json")}
+    extra = [paths.get(value, value) for value in extra]
+    assert main([*tiny_train_files, "--output_dir", str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("egoexor.train: error: --"), err
+    assert message.replace("MISSING", paths["MISSING"]) in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return {**load_file(folder / "adapter_model.safetensors"), **load_file(folder / NON_LORA_FILE)}
+
+
+def test_validation_loss_and_the_best_checkpoint_is_the_final_model(tiny_train_files, sample_files, tmp_path):
+    from egoexor.data.make_samples import token_freqs_file_name
+    from egoexor.train import train
+
+    out = tmp_path / "run"
+    freqs = sample_files["train"].parent / token_freqs_file_name("train", 2)
+    args = [
+        *tiny_train_files,
+        "--eval_data_path",
+        str(sample_files["validation"]),
+        "--token_weight_path",
+        str(freqs),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "6",
+        "--per_device_train_batch_size",
+        "2",
+        "--learning_rate",
+        "3e-2",
+        "--lr_scheduler_type",
+        "constant",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--load_best_model_at_end",
+        "--metric_for_best_model",
+        "eval_loss",
+    ]
+    trainer = train(parse_train_args(args))
+    losses = {entry["step"]: entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry}
+    assert sorted(losses) == [2, 4, 6] and all(math.isfinite(loss) for loss in losses.values())
+    best = min(losses, key=losses.get)
+    assert trainer.state.best_model_checkpoint == str(out / f"checkpoint-{best}")
+    saved = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert saved["best_model_checkpoint"] == str(out / f"checkpoint-{best}")  # its final name, not the staging one
+    final, checkpoints = _weights(out), {step: _weights(out / f"checkpoint-{step}") for step in losses}
+    assert final.keys() == checkpoints[best].keys()
+    assert all(torch.equal(final[name], checkpoints[best][name]) for name in final)
+    for step in set(losses) - {best}:  # the checkpoints differ, so the equality above picked one of them
+        assert any(not torch.equal(final[name], checkpoints[step][name]) for name in final), step
+    print(f"eval_loss by step {losses}: kept checkpoint-{best}")
+    assert best != 6, "the last checkpoint is the best: the test would not show the best one loaded"
+
+
+def test_generated_macro_f1_on_a_fixed_validation_subset(tiny_train_files, sample_files, tmp_path):
+    from egoexor.data.samples import load_samples
+
+    args = [
+        *tiny_train_files,
+        "--eval_data_path",
+        str(sample_files["validation"]),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--max_steps",
+        "1",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "1",
+        "--eval_generate_samples",
+        "2",
+    ]
+    trainer = build_training(parse_train_args(args))
+    validation = load_samples(sample_files["validation"])
+    subset = [sample.id for sample in trainer.generation_dataset.samples]
+    assert subset == [validation[0].id, validation[len(validation) // 2].id]  # spread over the file, every time
+    trainer.train()
+    evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert len(evaluations) == 1 and 0.0 <= evaluations[0]["eval_macro_f1"] <= 1.0
+    assert evaluations[0]["eval_macro_f1"] == trainer.generated_macro_f1()  # greedy: the same answers again

@@ -804,3 +804,18 @@ def test_rotation_keeps_the_checkpoint_just_written(tmp_path):
     assert names(1) == ["checkpoint-2", "checkpoint-5"]
     assert names(2) == ["checkpoint-2"]
     assert names(3) == names(None) == names(0) == []
+
+
+def test_rotation_keeps_the_best_checkpoint(tmp_path):
+    """--load_best_model_at_end loads the best checkpoint at the end: no limit removes it (it counts towards the
+    limit, and a limit of 1 keeps it besides the one just written, as the Trainer's rotation does)."""
+    for step in (2, 3, 5):
+        _checkpoint(f"checkpoint-{step}")(Env(tmp_path, tmp_path))
+    best = str(tmp_path / "checkpoint-2")
+    names = lambda limit: [p.name for p in train.rotated_out(tmp_path, "checkpoint-5", limit, best)]  # noqa: E731
+    assert names(1) == names(2) == ["checkpoint-3"]
+    assert names(3) == names(None) == []
+    assert [p.name for p in train.rotated_out(tmp_path, "checkpoint-5", 1, str(tmp_path / "checkpoint-5"))] == [
+        "checkpoint-2",
+        "checkpoint-3",
+    ]
