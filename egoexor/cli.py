@@ -72,17 +72,46 @@ class CommandError(ValueError):
 
 
 class OneLineErrors:
-    """Mixin for an ``argparse.ArgumentParser`` subclass: a parsing error raises :class:`CommandError`."""
+    """Mixin for an ``argparse.ArgumentParser`` subclass: a parsing error raises :class:`CommandError`, and a
+    long flag answers to dashes and underscores alike (``--n_permutations`` is ``--n-permutations``, and
+    ``--max-new-tokens`` is ``--max_new_tokens``), while ``--help`` lists each flag once, as it is defined."""
 
     def error(self, message: str):  # type: ignore[override]
         raise CommandError(f"{message} (see --help)")
 
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        args = sys.argv[1:] if args is None else list(args)
+        end = args.index("--") if "--" in args else len(args)  # after '--' everything is a value
+        return super().parse_known_args([*map(self._as_defined, args[:end]), *args[end:]], namespace)
+
+    def _as_defined(self, token: str) -> str:
+        """A long flag as this parser defines it, where it defines only the other spelling."""
+        flag, equals, value = token.partition("=")
+        if not flag.startswith("--") or flag in self._option_string_actions:  # type: ignore[attr-defined]
+            return token
+        for other in ("--" + flag[2:].replace("-", "_"), "--" + flag[2:].replace("_", "-")):
+            if other in self._option_string_actions:  # type: ignore[attr-defined]
+                return other + equals + value
+        return token
+
+
+class DefaultsShown(argparse.HelpFormatter):
+    """``--help`` that ends each flag's text with its default, unless the text names it already or there is
+    none worth showing (no default, a switch that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.option_strings and not any(action.default is none for none in (None, False, argparse.SUPPRESS))
+        return f"{text} (default: %(default)s)" if shown and "default" not in text.lower() else text
+
 
 class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` without abbreviations (``--learning_rat`` is unknown, not a prefix)."""
+    """``argparse.ArgumentParser`` without abbreviations (``--learning_rat`` is unknown, not a prefix), with
+    defaults shown in ``--help``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", DefaultsShown)
         super().__init__(*args, **kwargs)
 
 

@@ -1017,3 +1017,31 @@ def test_evaluate_says_loudly_how_little_of_the_split_the_predictions_cover(env,
     assert any(line.startswith(said) for line in warnings), warnings
     assert evaluate.main(evaluate_argv(env, "--overwrite", "--min_coverage", "1")) == 0  # all of them: no warning
     assert "warning" not in capsys.readouterr().err
+
+
+# --- One spelling rule for every flag; defaults in --help (issue 24). -----------------------------------------------
+
+
+def test_every_long_flag_answers_to_dashes_and_underscores_and_help_lists_it_once():
+    parser = cli.ArgumentParser(prog="p")
+    parser.add_argument("--n-permutations", type=int, default=1, help="samples per frame")
+    parser.add_argument("--max_new_tokens", type=int, default=300, help="answer length. Default: %(default)s.")
+    parser.add_argument("--out", help="output")
+    parser.add_argument("--quiet", action="store_true", help="no progress")
+    parsed = parser.parse_args(["--n_permutations", "3", "--max-new-tokens=5", "--out", "x"])
+    assert (parsed.n_permutations, parsed.max_new_tokens, parsed.out) == (3, 5, "x")
+    with pytest.raises(cli.CommandError, match="unrecognized arguments: --n_permutation"):
+        parser.parse_args(["--n_permutation", "3"])  # a near miss stays unknown: no abbreviations, no guessing
+    text = parser.format_help()
+    assert "--n-permutations N_PERMUTATIONS" in text and "--n_permutations" not in text
+    assert "samples per frame (default: 1)" in text
+    assert text.count("300") == 1  # the text named its default already
+    assert "output (default" not in text and "no progress (default" not in text  # none, and a switch that is off
+
+
+def test_the_reference_flags_of_train_answer_to_dashes_too():
+    from egoexor.config import parse_train_args
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    setup = parse_train_args(["--config", str(tiny), "--learning-rate", "0.001"])
+    assert setup.trainer.learning_rate == 0.001
