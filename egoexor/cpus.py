@@ -3,8 +3,7 @@
 The host's count (``os.cpu_count()``, and torch's default thread count, its physical cores) is not what a
 process on a shared machine, a container or a SLURM allocation gets: its CPU affinity (``taskset``, SLURM's
 ``--cpus-per-task``) and its cgroup's quota (``/sys/fs/cgroup/cpu.max``, Docker's ``--cpus``, Kubernetes
-limits) say that. Workers and threads beyond it only fight over the same cores: on a 2-core machine the demo
-took 57 minutes instead of about 2 with the host's counts.
+limits) say that. Workers and threads beyond it only fight over the same cores.
 """
 
 from __future__ import annotations
