@@ -13,8 +13,10 @@ venv=${1:-$(mktemp -d)/venv}
 python -m venv "$venv"
 py="$venv/bin/python"
 "$py" -m pip install --quiet --upgrade pip
-"$py" -m pip install --quiet "torch==${TORCH:-2.13.0}"
-"$py" -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+torch="torch==${TORCH:-2.13.0}"
+"$py" -m pip install --quiet "$torch"
+# named again here, or the eager upgrade would take torch to the newest release too
+"$py" -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]" "$torch"
 date -u +"newest versions resolved on %Y-%m-%d:"
 "$py" -m egoexor env || true   # prints how the set differs from the lock; the suite decides
 export PATH="$venv/bin:$PATH"
