@@ -148,3 +148,12 @@ def test_parity_model_logits_and_greedy_ids_equal_the_references(datasets, llama
         assert model.generate(**single, max_new_tokens=len(expected), eos_token_id=llama.eos_token_id)[0].tolist() == (
             expected
         )
+
+
+def test_the_trained_clip_window_read_from_the_references_saved_keys_is_the_one_it_trained():
+    """The key list the reference's own save code wrote (``--unfreeze_n_vision_tower_layers 2`` of a 3-layer
+    CLIP: layers 1 and 2) gives the window convert_reference now reads from a released folder."""
+    from egoexor.convert_reference import trained_clip_layers
+
+    keys = json.loads((GOLDEN / "checkpoint_keys.json").read_text())["non_lora"]
+    assert trained_clip_layers({key: torch.zeros(1) for key in keys}) == egoexor_side.UNFREEZE == 2
