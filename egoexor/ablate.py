@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from egoexor import cli, evaluate, infer, metrics
+from egoexor import cli, evaluate, infer, metrics, modalities
 from egoexor.atomic import write_json, write_text
-from egoexor.config import DROPPABLE_MODALITIES, DataConfig
+from egoexor.config import DataConfig
 from egoexor.convert_reference import is_reference_checkpoint
 from egoexor.data import layout
 from egoexor.data.dataset import EgoExorDataset
@@ -185,10 +185,10 @@ def _parser() -> cli.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="output folder (ablation.json, .md, .png)")
     parser.add_argument(
         "--modalities",
-        type=cli.names_flag(DROPPABLE_MODALITIES),
-        default=DROPPABLE_MODALITIES,
+        type=cli.names_flag(modalities.droppable()),
+        default=modalities.droppable(),
         help="comma-separated inputs and branches to remove, each in turn (default: all of "
-        f"{', '.join(DROPPABLE_MODALITIES)})",
+        f"{', '.join(modalities.droppable())})",
     )
     parser.add_argument(
         "--groups",

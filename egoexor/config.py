@@ -19,7 +19,7 @@ from typing import Literal
 
 import yaml
 
-from egoexor import cli
+from egoexor import cli, modalities
 from egoexor.metrics import Protocol
 from egoexor.prompt import PromptRoles
 
@@ -48,12 +48,6 @@ class _ChoiceFields:
     def choices(cls, name: str) -> tuple:
         """The allowed values of a choice field, for command-line ``choices`` and messages."""
         return _choices(cls)[name]
-
-
-EXTRA_FEATURES = ("gaze", "hand", "audio", "point_cloud")
-#: What ``drop_modalities`` can remove: the inputs (view modalities are blanked, token modalities left out, as
-#: modality dropout does) and the two branches, each with its views and extra tokens (``egoexor.data.dataset``).
-DROPPABLE_MODALITIES = ("ego_frames", "gaze", "hands", "exo_frames", "ultrasound", "audio", "point_cloud", "ego", "exo")
 
 
 #: The sizes of a config-built LLM or CLIP tower (``llm_config``, ``vision_config``) that must be integers >= 1
@@ -120,8 +114,9 @@ class ModelConfig(_ChoiceFields):
     encoder_hidden: int = 512
     #: Size of the audio embedding (CLAP: 512).
     audio_dim: int = 512
-    #: Extra inputs the branches use (the reference's egocentric/exocentric_features).
-    features: tuple[str, ...] = EXTRA_FEATURES
+    #: Extra inputs the branches use, by feature name (the reference's egocentric/exocentric_features); None:
+    #: the built-in ones (gaze, hand, audio, point_cloud). A plug-in's input is used where named here.
+    features: tuple[str, ...] | None = None
     #: Hide padded or missing extra tokens from fusion attention (reference: False, it attended to them).
     mask_extras: bool = True
     #: PointTransformerV3 keyword arguments over the reference's configuration (smaller for tests).
@@ -148,11 +143,14 @@ class ModelConfig(_ChoiceFields):
 
     def __post_init__(self) -> None:
         _check_choices(self)
-        self.features = tuple(self.features)
-        unknown = set(self.features) - set(EXTRA_FEATURES)
+        self.features = modalities.default_features() if self.features is None else tuple(self.features)
+        unknown = set(self.features) - set(modalities.features())
         if unknown:
-            known = ", ".join(EXTRA_FEATURES)
-            raise ConfigError(f"features: unknown {', '.join(sorted(unknown))}; choose from {known}")
+            known = ", ".join(modalities.features())
+            raise ConfigError(
+                f"features: unknown {', '.join(sorted(unknown))}; registered inputs: {known} "
+                "(is the plug-in that adds it installed?)"
+            )
         if (self.model_name_or_path is None) == (self.llm_config is None):
             raise ConfigError("give exactly one of model_name_or_path and llm_config")
         if (self.vision_tower is None) == (self.vision_config is None):
@@ -227,7 +225,8 @@ class DataConfig(_ChoiceFields):
     #: Probability of dropping each of gaze+depth, hands, audio and point cloud from a training
     #: sample (the reference's ``multimodal_drop_prop``; its flag never took effect: 0 reproduces it).
     modality_dropout: float = 0.0
-    #: Inputs removed from every sample, in training and at inference (ablations; see DROPPABLE_MODALITIES).
+    #: Inputs removed from every sample, in training and at inference (ablations): any registered input
+    #: (view kinds are blanked, extra inputs left out, as modality dropout does) or a branch (``ego``, ``exo``).
     drop_modalities: tuple[str, ...] = ()
     #: Role names of the prompt at inference (``reference_inference``: the reference's human/gpt).
     prompt_roles: PromptRoles = "train"
@@ -242,9 +241,9 @@ class DataConfig(_ChoiceFields):
             cli.check_range(name, getattr(self, name), 0, exclusive_low=True)
         cli.check_range("modality_dropout", self.modality_dropout, 0, 1)
         self.drop_modalities = tuple(self.drop_modalities)
-        unknown = [name for name in self.drop_modalities if name not in DROPPABLE_MODALITIES]
+        unknown = [name for name in self.drop_modalities if name not in modalities.droppable()]
         if unknown:
-            choices = ", ".join(DROPPABLE_MODALITIES)
+            choices = ", ".join(modalities.droppable())
             raise ConfigError(f"drop_modalities: unknown {', '.join(unknown)}; choose from {choices}")
 
 

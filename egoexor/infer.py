@@ -71,9 +71,9 @@ from safetensors import SafetensorError, safe_open
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from egoexor import atomic, cli, cpus, evaluate, metrics, scene_graph
+from egoexor import atomic, cli, cpus, evaluate, metrics, modalities, scene_graph
 from egoexor.atomic import write_json
-from egoexor.config import DROPPABLE_MODALITIES, ConfigError, DataConfig, ModelConfig, read_checkpoint_config
+from egoexor.config import ConfigError, DataConfig, ModelConfig, read_checkpoint_config
 from egoexor.convert_reference import (
     DEFAULT_BASE,
     REFERENCE_FILES,
@@ -442,10 +442,10 @@ def _parser() -> cli.ArgumentParser:
         parser.add_argument(f"--{name}", choices=choices, default=None, help=description)
     parser.add_argument(
         "--drop_modalities",
-        type=cli.names_flag(DROPPABLE_MODALITIES),
+        type=cli.names_flag(modalities.droppable()),
         default=None,
         help="comma-separated inputs to remove from every sample, as modality dropout does (e.g. "
-        f"gaze,audio; '' removes none): {', '.join(DROPPABLE_MODALITIES)} (default: the checkpoint's)",
+        f"gaze,audio; '' removes none): {', '.join(modalities.droppable())} (default: the checkpoint's)",
     )
     parser.add_argument(
         "--overwrite",

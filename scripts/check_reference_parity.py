@@ -204,21 +204,11 @@ def egoexor_view_names(dataset, sample) -> tuple[list[str], list[str]]:
     """The source names of egoexor's ego and exo views of a sample, in the Dataset's order."""
     from egoexor.data import views
 
-    point = dataset.reader.read(sample.take, sample.frame, {"rgb", "gaze", "gaze_depth", "hands"})
+    point = dataset.reader.read(sample.take, sample.frame, {"rgb"})
     available, config = sample.modalities, dataset.config
     ego = []
     if "ego_frames" in available:
-        n_depth = len(point.gaze_depth) if point.gaze_depth is not None else 0
-        ego = views.ego_views(
-            point.sources,
-            point.rgb,
-            point.gaze,
-            n_depth,
-            point.hands,
-            config.row_matching,
-            generating=False,
-            selection=config.camera_selection,
-        )
+        ego = views.ego_views(point.sources, point.rgb, generating=False, selection=config.camera_selection)
     exo = (
         views.exo_cameras(
             point.sources,

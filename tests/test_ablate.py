@@ -11,8 +11,7 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 from test_infer import checkpoint, few_samples, infer_args  # noqa: F401  (fixtures)
 
-from egoexor import ablate, infer
-from egoexor.config import DROPPABLE_MODALITIES
+from egoexor import ablate, infer, modalities
 from egoexor.data.synthetic import PARTS
 
 
@@ -142,7 +141,7 @@ def test_infer_drop_modalities_is_checked_and_recorded_as_another_run(
     err = capsys.readouterr().err.strip()
     assert err == (
         f"egoexor.infer: error: argument --drop_modalities: unknown smell; choose from "
-        f"{', '.join(DROPPABLE_MODALITIES)} (see --help)"
+        f"{', '.join(modalities.droppable())} (see --help)"
     )
     assert infer.main([*argv, "--drop_modalities", "gaze,audio"]) == 0
     assert json.loads((tmp_path / "out" / infer.RUN_FILE).read_text())["drop_modalities"] == ["gaze", "audio"]

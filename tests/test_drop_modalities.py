@@ -5,7 +5,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from egoexor.config import DROPPABLE_MODALITIES, ConfigError, DataConfig
+from egoexor import modalities
+from egoexor.config import ConfigError, DataConfig
 from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.layout import TakeKey
 from egoexor.data.processor import Collator
@@ -91,7 +92,7 @@ def test_removing_a_branch_removes_its_views_and_tokens(batches):
 
 
 def test_every_name_is_known_and_an_unknown_one_is_one_clear_error():
-    assert set(DROPPABLE_MODALITIES) == {
+    assert set(modalities.droppable()) == {
         "ego_frames",
         "gaze",
         "hands",

@@ -21,12 +21,12 @@ def test_reads_every_modality_as_stored(merged_file):
         point = reader.read(MISS_FULL, 3)
         assert point.sources == layout.take_sources(take)
         assert np.array_equal(point.rgb, take[layout.RGB][3])
-        assert np.array_equal(point.gaze, take[layout.GAZE][3])
-        assert np.array_equal(point.gaze_depth, take[layout.GAZE_DEPTH][3], equal_nan=True)
-        assert np.array_equal(point.hands, take[layout.HANDS][3], equal_nan=True)
-        assert np.array_equal(point.audio, take[layout.AUDIO_SNIPPETS][3])
-        assert np.array_equal(point.point_coordinates, take[layout.POINT_COORDINATES][3])
-        assert np.array_equal(point.point_colors, take[layout.POINT_COLORS][3])
+        assert np.array_equal(point.arrays.get("gaze"), take[layout.GAZE][3])
+        assert np.array_equal(point.arrays.get("gaze_depth"), take[layout.GAZE_DEPTH][3], equal_nan=True)
+        assert np.array_equal(point.arrays.get("hands"), take[layout.HANDS][3], equal_nan=True)
+        assert np.array_equal(point.arrays.get("audio"), take[layout.AUDIO_SNIPPETS][3])
+        assert np.array_equal(point.arrays.get("point_coordinates"), take[layout.POINT_COORDINATES][3])
+        assert np.array_equal(point.arrays.get("point_colors"), take[layout.POINT_COLORS][3])
         assert point.annotations == triplets_from_annotation(take["annotations/frame_3/rel_annotations"][()])
         assert np.array_equal(point.image("assistant"), take[layout.RGB][3, 1])
         assert point.image("ultrasound") is None
@@ -42,10 +42,10 @@ def test_annotations_are_normalised_to_canonical_names(tiny_dataset, merged_file
 def test_absent_groups_are_none(merged_file):
     with EgoExorReader(merged_file) as reader:
         exo_only = reader.read(TakeKey("MISS", 1, 2), 0)
-        assert exo_only.gaze is None and exo_only.gaze_depth is None and exo_only.hands is None
+        assert not {"gaze", "gaze_depth", "hands"} & set(exo_only.arrays)
         assert exo_only.gaze_by_source() == {}
         ultrasound = reader.read(TakeKey("Ultrasound", 1, 1), 0)
-        assert ultrasound.audio is None and ultrasound.point_coordinates is not None
+        assert "audio" not in ultrasound.arrays and ultrasound.arrays["point_coordinates"] is not None
         assert reader.read(MISS_FULL, 2).annotations is None  # a frame with no annotation group
 
 
@@ -54,7 +54,7 @@ def test_gaze_by_source_uses_the_row_ids(merged_file):
         point = reader.read(MISS_FULL, 5)
     by_source = point.gaze_by_source()
     assert list(by_source) == ["anesthetist", "head_surgeon", "circulator", "assistant"]
-    assert np.array_equal(by_source["head_surgeon"], point.gaze[1, 1:])
+    assert np.array_equal(by_source["head_surgeon"], point.arrays.get("gaze")[1, 1:])
 
 
 def test_bad_addresses_name_file_take_and_frame(merged_file, tmp_path):

@@ -100,7 +100,7 @@ def test_every_sample_tensor_equals_the_references_after_bfloat16_rounding(datas
                 assert mask.tolist() == [True] * rows + [False] * (len(mask) - rows), (sample.id, key)
                 ours[key] = tensor[:rows]
         if "audio input" in record:
-            snippet = dataset.reader.read(sample.take, sample.frame, {"audio"}).audio
+            snippet = dataset.reader.read(sample.take, sample.frame, {"audio"}).arrays["audio"]
             ours["audio input"] = torch.from_numpy(audio_snippet(snippet, "reference"))
         if "point cloud" in record:  # equal, not within bf16: compared unrounded
             cloud = item["point_cloud"].double()

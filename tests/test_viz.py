@@ -85,7 +85,7 @@ def test_one_panel_per_camera_ego_first_plus_three(point, picture):
 
 def test_gaze_marker_sits_at_the_gaze_pixel(point, picture):
     panels = {p.name: p for p in picture.panels}
-    gaze = {vocab.SOURCE_NAMES[int(row[0])]: row[1:3] for row in point.gaze}
+    gaze = {vocab.SOURCE_NAMES[int(row[0])]: row[1:3] for row in point.arrays.get("gaze")}
     offset = np.array([-9.0, -4.0])  # the reference's fixation offset for the anesthetist in MISS 1 take 1
     for source, xy in (("head_surgeon", gaze["head_surgeon"]), ("anesthetist", gaze["anesthetist"] + offset)):
         mask = _mask(picture.image, GAZE_COLOUR, panels[source].box)
@@ -100,7 +100,7 @@ def test_gaze_marker_sits_at_the_gaze_pixel(point, picture):
 
 def test_hand_keypoints_on_ego_views(point, picture):
     panel = next(p for p in picture.panels if p.name == "circulator")
-    row = point.hands[point.hands[:, 0] == vocab.SOURCES["circulator"]][0]
+    row = point.arrays.get("hands")[point.arrays.get("hands")[:, 0] == vocab.SOURCES["circulator"]][0]
     right_wrist = row[1:17].reshape(8, 2)[2]
     assert np.isfinite(right_wrist).all()
     column, row_px = (round(v) for v in panel.to_picture(*right_wrist))
@@ -109,9 +109,9 @@ def test_hand_keypoints_on_ego_views(point, picture):
 
 
 def test_hands_are_drawn_above_the_gaze_marker(point):
-    row = point.hands[point.hands[:, 0] == vocab.SOURCES["circulator"]][0]
+    row = point.arrays.get("hands")[point.arrays.get("hands")[:, 0] == vocab.SOURCES["circulator"]][0]
     right_wrist = row[1:17].reshape(8, 2)[2]
-    gaze = point.gaze.copy()
+    gaze = point.arrays.get("gaze").copy()
     gaze[gaze[:, 0] == vocab.SOURCES["circulator"], 1:3] = right_wrist  # the gaze marker covers the wrist
     picture = render(replace(point, gaze=gaze), dpi=60)
     panel = next(p for p in picture.panels if p.name == "circulator")

@@ -15,34 +15,16 @@ from typing import Literal
 
 from torch.utils.data import Dataset
 
+from egoexor import modalities
 from egoexor.config import DataConfig
 from egoexor.data import views
-from egoexor.data.audio import AudioCache
 from egoexor.data.processor import EgoExorProcessor, SampleInputError
 from egoexor.data.reader import EgoExorReader, ReadError, Timepoint
 from egoexor.data.samples import Sample, load_samples
+from egoexor.modalities.base import InputContext
 
 Mode = Literal["train", "eval", "generate"]
 MODES = ("train", "eval", "generate")
-
-#: The modalities modality dropout may remove, in the order of its draws.
-DROPPABLE = ("eye_gaze", "hand_tracking", "point_cloud", "audio")
-#: The sample modalities removed by each ``drop_modalities`` name of an extra input (the names of views and
-#: branches act on views: :meth:`EgoExorProcessor.images`, :meth:`EgoExorDataset._ego_views`, ``_exo_cameras``).
-_REMOVED_BY = {
-    "gaze": ("eye_gaze", "eye_gaze_depth"),
-    "hands": ("hand_tracking",),
-    "audio": ("audio",),
-    "point_cloud": ("point_cloud",),
-}
-#: The reader field of each modality read on its own (every camera frame is always read).
-_FIELD_OF_MODALITY = {
-    "eye_gaze": "gaze",
-    "eye_gaze_depth": "gaze_depth",
-    "hand_tracking": "hands",
-    "point_cloud": "point_cloud",
-    "audio": "audio",
-}
 
 
 class EgoExorDataset(Dataset):
@@ -76,7 +58,10 @@ class EgoExorDataset(Dataset):
         self.processor = EgoExorProcessor(tokenizer, config)
         self.mode = mode
         self.seed = seed
-        self._audio_cache = AudioCache(config.audio_cache, config.audio_norm) if config.audio_cache else None
+        self.inputs = modalities.token_inputs()
+        self._state: dict = {}  # what the inputs keep (a CLAP encoder, an audio cache), per worker after a fork
+        for modality in self.inputs:
+            modality.prepare(config, self._state)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -97,70 +82,62 @@ class EgoExorDataset(Dataset):
 
     def _item(self, sample: Sample, rng: random.Random) -> dict:
         """Every random draw comes from ``rng``, in this order: modality dropout, then the exo views."""
-        modalities = self._kept_modalities(sample, rng)
-        point = self.reader.read(sample.take, sample.frame, self._fields(modalities))
-        ego, exo = self._ego_views(point, modalities), self._exo_cameras(point, modalities, rng)
-        item = {**self.processor.ego_inputs(point, ego), **self._exo_inputs(sample, point, exo, modalities)}
+        kept = self._kept_inputs(sample, rng)
+        point = self.reader.read(sample.take, sample.frame, self._fields(kept))
+        ego, exo = self._ego_views(point, sample.modalities), self._exo_cameras(point, sample.modalities, rng)
+        item = {
+            "ego_images": self.processor.images(point, [view.camera for view in ego], ego=True),
+            "exo_images": self.processor.images(point, exo, ego=False),
+        }
+        context = InputContext(self.config, sample, self._state)
+        for modality in self.inputs:
+            views = ego if modality.branch == "ego" else exo
+            item.update(modality.item(point, views, modality.name in kept and bool(views), context))
         n_visual = (int(len(ego) > 0) + int(len(exo) > 0)) * self.config.tokens_per_branch
         return {**item, **self.processor.tokens(sample, n_visual, generating=self.mode == "generate")}
 
-    def _kept_modalities(self, sample: Sample, rng: random.Random) -> frozenset[str]:
-        """The sample's modalities less those modality dropout removes: in training, one draw for each of
-        :data:`DROPPABLE` in order, whether or not the sample has it, and those ``drop_modalities`` removes.
-        A gaze token needs both gaze and depth: they are kept or dropped together (by the ``eye_gaze`` draw)."""
+    def _kept_inputs(self, sample: Sample, rng: random.Random) -> frozenset[str]:
+        """The extra inputs the item keeps: those whose every group the sample lists, less those modality
+        dropout removes and those ``drop_modalities`` removes. In training, modality dropout draws once for
+        each built-in input in ``modalities.dropout_order()`` (the reference's: whether or not the sample has
+        it), and once for a plug-in's input where the sample has it (so existing data draws as before)."""
         rate = self.config.modality_dropout if self.mode == "train" else 0.0
-        dropped = {modality for modality in DROPPABLE if rate > 0 and rng.random() < rate}
-        removed = {modality for name in self.config.drop_modalities for modality in _REMOVED_BY.get(name, ())}
-        kept = sample.modalities - dropped - removed
-        if not {"eye_gaze", "eye_gaze_depth"} <= kept:
-            kept -= {"eye_gaze", "eye_gaze_depth"}
-        return kept
-
-    def _fields(self, modalities: frozenset[str]) -> set[str]:
-        """What to read: every camera frame and each kept modality (audio snippets only for the CLAP
-        encoder: a cache holds their embeddings already)."""
-        fields = {"rgb"} | {field for modality, field in _FIELD_OF_MODALITY.items() if modality in modalities}
-        if self._audio_cache is not None or self.config.audio_encoder is None:
-            fields.discard("audio")
-        return fields
-
-    def _ego_views(self, point: Timepoint, modalities: frozenset[str]) -> list[views.EgoView]:
-        """The ego branch: the non-black ego cameras with the gaze, depth and hand rows of each."""
-        if "ego_frames" not in modalities or "ego" in self.config.drop_modalities:
-            return []
-        config, n_depth = self.config, len(point.gaze_depth) if point.gaze_depth is not None else 0
-        return views.ego_views(
-            point.sources,
-            point.rgb,
-            point.gaze,
-            n_depth,
-            point.hands,
-            config.row_matching,
-            generating=self.mode == "generate",
-            selection=config.camera_selection,
+        dropped = set()
+        if rate > 0:
+            for modality in modalities.dropout_order():
+                if (modality.builtin or set(modality.groups) <= sample.modalities) and rng.random() < rate:
+                    dropped.add(modality.name)
+        return frozenset(
+            modality.name
+            for modality in self.inputs
+            if set(modality.groups) <= sample.modalities
+            and modality.name not in dropped
+            and modality.name not in self.config.drop_modalities
         )
 
-    def _exo_cameras(self, point: Timepoint, modalities: frozenset[str], rng: random.Random) -> list[int]:
+    def _fields(self, kept: frozenset[str]) -> set[str]:
+        """What to read: every camera frame and what each kept input needs."""
+        return {"rgb"}.union(*(modality.fields(self.config) for modality in self.inputs if modality.name in kept))
+
+    def _ego_views(self, point: Timepoint, groups: frozenset[str]) -> list[views.EgoView]:
+        """The ego branch: the non-black ego cameras."""
+        if "ego_frames" not in groups or "ego" in self.config.drop_modalities:
+            return []
+        return views.ego_views(
+            point.sources, point.rgb, generating=self.mode == "generate", selection=self.config.camera_selection
+        )
+
+    def _exo_cameras(self, point: Timepoint, groups: frozenset[str], rng: random.Random) -> list[int]:
         """The exo branch: room cameras and the ultrasound screen (a random subset in training)."""
         if point.rgb is None or "exo" in self.config.drop_modalities:
             return []
         config = self.config
         return views.exo_cameras(
             point.sources,
-            "exo_frames" in modalities,
-            "ultrasound" in modalities,
+            "exo_frames" in groups,
+            "ultrasound" in groups,
             config.camera_selection,
             sample_views=self.mode == "train" and config.exo_views == "reference",
             max_views=config.max_exo_views,
             rng=rng,
         )
-
-    def _exo_inputs(self, sample: Sample, point: Timepoint, exo: list[int], modalities: frozenset[str]) -> dict:
-        """The exo views, and the frame's audio and point cloud: exo-branch extras, absent without a view."""
-        item = {"exo_images": self.processor.images(point, exo, ego=False), "audio": None, "point_cloud": None}
-        if exo and "audio" in modalities:
-            cached = self._audio_cache.embedding(sample) if self._audio_cache is not None else None
-            item["audio"] = self.processor.audio(point.audio, cached)
-        if exo and "point_cloud" in modalities:
-            item["point_cloud"] = self.processor.point_cloud(point)
-        return item

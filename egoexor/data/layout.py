@@ -59,16 +59,14 @@ ANNOTATIONS = "annotations"
 REL_ANNOTATIONS = "rel_annotations"
 SCENE_GRAPH = "scene_graph"
 
-#: Datasets whose first axis is the frame axis, in the order used to find a take's frame count.
-FRAME_AXIS_DATASETS: tuple[str, ...] = (
-    RGB,
-    GAZE,
-    GAZE_DEPTH,
-    HANDS,
-    AUDIO_SNIPPETS,
-    POINT_COORDINATES,
-    POINT_COLORS,
-)
+
+def frame_axis_datasets() -> tuple[str, ...]:
+    """Datasets whose first axis is the frame axis, in the order used to find a take's frame count: the
+    camera frames, then each input's (``egoexor.modalities``)."""
+    from egoexor import modalities
+
+    return (RGB, *(d.path for m in modalities.modalities() for d in m.datasets if d.frame_axis))
+
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
 
@@ -132,7 +130,7 @@ def take_sources(take: h5py.Group) -> list[str]:
 
 def take_frame_count(take: h5py.Group) -> int:
     """Number of frames of a take (0 when it holds no frame-indexed dataset)."""
-    for name in FRAME_AXIS_DATASETS:
+    for name in frame_axis_datasets():
         if name in take:
             return int(take[name].shape[0])
     return 0
@@ -158,29 +156,18 @@ def iter_takes(h5: h5py.File) -> Iterator[tuple[TakeKey, h5py.Group]]:
         yield key, h5[key.path]
 
 
-#: The per-take datasets besides ``frames/rgb``, each optional: (rank, width of the last axis or None, shape
-#: in words). All hold floating-point numbers.
-TAKE_DATASETS: dict[str, tuple[int, int | None, str]] = {
-    GAZE: (3, 3, "[F, G, 3]"),
-    GAZE_DEPTH: (2, None, "[F, G]"),
-    HANDS: (3, 17, "[F, G, 17]"),
-    AUDIO_WAVEFORM: (2, 2, "[S, 2]"),
-    AUDIO_SNIPPETS: (3, 2, "[F, S, 2]"),
-    POINT_COORDINATES: (3, 3, "[F, N, 3]"),
-    POINT_COLORS: (3, 3, "[F, N, 3]"),
-}
-#: Small datasets whose values are read too: NaN means "missing" in the released files, an infinity is an error.
-FINITE_OR_NAN = (GAZE, HANDS)
-
-
 def check_layout(h5: h5py.File) -> int:
     """Check that a per-procedure or merged file has the EgoExOR layout; return its take count.
 
     The one schema check of an HDF5 input, run before any heavy work: the metadata tables, the take ids,
-    each take's camera names (``sources``), the dtype, rank and width of every per-frame dataset
-    (:data:`TAKE_DATASETS`), and the values of the small ones (:data:`FINITE_OR_NAN`). Frames, audio and point
-    clouds are not read. Raises :class:`LayoutError` naming the file and the offending path.
+    each take's camera names (``sources``), the dtype, rank and width of every input dataset (each input's
+    ``datasets``, ``egoexor.modalities``: all hold floating-point numbers), and the values of those marked
+    ``finite_or_nan`` (gaze and hands: NaN means "missing" in the released files, an infinity is an error).
+    Frames, audio and point clouds are not read. Raises :class:`LayoutError` naming the file and the path.
     """
+    from egoexor import modalities
+
+    take_datasets = [d for m in modalities.modalities() for d in m.datasets]
     for path in (*VOCABULARY, SOURCE_TABLE):
         if path not in h5:
             raise LayoutError(f"{h5.filename}: missing '{path}'")
@@ -191,9 +178,9 @@ def check_layout(h5: h5py.File) -> int:
     for _, take in iter_takes(h5):
         if RGB in take:
             _check_rgb(h5, take)
-        for path, (rank, width, shape) in TAKE_DATASETS.items():
-            if path in take:
-                _check_dataset(h5, take[path], rank, width, shape)
+        for dataset in take_datasets:
+            if dataset.path in take:
+                _check_dataset(h5, take[dataset.path], dataset)
         count += 1
     return count
 
@@ -252,11 +239,12 @@ def _check_rgb(h5: h5py.File, take: h5py.Group) -> None:
         )
 
 
-def _check_dataset(h5: h5py.File, dataset: h5py.Dataset, rank: int, width: int | None, shape: str) -> None:
-    fits = isinstance(dataset, h5py.Dataset) and dataset.dtype.kind == "f" and dataset.ndim == rank
-    if not fits or (width is not None and dataset.shape[-1] != width):
-        raise LayoutError(f"{h5.filename}: {dataset.name} must be float {shape}, got {_described(dataset)}")
-    if any(dataset.name.endswith(path) for path in FINITE_OR_NAN):
+def _check_dataset(h5: h5py.File, dataset: h5py.Dataset, schema) -> None:
+    """``schema``: the input's ``egoexor.modalities.base.TakeDataset``."""
+    fits = isinstance(dataset, h5py.Dataset) and dataset.dtype.kind == "f" and dataset.ndim == schema.rank
+    if not fits or (schema.width is not None and dataset.shape[-1] != schema.width):
+        raise LayoutError(f"{h5.filename}: {dataset.name} must be float {schema.shape}, got {_described(dataset)}")
+    if schema.finite_or_nan:
         values = dataset[()]
         infinite = np.isinf(values)
         if infinite.any():

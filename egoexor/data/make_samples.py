@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -42,7 +41,7 @@ from typing import Literal
 
 import h5py
 
-from egoexor import cli, memory, vocab
+from egoexor import cli, memory, modalities
 from egoexor.atomic import write_json
 from egoexor.data import layout
 from egoexor.data.layout import LayoutError, TakeKey
@@ -52,8 +51,6 @@ from egoexor.scene_graph import serialize, split_fields, triplets_from_annotatio
 
 COMMAND = "egoexor.data.make_samples"
 DEFAULT_TOKENIZER = "liuhaotian/llava-v1.5-7b"
-_EXTERNAL = re.compile(r"external_[1-5]")
-_EGO_GROUPS = ("eye_gaze", "eye_gaze_depth", "hand_tracking", "audio")
 Temporal = Literal["none", "short", "long", "longshort", "aug"]
 TEMPORAL_CHOICES: tuple[str, ...] = ("none", *memory.STYLES, "aug")
 
@@ -84,25 +81,13 @@ def token_freqs_file_name(split: str, n_permutations: int) -> str:
 
 
 def _available_modalities(take: h5py.Group, sources: list[str], rng: random.Random, dropout: float) -> set[str]:
-    """The reference's per-frame availability rule, with its RNG draws in the same order."""
-    has_ego = any(s in vocab.EGO_SOURCES for s in sources)
-    has_ultrasound = vocab.ULTRASOUND_SOURCE in sources
-    has_external = any(_EXTERNAL.match(s) for s in sources)
-    has_exo = has_external or any(s in ("or_light", "microscope", "simstation") for s in sources)
-    has_frames = "frames" in take
+    """The reference's per-frame availability rule, with its RNG draws in the same order: each input's groups
+    the take holds (``available_groups``), in registry order, each kept unless ``dropout`` draws it away."""
     available = set()
-    if has_ego:
-        if has_frames:
-            available.add("ego_frames")
-        for group in _EGO_GROUPS:
-            if group in take and rng.random() >= dropout:
+    for modality in modalities.modalities():
+        for group in modality.available_groups(take, sources):
+            if not modality.dropped_when_sampling or rng.random() >= dropout:
                 available.add(group)
-    if has_exo and has_frames:
-        available.add("exo_frames")
-    if has_ultrasound and has_frames and rng.random() >= dropout:
-        available.add("ultrasound")
-    if has_external and "point_cloud" in take and rng.random() >= dropout:
-        available.add("point_cloud")
     return available
 
 

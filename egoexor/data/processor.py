@@ -36,8 +36,8 @@ key                    dtype, shape             meaning
 An item holds the same keys for one sample, unpadded (``input_ids`` [L], ``ego_images``
 [V_e, 3, S, S], ``gaze_mask`` [V_e], ``audio`` [D_a] or None, ``point_cloud`` [N, 6] or None, ...), less
 what the collator derives (``attention_mask``, ``ego_view_mask``, ``exo_view_mask``, ``audio_mask``,
-``point_cloud_batch``, ``point_cloud_mask``). :data:`BATCHING` says how each input becomes its batch
-keys: a new input adds its rows there, and the collator's code stays as it is.
+``point_cloud_batch``, ``point_cloud_mask``). :func:`batching` says how each input becomes its batch
+keys (each input's ``batching()``, ``egoexor.modalities``): a plug-in's input adds its own keys.
 
 Extras (gaze, hands, audio, point cloud) belong to a branch and are dropped with it when it has no
 view. Text follows the vicuna_v1 template (``egoexor.prompt``); prompt and answer are
@@ -47,20 +47,17 @@ tokenised separately and concatenated, so the supervised span is exactly answer 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 
-from egoexor import vocab
+from egoexor import modalities, vocab
 from egoexor.config import DataConfig
 from egoexor.data import transforms
-from egoexor.data.audio import ClapAudioEmbedder
 from egoexor.data.reader import Timepoint
 from egoexor.data.samples import Sample
-from egoexor.data.views import EgoView
 from egoexor.memory import MEMORY_START, fit_memory
+from egoexor.modalities.base import Batching, ViewStack
 from egoexor.prompt import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, chat_prompt
 
 
@@ -76,14 +73,13 @@ def _view_modality(source: str, ego: bool) -> str:
 class EgoExorProcessor:
     """One sample's read arrays and text -> the tensors of its item (numbers by ``egoexor.data.transforms``).
 
-    Holds no file: the Dataset reads, picks the views and hands their arrays over. The CLAP audio
-    encoder is loaded on first use, so once in each DataLoader worker.
+    Holds no file: the Dataset reads, picks the views and hands their arrays over; each extra input's
+    tensors are its own module's (``egoexor.modalities``).
     """
 
     def __init__(self, tokenizer, config: DataConfig) -> None:
         self.tokenizer = tokenizer
         self.config = config
-        self._embedder: ClapAudioEmbedder | None = None
 
     def images(self, point: Timepoint, cameras: Sequence[int], ego: bool) -> torch.Tensor:
         """The views of one branch (``ego`` or exo: the reference's flips go by branch)."""
@@ -96,54 +92,6 @@ class EgoExorProcessor:
             flip = transforms.is_flipped(point.sources[camera], ego, self.config.flip_rule)
             transforms.image(point.rgb[camera], size, flip, rescale, out=images[view].numpy())
         return images
-
-    def ego_inputs(self, point: Timepoint, ego: Sequence[EgoView]) -> dict[str, torch.Tensor]:
-        """The ego branch: its views and, per view, the gaze (x, y, depth) and hand rows that go with it."""
-        item = {"ego_images": self.images(point, [view.camera for view in ego], ego=True)}
-        item["gaze"], item["gaze_mask"] = _per_view(self._gaze_rows(point, ego), 3)
-        item["hands"], item["hand_mask"] = _per_view(self._hand_rows(point, ego), 16)
-        return item
-
-    def _gaze_rows(self, point: Timepoint, ego: Sequence[EgoView]) -> list[np.ndarray | None]:
-        """(x, y, depth) of each view; None where its gaze or depth row is missing."""
-        gaze, depth = point.gaze, point.gaze_depth
-        if gaze is not None:
-            gaze = transforms.gaze_rows(gaze, point.take, self.config.gaze_scale, self.config.gaze_fixation)
-        if depth is not None:
-            depth = transforms.gaze_depth(depth, self.config.depth_scale)
-        if gaze is None or depth is None:
-            return [None] * len(ego)
-        return [
-            np.append(gaze[view.gaze_row], depth[view.depth_row])
-            if view.gaze_row is not None and view.depth_row is not None
-            else None
-            for view in ego
-        ]
-
-    def _hand_rows(self, point: Timepoint, ego: Sequence[EgoView]) -> list[np.ndarray | None]:
-        """The 8 hand points of each view; None where the row is missing or tracks no point."""
-        if point.hands is None:
-            return [None] * len(ego)
-        hands, tracked = transforms.hand_rows(point.hands, self.config.hand_scale)
-        return [hands[view.hand_row] if view.hand_row is not None and tracked[view.hand_row] else None for view in ego]
-
-    def audio(self, snippet: np.ndarray | None, embedding: np.ndarray | None = None) -> torch.Tensor | None:
-        """A precomputed ``embedding``, else the CLAP embedding of the stereo ``snippet``; None: no audio."""
-        if embedding is None and snippet is not None and self.config.audio_encoder is not None:
-            if self._embedder is None:
-                self._embedder = ClapAudioEmbedder(self.config.audio_encoder, self.config.audio_norm)
-            embedding = self._embedder([snippet])[0]
-        return None if embedding is None else torch.from_numpy(np.asarray(embedding, np.float32))
-
-    @staticmethod
-    def point_cloud(point: Timepoint) -> torch.Tensor | None:
-        """xyz + rgb of the frame's cloud; None for no cloud or an empty one."""
-        if point.point_coordinates is None:
-            return None
-        cloud = transforms.point_cloud(point.point_coordinates, point.point_colors)
-        if not np.isfinite(cloud).all():
-            raise ValueError("point cloud has NaN or inf values")
-        return torch.from_numpy(cloud) if len(cloud) else None
 
     def tokens(self, sample: Sample, n_visual: int, generating: bool) -> dict[str, torch.Tensor]:
         """Prompt ids (visual placeholders expanded) and, unless ``generating``, answer + EOS with labels.
@@ -190,15 +138,6 @@ class EgoExorProcessor:
         return ids
 
 
-def _per_view(rows: list[np.ndarray | None], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[V, width] values, zero where a view has no row, and the [V] mask of views with one."""
-    values, mask = torch.zeros(len(rows), width), torch.zeros(len(rows), dtype=torch.bool)
-    for view, row in enumerate(rows):
-        if row is not None:
-            values[view], mask[view] = torch.from_numpy(row), True
-    return values, mask
-
-
 def _check_spacing(sample: Sample, segments: Sequence[str]) -> None:
     """Refuse a text segment that starts with a space or holds repeated spaces (``▁`` counts as one).
 
@@ -215,67 +154,15 @@ def _check_spacing(sample: Sample, segments: Sequence[str]) -> None:
             )
 
 
-@dataclass(frozen=True)
-class ViewStack:
-    """Per sample [V, ...] -> [B, V_max, ...], zeros past V; with ``mask``, also the [B, V_max] mask of real views."""
-
-    mask: str | None = None
-
-    def __call__(self, key: str, tensors: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        most = max(len(t) for t in tensors)
-        out = tensors[0].new_empty((len(tensors), most, *tensors[0].shape[1:]))
-        mask = torch.zeros(len(tensors), most, dtype=torch.bool)
-        for b, t in enumerate(tensors):
-            out[b, : len(t)] = t
-            out[b, len(t) :] = 0  # only the padding is zero-filled: image batches are large
-            mask[b, : len(t)] = True
-        return {key: out, self.mask: mask} if self.mask else {key: out}
-
-
-@dataclass(frozen=True)
-class OptionalVector:
-    """Per sample [D] or None -> [B, D] (D = 0 when no sample has one), zeros for None, and the [B] ``mask``."""
-
-    mask: str
-
-    def __call__(self, key: str, vectors: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
-        dim = next((len(v) for v in vectors if v is not None), 0)
-        return {
-            key: torch.stack([v if v is not None else torch.zeros(dim) for v in vectors]),
-            self.mask: torch.tensor([v is not None for v in vectors]),
-        }
-
-
-@dataclass(frozen=True)
-class PointSets:
-    """Per sample [N, width] or None -> every sample's rows concatenated [P, width], the [P] sample
-    ``index`` of each row, and the [B] ``mask`` of samples with rows."""
-
-    mask: str
-    index: str
-    width: int
-
-    def __call__(self, key: str, sets: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
-        present = [s for s in sets if s is not None]
-        index = [torch.full((len(s),), b, dtype=torch.long) for b, s in enumerate(sets) if s is not None]
-        return {
-            key: torch.cat(present) if present else torch.zeros(0, self.width),
-            self.index: torch.cat(index) if present else torch.zeros(0, dtype=torch.long),
-            self.mask: torch.tensor([s is not None for s in sets]),
-        }
-
-
-#: How the collator batches each item input (all but the token ids), in batch-key order.
-BATCHING: dict[str, ViewStack | OptionalVector | PointSets] = {
-    "ego_images": ViewStack(mask="ego_view_mask"),
-    "gaze": ViewStack(),
-    "gaze_mask": ViewStack(),
-    "hands": ViewStack(),
-    "hand_mask": ViewStack(),
-    "exo_images": ViewStack(mask="exo_view_mask"),
-    "audio": OptionalVector(mask="audio_mask"),
-    "point_cloud": PointSets(mask="point_cloud_mask", index="point_cloud_batch", width=6),
-}
+def batching() -> dict[str, Batching]:
+    """How the collator batches each item input (all but the token ids), in batch-key order: each branch's
+    views, then its extra inputs' keys (each input's ``batching()``, ``egoexor.modalities``)."""
+    rules: dict[str, Batching] = {}
+    for branch in ("ego", "exo"):
+        rules[f"{branch}_images"] = ViewStack(mask=f"{branch}_view_mask")
+        for modality in modalities.token_inputs(branch):
+            rules.update(modality.batching())
+    return rules
 
 
 class Collator:
@@ -284,6 +171,7 @@ class Collator:
     def __init__(self, pad_token_id: int, padding_side: Literal["right", "left"] = "right") -> None:
         self.pad_token_id = pad_token_id
         self.padding_side = padding_side
+        self.batching = batching()
 
     def _pad_tokens(self, sequences: list[torch.Tensor], value: int) -> torch.Tensor:
         length = max(len(s) for s in sequences)
@@ -303,6 +191,6 @@ class Collator:
         }
         if "labels" in items[0]:
             batch["labels"] = self._pad_tokens([item["labels"] for item in items], IGNORE_INDEX)
-        for key, batching in BATCHING.items():
-            batch.update(batching(key, [item[key] for item in items]))
+        for key, rule in self.batching.items():
+            batch.update(rule(key, [item[key] for item in items]))
         return batch

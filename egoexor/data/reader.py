@@ -18,22 +18,20 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from egoexor import cli, vocab
+from egoexor import cli, modalities, vocab
 from egoexor.data import layout
 from egoexor.data.layout import TakeKey
 from egoexor.scene_graph import Triplet, triplets_from_annotation
 
-#: What :meth:`EgoExorReader.read` can read, and the datasets behind each name.
-FIELDS: tuple[str, ...] = ("rgb", "gaze", "gaze_depth", "hands", "audio", "point_cloud", "annotations")
-_FIELD_OF_PATH = {
-    layout.RGB: "rgb",
-    layout.GAZE: "gaze",
-    layout.GAZE_DEPTH: "gaze_depth",
-    layout.HANDS: "hands",
-    layout.AUDIO_SNIPPETS: "audio",
-    layout.POINT_COORDINATES: "point_cloud",
-    layout.POINT_COLORS: "point_cloud",
-}
+
+def readable_fields() -> tuple[str, ...]:
+    """What :meth:`EgoExorReader.read` can read: the camera frames, each input's per-frame datasets
+    (``egoexor.modalities``) and the annotations."""
+    return ("rgb", *_path_of_field(), "annotations")
+
+
+def _path_of_field() -> dict[str, str]:
+    return {d.field: d.path for m in modalities.modalities() for d in m.datasets if d.field is not None}
 
 
 class ReadError(LookupError):
@@ -42,23 +40,20 @@ class ReadError(LookupError):
 
 @dataclass
 class Timepoint:
-    """One frame of one take; ``None`` where the take has no such group.
+    """One frame of one take.
 
-    ``sources`` lists the camera axis of ``rgb`` (``blank`` included). ``gaze`` rows are
-    (source id, x px, y px) and ``hands`` rows are source id + 8 (x, y) points; ``gaze_depth`` is
-    row-aligned with ``gaze``. ``annotations`` is ``None`` for a frame with no annotation group.
+    ``sources`` lists the camera axis of ``rgb`` (``blank`` included); ``rgb`` is None for a take without
+    frames. ``arrays`` holds the frame's row of each input dataset read, by reader field (``gaze``,
+    ``gaze_depth``, ``hands``, ``audio``, ``point_coordinates``, ``point_colors``, and the plug-ins'), in the
+    file's units; a field not read or not in the take is absent. ``annotations`` is ``None`` for a frame with
+    no annotation group.
     """
 
     take: TakeKey
     frame: int
     sources: list[str]
     rgb: np.ndarray | None  # uint8 [C, H, W, 3]
-    gaze: np.ndarray | None  # float32 [G, 3]
-    gaze_depth: np.ndarray | None  # float32 [G]
-    hands: np.ndarray | None  # float32 [G, 17]
-    audio: np.ndarray | None  # float32 [S, 2]
-    point_coordinates: np.ndarray | None  # float32 [N, 3]
-    point_colors: np.ndarray | None  # float32 [N, 3]
+    arrays: dict[str, np.ndarray]
     annotations: list[Triplet] | None
 
     def image(self, source: str) -> np.ndarray | None:
@@ -69,9 +64,10 @@ class Timepoint:
 
     def gaze_by_source(self) -> dict[str, np.ndarray]:
         """Gaze (x, y) per ego device, keyed by the source name the row's id stands for."""
-        if self.gaze is None:
+        gaze = self.arrays.get("gaze")
+        if gaze is None:
             return {}
-        return {vocab.SOURCE_NAMES.get(int(row[0]), str(int(row[0]))): row[1:] for row in self.gaze}
+        return {vocab.SOURCE_NAMES.get(int(row[0]), str(int(row[0]))): row[1:] for row in gaze}
 
 
 class EgoExorReader:
@@ -115,33 +111,26 @@ class EgoExorReader:
     def frame_count(self, key: TakeKey) -> int:
         return layout.take_frame_count(self.take(key))
 
-    def read(self, key: TakeKey, frame: int, fields: Collection[str] = FIELDS) -> Timepoint:
-        """The modalities of one frame; those not in ``fields`` are not read and stay ``None``."""
-        unknown = set(fields) - set(FIELDS)
+    def read(self, key: TakeKey, frame: int, fields: Collection[str] | None = None) -> Timepoint:
+        """The inputs of one frame; only ``fields`` are read (default: all of :func:`readable_fields`)."""
+        known = readable_fields()
+        fields = known if fields is None else fields
+        unknown = set(fields) - set(known)
         if unknown:
-            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; choose from {', '.join(FIELDS)}")
+            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}; choose from {', '.join(known)}")
         take = self.take(key)
         n_frames = layout.take_frame_count(take)
         if not 0 <= frame < n_frames:
             raise ReadError(f"{self.path}: {key.path}: frame {frame} out of range (take has {n_frames} frames)")
-
-        def row(path: str) -> np.ndarray | None:
-            wanted = _FIELD_OF_PATH[path] in fields
-            return take[path][frame] if wanted and path in take else None
-
         try:
+            paths = _path_of_field()
             annotation = layout.annotation_path(frame) + "/" + layout.REL_ANNOTATIONS
             return Timepoint(
                 take=key,
                 frame=frame,
                 sources=layout.take_sources(take),
-                rgb=row(layout.RGB),
-                gaze=row(layout.GAZE),
-                gaze_depth=row(layout.GAZE_DEPTH),
-                hands=row(layout.HANDS),
-                audio=row(layout.AUDIO_SNIPPETS),
-                point_coordinates=row(layout.POINT_COORDINATES),
-                point_colors=row(layout.POINT_COLORS),
+                rgb=take[layout.RGB][frame] if "rgb" in fields and layout.RGB in take else None,
+                arrays={f: take[paths[f]][frame] for f in fields if f in paths and paths[f] in take},
                 annotations=(
                     triplets_from_annotation(take[annotation][()])
                     if "annotations" in fields and annotation in take

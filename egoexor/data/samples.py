@@ -18,24 +18,12 @@ import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import h5py
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator
 
+from egoexor import modalities
 from egoexor.data.layout import TakeKey, take_frame_count
-
-#: Every modality name a record may list, in the order this project writes them.
-MODALITIES: tuple[str, ...] = (
-    "ego_frames",
-    "eye_gaze",
-    "eye_gaze_depth",
-    "hand_tracking",
-    "audio",
-    "exo_frames",
-    "ultrasound",
-    "point_cloud",
-)
 
 
 class SampleError(ValueError):
@@ -63,7 +51,7 @@ class Sample:
                 "procedure_id": self.take.procedure_id,
                 "take_id": self.take.take_id,
                 "frame_idx": self.frame,
-                "available_modalities": [m for m in MODALITIES if m in self.modalities],
+                "available_modalities": [m for m in modalities.sample_groups() if m in self.modalities],
             },
             "conversations": [{"from": "human", "value": self.question}, {"from": "gpt", "value": self.answer}],
         }
@@ -81,8 +69,17 @@ class _Indices(_Strict):
     procedure_id: NonNegativeInt
     take_id: NonNegativeInt
     frame_idx: NonNegativeInt
-    #: A misspelt name would silently mean "not available".
-    available_modalities: list[Literal[MODALITIES]] = []
+    #: A misspelt name would silently mean "not available": each must be a registered input's group.
+    available_modalities: list[str] = []
+
+    @field_validator("available_modalities")
+    @classmethod
+    def _registered(cls, names: list[str]) -> list[str]:
+        known = modalities.sample_groups()
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(f"unknown modality {unknown[0]!r}; registered inputs list {', '.join(known)}")
+        return names
 
 
 class _Turn(_Strict):

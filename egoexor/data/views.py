@@ -1,4 +1,4 @@
-"""Which cameras form the ego and exo branches of a sample, and which gaze/depth/hand rows go with them.
+"""Which cameras form the ego and exo branches of a sample, and where a per-device row finds its view.
 
 Ego views are the sample's non-black ego cameras, in camera order. Exo views are its room cameras
 (and the ultrasound screen when that modality is available), black ones kept, as the reference
@@ -11,9 +11,10 @@ the range joins the branch, so a blank camera between two room cameras becomes a
 an ultrasound screen inside the range is read even when that modality is unavailable. On
 well-ordered takes both rules give the same views.
 
-``row_matching``: ``source_id`` finds gaze rows by their source id, depth rows row-aligned with
-gaze, and hand rows by their own source id. ``reference`` keeps gaze by id (the reference did that
-too) but takes depth and hand rows by position, with a different rule in each of its code paths:
+``row_matching`` (applied by each per-device input, ``egoexor.modalities``): ``source_id`` finds gaze
+rows by their source id, depth rows row-aligned with gaze, and hand rows by their own source id.
+``reference`` keeps gaze by id (the reference did that too) but takes depth and hand rows by position
+(:attr:`EgoView.position`, :func:`row_at_position`), with a different rule in each of its code paths:
 
 * training (``train.py:1322-1368``): the k-th kept ego view takes row ``e[k] - e[0]``, ``e`` being
   every ego-named camera, black ones included; a black ego frame shifts the later views' rows;
@@ -39,24 +40,18 @@ _DEFAULT_EGO_RANGE, _DEFAULT_EXO_RANGE = (0, 4), (4, 9)
 
 @dataclass(frozen=True)
 class EgoView:
-    """One ego camera and the row of each per-device array that belongs to it (None: no row)."""
+    """One ego camera: its device's source id (None: not in the source table) and its row position under the
+    reference's positional rule (None: no row), for the inputs with one row per device."""
 
     camera: int
     source: str
-    gaze_row: int | None
-    depth_row: int | None
-    hand_row: int | None
+    source_id: int | None
+    position: int | None
 
 
-def _row_with_id(rows: np.ndarray | None, source_id: int | None) -> int | None:
-    if rows is None or source_id is None:
-        return None
-    matches = np.flatnonzero(rows[:, 0] == source_id)
-    return int(matches[0]) if len(matches) else None
-
-
-def _row_below(row: int | None, n_rows: int) -> int | None:
-    return row if row is not None and row < n_rows else None
+def row_at_position(view: EgoView, n_rows: int) -> int | None:
+    """The reference's positional row of a view, where the rows reach it."""
+    return view.position if view.position is not None and view.position < n_rows else None
 
 
 def _index_range(cameras: list[int], default: tuple[int, int], n_cameras: int) -> list[int]:
@@ -65,42 +60,21 @@ def _index_range(cameras: list[int], default: tuple[int, int], n_cameras: int) -
     return list(range(start, min(stop, n_cameras)))
 
 
-def ego_views(
-    sources: list[str],
-    rgb: np.ndarray | None,
-    gaze: np.ndarray | None,
-    n_depth: int,
-    hands: np.ndarray | None,
-    row_matching: str,
-    generating: bool,
-    selection: str,
-) -> list[EgoView]:
-    """The non-black ego cameras with their rows; ``n_depth`` is the number of depth rows (0: none).
-
-    ``generating`` picks the reference's inference row rule over its training rule (``row_matching``
-    ``reference`` only).
-    """
+def ego_views(sources: list[str], rgb: np.ndarray | None, generating: bool, selection: str) -> list[EgoView]:
+    """The non-black ego cameras; ``generating`` picks the reference's inference row rule over its training rule."""
     if rgb is None:
         return []
     named = [i for i, name in enumerate(sources) if name in vocab.EGO_SOURCES]
     candidates = named if selection == "name" else _index_range(named, _DEFAULT_EGO_RANGE, len(sources))
     kept = [camera for camera in candidates if rgb[camera].any()]
-    n_hands = 0 if hands is None else len(hands)
     views = []
     for k, camera in enumerate(kept):
-        source = sources[camera]
-        source_id = vocab.SOURCES.get(source)
-        gaze_row = _row_with_id(gaze, source_id)
-        if row_matching == "reference":
-            if generating:
-                position = camera - kept[0]
-            else:
-                position = named[k] - named[0] if k < len(named) else None
-            depth_row, hand_row = _row_below(position, n_depth), _row_below(position, n_hands)
+        if generating:
+            position = camera - kept[0]
         else:
-            depth_row = _row_below(gaze_row, n_depth)
-            hand_row = _row_with_id(hands, source_id)
-        views.append(EgoView(camera, source, gaze_row, depth_row, hand_row))
+            position = named[k] - named[0] if k < len(named) else None
+        source = sources[camera]
+        views.append(EgoView(camera, source, vocab.SOURCES.get(source), position))
     return views
 
 

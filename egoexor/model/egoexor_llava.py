@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from egoexor import modalities
 from egoexor.model.fusion import BranchFusion
 from egoexor.model.vision import CLIPVisionTower
 from egoexor.prompt import IGNORE_INDEX, IMAGE_TOKEN_ID
@@ -51,6 +52,7 @@ class EgoExorLlava(nn.Module):
         self.vision_tower = vision_tower
         self.image_pooler = image_pooler  # the branch fusion, under the reference's (checkpoint) name
         self.mm_projector = mm_projector
+        self._input_keys = {key for modality in modalities.token_inputs() for key in modality.batch_keys()}
 
     @property
     def config(self):
@@ -68,41 +70,30 @@ class EgoExorLlava(nn.Module):
         self.language_model.enable_input_require_grads()
 
     def visual_features(
-        self,
-        ego_images: Tensor,
-        ego_view_mask: Tensor,
-        exo_images: Tensor,
-        exo_view_mask: Tensor,
-        gaze: Tensor | None = None,
-        gaze_mask: Tensor | None = None,
-        hands: Tensor | None = None,
-        hand_mask: Tensor | None = None,
-        audio: Tensor | None = None,
-        audio_mask: Tensor | None = None,
-        point_cloud: Tensor | None = None,
-        point_cloud_batch: Tensor | None = None,
-        point_cloud_mask: Tensor | None = None,
+        self, ego_images: Tensor, ego_view_mask: Tensor, exo_images: Tensor, exo_view_mask: Tensor, **inputs: Tensor
     ) -> Tensor | None:
         """[sum of placeholders, H]: each sample's ego then exo tokens, projected; None without views.
 
-        Shapes and meanings are the batch keys' (:mod:`egoexor.data.processor`); an extra input left out
-        counts as absent from every sample.
+        Shapes and meanings are the batch keys' (:mod:`egoexor.data.processor`); ``inputs`` are the extra
+        inputs' keys (``gaze``, ``gaze_mask``, ..., and the plug-ins'): one left out counts as absent from
+        every sample, one no registered input has is an error.
         """
+        unknown = set(inputs) - self._input_keys
+        if unknown:
+            raise TypeError(f"unknown input(s) {', '.join(sorted(unknown))}: no registered modality makes them")
         n_ego, n_exo = int(ego_view_mask.sum()), int(exo_view_mask.sum())
         if n_ego + n_exo == 0:
             return None
         # one CLIP pass over every view of the batch, ego views first
         features = self.vision_tower(torch.cat([ego_images[ego_view_mask], exo_images[exo_view_mask]]))
-        fusion = self.image_pooler
         branches = []
-        if n_ego:
-            views = _per_view(features[:n_ego], ego_view_mask)
-            ego = fusion.ego(views, ego_view_mask, gaze, gaze_mask, hands, hand_mask)
-            branches.append((ego, ego_view_mask.any(1)))
-        if n_exo:
-            views = _per_view(features[n_ego:], exo_view_mask)
-            exo = fusion.exo(views, exo_view_mask, audio, audio_mask, point_cloud, point_cloud_batch, point_cloud_mask)
-            branches.append((exo, exo_view_mask.any(1)))
+        for branch, mask, branch_features in (
+            ("ego", ego_view_mask, features[:n_ego]),
+            ("exo", exo_view_mask, features[n_ego:]),
+        ):
+            if mask.any():
+                tokens = self.image_pooler.branch(branch, _per_view(branch_features, mask), mask, inputs)
+                branches.append((tokens, mask.any(1)))
         fused = torch.cat([tokens[b] for b in range(len(ego_view_mask)) for tokens, present in branches if present[b]])
         return self.mm_projector(fused.to(self.mm_projector[0].weight.dtype))
 

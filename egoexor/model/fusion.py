@@ -34,9 +34,8 @@ import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
+from egoexor import modalities
 from egoexor.config import ModelConfig
-from egoexor.model.encoders import MLPEncoder, encode_point_clouds
-from egoexor.model.point_transformer import PointTransformerV3
 
 
 def fusion_encoder(hidden: int, layers: int, heads: int, max_positions: int, with_pooler: bool) -> BertModel:
@@ -60,10 +59,6 @@ def fusion_encoder(hidden: int, layers: int, heads: int, max_positions: int, wit
     return encoder
 
 
-def _has_any(mask: Tensor | None) -> bool:
-    return mask is not None and bool(mask.any())
-
-
 class BranchFusion(nn.Module):
     """Encoders of the extra inputs plus the branch fusion encoders (the reference's ``image_pooler``).
 
@@ -74,20 +69,18 @@ class BranchFusion(nn.Module):
 
     def __init__(self, config: ModelConfig, hidden: int) -> None:
         super().__init__()
+        self.config = config
+        self.inputs = {branch: modalities.token_inputs(branch) for branch in ("ego", "exo")}
         features = frozenset(config.features)
-        point_transformer = None  # created first: the order of random draws fixes what a seeded build holds
-        if "point_cloud" in features:
-            point_transformer = PointTransformerV3(project_pc_dim=hidden, **(config.point_transformer or {}))
-            point_transformer.requires_grad_(config.train_point_transformer)
-            point_transformer.project_pc.requires_grad_(True)
+        # each input's encoder under its checkpoint name (None where unused), in registry order; those with
+        # ``built_first`` are drawn first: the order of random draws fixes what a seeded build holds
+        used = [m for m in modalities.token_inputs() if m.feature in features]
+        encoders = {m.name: m.build_encoder(config, hidden) for m in sorted(used, key=lambda m: not m.built_first)}
+        for modality in modalities.token_inputs():
+            setattr(self, modality.parameter, encoders.get(modality.name))
         self.preset = config.preset
         self.tokens_per_branch = config.tokens_per_branch
-        self.grid_size = config.point_cloud_grid_size
         self.mask_extras = config.mask_extras
-        self.gaze_encoder = MLPEncoder(3, hidden, config.encoder_hidden) if "gaze" in features else None
-        self.hand_encoder = MLPEncoder(16, hidden, config.encoder_hidden) if "hand" in features else None
-        self.audio_projector = nn.Linear(config.audio_dim, hidden) if "audio" in features else None
-        self.point_transformer = point_transformer
         shape = (hidden, config.resolved_fusion_layers, config.fusion_heads, config.fusion_max_positions)
         if self.preset == "reference":
             self.bert = fusion_encoder(*shape, with_pooler=True)
@@ -117,59 +110,17 @@ class BranchFusion(nn.Module):
         output = encoder(inputs_embeds=tokens.to(dtype), attention_mask=mask.long()).last_hidden_state
         return output[:, : self.tokens_per_branch]
 
-    def ego(
-        self,
-        views: Tensor,
-        view_mask: Tensor,
-        gaze: Tensor | None = None,
-        gaze_mask: Tensor | None = None,
-        hands: Tensor | None = None,
-        hand_mask: Tensor | None = None,
-    ) -> Tensor:
-        """[B, Ve, P, D] ego view tokens (``view_mask`` [B, Ve]) + gaze and hand tokens per view slot -> [B, N, D]."""
-        padding = ~view_mask[..., None]  # view slots beyond a sample's views
-        extras = []
-        for encoder, rows, present in ((self.gaze_encoder, gaze, gaze_mask), (self.hand_encoder, hands, hand_mask)):
-            if encoder is not None and _has_any(present):
-                extras.append((encoder(rows.to(views.dtype)).masked_fill(padding, 0), present))
-        return self._fuse("ego", views, view_mask, extras)
+    def branch(self, branch: str, views: Tensor, view_mask: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """[B, V, P, D] view tokens of a branch (``view_mask`` [B, V]) + each of its inputs' tokens -> [B, N, D].
 
-    def exo(
-        self,
-        views: Tensor,
-        view_mask: Tensor,
-        audio: Tensor | None = None,
-        audio_mask: Tensor | None = None,
-        point_cloud: Tensor | None = None,
-        point_cloud_batch: Tensor | None = None,
-        point_cloud_mask: Tensor | None = None,
-    ) -> Tensor:
-        """[B, Vx, P, D] exo view tokens (``view_mask`` [B, Vx]) + the audio and point-cloud tokens -> [B, N, D]."""
+        ``inputs``: batch keys of the extra inputs (:mod:`egoexor.data.processor`); one left out counts as
+        absent from every sample.
+        """
         extras = []
-        if self.audio_projector is not None and _has_any(audio_mask):
-            extras.append((self.audio_projector(audio.to(views.dtype))[:, None], audio_mask[:, None]))
-        if self.point_transformer is not None:
-            if _has_any(point_cloud_mask):
-                cloud = self.point_cloud_tokens(point_cloud, point_cloud_batch, point_cloud_mask)
-                extras.append((cloud[:, None], point_cloud_mask[:, None]))
-            elif not self.mask_extras:  # the reference's zero token when no sample has a cloud
-                absent = torch.zeros(len(views), 1, dtype=torch.bool, device=views.device)
-                extras.append((views.new_zeros(len(views), 1, views.shape[-1]), absent))
-        return self._fuse("exo", views, view_mask, extras)
-
-    def point_cloud_tokens(self, point_cloud: Tensor, point_cloud_batch: Tensor, point_cloud_mask: Tensor) -> Tensor:
-        """[B, D] from every sample's points (``point_cloud_batch``: sample of each point): PTv3 (frozen: no
-        gradient unless it has trainable parameters) -> per-cloud mean -> ``project_pc``."""
-        ptv3 = self.point_transformer
-        clouds = [
-            point_cloud[point_cloud_batch == b] if present else None
-            for b, present in enumerate(point_cloud_mask.tolist())
-        ]
-        encoder = [module for name, module in ptv3.named_children() if name != "project_pc"]
-        if ptv3.embedding.stem.conv.weight.dtype != torch.float32:
-            for module in encoder:  # DeepSpeed casts the whole model to bf16; PTv3 runs in fp32 (as the reference)
-                module.float()
-        trainable = any(p.requires_grad for module in encoder for p in module.parameters())
-        with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
-            means = encode_point_clouds(ptv3, clouds, self.grid_size)
-        return ptv3.project_pc(means.to(ptv3.project_pc.weight.dtype))
+        for modality in self.inputs[branch]:
+            encoder = getattr(self, modality.parameter)
+            if encoder is not None:
+                extra = modality.tokens(encoder, inputs, views, view_mask, self.config)
+                if extra is not None:
+                    extras.append(extra)
+        return self._fuse(branch, views, view_mask, extras)

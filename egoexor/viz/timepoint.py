@@ -90,7 +90,7 @@ def _row_of(rows: np.ndarray | None, source: str) -> np.ndarray | None:
 
 def gaze_point(point: Timepoint, source: str) -> np.ndarray | None:
     """The wearer's gaze (x, y) in image pixels, offset as the model sees it; ``None`` if invalid or absent."""
-    row = _row_of(point.gaze, source)
+    row = _row_of(point.arrays.get("gaze"), source)
     if row is None or not np.isfinite(row[1:3]).all() or (row[1:3] == -1).all():
         return None
     xy = row[1:3].astype(np.float64)
@@ -127,7 +127,7 @@ class _Camera:
         self.image.set_data(frame[..., ::-1] if swap_channels else frame)
         self.title.set_text(self.source + ("" if frame.any() else " (black frame)"))
         ego = self.source in vocab.EGO_SOURCES
-        row = _row_of(point.hands, self.source) if ego else None
+        row = _row_of(point.arrays.get("hands"), self.source) if ego else None
         for hand, (segments, bases) in enumerate(self.hands):
             if row is None:
                 segments.set_data([], [])
@@ -170,9 +170,9 @@ class _PointCloud:
             _message(axes, "no point cloud")
 
     def update(self, point: Timepoint) -> None:
-        if self.points is None or point.point_coordinates is None:
+        if self.points is None or point.arrays.get("point_coordinates") is None:
             return
-        xyz, rgb = point.point_coordinates, point.point_colors
+        xyz, rgb = point.arrays.get("point_coordinates"), point.arrays.get("point_colors")
         keep = np.isfinite(xyz).all(axis=1)
         self.points.set_offsets(xyz[keep, :2])
         self.points.set_facecolor(np.clip(np.nan_to_num(rgb[keep]), 0, 1) if rgb is not None else "#555555")
@@ -207,10 +207,10 @@ class _Audio:
         axes.set_ylabel("kHz")
 
     def update(self, point: Timepoint) -> None:
-        if self.image is None or point.audio is None:
+        if self.image is None or point.arrays.get("audio") is None:
             return
-        power = spectrogram(point.audio)
-        seconds = len(point.audio) / layout.AUDIO_SAMPLE_RATE
+        power = spectrogram(point.arrays.get("audio"))
+        seconds = len(point.arrays.get("audio")) / layout.AUDIO_SAMPLE_RATE
         self.image.set_data(power)
         self.image.set_extent((0, seconds, 0, layout.AUDIO_SAMPLE_RATE / 2000))
         self.image.set_clim(power.max() - 80, power.max())
@@ -280,8 +280,10 @@ class TimepointFigure:
             _message(self.figure.add_subplot(grid[0, :]), "no camera frames in this take")
         if any(source in vocab.EGO_SOURCES for _, source in views):
             self._legend(inches)
-        self.cloud = _PointCloud(self.figure.add_subplot(grid[rows, 0]), point.point_coordinates is not None)
-        self.audio = _Audio(self.figure.add_subplot(grid[rows, 1]), point.audio is not None)
+        self.cloud = _PointCloud(
+            self.figure.add_subplot(grid[rows, 0]), point.arrays.get("point_coordinates") is not None
+        )
+        self.audio = _Audio(self.figure.add_subplot(grid[rows, 1]), point.arrays.get("audio") is not None)
         self.scene = self.figure.add_subplot(grid[rows, 2:])
 
     def _legend(self, inches: float) -> None:

@@ -1,0 +1,76 @@
+"""Audio: one exo-branch token per sample from the CLAP embedding of the frame's 1-s snippet.
+
+Dataset ``audio/snippets`` [F, S, 2] (48 kHz stereo; ``audio/waveform`` [S, 2], the whole take, is checked
+but not read). The embedding comes from a precomputed sidecar (``audio_cache``,
+``python -m egoexor.data.precompute_audio``) or from CLAP (``audio_encoder``, loaded once per DataLoader
+worker) on the snippet normalised by ``transforms.audio_snippet``. A sample lists ``audio`` only where its
+take has ego devices (the reference's sample generator), and the token needs an exo view. Encoder
+``audio_projector``: a Linear ``audio_dim`` -> D.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from egoexor import vocab
+from egoexor.data import layout
+from egoexor.modalities import register_modality
+from egoexor.modalities.base import OptionalVector, TakeDataset, TokenInput
+
+
+class Audio(TokenInput):
+    name, branch, feature, parameter, builtin = "audio", "exo", "audio", "audio_projector", True
+    groups = ("audio",)
+    datasets = (
+        TakeDataset(layout.AUDIO_SNIPPETS, "audio", 3, 2, "[F, S, 2]"),
+        TakeDataset(layout.AUDIO_WAVEFORM, None, 2, 2, "[S, 2]", frame_axis=False),
+    )
+    dropout_rank = 3
+
+    def available_groups(self, take, sources):
+        has_ego = any(source in vocab.EGO_SOURCES for source in sources)
+        return [group for group in self.groups if has_ego and group in take]
+
+    def prepare(self, config, state):
+        from egoexor.data.audio import AudioCache
+
+        state["audio_cache"] = AudioCache(config.audio_cache, config.audio_norm) if config.audio_cache else None
+
+    def fields(self, config):
+        """The snippets only for the CLAP encoder: a cache holds their embeddings already."""
+        return set() if config.audio_cache or config.audio_encoder is None else {"audio"}
+
+    def batching(self):
+        return {"audio": OptionalVector(mask="audio_mask")}
+
+    def item(self, point, views, kept, context):
+        if not kept:
+            return {"audio": None}
+        cache = context.state.get("audio_cache")
+        embedding = cache.embedding(context.sample) if cache is not None else None
+        snippet, config = point.arrays.get("audio"), context.config
+        if embedding is None and snippet is not None and config.audio_encoder is not None:
+            if "audio_embedder" not in context.state:
+                from egoexor.data.audio import ClapAudioEmbedder
+
+                context.state["audio_embedder"] = ClapAudioEmbedder(config.audio_encoder, config.audio_norm)
+            embedding = context.state["audio_embedder"]([snippet])[0]
+        if embedding is None:
+            return {"audio": None}
+        import torch
+
+        return {"audio": torch.from_numpy(np.asarray(embedding, np.float32))}
+
+    def build_encoder(self, config, hidden):
+        from torch import nn
+
+        return nn.Linear(config.audio_dim, hidden)
+
+    def tokens(self, encoder, inputs, views, view_mask, config):
+        audio, present = inputs.get("audio"), inputs.get("audio_mask")
+        if present is None or not bool(present.any()):
+            return None
+        return encoder(audio.to(views.dtype))[:, None], present[:, None]
+
+
+register_modality(Audio())
