@@ -14,6 +14,7 @@ from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.layout import TakeKey
 from egoexor.data.processor import Collator
 from egoexor.data.samples import load_samples
+from egoexor.modalities.point_cloud import cloud_tokens
 from egoexor.model.build import (
     build_model,
     checkpoint_layout,
@@ -187,7 +188,8 @@ def test_point_clouds_of_different_sizes_in_one_batch(model, validation, merged_
     batch["point_cloud_mask"] = torch.tensor([True, False, True])
     model.eval()
     with torch.no_grad():
-        tokens = model.image_pooler.point_cloud_tokens(*point_cloud_inputs(batch))
+        pooler = model.image_pooler
+        tokens = cloud_tokens(pooler.point_transformer, *point_cloud_inputs(batch), pooler.config)
         assert tokens.shape == (3, TINY_VISION["hidden_size"]) and torch.isfinite(tokens).all()
         assert torch.isfinite(model(**batch)["loss"])
     model.train()
@@ -208,7 +210,7 @@ def _reference_visual_tokens(model, batch):
     pooler = model.image_pooler
     ptv3 = pooler.point_transformer
     torch.manual_seed(0)  # PTv3 shuffles its serialisation orders
-    clouds = pooler.point_cloud_tokens(*point_cloud_inputs(batch)) if batch["point_cloud_mask"].any() else None
+    clouds = cloud_tokens(ptv3, *point_cloud_inputs(batch), pooler.config) if batch["point_cloud_mask"].any() else None
     fused = []
     for b in range(len(batch["input_ids"])):
         for branch in ("ego", "exo"):

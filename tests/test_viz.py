@@ -113,7 +113,7 @@ def test_hands_are_drawn_above_the_gaze_marker(point):
     right_wrist = row[1:17].reshape(8, 2)[2]
     gaze = point.arrays.get("gaze").copy()
     gaze[gaze[:, 0] == vocab.SOURCES["circulator"], 1:3] = right_wrist  # the gaze marker covers the wrist
-    picture = render(replace(point, gaze=gaze), dpi=60)
+    picture = render(replace(point, arrays={**point.arrays, "gaze": gaze}), dpi=60)
     panel = next(p for p in picture.panels if p.name == "circulator")
     column, row_px = (round(v) for v in panel.to_picture(*right_wrist))
     window = picture.image[row_px - 3 : row_px + 4, column - 3 : column + 4]
@@ -153,16 +153,16 @@ def test_spectrogram_peaks_at_the_tone():
 def test_audio_panel_marks_the_frame_and_says_nothing_of_channels(point):
     seconds = np.arange(48_000) / 48_000
     audio = np.stack([np.sin(2 * np.pi * 440 * seconds)] * 2, axis=1).astype(np.float32)  # a 1-s snippet
-    figure = TimepointFigure(replace(point, audio=audio), dpi=60)
-    picture = figure.draw(replace(point, audio=audio))
+    figure = TimepointFigure(replace(point, arrays={**point.arrays, "audio": audio}), dpi=60)
+    picture = figure.draw(replace(point, arrays={**point.arrays, "audio": audio}))
     left, top, right, bottom = next(p for p in picture.panels if p.name == "audio").box
     mark = _mask(picture.image, FRAME_MARK_COLOUR, tolerance=10)
     columns = np.nonzero(mark.any(axis=0))[0]
     assert mark[top:bottom, left:right].sum() > 20 and mark.sum() == mark[top - 2 : bottom + 2, left:right].sum()
     assert columns.min() <= left + 2 and columns.max() <= left + (right - left) / 15 + 3  # the first 1/15 s
     assert "blue" not in figure.audio.axes.get_title()
-    silent = TimepointFigure(replace(point, audio=None), dpi=60)
-    picture = silent.draw(replace(point, audio=None))
+    silent = TimepointFigure(replace(point, arrays={k: v for k, v in point.arrays.items() if k != "audio"}), dpi=60)
+    picture = silent.draw(replace(point, arrays={k: v for k, v in point.arrays.items() if k != "audio"}))
     assert not _mask(picture.image, FRAME_MARK_COLOUR, tolerance=10).any()
     assert silent.audio.axes.get_title() == "audio" and "legend" not in silent.audio.axes.get_title()
 

@@ -81,6 +81,14 @@ def _load() -> None:
     _loaded = True
     for module in _BUILTIN_MODULES:
         importlib.import_module(f"{__name__}.{module}")
+    # the built-ins in their fixed order whatever imported one of them first, then what was registered before
+    modules = [f"{__name__}.{module}" for module in _BUILTIN_MODULES]
+    order = {
+        name: modules.index(type(m).__module__) if type(m).__module__ in modules else len(modules)
+        for name, m in _registry.items()
+    }
+    ordered = sorted(_registry, key=order.__getitem__)
+    _registry.update({name: _registry.pop(name) for name in ordered})
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             loaded = entry.load()
