@@ -78,7 +78,10 @@ class _Indices(_Strict):
         known = modalities.sample_groups()
         unknown = [name for name in names if name not in known]
         if unknown:
-            raise ValueError(f"unknown modality {unknown[0]!r}; registered inputs list {', '.join(known)}")
+            raise ValueError(
+                f"unknown modality {unknown[0]!r} (is the plug-in that adds it installed?); "
+                f"registered inputs list {', '.join(known)}"
+            )
         return names
 
 

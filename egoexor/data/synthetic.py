@@ -61,7 +61,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from egoexor import cli, vocab
+from egoexor import cli, modalities, vocab
 from egoexor.atomic import atomic_output
 from egoexor.data import layout
 from egoexor.data.layout import TakeKey
@@ -599,6 +599,9 @@ class _TakeWriter:
         if spec.n_points:
             self._write_point_cloud(group)
         self._write_annotations(group)
+        for modality in modalities.modalities():
+            if not modality.builtin:  # a plug-in's input, from a generator of its own: the rest stays as it was
+                modality.write_synthetic(group, spec.sources, n_frames, self.rng.spawn(1)[0])
 
     def _write_ego(self, group: h5py.Group) -> None:
         spec, rng = self.spec, self.rng
