@@ -102,8 +102,16 @@ class ModelConfig(_ChoiceFields):
     unfreeze_n_vision_tower_layers: int = 12
     #: Projector from the fusion width to the LLM width (LLaVA-1.5's two-layer GELU MLP).
     mm_projector_type: Literal["mlp2x_gelu"] = "mlp2x_gelu"
-    #: Output tokens per branch (N); the first N fused positions, i.e. the first view's patches.
+    #: Output tokens per branch (N): the first N fused positions, i.e. the first view's patches (but see
+    #: ``fusion_output``).
     tokens_per_branch: int = 576
+    #: What a branch passes to the LLM (``egoexor.model.fusion``). ``first_view``: the first N fused positions
+    #: (the reference's slice: the other views and the extra inputs reach the LLM only through attention into
+    #: them). ``append``: those N, then one token per extra input of the branch, its encoder's own (MM-OR's
+    #: rule). ``summary``: the first N - S positions, then S slots, one per input of the branch (each camera
+    #: kind and extra input): the mean of its fused positions plus a type embedding, a learned vector where
+    #: the sample lacks it.
+    fusion_output: Literal["first_view", "append", "summary"] = "first_view"
     #: Fusion encoder depth; None: the preset's (paper 2, reference 3).
     fusion_layers: int | None = None
     #: Attention heads of the fusion encoders.
@@ -151,6 +159,11 @@ class ModelConfig(_ChoiceFields):
                 f"features: unknown {', '.join(sorted(unknown))}; registered inputs: {known} "
                 "(is the plug-in that adds it installed?)"
             )
+        if self.fusion_output == "summary" and self.tokens_per_branch <= max(self.summary_slots().values()):
+            raise ConfigError(
+                f"fusion_output summary: tokens_per_branch {self.tokens_per_branch} must exceed the slots of a "
+                f"branch ({max(self.summary_slots().values())})"
+            )
         if (self.model_name_or_path is None) == (self.llm_config is None):
             raise ConfigError("give exactly one of model_name_or_path and llm_config")
         if (self.vision_tower is None) == (self.vision_config is None):
@@ -174,6 +187,28 @@ class ModelConfig(_ChoiceFields):
         cli.check_range("point_cloud_grid_size", self.point_cloud_grid_size, 0, exclusive_low=True)
         if not 0 <= self.lora_dropout < 1:  # 1 would zero every LoRA input: no gradient at all
             raise cli.CommandError(f"lora_dropout must be >= 0 and < 1, got {self.lora_dropout}")
+
+    def branch_inputs(self, branch: str) -> tuple[str, ...]:
+        """The names of a branch's inputs the model uses: its camera kinds, then its extra inputs in
+        ``features`` (registry order)."""
+        return tuple(
+            m.name
+            for m in modalities.modalities()
+            if m.branch == branch and (isinstance(m, modalities.Camera) or m.feature in self.features)
+        )
+
+    def summary_slots(self) -> dict[str, int]:
+        """Slots per branch with ``fusion_output: summary`` (one per input of the branch)."""
+        return {branch: len(self.branch_inputs(branch)) for branch in ("ego", "exo")}
+
+    def appended_tokens(self) -> tuple[int, int]:
+        """Tokens each branch (ego, exo) adds after its N with ``fusion_output: append``: one per extra input."""
+        if self.fusion_output != "append":
+            return (0, 0)
+        return tuple(
+            sum(not isinstance(modalities.modality(name), modalities.Camera) for name in self.branch_inputs(branch))
+            for branch in ("ego", "exo")
+        )
 
     @property
     def resolved_fusion_layers(self) -> int:
@@ -232,6 +267,9 @@ class DataConfig(_ChoiceFields):
     prompt_roles: PromptRoles = "train"
     #: Longest token sequence after the visual tokens are inserted.
     model_max_length: int = 2048
+    #: Placeholders a branch (ego, exo) has after its ``tokens_per_branch``: the inputs' own tokens of
+    #: ``fusion_output: append`` (follows from the model).
+    appended_tokens: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -241,6 +279,7 @@ class DataConfig(_ChoiceFields):
             cli.check_range(name, getattr(self, name), 0, exclusive_low=True)
         cli.check_range("modality_dropout", self.modality_dropout, 0, 1)
         self.drop_modalities = tuple(self.drop_modalities)
+        self.appended_tokens = tuple(self.appended_tokens)
         unknown = [name for name in self.drop_modalities if name not in modalities.droppable()]
         if unknown:
             choices = ", ".join(modalities.droppable())
@@ -353,14 +392,16 @@ class TrainSetup:
 
 #: DataConfig fields that follow from the model (the vision tower's input size, the model's tokens per
 #: branch): neither a flag nor a YAML key; :func:`data_for_model` sets them.
-DERIVED_DATA_FIELDS = ("image_size", "tokens_per_branch")
+DERIVED_DATA_FIELDS = ("image_size", "tokens_per_branch", "appended_tokens")
 
 
 def data_for_model(data: DataConfig, model: ModelConfig, image_size: int) -> DataConfig:
     """``data`` with its :data:`DERIVED_DATA_FIELDS` taken from the model (``image_size``: its vision tower's
     input side), as training reads samples and checkpoints save them. Such a field set to another value
     than its default and the model's is a mistake, not something to replace silently."""
-    derived = dict(zip(DERIVED_DATA_FIELDS, (image_size, model.tokens_per_branch), strict=True))
+    derived = dict(
+        zip(DERIVED_DATA_FIELDS, (image_size, model.tokens_per_branch, model.appended_tokens()), strict=True)
+    )
     defaults = {field.name: field.default for field in fields(DataConfig)}
     for name, value in derived.items():
         given = getattr(data, name)
@@ -677,6 +718,7 @@ def read_checkpoint_config(
     if not isinstance(saved, dict) or not all(isinstance(saved.get(part), dict) for part in ("model", "data")):
         raise ConfigError(f"{cli.flagged(path, flag)}: expected a 'model' and a 'data' section")
     try:
-        return ModelConfig(**{**saved["model"], **model_overrides}), DataConfig(**saved["data"])
+        model = {"fusion_output": "first_view", **saved["model"], **model_overrides}  # saved before the choice
+        return ModelConfig(**model), DataConfig(**saved["data"])
     except (TypeError, ConfigError) as error:
         raise ConfigError(f"{cli.flagged(path, flag)}: {error}") from None

@@ -132,6 +132,7 @@ def model_config_from(llava: dict, adapter: dict, base: str, vision_tower: str |
     try:
         return ModelConfig(
             preset="reference",
+            fusion_output="first_view",
             mask_extras=False,
             model_name_or_path=base,
             vision_tower=vision_tower or llava.get("mm_vision_tower", "openai/clip-vit-large-patch14-336"),

@@ -85,15 +85,19 @@ class EgoExorDataset(Dataset):
         kept = self._kept_inputs(sample, rng)
         point = self.reader.read(sample.take, sample.frame, self._fields(kept))
         ego, exo = self._ego_views(point, sample.modalities), self._exo_cameras(point, sample.modalities, rng)
+        ego_cameras = [view.camera for view in ego]
         item = {
-            "ego_images": self.processor.images(point, [view.camera for view in ego], ego=True),
+            "ego_images": self.processor.images(point, ego_cameras, ego=True),
+            "ego_view_kinds": self.processor.view_kinds(point, ego_cameras, ego=True),
             "exo_images": self.processor.images(point, exo, ego=False),
+            "exo_view_kinds": self.processor.view_kinds(point, exo, ego=False),
         }
         context = InputContext(self.config, sample, self._state)
         for modality in self.inputs:
             views = ego if modality.branch == "ego" else exo
             item.update(modality.item(point, views, modality.name in kept and bool(views), context))
-        n_visual = (int(len(ego) > 0) + int(len(exo) > 0)) * self.config.tokens_per_branch
+        per_branch = [self.config.tokens_per_branch + appended for appended in self.config.appended_tokens]
+        n_visual = per_branch[0] * (len(ego) > 0) + per_branch[1] * (len(exo) > 0)
         return {**item, **self.processor.tokens(sample, n_visual, generating=self.mode == "generate")}
 
     def _kept_inputs(self, sample: Sample, rng: random.Random) -> frozenset[str]:

@@ -13,19 +13,22 @@ S = ``image_size``, D_a = audio embedding size, P = points of all clouds togethe
 key                    dtype, shape             meaning
 =====================  =======================  ==========================================================
 ``input_ids``          int64 [B, L]             prompt (+ answer + EOS) with ``<image>`` expanded into
-                                                ``image_token_id`` x (tokens_per_branch x branches present),
-                                                or kept as text for a sample with no view (as the reference);
+                                                ``image_token_id`` x (tokens_per_branch + appended_tokens
+                                                of each branch present), or kept as text for a sample
+                                                with no view (as the reference);
                                                 right-padded (training) or left-padded (``generate``)
 ``attention_mask``     int64 [B, L]             1 on real tokens
 ``labels``             int64 [B, L]             answer + EOS ids, -100 elsewhere (absent for ``generate``)
 ``ego_images``         float32 [B, Ve, 3, S, S] CLIP-normalised ego views
 ``ego_view_mask``      bool [B, Ve]             real ego views; a sample's ego branch is present iff any
+``ego_view_kinds``     int64 [B, Ve]            each view's camera kind, an index into ``modalities.camera_kinds``
 ``gaze``               float32 [B, Ve, 3]       (x, y, depth) in [0, 1] per ego view
 ``gaze_mask``          bool [B, Ve]             gaze and depth rows exist for the view (and were not dropped)
 ``hands``              float32 [B, Ve, 16]      8 (x, y) hand points in [0, 1], untracked points 0
 ``hand_mask``          bool [B, Ve]             a hand row with any tracked point exists for the view
 ``exo_images``         float32 [B, Vx, 3, S, S] CLIP-normalised exo views (room cameras, ultrasound screen)
 ``exo_view_mask``      bool [B, Vx]             real exo views; a sample's exo branch is present iff any
+``exo_view_kinds``     int64 [B, Vx]            each view's camera kind (room cameras 0, ultrasound screen 1)
 ``audio``              float32 [B, D_a]         CLAP embedding of the frame's 1-s audio (D_a = 0: none in batch)
 ``audio_mask``         bool [B]                 the sample has audio
 ``point_cloud``        float32 [P, 6]           xyz (m) + rgb (0-1) of every sample's cloud, concatenated
@@ -92,6 +95,12 @@ class EgoExorProcessor:
             flip = transforms.is_flipped(point.sources[camera], ego, self.config.flip_rule)
             transforms.image(point.rgb[camera], size, flip, rescale, out=images[view].numpy())
         return images
+
+    @staticmethod
+    def view_kinds(point: Timepoint, cameras: Sequence[int], ego: bool) -> torch.Tensor:
+        """Each view's camera kind, by index among its branch's (``modalities.camera_kinds``)."""
+        kinds = modalities.camera_kinds("ego" if ego else "exo")
+        return torch.tensor([kinds.index(_view_modality(point.sources[c], ego)) for c in cameras], dtype=torch.long)
 
     def tokens(self, sample: Sample, n_visual: int, generating: bool) -> dict[str, torch.Tensor]:
         """Prompt ids (visual placeholders expanded) and, unless ``generating``, answer + EOS with labels.
@@ -160,6 +169,7 @@ def batching() -> dict[str, Batching]:
     rules: dict[str, Batching] = {}
     for branch in ("ego", "exo"):
         rules[f"{branch}_images"] = ViewStack(mask=f"{branch}_view_mask")
+        rules[f"{branch}_view_kinds"] = ViewStack()
         for modality in modalities.token_inputs(branch):
             rules.update(modality.batching())
     return rules

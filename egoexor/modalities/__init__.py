@@ -121,6 +121,11 @@ def cameras() -> tuple[Camera, ...]:
     return tuple(m for m in modalities() if isinstance(m, Camera))
 
 
+def camera_kinds(branch: str) -> tuple[str, ...]:
+    """The camera kinds of a branch; a view's kind in a batch (``<branch>_view_kinds``) is an index into it."""
+    return tuple(m.name for m in cameras() if m.branch == branch)
+
+
 def default_features() -> tuple[str, ...]:
     """``ModelConfig.features`` by default: the built-in extra inputs (a plug-in's is named where used)."""
     return tuple(m.feature for m in token_inputs() if m.builtin)

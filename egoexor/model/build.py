@@ -261,6 +261,8 @@ def _parts(model: EgoExorLlava) -> dict[str, list[nn.Parameter]]:
             part = "point cloud projection" if ".project_pc." in name else "point transformer"
         elif name.startswith("image_pooler.") and "bert." in name:
             part = "fusion encoders"
+        elif name.startswith("image_pooler.output_"):
+            part = "fusion output slots"
         elif name.startswith("image_pooler."):
             part = "gaze/hand/audio encoders"
         else:

@@ -70,13 +70,21 @@ class EgoExorLlava(nn.Module):
         self.language_model.enable_input_require_grads()
 
     def visual_features(
-        self, ego_images: Tensor, ego_view_mask: Tensor, exo_images: Tensor, exo_view_mask: Tensor, **inputs: Tensor
+        self,
+        ego_images: Tensor,
+        ego_view_mask: Tensor,
+        exo_images: Tensor,
+        exo_view_mask: Tensor,
+        ego_view_kinds: Tensor | None = None,
+        exo_view_kinds: Tensor | None = None,
+        **inputs: Tensor,
     ) -> Tensor | None:
         """[sum of placeholders, H]: each sample's ego then exo tokens, projected; None without views.
 
         Shapes and meanings are the batch keys' (:mod:`egoexor.data.processor`); ``inputs`` are the extra
         inputs' keys (``gaze``, ``gaze_mask``, ..., and the plug-ins'): one left out counts as absent from
-        every sample, one no registered input has is an error.
+        every sample, one no registered input has is an error. The view kinds are needed by
+        ``fusion_output: summary`` only.
         """
         unknown = set(inputs) - self._input_keys
         if unknown:
@@ -87,13 +95,13 @@ class EgoExorLlava(nn.Module):
         # one CLIP pass over every view of the batch, ego views first
         features = self.vision_tower(torch.cat([ego_images[ego_view_mask], exo_images[exo_view_mask]]))
         branches = []
-        for branch, mask, branch_features in (
-            ("ego", ego_view_mask, features[:n_ego]),
-            ("exo", exo_view_mask, features[n_ego:]),
+        for branch, mask, kinds, branch_features in (
+            ("ego", ego_view_mask, ego_view_kinds, features[:n_ego]),
+            ("exo", exo_view_mask, exo_view_kinds, features[n_ego:]),
         ):
             if mask.any():
-                tokens = self.image_pooler.branch(branch, _per_view(branch_features, mask), mask, inputs)
-                branches.append((tokens, mask.any(1)))
+                views = _per_view(branch_features, mask)
+                branches.append((self.image_pooler.branch(branch, views, mask, inputs, kinds), mask.any(1)))
         fused = torch.cat([tokens[b] for b in range(len(ego_view_mask)) for tokens, present in branches if present[b]])
         return self.mm_projector(fused.to(self.mm_projector[0].weight.dtype))
 

@@ -37,6 +37,9 @@ from transformers import BertConfig, BertModel
 from egoexor import modalities
 from egoexor.config import ModelConfig
 
+#: An extra input's tokens in a branch: its name, tokens [B, k, D] and which are present [B, k].
+Extra = tuple[str, Tensor, Tensor]
+
 
 def fusion_encoder(hidden: int, layers: int, heads: int, max_positions: int, with_pooler: bool) -> BertModel:
     """The reference's pooler configuration (HF defaults elsewhere: dropout 0.1, LN eps 1e-12).
@@ -57,6 +60,11 @@ def fusion_encoder(hidden: int, layers: int, heads: int, max_positions: int, wit
     if with_pooler:
         encoder.pooler.requires_grad_(False)
     return encoder
+
+
+def _small_normal(shape: tuple[int, ...]) -> nn.Parameter:
+    """N(0, 0.02): the initializer_range of HF's init, as the fusion encoders' embeddings."""
+    return nn.Parameter(torch.randn(shape) * 0.02)
 
 
 class BranchFusion(nn.Module):
@@ -87,18 +95,31 @@ class BranchFusion(nn.Module):
         else:
             self.ego_bert = fusion_encoder(*shape, with_pooler=False)
             self.exo_bert = fusion_encoder(*shape, with_pooler=False)
+        self.fusion_output = config.fusion_output
+        self.slots = {branch: config.branch_inputs(branch) for branch in ("ego", "exo")}
+        if self.fusion_output != "first_view":
+            # summary: a type embedding and an "absent" vector per slot; append: an "absent" vector per extra input
+            if self.fusion_output == "append":
+                cameras = {m.name for m in modalities.cameras()}
+                self.slots = {b: tuple(n for n in names if n not in cameras) for b, names in self.slots.items()}
+            shapes = {branch: (len(names), hidden) for branch, names in self.slots.items() if names}
+            self.output_absent = nn.ParameterDict({b: _small_normal(shape) for b, shape in shapes.items()})
+            if self.fusion_output == "summary":
+                self.output_types = nn.ParameterDict({b: _small_normal(shape) for b, shape in shapes.items()})
 
     def encoder(self, branch: str) -> BertModel:
         return self.bert if self.preset == "reference" else getattr(self, f"{branch}_bert")
 
-    def _fuse(self, branch: str, views: Tensor, view_mask: Tensor, extras: list[tuple[Tensor, Tensor]]) -> Tensor:
-        """[B, V, P, D] view tokens + [(tokens [B, k, D], mask [B, k])] extras -> [B, N, D]."""
+    def _fuse(
+        self, branch: str, views: Tensor, view_mask: Tensor, view_kinds: Tensor | None, extras: list[Extra]
+    ) -> Tensor:
+        """[B, V, P, D] view tokens + each extra input's (name, tokens [B, k, D], present [B, k]) -> [B, N (+K), D]."""
         n_samples, n_views, patches, width = views.shape
         tokens = views.reshape(n_samples, n_views * patches, width)
         mask = view_mask[:, :, None].expand(-1, -1, patches).reshape(n_samples, -1)
-        for extra, extra_mask in extras:
+        for _, extra, present in extras:
             tokens = torch.cat([tokens, extra.to(tokens.dtype)], dim=1)
-            mask = torch.cat([mask, extra_mask if self.mask_extras else torch.ones_like(extra_mask)], dim=1)
+            mask = torch.cat([mask, present if self.mask_extras else torch.ones_like(present)], dim=1)
         encoder = self.encoder(branch)
         limit = encoder.config.max_position_embeddings
         if tokens.shape[1] > limit:
@@ -108,10 +129,45 @@ class BranchFusion(nn.Module):
             )
         dtype = encoder.embeddings.word_embeddings.weight.dtype
         output = encoder(inputs_embeds=tokens.to(dtype), attention_mask=mask.long()).last_hidden_state
-        return output[:, : self.tokens_per_branch]
+        n = self.tokens_per_branch
+        if self.fusion_output == "first_view":
+            return output[:, :n]
+        if self.fusion_output == "append":  # each extra input's own token (its encoder's), after the N
+            own = {name: (extra.to(output.dtype), present) for name, extra, present in extras}
+            return torch.cat([output[:, :n], self._slots(branch, own, output)], dim=1)
+        # summary: each input's fused positions
+        regions, start = {}, n_views * patches
+        for name, extra, present in extras:
+            regions[name] = (output[:, start : start + extra.shape[1]], present)
+            start += extra.shape[1]
+        for kind, name in enumerate(modalities.camera_kinds(branch)):
+            if view_kinds is None:
+                raise ValueError(f"fusion_output summary needs the batch's {branch}_view_kinds")
+            of_kind = view_mask & (view_kinds == kind)
+            regions[name] = (output[:, : n_views * patches], of_kind[:, :, None].expand(-1, -1, patches).flatten(1))
+        slots = self._slots(branch, regions, output) + self.output_types[branch].to(output.dtype)
+        return torch.cat([output[:, : n - len(self.slots[branch])], slots], dim=1)
 
-    def branch(self, branch: str, views: Tensor, view_mask: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        """[B, V, P, D] view tokens of a branch (``view_mask`` [B, V]) + each of its inputs' tokens -> [B, N, D].
+    def _slots(self, branch: str, regions: dict[str, tuple[Tensor, Tensor]], like: Tensor) -> Tensor:
+        """[B, S, D]: per slot of the branch, the mean of its region's present tokens; the learned absent
+        vector where a sample has none (or the batch has no such input)."""
+        absent = self.output_absent[branch].to(like.dtype)
+        slots = []
+        for index, name in enumerate(self.slots[branch]):
+            if name not in regions:
+                slots.append(absent[index].expand(len(like), -1))
+                continue
+            tokens, present = regions[name]
+            weight = present.to(like.dtype)[..., None]
+            mean = (tokens * weight).sum(1) / weight.sum(1).clamp(min=1)
+            slots.append(torch.where(present.any(1)[:, None], mean, absent[index]))
+        return torch.stack(slots, dim=1)
+
+    def branch(
+        self, branch: str, views: Tensor, view_mask: Tensor, inputs: dict[str, Tensor], view_kinds: Tensor | None = None
+    ) -> Tensor:
+        """[B, V, P, D] view tokens of a branch (``view_mask`` [B, V], ``view_kinds`` [B, V]: each view's camera
+        kind, by index among the branch's) + each of its inputs' tokens -> [B, N (+K with append), D].
 
         ``inputs``: batch keys of the extra inputs (:mod:`egoexor.data.processor`); one left out counts as
         absent from every sample.
@@ -122,5 +178,5 @@ class BranchFusion(nn.Module):
             if encoder is not None:
                 extra = modality.tokens(encoder, inputs, views, view_mask, self.config)
                 if extra is not None:
-                    extras.append(extra)
-        return self._fuse(branch, views, view_mask, extras)
+                    extras.append((modality.name, *extra))
+        return self._fuse(branch, views, view_mask, view_kinds, extras)
