@@ -19,18 +19,13 @@ from PIL import Image
 from egoexor import cli, scene_graph, vocab
 from egoexor.data.layout import TakeKey
 from egoexor.data.reader import EgoExorReader
+from egoexor.modalities.audio import FRAME_MARK_COLOUR, spectrogram
+from egoexor.modalities.gaze import GAZE_COLOUR
+from egoexor.modalities.hands import HAND_COLOURS
 from egoexor.scene_graph import Triplet
 from egoexor.viz import errors, graph
 from egoexor.viz.__main__ import main
-from egoexor.viz.timepoint import (
-    FRAME_MARK_COLOUR,
-    GAZE_COLOUR,
-    HAND_COLOURS,
-    NOTE_COLOUR,
-    TimepointFigure,
-    render,
-    spectrogram,
-)
+from egoexor.viz.timepoint import NOTE_COLOUR, TimepointFigure, render
 
 TAKE, FRAME = TakeKey("MISS", 1, 1), 4  # every gaze row of this frame is valid; the anesthetist's has an offset
 
@@ -71,8 +66,8 @@ def test_one_panel_per_camera_ego_first_plus_three(point, picture):
         "external_2",
         "external_3",
         "simstation",
-        "point cloud",
         "audio",
+        "point cloud",
         "scene graph",
     ]
     assert [p.kind for p in picture.panels[:4]] == ["ego"] * 4 and picture.panels[4].kind == "exo"
@@ -160,11 +155,11 @@ def test_audio_panel_marks_the_frame_and_says_nothing_of_channels(point):
     columns = np.nonzero(mark.any(axis=0))[0]
     assert mark[top:bottom, left:right].sum() > 20 and mark.sum() == mark[top - 2 : bottom + 2, left:right].sum()
     assert columns.min() <= left + 2 and columns.max() <= left + (right - left) / 15 + 3  # the first 1/15 s
-    assert "blue" not in figure.audio.axes.get_title()
+    assert "blue" not in figure.panels["audio"].axes.get_title()
     silent = TimepointFigure(replace(point, arrays={k: v for k, v in point.arrays.items() if k != "audio"}), dpi=60)
     picture = silent.draw(replace(point, arrays={k: v for k, v in point.arrays.items() if k != "audio"}))
     assert not _mask(picture.image, FRAME_MARK_COLOUR, tolerance=10).any()
-    assert silent.audio.axes.get_title() == "audio" and "legend" not in silent.audio.axes.get_title()
+    assert silent.panels["audio"].axes.get_title() == "audio" and "legend" not in silent.panels["audio"].axes.get_title()
 
 
 def test_what_the_parser_dropped_is_written_under_the_scene_graph(point):

@@ -10,6 +10,8 @@ take has ego devices (the reference's sample generator), and the token needs an 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from egoexor import vocab
@@ -71,6 +73,55 @@ class Audio(TokenInput):
         if present is None or not bool(present.any()):
             return None
         return encoder(audio.to(views.dtype))[:, None], present[:, None]
+
+    has_panel = True
+
+    def panel(self, axes, present):
+        return AudioPanel(axes, present)
+
+
+#: Outline of the frame's own span on the spectrogram in ``viz frame``: pure cyan is not in its colour map.
+FRAME_MARK_COLOUR = "#00ffff"
+
+
+def spectrogram(audio: np.ndarray) -> np.ndarray:
+    """Power (dB) of the channels' mean over [frequency, time]: Hann windows of about sqrt(2 x samples)
+    samples (a power of two), half overlapping, so time and frequency get similar resolution."""
+    signal = np.nan_to_num(np.asarray(audio, dtype=np.float64)).mean(axis=1)
+    window = int(2 ** np.clip(round(math.log2(math.sqrt(2 * max(len(signal), 1)))), 4, 12))
+    signal = np.pad(signal, (0, max(window - len(signal), 0)))
+    frames = np.lib.stride_tricks.sliding_window_view(signal, window)[:: window // 2] * np.hanning(window)
+    return 10 * np.log10(np.abs(np.fft.rfft(frames, axis=1)).T ** 2 + 1e-12)
+
+
+class AudioPanel:
+    """``viz frame``'s audio panel: the snippet's spectrogram, the frame's own 1/15 s outlined (a snippet starts
+    at its frame and holds the sound of the next second)."""
+
+    def __init__(self, axes, present: bool) -> None:
+        from egoexor.viz.timepoint import FONT, message
+
+        self.axes, self.image = axes, None
+        if not present:
+            axes.set_title("audio", fontsize=FONT)
+            message(axes, "no audio")
+            return
+        axes.set_title("audio snippet: spectrogram, outlined: this frame", fontsize=FONT)
+        self.image = axes.imshow(np.zeros((2, 2)), origin="lower", aspect="auto", cmap="magma")
+        axes.axvspan(0, 1 / layout.FPS, facecolor="none", edgecolor=FRAME_MARK_COLOUR, linewidth=2.5, zorder=3)
+        axes.set_xlabel("time from the frame (s)")
+        axes.set_ylabel("kHz")
+
+    def update(self, point) -> None:
+        snippet = point.arrays.get("audio")
+        if self.image is None or snippet is None:
+            return
+        power = spectrogram(snippet)
+        seconds = len(snippet) / layout.AUDIO_SAMPLE_RATE
+        self.image.set_data(power)
+        self.image.set_extent((0, seconds, 0, layout.AUDIO_SAMPLE_RATE / 2000))
+        self.image.set_clim(power.max() - 80, power.max())
+        self.axes.set_xlim(0, seconds)
 
 
 register_modality(Audio())

@@ -87,6 +87,19 @@ class Modality:
             return []
         return [group for group in self.groups if group in take]
 
+    #: ``viz frame`` gives it a panel of its own in the bottom row, beside the scene graph (:meth:`panel`).
+    has_panel: bool = False
+
+    def view_marks(self, axes: Any) -> Any | None:
+        """What it draws on each ego camera panel of ``viz frame``: an object with ``update(point, source)`` and
+        ``legend()`` (its legend entries); None: nothing."""
+        return None
+
+    def panel(self, axes: Any, present: bool) -> Any:
+        """Its own panel of ``viz frame`` (``has_panel``): an object with ``update(point)``; ``present``: the take
+        has the input."""
+        raise NotImplementedError
+
     def write_synthetic(
         self, take: h5py.Group, sources: Sequence[str], n_frames: int, rng: np.random.Generator
     ) -> None:

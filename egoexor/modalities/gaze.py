@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from egoexor import vocab
 from egoexor.data import layout, transforms, views
 from egoexor.modalities import register_modality
 from egoexor.modalities.base import PerViewInput, TakeDataset, row_by_source
@@ -45,6 +46,42 @@ class Gaze(PerViewInput):
             both = gaze_row is not None and depth_row is not None
             out.append(np.append(gaze[gaze_row], depth[depth_row]) if both else None)
         return out
+
+    def view_marks(self, axes):
+        return GazeMark(axes)
+
+
+#: Gaze marker colour in ``viz frame``: pure magenta appears nowhere else in the picture.
+GAZE_COLOUR = "#ff00ff"
+
+
+def gaze_point(point, source: str) -> np.ndarray | None:
+    """The wearer's gaze (x, y) in image pixels, offset as the model sees it; ``None`` if invalid or absent."""
+    rows = point.arrays.get("gaze")
+    if rows is None or source not in vocab.SOURCES:
+        return None
+    matches = rows[rows[:, 0] == vocab.SOURCES[source]]
+    if not len(matches) or not np.isfinite(matches[0, 1:3]).all() or (matches[0, 1:3] == -1).all():
+        return None
+    xy = matches[0, 1:3].astype(np.float64)
+    return xy + transforms.GAZE_FIXATION_OFFSET if point.take in transforms.GAZE_FIXATION_TAKES.get(source, ()) else xy
+
+
+class GazeMark:
+    """The gaze point on an ego view of ``viz frame``; the hands' few pixels are drawn above this large marker."""
+
+    def __init__(self, axes) -> None:
+        style = {"color": GAZE_COLOUR, "markersize": 13, "markeredgecolor": "white", "markeredgewidth": 1.5}
+        self.marker = axes.plot([], [], "o", zorder=3, **style)[0]
+
+    def update(self, point, source: str) -> None:
+        gaze = gaze_point(point, source)
+        self.marker.set_data(*([gaze[0]], [gaze[1]]) if gaze is not None else ([], []))
+
+    def legend(self) -> list:
+        from matplotlib.lines import Line2D
+
+        return [Line2D([], [], marker="o", linestyle="", color=GAZE_COLOUR, markersize=11, label="gaze")]
 
 
 register_modality(Gaze())

@@ -9,6 +9,9 @@ the reference's ``HandEncoder``; its feature name is ``hand`` (the reference's).
 
 from __future__ import annotations
 
+import numpy as np
+
+from egoexor import vocab
 from egoexor.data import layout, transforms, views
 from egoexor.modalities import register_modality
 from egoexor.modalities.base import PerViewInput, TakeDataset, row_by_source
@@ -35,6 +38,54 @@ class Hands(PerViewInput):
                 row = row_by_source(raw, view)
             out.append(hands[row] if row is not None and tracked[row] else None)
         return out
+
+    def view_marks(self, axes):
+        return HandMarks(axes)
+
+
+#: Left and right hand keypoint colours in ``viz frame``.
+HAND_COLOURS = ("#00b0ff", "#39ff14")
+
+
+class HandMarks:
+    """The 8 hand keypoints of an ego view's device in ``viz frame``: wrist and palm of each hand and the tips of
+    their normals, joined to them."""
+
+    def __init__(self, axes) -> None:
+        self.hands = [
+            (
+                axes.plot([], [], color=colour, linewidth=2, zorder=4)[0],
+                axes.plot(
+                    [], [], "o", color=colour, markersize=6, markeredgecolor="black", markeredgewidth=0.5, zorder=5
+                )[0],
+            )
+            for colour in HAND_COLOURS
+        ]
+
+    def update(self, point, source: str) -> None:
+        rows, source_id = point.arrays.get("hands"), vocab.SOURCES.get(source)
+        matches = [] if rows is None or source_id is None else rows[rows[:, 0] == source_id]
+        for hand, (segments, bases) in enumerate(self.hands):
+            if not len(matches):
+                segments.set_data([], [])
+                bases.set_data([], [])
+                continue
+            points = matches[0][1:17].reshape(8, 2)  # LW, LP, RW, RP, then the tips of their normals
+            base, tip = points[2 * hand : 2 * hand + 2], points[4 + 2 * hand : 6 + 2 * hand]
+            gap = np.full(2, np.nan)  # breaks the line between the two segments
+            segments.set_data(
+                np.column_stack([base[:, 0], tip[:, 0], gap]).ravel(),
+                np.column_stack([base[:, 1], tip[:, 1], gap]).ravel(),
+            )
+            bases.set_data(base[:, 0], base[:, 1])
+
+    def legend(self) -> list:
+        from matplotlib.lines import Line2D
+
+        return [
+            Line2D([], [], marker="o", color=colour, linewidth=2, markersize=6, label=f"{side} hand")
+            for colour, side in zip(HAND_COLOURS, ("left", "right"), strict=True)
+        ]
 
 
 register_modality(Hands())

@@ -28,9 +28,13 @@ class PointCloud(TokenInput):
     )
     dropout_rank = 2
     built_first = True  # PTv3 is frozen and not saved: a checkpoint rebuilds it from init_seed
+    has_panel = True
 
     def available_groups(self, take, sources):
         return [group for group in self.groups if has_external_camera(sources) and group in take]
+
+    def panel(self, axes, present):
+        return PointCloudPanel(axes, present)
 
     def batching(self):
         return {"point_cloud": PointSets(mask="point_cloud_mask", index="point_cloud_batch", width=6)}
@@ -83,6 +87,40 @@ def cloud_tokens(ptv3, point_cloud, point_cloud_batch, point_cloud_mask, config)
     with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
         means = encode_point_clouds(ptv3, clouds, config.point_cloud_grid_size)
     return ptv3.project_pc(means.to(ptv3.project_pc.weight.dtype))
+
+
+class PointCloudPanel:
+    """``viz frame``'s point-cloud panel: a top view in the cloud's own colours."""
+
+    def __init__(self, axes, present: bool) -> None:
+        from egoexor.viz.timepoint import FONT, message
+
+        self.axes = axes
+        axes.set_title("point cloud, top view", fontsize=FONT)
+        self.points = axes.scatter([], [], s=4, linewidths=0) if present else None
+        if present:
+            axes.set_aspect("equal", adjustable="box")
+            axes.set_xlabel("x (m)")
+            axes.set_ylabel("y (m)")
+            axes.set_facecolor("#f0f0f0")
+        else:
+            message(axes, "no point cloud")
+
+    def update(self, point) -> None:
+        xyz, rgb = point.arrays.get("point_coordinates"), point.arrays.get("point_colors")
+        if self.points is None or xyz is None:
+            return
+        keep = np.isfinite(xyz).all(axis=1)
+        self.points.set_offsets(xyz[keep, :2])
+        self.points.set_facecolor(np.clip(np.nan_to_num(rgb[keep]), 0, 1) if rgb is not None else "#555555")
+        self.axes.set_xlim(*_limits(xyz[keep, 0]))
+        self.axes.set_ylim(*_limits(xyz[keep, 1]))
+
+
+def _limits(values: np.ndarray, margin: float = 0.05) -> tuple[float, float]:
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    pad = margin * (high - low) or 0.5
+    return low - pad, high + pad
 
 
 register_modality(PointCloud())
