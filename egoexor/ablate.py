@@ -1,23 +1,26 @@
 """Modality ablation: ``python -m egoexor.ablate --checkpoint DIR --hdf5 F --samples S --out DIR``.
 
-Loads the model once, then generates answers for the samples with nothing removed and with each input
-(or branch) removed in turn, and scores each run with :mod:`egoexor.evaluate`. Removing an input is
+Loads the model once, then measures it with nothing removed and with each input (or branch) removed in turn
+(``--metric``): ``f1`` generates answers and scores them with :mod:`egoexor.evaluate`; ``choice`` asks, under
+teacher forcing, whether the model finds each true predicate likelier than the others of its group
+(:func:`choice`), which reads what the model knows even where greedy decoding does not write it. Removing an input is
 ``DataConfig.drop_modalities`` (``python -m egoexor.infer --drop_modalities``): a token input (gaze, hands,
 audio, point cloud) is left out as training-time modality dropout leaves it out; a view input (ego frames,
 exo frames, the ultrasound screen) keeps its views, which carry the branch's extra tokens, but shows
 nothing in them; a branch (``ego``, ``exo``) goes with all its views and tokens. Writes into ``--out``:
 
 * ``ablation.md``: the table, one row per removed input (``none``: the full model), columns macro F1
-  overall, exact-triplet F1 and the macro F1 of each predicate group;
+  overall, exact-triplet F1 and the macro F1 of each predicate group (``f1``), and the choice accuracy of
+  each group with its standard error (``choice``);
 * ``ablation.json``: the same numbers, the groups and the settings;
 * ``ablation.png``: the change of each score against the full model, and of the macro F1 with bootstrap
-  intervals (:func:`figure`);
-* ``predictions/<removed>.jsonl``: every generated answer of each run.
+  intervals (:func:`figure`; ``f1``);
+* ``predictions/<removed>.jsonl``: every generated answer of each run (``f1``).
 
 Predicate groups (``--groups``): ``parts``, the groups of the synthetic modality benchmark
 (``python -m egoexor.data.synthetic --profile parts``, :data:`egoexor.data.synthetic.PARTS`), each named
 after the only input that shows it, so that the diagonal of the table shows each input's own part; ``none``:
-overall scores only. A group's score is the mean F1 of its predicates that have ground-truth support, as
+overall scores only. By default ``parts`` where every answer triplet is one of the benchmark's, else ``none``. A group's score is the mean F1 of its predicates that have ground-truth support, as
 the headline macro F1 (which also counts ``none``). A guess that ignores the input scores at most 1/K on a
 group of K equally frequent predicates (1/3 for the ``parts`` groups): that is chance.
 
@@ -37,19 +40,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from egoexor import cli, evaluate, infer, metrics, modalities
+from egoexor import cli, evaluate, infer, metrics, modalities, scene_graph
 from egoexor.atomic import write_json, write_text
 from egoexor.config import DataConfig
 from egoexor.convert_reference import is_reference_checkpoint
 from egoexor.data import layout
 from egoexor.data.dataset import EgoExorDataset
+from egoexor.data.processor import Collator
 from egoexor.data.samples import Sample, SampleError, check_in_hdf5
 from egoexor.data.synthetic import PARTS
+from egoexor.prompt import IGNORE_INDEX
+from egoexor.scene_graph import Triplet
 
 COMMAND = "egoexor.ablate"
 #: The row of the run with every input.
 NOTHING_REMOVED = "none"
+#: What ``--metric`` can measure per removed input.
+METRICS = ("f1", "choice")
 #: Predicate groups by ``--groups`` name.
 GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     "parts": {part.modality: part.predicates for part in PARTS},
@@ -91,6 +100,83 @@ def ablate(model, tokenizer, data_config: DataConfig, samples: list[Sample], arg
     return rows
 
 
+def groups_of(samples: Sequence[Sample]) -> str:
+    """``parts`` for samples of the synthetic modality benchmark (every triplet one of :data:`PARTS`), else ``none``."""
+    pairs = {(part.subject, part.object): part.predicates for part in PARTS}
+
+    def is_part(triplet: Triplet) -> bool:
+        return triplet.predicate in pairs.get((triplet.subject, triplet.object), ())
+
+    benchmark = all(is_part(t) for sample in samples for t in scene_graph.parse(sample.answer, "robust"))
+    return "parts" if samples and benchmark else "none"
+
+
+def choice_candidates(sample: Sample, groups: dict[str, tuple[str, ...]]) -> list[tuple[str, int, list[str]]]:
+    """For each triplet of the sample's answer whose predicate is in a group: (group, index of the true
+    candidate, the answer text with each of the group's predicates in its place)."""
+    triplets = scene_graph.parse(sample.answer, "robust")
+    if scene_graph.serialize(triplets) != sample.answer:
+        raise cli.CommandError(f"sample {sample.id}: its answer is not in the written form, so it cannot be varied")
+    out = []
+    for index, triplet in enumerate(triplets):
+        for group, predicates in groups.items():
+            if triplet.predicate in predicates:
+                texts = [
+                    scene_graph.serialize([*triplets[:index], triplet._replace(predicate=p), *triplets[index + 1 :]])
+                    for p in predicates
+                ]
+                out.append((group, predicates.index(triplet.predicate), texts))
+    return out
+
+
+def answer_losses(model, dataset: EgoExorDataset, batch_size: int) -> list[float]:
+    """The summed negative log-likelihood of each sample's answer + EOS under teacher forcing."""
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=Collator(dataset.tokenizer.pad_token_id))
+    losses = []
+    with torch.no_grad():
+        for batch in loader:
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"})["logits"][:, :-1].float()
+            target = batch["labels"][:, 1:]
+            supervised = target != IGNORE_INDEX
+            picked = logits.log_softmax(-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+            losses += (-(picked * supervised).sum(1)).tolist()
+    return losses
+
+
+def choice(model, tokenizer, data_config: DataConfig, samples: list[Sample], args) -> list[dict]:
+    """Teacher-forced predicate choice: for each triplet of a group, the candidate answer (the true graph with
+    each of the group's predicates in that triplet's place) the model finds likeliest; per removed input, the
+    share of triplets where that is the true one, per group, with its binomial standard error."""
+    groups = GROUPS[args.groups]
+    cases = [(sample, *case) for sample in samples for case in choice_candidates(sample, groups)]
+    variants = [replace(sample, answer=text) for sample, _, _, texts in cases for text in texts]
+    was_training = model.training
+    model.eval()
+    rows = []
+    for removed in (NOTHING_REMOVED, *args.modalities):
+        drop = data_config.drop_modalities + (() if removed == NOTHING_REMOVED else (removed,))
+        config = replace(data_config, drop_modalities=drop)
+        print(f"== removed: {removed} (teacher-forced choice, {len(variants)} answers)", flush=True)
+        losses = iter(
+            answer_losses(model, EgoExorDataset(variants, args.hdf5, tokenizer, config, "eval"), args.batch_size)
+        )
+        hits: dict[str, list[bool]] = {group: [] for group in groups}
+        for _, group, truth, texts in cases:
+            scored = [next(losses) for _ in texts]
+            hits[group].append(int(np.argmin(scored)) == truth)
+        rows.append({"removed": removed, "choice": {g: _share(h) for g, h in hits.items()}})
+    model.train(was_training)
+    return rows
+
+
+def _share(hits: list[bool]) -> dict[str, float | int] | None:
+    if not hits:
+        return None
+    p = sum(hits) / len(hits)
+    return {"accuracy": p, "se": math.sqrt(p * (1 - p) / len(hits)), "n": len(hits)}
+
+
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -104,19 +190,39 @@ def _values(row: dict) -> list[float | None]:
 
 
 def format_table(rows: list[dict], protocol: str, n_samples: int) -> str:
-    """``ablation.md``."""
-    lines = [
-        f"# Modality ablation (protocol `{protocol}`, {n_samples} samples)",
-        "",
-        "One row per removed input (`none`: every input); macro F1 overall, exact-triplet F1, and the macro F1 of "
-        "each predicate group (the mean F1 of its predicates with ground-truth support; chance is at most 1/K for "
-        "K equally frequent predicates). `-`: nothing of it in the ground truth.",
-        "",
-        "| removed | " + " | ".join(_columns(rows)) + " |",
-        "|---" * (len(_columns(rows)) + 1) + "|",
-    ]
-    lines += ["| " + " | ".join([row["removed"], *map(_cell, _values(row))]) + " |" for row in rows]
-    return "\n".join([*lines, "", "![change against the full model](ablation.png)", ""])
+    """``ablation.md``: the generated scores' table and the figure (``f1``), the choice table (``choice``)."""
+    lines = [f"# Modality ablation (protocol `{protocol}`, {n_samples} samples)", ""]
+    if "macro_f1" in rows[0]:
+        lines += [
+            "One row per removed input (`none`: every input); generated answers: macro F1 overall, exact-triplet "
+            "F1, and the macro F1 of each predicate group (the mean F1 of its predicates with ground-truth "
+            "support; chance is at most 1/K for K equally frequent predicates). `-`: nothing of it in the "
+            "ground truth.",
+            "",
+            "| removed | " + " | ".join(_columns(rows)) + " |",
+            "|---" * (len(_columns(rows)) + 1) + "|",
+            *("| " + " | ".join([row["removed"], *map(_cell, _values(row))]) + " |" for row in rows),
+            "",
+            "![change against the full model](ablation.png)",
+            "",
+        ]
+    if "choice" in rows[0]:
+        groups = list(rows[0]["choice"])
+        lines += [
+            "Teacher-forced predicate choice: for each triplet of a group, the share where the model finds the "
+            "true graph likelier than the same graph with another predicate of the group in that triplet "
+            "(chance 1/K), ± its binomial standard error.",
+            "",
+            "| removed | " + " | ".join(groups) + " |",
+            "|---" * (len(groups) + 1) + "|",
+            *("| " + " | ".join([row["removed"], *map(_share_cell, row["choice"].values())]) + " |" for row in rows),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _share_cell(share: dict | None) -> str:
+    return "-" if share is None else f"{share['accuracy']:.2f} ± {share['se']:.2f}"
 
 
 def figure(rows: list[dict]) -> Any:
@@ -193,9 +299,16 @@ def _parser() -> cli.ArgumentParser:
     parser.add_argument(
         "--groups",
         choices=tuple(GROUPS),
-        default="parts",
-        help="parts: the predicate groups of the synthetic modality benchmark (--profile parts); "
-        "none: overall scores only",
+        default=None,
+        help="parts: the predicate groups of the synthetic modality benchmark (--profile parts); none: overall "
+        "scores only (default: parts where every answer triplet is a part of the benchmark, else none)",
+    )
+    parser.add_argument(
+        "--metric",
+        type=cli.names_flag(METRICS),
+        default=("f1",),
+        help="comma-separated: f1 (generated answers, scored; the figure), choice (teacher-forced predicate "
+        "choice per group, needs --groups parts)",
     )
     parser.add_argument(
         "--protocol",
@@ -236,20 +349,33 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
     inputs = [args.checkpoint, args.hdf5, args.samples, args.audio_cache]
     out = cli.check_output(args.out, inputs=inputs, overwrite=args.overwrite, owner=COMMAND, flag="--out")
     samples = _check_inputs(args)
+    args.groups = args.groups or groups_of(samples)
+    if "choice" in args.metric and args.groups == "none":
+        raise cli.CommandError("--metric choice needs predicate groups: --groups parts (the modality benchmark's data)")
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     with cli.output_folder(out, COMMAND) as folder:
         model, tokenizer, data_config = infer.load_model(args.checkpoint, args.bits, device, folder / "converted")
         cli.checks_done()
         if args.audio_cache is not None:
             data_config = replace(data_config, audio_cache=str(args.audio_cache))
-        (folder / "predictions").mkdir()
-        rows = ablate(model, tokenizer, data_config, samples, args, folder / "predictions")
+        rows = [{"removed": removed} for removed in (NOTHING_REMOVED, *args.modalities)]
+        if "f1" in args.metric:
+            (folder / "predictions").mkdir()
+            for row, scored in zip(
+                rows, ablate(model, tokenizer, data_config, samples, args, folder / "predictions"), strict=True
+            ):
+                row.update(scored)
+        if "choice" in args.metric:
+            for row, chosen in zip(rows, choice(model, tokenizer, data_config, samples, args), strict=True):
+                row.update(chosen)
         settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
         write_json(folder / "ablation.json", {"rows": rows, "groups": GROUPS[args.groups], "settings": settings})
         write_text(folder / "ablation.md", format_table(rows, args.protocol, len(samples)))
-        figure(rows).savefig(folder / "ablation.png", format="png", dpi=100)
+        if "f1" in args.metric:
+            figure(rows).savefig(folder / "ablation.png", format="png", dpi=100)
     print(format_table(rows, args.protocol, len(samples)))
-    print(f"wrote {out}: ablation.json, ablation.md, ablation.png, predictions/")
+    written = "ablation.json, ablation.md" + (", ablation.png, predictions/" if "f1" in args.metric else "")
+    print(f"wrote {out}: {written}")
     return rows
 
 

@@ -11,7 +11,7 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 from test_infer import checkpoint, few_samples, infer_args  # noqa: F401  (fixtures)
 
-from egoexor import ablate, infer, modalities
+from egoexor import ablate, infer, modalities, scene_graph
 from egoexor.data.synthetic import PARTS
 
 
@@ -38,7 +38,8 @@ def ablate_args(checkpoint, merged_file, samples, out, *extra):
 @pytest.fixture(scope="module")
 def ablation(checkpoint, merged_file, few_samples, tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation") / "out"
-    assert ablate.main(ablate_args(checkpoint, merged_file, few_samples, out, "--modalities", "gaze,exo")) == 0
+    argv = ablate_args(checkpoint, merged_file, few_samples, out, "--modalities", "gaze,exo", "--groups", "parts")
+    assert ablate.main(argv) == 0
     return out
 
 
@@ -73,7 +74,7 @@ def test_existing_output_is_refused_and_overwrite_replaces_it(
     assert ablate.main(ablate_args(checkpoint, merged_file, few_samples, ablation, "--modalities", "audio")) == 2
     assert "already exists (pass --overwrite" in capsys.readouterr().err
     assert (ablation / "ablation.json").read_text() == before
-    argv = ablate_args(checkpoint, merged_file, few_samples, ablation, "--modalities", "audio", "--groups", "none")
+    argv = ablate_args(checkpoint, merged_file, few_samples, ablation, "--modalities", "audio")  # groups: the data's
     assert ablate.main([*argv, "--overwrite"]) == 0
     result = json.loads((ablation / "ablation.json").read_text())
     assert [row["removed"] for row in result["rows"]] == ["none", "audio"] and result["groups"] == {}
@@ -180,3 +181,69 @@ def test_plot_shows_the_change_against_the_full_model_with_intervals_where_there
     assert segment[:, 0] == pytest.approx([0.4 - 0.8, 0.65 - 0.8]) and segment[0, 1] == 0
     band = next(patch for patch in bars.patches if patch.get_label() == "full model")
     assert band.get_x() == pytest.approx(-0.1) and band.get_width() == pytest.approx(0.2)
+
+
+@pytest.fixture(scope="module")
+def parts_data(tmp_path_factory):
+    """A small ``parts`` dataset (the modality benchmark's data), merged, with its test samples."""
+    from egoexor.data.make_samples import write_samples
+    from egoexor.data.merge_h5 import merge_files
+    from egoexor.data.synthetic import generate
+
+    folder = tmp_path_factory.mktemp("parts")
+    dataset = generate(folder / "raw", "parts", seed=0, n_frames=12)
+    merge_files(dataset.files, dataset.splits_file, folder / "parts.h5")
+    summary = write_samples(folder / "parts.h5", "test", folder / "samples", tokenizer=None)
+    return folder / "parts.h5", summary.samples_file
+
+
+def test_choice_candidates_put_each_predicate_of_the_group_in_the_triplets_place(parts_data):
+    from egoexor.data.samples import load_samples
+
+    sample = load_samples(parts_data[1])[0]
+    cases = ablate.choice_candidates(sample, ablate.GROUPS["parts"])
+    assert len(cases) == len(scene_graph.parse(sample.answer, "robust")) == 6  # one part per triplet
+    for group, truth, texts in cases:
+        assert texts[truth] == sample.answer and len(set(texts)) == 3
+        others = [t for i, t in enumerate(texts) if i != truth]
+        assert all(len(set(scene_graph.parse(t)) ^ set(scene_graph.parse(sample.answer))) == 2 for t in others)
+        assert {t.predicate for text in texts for t in scene_graph.parse(text)} >= set(ablate.GROUPS["parts"][group])
+
+
+@pytest.mark.parametrize("truth_likeliest", [True, False])
+def test_choice_counts_a_triplet_right_when_its_true_graph_is_likeliest(
+    truth_likeliest, parts_data, checkpoint, monkeypatch, tmp_path
+):
+    from egoexor.data.samples import load_samples
+
+    truths = {s.answer for s in load_samples(parts_data[1])}
+
+    def losses(model, dataset, batch_size):
+        return [float((s.answer in truths) != truth_likeliest) for s in dataset.samples]
+
+    monkeypatch.setattr(ablate, "answer_losses", losses)
+    hdf5, samples = parts_data
+    argv = ablate_args(checkpoint, hdf5, samples, tmp_path / "out", "--metric", "choice", "--modalities", "gaze")
+    rows = ablate.run(argv)
+    assert [row["removed"] for row in rows] == ["none", "gaze"] and "macro_f1" not in rows[0]
+    shares = [share for row in rows for share in row["choice"].values() if share is not None]
+    assert len(shares) >= 10 and all(share["accuracy"] == float(truth_likeliest) for share in shares)
+    assert "| none | " in (tmp_path / "out" / "ablation.md").read_text()
+
+
+def test_choice_and_f1_side_by_side_on_the_benchmark_data(parts_data, checkpoint, tmp_path):
+    hdf5, samples = parts_data
+    argv = ablate_args(checkpoint, hdf5, samples, tmp_path / "out", "--metric", "f1,choice", "--modalities", "audio")
+    rows = ablate.run(argv)  # groups follow the data: parts
+    assert set(rows[0]["groups"]) == set(rows[0]["choice"]) == {part.modality for part in PARTS}
+    counted = [share for share in rows[0]["choice"].values() if share is not None]
+    assert all(0 <= share["accuracy"] <= 1 and share["n"] > 0 for share in counted)
+    table = (tmp_path / "out" / "ablation.md").read_text()
+    assert "Teacher-forced predicate choice" in table and "| audio |" in table and "macro F1" in table
+
+
+def test_choice_on_data_without_groups_is_one_line(checkpoint, merged_file, few_samples, tmp_path, capsys):
+    argv = ablate_args(checkpoint, merged_file, few_samples, tmp_path / "out", "--metric", "choice")
+    assert ablate.main(argv) == 2
+    assert "--metric choice needs predicate groups" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
