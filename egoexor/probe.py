@@ -35,9 +35,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from egoexor import cli, infer
+from egoexor import cli, infer, modalities
 from egoexor.atomic import write_json
-from egoexor.config import DROPPABLE_MODALITIES
 from egoexor.convert_reference import is_reference_checkpoint
 from egoexor.data import layout
 from egoexor.data.dataset import EgoExorDataset
@@ -75,23 +74,28 @@ def one_per_frame(samples: Sequence[Sample]) -> list[Sample]:
 def visual_tokens(
     model, dataset: EgoExorDataset, batch_size: int, device: torch.device, num_workers: int = 0
 ) -> Tensor:
-    """[samples, 2N, H] float32: each sample's ego then exo block of LLM-input visual tokens (zeros for a branch
-    the sample does not have)."""
-    n_tokens = model.image_pooler.tokens_per_branch
+    """[samples, Ne + Nx, H] float32: each sample's ego then exo block of LLM-input visual tokens (zeros for a
+    branch the sample does not have); a block is the branch's ``tokens_per_branch`` plus its appended tokens."""
+    config = dataset.config
+    sizes = [config.tokens_per_branch + appended for appended in config.appended_tokens]
     loader = DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=Collator(dataset.tokenizer.pad_token_id)
     )
     model.eval()
+    width = model.language_model.config.hidden_size
     out = []
     for batch in loader:
         inputs = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
         visual = model.visual_features(**{key: value for key, value in inputs.items() if key not in _TEXT_KEYS})
         present = torch.stack([batch["ego_view_mask"].any(1), batch["exo_view_mask"].any(1)], 1)  # [B, 2]
-        width = model.language_model.config.hidden_size
-        tokens = torch.zeros(len(present), 2, n_tokens, width)
-        if visual is not None:
-            tokens[present] = visual.float().cpu().reshape(-1, n_tokens, width)
-        out.append(tokens.reshape(len(present), 2 * n_tokens, width))
+        tokens = torch.zeros(len(present), sum(sizes), width)
+        blocks = [(b, branch) for b, branches in enumerate(present.tolist()) for branch in (0, 1) if branches[branch]]
+        if blocks:
+            rows = visual.float().cpu().split([sizes[branch] for _, branch in blocks])
+            for (b, branch), block in zip(blocks, rows, strict=True):
+                start = sum(sizes[:branch])
+                tokens[b, start : start + sizes[branch]] = block
+        out.append(tokens)
     return torch.cat(out)
 
 
@@ -184,9 +188,9 @@ def _parser() -> cli.ArgumentParser:
     )
     parser.add_argument(
         "--drop_modalities",
-        type=cli.names_flag(DROPPABLE_MODALITIES),
+        type=cli.names_flag(modalities.droppable()),
         default=(),
-        help=f"comma-separated inputs to remove before probing, of {', '.join(DROPPABLE_MODALITIES)} (default: none)",
+        help=f"comma-separated inputs to remove before probing, of {', '.join(modalities.droppable())} (default: none)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     parser.add_argument("--batch_size", type=cli.int_flag(1), default=16, help="samples per batch")
