@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "infer": ("egoexor.infer", "generate scene graphs for samples and evaluate them"),
     "evaluate": ("egoexor.evaluate", "evaluate predictions against the ground truth"),
     "ablate": ("egoexor.ablate", "evaluate with each input removed in turn"),
+    "probe": ("egoexor.probe", "linear probe of each input on the LLM-input visual tokens"),
     "viz": ("egoexor.viz.__main__", "pictures of a timepoint, videos of a take, the error page"),
     "inspect": ("egoexor.inspect_model", "parameters and memory of a model configuration"),
     "convert": ("egoexor.convert_reference", "import the reference's released checkpoint"),
