@@ -20,7 +20,8 @@ nothing in them; a branch (``ego``, ``exo``) goes with all its views and tokens.
 Predicate groups (``--groups``): ``parts``, the groups of the synthetic modality benchmark
 (``python -m egoexor.data.synthetic --profile parts``, :data:`egoexor.data.synthetic.PARTS`), each named
 after the only input that shows it, so that the diagonal of the table shows each input's own part; ``none``:
-overall scores only. By default ``parts`` where every answer triplet is one of the benchmark's, else ``none``. A group's score is the mean F1 of its predicates that have ground-truth support, as
+overall scores only (by default ``parts`` where every answer triplet is one of the benchmark's, else
+``none``). A group's score is the mean F1 of its predicates that have ground-truth support, as
 the headline macro F1 (which also counts ``none``). A guess that ignores the input scores at most 1/K on a
 group of K equally frequent predicates (1/3 for the ``parts`` groups): that is chance.
 

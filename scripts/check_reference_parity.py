@@ -21,11 +21,15 @@ what it only imports (deepspeed, flash-attn, open3d, CUDA calls) is stubbed at r
   ids per sample from each model's ``generate``;
 * **checkpoint**: a folder written by the reference's own save code imports with
   ``egoexor.convert_reference`` with every tensor accounted for and equal to the weights it was
-  written from.
+  written from;
+* **init**: the initial values of every pooler and projector tensor (shape, mean, standard deviation,
+  excess kurtosis, ``scripts/parity/init_stats.py``) of the reference model as its training code builds
+  it (``from_pretrained`` of a LLaVA base without those weights, then its re-initialisations) and of
+  egoexor's ``reference`` preset.
 
 It prints one table (check, items compared, failures, worst difference) and exits 1 on any failure.
 ``--write-golden DIR`` also freezes the reference's figures (token ids, per-sample tensor checksums,
-logits, checkpoint keys) for ``tests/test_reference_golden.py``, which checks them on every change
+logits, checkpoint keys, init statistics) for ``tests/test_reference_golden.py``, which checks them on every change
 with no reference installed.
 """
 
@@ -46,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts" / "parity"), str(ROOT / "tests")]
 
 import egoexor_side  # noqa: E402
+import init_stats  # noqa: E402
 
 from egoexor.prompt import IMAGE_TOKEN_ID  # noqa: E402
 
@@ -435,6 +440,9 @@ def model_checks(
     from egoexor.model.build import load_trained
 
     model = egoexor_side.build_model()
+    reference = run_reference(python, src, work, "init", **egoexor_side.REFERENCE_JOB)["statistics"]
+    report.add("init (pooler, projector)", *init_stats.differences(egoexor_side.init_statistics(model), reference))
+    golden["init"] = reference
     weights = work / "weights.pt"
     torch.save(egoexor_side.reference_state_dict(model), weights)
     common = dict(
@@ -561,6 +569,7 @@ def write_golden(directory: Path, golden: dict) -> None:
     (directory / "tokens.json").write_text(json.dumps(golden["tokens"]))
     (directory / "items.json").write_text(json.dumps(golden["items"]))
     (directory / "checkpoint_keys.json").write_text(json.dumps(golden["checkpoint"], indent=1))
+    (directory / "init.json").write_text(json.dumps(golden["init"], indent=1))
     logits, mask = golden["logits"]["reference"], golden["logits"]["mask"]
     top = logits.topk(3, dim=-1)
     np.savez_compressed(

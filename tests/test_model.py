@@ -358,6 +358,27 @@ def test_llava_v15_checkpoint_loads_with_its_projector(tmp_path, tokenizer, tiny
     assert torch.equal(model.language_model.model.embed_tokens.weight, llm.model.embed_tokens.weight)
 
 
+@pytest.mark.parametrize("preset", ["reference", "paper"])
+def test_reference_preset_draws_the_extra_encoders_as_the_reference_and_keeps_a_loaded_projector(
+    preset, tmp_path, tokenizer, tiny_model_config
+):
+    """``reference``: N(0, initializer_range) weights and zero biases (HF's init in the reference's
+    ``from_pretrained``, see scripts/check_reference_parity.py ``init``); ``paper`` keeps PyTorch's default."""
+    _, projector = _save_tiny_llava_v15(tmp_path, tokenizer)
+    config = replace(
+        tiny_model_config, preset=preset, model_name_or_path=str(tmp_path), llm_config=None, lora_enable=False
+    )
+    model = build_model(config)
+    assert torch.equal(model.mm_projector[0].weight, projector["model.mm_projector.0.weight"])
+    std = model.language_model.config.initializer_range
+    pooler = model.image_pooler
+    for linear in (*pooler.gaze_encoder.mlp[::2], *pooler.hand_encoder.mlp[::2], pooler.audio_projector):
+        if preset == "reference":
+            assert not linear.bias.any() and float(linear.weight.std()) == pytest.approx(std, rel=0.2)
+        else:  # uniform in +-1/sqrt(fan_in), bias included
+            assert linear.bias.any() and float(linear.weight.abs().max()) <= linear.in_features**-0.5
+
+
 def test_llava_hf_checkpoint_loads_with_its_projector(tmp_path, tokenizer, tiny_model_config):
     torch.manual_seed(2)
     llava = LlavaForConditionalGeneration(

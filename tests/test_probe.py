@@ -155,4 +155,8 @@ def test_command_prints_the_table_and_writes_json(
     assert ego["n"] == 24 and len(ego["folds"]) == 2 and 0 <= ego["accuracy"] <= 1
     assert probe.main([*argv, "--json", str(out)]) == 2  # the overwrite rule
     assert "already exists" in capsys.readouterr().err
+    few.write_text(json.dumps([sample.to_record() for sample in samples[:3]]))
+    assert probe.main(argv) == 2  # 3 frames cannot fill 2 folds of 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "no input has 4 frames with its part" in err
     assert SUBCOMMANDS["probe"][0] == "egoexor.probe"

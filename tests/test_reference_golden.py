@@ -157,3 +157,38 @@ def test_the_trained_clip_window_read_from_the_references_saved_keys_is_the_one_
 
     keys = json.loads((GOLDEN / "checkpoint_keys.json").read_text())["non_lora"]
     assert trained_clip_layers({key: torch.zeros(1) for key in keys}) == egoexor_side.UNFREEZE == 2
+
+
+@pytest.fixture(scope="module")
+def reference_init():
+    """Per-parameter statistics of the reference's pooler and projector as its training code builds them
+    (``from_pretrained`` of a LLaVA base without those weights, then its BERT and PTv3 re-initialisations)."""
+    return json.loads((GOLDEN / "init.json").read_text())
+
+
+def test_pooler_and_projector_start_as_the_references(reference_init):
+    """Every pooler and projector tensor of the ``reference`` preset is a draw of the reference's init: shape,
+    mean, standard deviation and kurtosis within sampling error (``scripts/parity/init_stats.py``)."""
+    import init_stats
+
+    compared, failures, _ = init_stats.differences(egoexor_side.init_statistics(), reference_init)
+    assert compared >= 300 and not failures, failures[:5]
+    gaze = reference_init["base_model.model.model.image_pooler.gaze_encoder.mlp.0.weight"]
+    assert gaze["std"] == pytest.approx(0.02, rel=0.05)  # N(0, 0.02): LLaMA's _init_weights, not xavier
+
+
+def test_pytorch_default_linear_init_is_not_the_references(reference_init):
+    """The comparison can fail: PyTorch's default init of the gaze and audio layers (what egoexor kept before)."""
+    import init_stats
+
+    torch.manual_seed(0)
+    for name, layer in (
+        ("image_pooler.gaze_encoder.mlp.0", torch.nn.Linear(3, 512)),
+        ("image_pooler.gaze_encoder.mlp.2", torch.nn.Linear(512, 1024)),
+        ("image_pooler.audio_projector", torch.nn.Linear(512, 1024)),
+    ):
+        ours = init_stats.statistics(
+            (f"base_model.model.model.{name}.{key}", tensor) for key, tensor in layer.state_dict().items()
+        )
+        for key, stats in ours.items():
+            assert init_stats.difference(stats, reference_init[key]) is not None, key

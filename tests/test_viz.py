@@ -159,7 +159,9 @@ def test_audio_panel_marks_the_frame_and_says_nothing_of_channels(point):
     silent = TimepointFigure(replace(point, arrays={k: v for k, v in point.arrays.items() if k != "audio"}), dpi=60)
     picture = silent.draw(replace(point, arrays={k: v for k, v in point.arrays.items() if k != "audio"}))
     assert not _mask(picture.image, FRAME_MARK_COLOUR, tolerance=10).any()
-    assert silent.panels["audio"].axes.get_title() == "audio" and "legend" not in silent.panels["audio"].axes.get_title()
+    assert (
+        silent.panels["audio"].axes.get_title() == "audio" and "legend" not in silent.panels["audio"].axes.get_title()
+    )
 
 
 def test_what_the_parser_dropped_is_written_under_the_scene_graph(point):

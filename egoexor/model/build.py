@@ -248,8 +248,35 @@ def _build_model(config: ModelConfig) -> EgoExorLlava:
     if fusion.point_transformer is not None:
         fusion.point_transformer.float()  # PTv3 runs in float32, as in the reference
     model = EgoExorLlava(language_model, vision, fusion, projector.to(trainable_dtype))
+    if config.preset == "reference":
+        reference_init(model, language_model.config.initializer_range, projector_loaded=projector_state is not None)
     logger.info("parameters:\n%s", parameter_summary(model))
     return model
+
+
+def reference_init(model: EgoExorLlava, std: float, projector_loaded: bool) -> None:
+    """The reference's initial values where they are not PyTorch's: N(0, ``std``) weights and zero biases in
+    the gaze and hand encoders, ``audio_projector`` and (when no checkpoint gave it) ``mm_projector``.
+
+    The reference builds its pooler and projector inside ``LlavaLlamaForCausalLM.from_pretrained``; every
+    ``nn.Linear`` the LLaVA base checkpoint lacks then gets the LLaMA ``_init_weights`` (N(0,
+    ``initializer_range``), zero bias), which overrides the xavier init written in ``gaze.py``/``hand.py``
+    and PyTorch's default elsewhere (``../shared/reference/model.md`` section 2.1). Its BERT and PTv3 are
+    re-initialised afterwards by their own ``_init_weights``, as egoexor builds them, so they are left alone.
+    ``scripts/check_reference_parity.py`` (``init``) compares every pooler and projector tensor's statistics
+    with the reference's own build.
+    """
+    pooler = model.image_pooler
+    modules = [pooler.gaze_encoder, pooler.hand_encoder, pooler.audio_projector]
+    if not projector_loaded:
+        modules.append(model.mm_projector)
+    with torch.no_grad():
+        for module in modules:
+            for linear in () if module is None else module.modules():
+                if isinstance(linear, nn.Linear):
+                    nn.init.normal_(linear.weight, mean=0.0, std=std)
+                    if linear.bias is not None:
+                        nn.init.zeros_(linear.bias)
 
 
 def _parts(model: EgoExorLlava) -> dict[str, list[nn.Parameter]]:

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import audio_stand_in
+import init_stats
 import numpy as np
 import torch
 
@@ -152,3 +153,18 @@ def reference_name(name: str) -> str:
 
 def reference_state_dict(model) -> dict[str, torch.Tensor]:
     return {reference_name(name): tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+#: The parameters the ``init`` check compares (egoexor's names): every pooler and projector tensor.
+INIT_PREFIXES = ("image_pooler.", "mm_projector.")
+
+
+def init_statistics(model=None) -> dict[str, dict]:
+    """:func:`init_stats.statistics` of the parity model's pooler and projector as built (``model``, or a new
+    build), under the reference's parameter names."""
+    if model is None:
+        from egoexor.model.build import build_model as build
+
+        model = build(model_config())
+    named = [(reference_name(name), p) for name, p in model.named_parameters() if name.startswith(INIT_PREFIXES)]
+    return init_stats.statistics(named)

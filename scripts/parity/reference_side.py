@@ -199,6 +199,71 @@ def load_weights(model, path: str) -> dict:
     return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
 
 
+def build_reference_from_pretrained(ref, job: dict, workdir: Path):
+    """The reference model as ``train()`` builds it for training: ``from_pretrained`` of a LLaVA base
+    (here a tiny one written first, with no pooler, projector or CLIP weights: they are not in a LLaVA
+    base and none in this one), LoRA, ``initialize_vision_modules``, the BERT re-initialisation and
+    PTv3's ``_init_weights`` (in a scratch working directory: it loads or saves its draw there).
+
+    ``low_cpu_mem_usage`` is what the 4-bit run's ``device_map`` implies; the quantisation itself, the
+    dtype casts and ``prepare_model_for_kbit_training`` change no initial value but by rounding."""
+    from llava.model import LlavaConfig, LlavaLlamaForCausalLM
+    from peft import LoraConfig, get_peft_model
+
+    clip = workdir / "clip"
+    if not clip.exists():
+        write_tiny_clip(clip, job["clip_layers"])
+    base = workdir / "llava_base"
+    config = LlavaConfig(
+        **job["llm_config"],
+        mm_vision_tower=str(clip),
+        mm_hidden_size=1024,
+        mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=-2,
+    )
+    torch.manual_seed(1)
+    skipped = ("model.image_pooler.", "model.mm_projector.", "model.vision_tower.")
+    written = LlavaLlamaForCausalLM(config)
+    state = {key: value for key, value in written.state_dict().items() if not key.startswith(skipped)}
+    written.save_pretrained(base, state_dict=state, safe_serialization=False)
+    del written
+    torch.manual_seed(2)
+    model = LlavaLlamaForCausalLM.from_pretrained(str(base), low_cpu_mem_usage=job.get("low_cpu_mem_usage", True))
+    model.config.use_cache = False
+    model.config.mv_type = "learned"
+    lora = LoraConfig(
+        r=job["lora_r"],
+        lora_alpha=job["lora_alpha"],
+        target_modules=ref.find_all_linear_names(model),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    model_args = types.SimpleNamespace(
+        vision_tower=str(clip),
+        mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch",
+        pretrain_mm_mlp_adapter=None,
+        mm_projector_type="mlp2x_gelu",
+        mm_use_im_start_end=False,
+        mm_use_im_patch_token=False,
+        tune_mm_mlp_adapter=False,
+    )
+    model.get_model().initialize_vision_modules(model_args=model_args, fsdp=None)
+    pooler = model.get_model().image_pooler
+    pooler.bert = pooler.bert.apply(pooler.bert._init_weights)  # train.py, "reinitialize image_pooler"
+    scratch = workdir / "ptv3_cwd"
+    (scratch / "llava" / "model" / "multimodal_projector").mkdir(parents=True, exist_ok=True)
+    saved = Path.cwd()
+    os.chdir(scratch)
+    try:
+        pooler.point_transformer._init_weights(dtype=torch.float32, device="cpu")
+    finally:
+        os.chdir(saved)
+    return model
+
+
 # --------------------------------------------------------------------------------------------------
 # Jobs
 
@@ -456,6 +521,16 @@ def job_forward(ref, job: dict, workdir: Path) -> dict:
     }
 
 
+def job_init(ref, job: dict, workdir: Path) -> dict:
+    """Per-parameter statistics of the pooler and projector of the model as training builds it."""
+    import init_stats
+
+    model = build_reference_from_pretrained(ref, job, workdir)
+    prefixes = ("base_model.model.model.image_pooler.", "base_model.model.model.mm_projector.")
+    named = [(name, p) for name, p in model.named_parameters() if name.startswith(prefixes)]
+    return {"statistics": init_stats.statistics(named)}
+
+
 JOBS = {
     "checkpoint": job_checkpoint,
     "items": job_items,
@@ -463,6 +538,7 @@ JOBS = {
     "forward": job_forward,
     "merge": job_merge,
     "samples": job_samples,
+    "init": job_init,
 }
 
 
