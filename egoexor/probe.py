@@ -231,6 +231,12 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
         inputs = [args.checkpoint, args.hdf5, args.samples, args.audio_cache]
         cli.check_output(args.json, inputs=inputs, overwrite=args.overwrite, flag="--json")
     samples = one_per_frame(_check_inputs(args))
+    counts = [sum(part.modality in part_levels(sample) for sample in samples) for part in PARTS]
+    if max(counts) < 2 * args.folds:
+        raise cli.CommandError(
+            f"--samples {args.samples}: no input has {2 * args.folds} frames with its part "
+            "(probe data of the synthetic parts profile: python -m egoexor.data.synthetic --profile parts)"
+        )
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     with tempfile.TemporaryDirectory() as scratch:  # a released checkpoint is converted there
         converted = Path(scratch) / "converted"
@@ -242,11 +248,6 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
     dataset = EgoExorDataset(samples, args.hdf5, tokenizer, data_config, "generate")
     tokens = visual_tokens(model, dataset, args.batch_size, device, args.num_workers)
     rows = probe(tokens, samples, args.folds, args.seed, args.l2)
-    if not rows:
-        raise cli.CommandError(
-            f"--samples {args.samples}: no input has {2 * args.folds} frames with its part "
-            "(probe data of the synthetic parts profile: python -m egoexor.data.synthetic --profile parts)"
-        )
     print(format_table(rows, args.folds))
     if args.json is not None:
         settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
