@@ -36,14 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from egoexor import cli, evaluate, infer, metrics
 from egoexor.atomic import write_json, write_text
 from egoexor.config import DROPPABLE_MODALITIES, DataConfig
 from egoexor.convert_reference import is_reference_checkpoint
 from egoexor.data import layout
-from egoexor.data.dataset import EgoExorDataset
 from egoexor.data.samples import Sample, SampleError, check_in_hdf5
 from egoexor.data.synthetic import PARTS
 
@@ -76,6 +74,8 @@ def scores(result: dict[str, Any], groups: dict[str, tuple[str, ...]]) -> dict[s
 
 def ablate(model, tokenizer, data_config: DataConfig, samples: list[Sample], args, folder: Path) -> list[dict]:
     """One generation and evaluation per removed input; each run's answers go to ``folder/<removed>.jsonl``."""
+    from egoexor.data.dataset import EgoExorDataset
+
     device = next(model.parameters()).device
     records = [sample.to_record() for sample in samples]
     rows = []
@@ -236,6 +236,8 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
     inputs = [args.checkpoint, args.hdf5, args.samples, args.audio_cache]
     out = cli.check_output(args.out, inputs=inputs, overwrite=args.overwrite, owner=COMMAND, flag="--out")
     samples = _check_inputs(args)
+    import torch  # once the flags and inputs are checked: --help and a user mistake do without it
+
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     with cli.output_folder(out, COMMAND) as folder:
         model, tokenizer, data_config = infer.load_model(args.checkpoint, args.bits, device, folder / "converted")

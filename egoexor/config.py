@@ -19,7 +19,7 @@ from typing import Literal
 
 import yaml
 
-from egoexor import cli
+from egoexor import atomic, cli
 from egoexor.metrics import Protocol
 from egoexor.prompt import PromptRoles
 
@@ -649,8 +649,46 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 
 def train_help() -> str:
-    """``python -m egoexor.train --help``: every flag ``train`` accepts, with its default and meaning."""
-    return train_parser().format_help()
+    """``python -m egoexor.train --help``: every flag ``train`` accepts, with its default and meaning.
+
+    Building it imports transformers (every ``TrainingArguments`` field is a flag), which takes seconds; the
+    text is kept in the user's cache folder under a name that changes with everything it depends on (the
+    installed transformers, Python, egoexor's sources, the terminal's width), so that later calls print it
+    without importing transformers or torch. An unwritable cache folder only means building it each time."""
+    path = _help_cache()
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    text = train_parser().format_help()
+    try:
+        for stale in path.parent.glob("train-help-*.txt"):  # made by other versions: never read again
+            stale.unlink()
+        atomic.write_text(path, text)
+    except OSError:
+        pass
+    return text
+
+
+def _help_cache() -> Path:
+    """Where :func:`train_help` keeps its text (``$XDG_CACHE_HOME/egoexor``, else ``~/.cache/egoexor``)."""
+    import hashlib
+    import importlib.metadata
+    import shutil
+    import sys
+
+    key = hashlib.sha256()
+    for part in (importlib.metadata.version("transformers"), sys.version, shutil.get_terminal_size().columns):
+        key.update(f"{part}\n".encode())
+    for source in sorted(Path(__file__).parent.rglob("*.py")):  # the config fields, their docs and the parser
+        key.update(source.read_bytes())
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "egoexor"
+    return folder / f"train-help-{key.hexdigest()[:16]}.txt"
+
+
+def asks_for_help(argv: list[str]) -> bool:
+    """Whether train's flags ``argv`` ask for :func:`train_help` (``-h``, ``--help``)."""
+    return "--help" in argv or "-h" in argv
 
 
 # --------------------------------------------------------------------------------------------------
@@ -658,6 +696,8 @@ def train_help() -> str:
 
 #: The file of a checkpoint folder that holds its model and data configuration.
 CONFIG_FILE = "egoexor_config.json"
+#: The file of a checkpoint folder that holds every trained weight outside the LoRA adapter.
+NON_LORA_FILE = "non_lora_trainables.safetensors"
 
 
 def checkpoint_config(model: ModelConfig, data: DataConfig) -> dict:

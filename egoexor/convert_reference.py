@@ -25,13 +25,13 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from egoexor import atomic, cli
-from egoexor.config import CONFIG_FILE, DataConfig, ModelConfig, checkpoint_config, data_for_model
-from egoexor.model.build import NON_LORA_FILE, build_model
+from egoexor.config import CONFIG_FILE, NON_LORA_FILE, DataConfig, ModelConfig, checkpoint_config, data_for_model
+
+if TYPE_CHECKING:  # torch and the model code are imported where used: --help and the checks load neither
+    import torch
 
 COMMAND = "egoexor.convert_reference"
 REFERENCE_NON_LORA = "non_lora_trainables.bin"
@@ -108,6 +108,8 @@ def _with_adapter_name(key: str) -> str:
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, KeyError or UnpicklingError on a bad file
@@ -172,6 +174,10 @@ def convert(
     is then built (``model_overrides`` may shrink it, e.g. ``bits=16``) to check every mapped tensor's
     shape against the reference preset before anything is written; ``output`` appears complete or not at all.
     """
+    from safetensors.torch import save_file
+
+    from egoexor.model.build import build_model
+
     folder, output = Path(folder), Path(output)
     llava, adapter_config = check_reference_folder(folder)
     config = dataclasses.replace(model_config_from(llava, adapter_config, base, vision_tower), **model_overrides)

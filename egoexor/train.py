@@ -64,6 +64,7 @@ from egoexor import atomic, cli, signals
 from egoexor.config import (
     ConfigError,
     TrainSetup,
+    asks_for_help,
     checkpoint_config,
     data_for_model,
     parse_train_args,
@@ -746,7 +747,7 @@ def _tokenizer(setup: TrainSetup):
 
 
 def _run(argv: list[str]) -> int:
-    if "--help" in argv or "-h" in argv:
+    if asks_for_help(argv):
         print(train_help())
         return 0
     train(parse_train_args(argv))
