@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "viz": ("egoexor.viz.__main__", "pictures of a timepoint, videos of a take, the error page"),
     "inspect": ("egoexor.inspect_model", "parameters and memory of a model configuration"),
     "convert": ("egoexor.convert_reference", "import the reference's released checkpoint"),
+    "reproduce": ("egoexor.reproduce", "the paper's table from the released data and checkpoint (GPU)"),
     "demo": ("egoexor.demo", "the whole pipeline on synthetic data with a tiny model"),
     "memory-benchmark": ("egoexor.memory_benchmark", "the scene-graph memory benchmark on synthetic takes"),
     "env": ("egoexor.env", "versions, GPUs and the lock check for a bug report"),
