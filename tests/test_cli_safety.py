@@ -615,7 +615,7 @@ def _interrupt_samples(monkeypatch, e: Env) -> list[str]:
 
 
 def _interrupt_audio(monkeypatch, e: Env) -> list[str]:
-    monkeypatch.setattr(precompute_audio.ClapAudioEmbedder, "__call__", _raise_on_call(1))
+    monkeypatch.setattr("egoexor.data.audio.ClapAudioEmbedder.__call__", _raise_on_call(1))
     return audio(e)
 
 
@@ -911,7 +911,7 @@ def test_a_hub_name_not_cached_offline_is_one_line_before_any_work(command, env,
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(make_samples, "make_samples", _raise_on_call(0))  # no sample may be made first
-    monkeypatch.setattr(precompute_audio, "ClapAudioEmbedder", _raise_on_call(0))
+    monkeypatch.setattr("egoexor.data.audio.ClapAudioEmbedder", _raise_on_call(0))  # imported where it runs
     if command == "samples":
         argv, flag = with_tokenizer(env, "--tokenizer", "nobody/no-such-tokenizer"), "--tokenizer"
     else:
@@ -985,10 +985,12 @@ def test_evaluate_counts_unparsable_predictions_and_unknown_names(env, capsys):
 
 
 def test_precompute_audio_writes_once_and_replaces_only_with_overwrite(env, capsys):
+    from egoexor.data.audio import AudioCache
+
     argv = audio(env, hdf5=str(env.inp / "dl" / "miss_2.h5"))
     assert precompute_audio.main(argv) == 0
     with h5py.File(env.out / "audio.h5", "r") as h5:
-        assert h5[f"data/MISS/2/take/1/audio/{precompute_audio.AudioCache.DATASET}"].shape[0] == 40
+        assert h5[f"data/MISS/2/take/1/audio/{AudioCache.DATASET}"].shape[0] == 40
     first = (env.out / "audio.h5").read_bytes()
     assert precompute_audio.main(argv) == 2
     assert (env.out / "audio.h5").read_bytes() == first
