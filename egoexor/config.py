@@ -323,6 +323,10 @@ REFERENCE_ALIASES: dict[str, tuple[str, str]] = {
     "gradient_checkpointing": ("trainer", "activation_checkpointing"),  # renamed in transformers 5
 }
 
+#: The names every other egoexor command gives these inputs and outputs -> train's flags (the reference's names,
+#: which stay its contract): ``--hdf5``, ``--samples`` and ``--out`` work here too.
+COMMON_NAMES: dict[str, str] = {"hdf5": "hdf5_path", "samples": "data_path", "out": "output_dir"}
+
 #: Reference flags that change nothing here: (the only supported value or None for any, why).
 NO_EFFECT: dict[str, tuple[object, str]] = {
     "version": ("v1", "the vicuna_v1 prompt template is the only one"),
@@ -476,6 +480,8 @@ def train_parser():
             "A YAML config (--config; sections model, data, train, trainer) sets the defaults; flags override it.",
             "Reference flags with another name here: "
             + ", ".join(f"--{flag} -> --{name}" for flag, (_, name) in REFERENCE_ALIASES.items()),
+            "The names of the other egoexor commands: "
+            + ", ".join(f"--{flag} is --{name}" for flag, name in COMMON_NAMES.items()),
             "Reference flags accepted without effect (a warning says why): " + ", ".join(f"--{f}" for f in NO_EFFECT),
         ]
     )
@@ -495,7 +501,8 @@ def train_parser():
 
 
 def _prepass(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
-    """``--config``, the reference's flags mapped onto ours, and a warning for each flag without effect."""
+    """``--config``, the reference's flags and the common names (:data:`COMMON_NAMES`) mapped onto ours, and a
+    warning for each flag without effect."""
     config, kept, warnings = None, [], []
     for name, values in split_flags(argv):
         if name in ("config", *NO_EFFECT) and len(values) != 1:
@@ -510,7 +517,8 @@ def _prepass(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
                 raise ConfigError(f"--{name} {value}: not supported ({why}; only {supported})")
             warnings.append(f"--{name} has no effect here: {why}")
             continue
-        kept += [f"--{REFERENCE_ALIASES.get(name, (None, name))[1]}", *values]
+        name = COMMON_NAMES.get(name, REFERENCE_ALIASES.get(name, (None, name))[1])
+        kept += [f"--{name}", *values]
     return config, kept, warnings
 
 

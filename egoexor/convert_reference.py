@@ -229,20 +229,33 @@ def convert(
 
 def _parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(prog=f"python -m {COMMAND}", description=__doc__.splitlines()[0])
-    parser.add_argument("input", type=Path, help="the released folder: " + ", ".join(REFERENCE_FILES))
-    parser.add_argument(
-        "output", type=Path, help="egoexor checkpoint folder to write (replaced as a whole when complete)"
-    )
+    released = "the released folder: " + ", ".join(REFERENCE_FILES)
+    written = "egoexor checkpoint folder to write (replaced as a whole when complete)"
+    parser.add_argument("input", type=Path, nargs="?", metavar="INPUT", help=f"{released} (or --checkpoint)")
+    parser.add_argument("output", type=Path, nargs="?", metavar="OUTPUT", help=f"{written} (or --out)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help=f"{released}, as INPUT")
+    parser.add_argument("--out", type=Path, default=None, help=f"{written}, as OUTPUT")
     parser.add_argument("--base", default=DEFAULT_BASE, help="base LLM the adapter belongs to (hub name or folder)")
     parser.add_argument("--vision_tower", default=None, help="CLIP tower (default: the one config.json names)")
     cli.add_overwrite_flag(parser)
     return parser
 
 
+def _given(positional: Path | None, flagged: Path | None, name: str, flag: str) -> Path:
+    """A path given as a positional argument or by the flag the other commands use, not both."""
+    if positional is not None and flagged is not None:
+        raise cli.CommandError(f"{name} {positional} and {flag} {flagged}: give one of them")
+    if positional is None and flagged is None:
+        raise cli.CommandError(f"{flag} (or {name}) is required (see --help)")
+    return positional if positional is not None else flagged
+
+
 def _run(args) -> int:
-    report = convert(args.input, args.output, args.base, args.vision_tower, overwrite=args.overwrite)
+    folder = _given(args.input, args.checkpoint, "INPUT", "--checkpoint")
+    output = _given(args.output, args.out, "OUTPUT", "--out")
+    report = convert(folder, output, args.base, args.vision_tower, overwrite=args.overwrite)
     print(
-        f"wrote {args.output}: {len(report['mapped'])} tensors mapped, {len(report['adapter'])} LoRA tensors, "
+        f"wrote {output}: {len(report['mapped'])} tensors mapped, {len(report['adapter'])} LoRA tensors, "
         f"{len(report['recomputed_buffers'])} recomputed buffers skipped"
     )
     return 0

@@ -1047,3 +1047,42 @@ def test_the_reference_flags_of_train_answer_to_dashes_too():
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
     setup = parse_train_args(["--config", str(tiny), "--learning-rate", "0.001"])
     assert setup.trainer.learning_rate == 0.001
+
+
+# --- One name per concept: --hdf5, --samples, --out, --checkpoint (issue 24). ---------------------------------------
+
+
+def test_train_takes_the_common_names_beside_the_reference_ones():
+    from egoexor.config import parse_train_args
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    common = parse_train_args(["--config", str(tiny), "--samples", "s.json", "--hdf5", "f.h5", "--out", "runs/x"])
+    reference = parse_train_args(
+        ["--config", str(tiny), "--data_path", "s.json", "--hdf5-path", "f.h5", "--output_dir", "runs/x"]
+    )
+    for setup in (common, reference):
+        assert (setup.train.data_path, setup.train.hdf5_path, setup.trainer.output_dir) == ("s.json", "f.h5", "runs/x")
+
+
+def test_merge_takes_out_for_output_file(tiny_dataset, tmp_path):
+    folder = tiny_dataset.files[0].parent
+    argv = ["--data_dir", str(folder), "--input_files", tiny_dataset.files[0].name, "--quiet"]
+    assert merge_h5.main([*argv, "--out", str(tmp_path / "a.h5")]) == 0
+    assert merge_h5.main([*argv, "--output-file", str(tmp_path / "b.h5")]) == 0
+    with h5py.File(tmp_path / "a.h5") as first, h5py.File(tmp_path / "b.h5") as second:
+        assert sorted(first["data/MISS/1/take"]) == sorted(second["data/MISS/1/take"]) == ["1", "2"]
+
+
+def test_convert_takes_checkpoint_and_out_or_its_positionals_not_both(tmp_path, capsys):
+    from egoexor import convert_reference
+
+    assert convert_reference.main(["--out", str(tmp_path / "c")]) == cli.EXIT_ERROR
+    assert (
+        capsys.readouterr().err
+        == "egoexor.convert_reference: error: --checkpoint (or INPUT) is required (see --help)\n"
+    )
+    assert convert_reference.main([str(tmp_path), "--checkpoint", str(tmp_path), "--out", "c"]) == cli.EXIT_ERROR
+    assert "INPUT " in capsys.readouterr().err
+    assert convert_reference.main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "c")]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err  # both flags taken: the folder itself is what is wrong
+    assert err.startswith(f"egoexor.convert_reference: error: {tmp_path}: not the released checkpoint folder"), err
