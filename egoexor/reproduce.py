@@ -65,7 +65,7 @@ SPLIT = "test"
 @dataclass(frozen=True)
 class Stage:
     name: str
-    output: Path  # in --out
+    output: Path  # under --out
     settings: dict[str, Any]  # what the output depends on besides the earlier stages
     #: (afresh: an earlier stage ran again, or --overwrite) -> what it wrote, one line. A stage replaces what a
     #: stopped run left of its output (never a finished output: that has a record); infer continues it unless afresh.
