@@ -1,7 +1,9 @@
 """egoexor SUBCOMMAND [ARGS]: every egoexor command under one name (``python -m egoexor`` is the same).
 
 Each subcommand is the module that ``python -m egoexor.X`` runs, imported only when it is asked for, so
-``egoexor --help`` and ``egoexor env`` do not pay for the model code.
+``egoexor --help`` and ``egoexor env`` do not pay for the model code. The modules import torch and transformers
+where they run, not at the top, so that ``egoexor SUBCOMMAND --help`` prints without them; ``train``'s help
+comes from :mod:`egoexor.config` (the training module defines its Trainer classes on import).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ SUBCOMMANDS = {
     "viz": ("egoexor.viz.__main__", "pictures of a timepoint, videos of a take, the error page"),
     "inspect": ("egoexor.inspect_model", "parameters and memory of a model configuration"),
     "convert": ("egoexor.convert_reference", "import the reference's released checkpoint"),
+    "reproduce": ("egoexor.reproduce", "the paper's table from the released data and checkpoint (GPU)"),
     "demo": ("egoexor.demo", "the whole pipeline on synthetic data with a tiny model"),
+    "memory-benchmark": ("egoexor.memory_benchmark", "the scene-graph memory benchmark on synthetic takes"),
     "env": ("egoexor.env", "versions, GPUs and the lock check for a bug report"),
 }
 
@@ -58,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] not in SUBCOMMANDS:
         print(f"egoexor: error: unknown subcommand {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
+    if argv[0] == "train":  # its help without the training module, which imports torch and transformers
+        from egoexor import cli, config
+
+        if config.asks_for_help(argv[1:]):
+            return cli.run("egoexor.train", lambda: print(config.train_help()))
     module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
     return module.main(argv[1:])
 

@@ -40,16 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
 from egoexor import cli, evaluate, infer, metrics, modalities, scene_graph
 from egoexor.atomic import write_json, write_text
 from egoexor.config import DataConfig
 from egoexor.convert_reference import is_reference_checkpoint
 from egoexor.data import layout
-from egoexor.data.dataset import EgoExorDataset
-from egoexor.data.processor import Collator
 from egoexor.data.samples import Sample, SampleError, check_in_hdf5
 from egoexor.data.synthetic import PARTS
 from egoexor.prompt import IGNORE_INDEX
@@ -86,6 +82,8 @@ def scores(result: dict[str, Any], groups: dict[str, tuple[str, ...]]) -> dict[s
 
 def ablate(model, tokenizer, data_config: DataConfig, samples: list[Sample], args, folder: Path) -> list[dict]:
     """One generation and evaluation per removed input; each run's answers go to ``folder/<removed>.jsonl``."""
+    from egoexor.data.dataset import EgoExorDataset
+
     device = next(model.parameters()).device
     records = [sample.to_record() for sample in samples]
     rows = []
@@ -130,8 +128,14 @@ def choice_candidates(sample: Sample, groups: dict[str, tuple[str, ...]]) -> lis
     return out
 
 
-def answer_losses(model, dataset: EgoExorDataset, batch_size: int) -> list[float]:
-    """The summed negative log-likelihood of each sample's answer + EOS under teacher forcing."""
+def answer_losses(model, dataset, batch_size: int) -> list[float]:
+    """The summed negative log-likelihood of each sample's answer + EOS under teacher forcing (``dataset``: an
+    ``EgoExorDataset`` in ``eval`` mode)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from egoexor.data.processor import Collator
+
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=Collator(dataset.tokenizer.pad_token_id))
     losses = []
     with torch.no_grad():
@@ -149,6 +153,8 @@ def choice(model, tokenizer, data_config: DataConfig, samples: list[Sample], arg
     """Teacher-forced predicate choice: for each triplet of a group, the candidate answer (the true graph with
     each of the group's predicates in that triplet's place) the model finds likeliest; per removed input, the
     share of triplets where that is the true one, per group, with its binomial standard error."""
+    from egoexor.data.dataset import EgoExorDataset
+
     groups = GROUPS[args.groups]
     cases = [(sample, *case) for sample in samples for case in choice_candidates(sample, groups)]
     variants = [replace(sample, answer=text) for sample, _, _, texts in cases for text in texts]
@@ -353,6 +359,8 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
     args.groups = args.groups or groups_of(samples)
     if "choice" in args.metric and args.groups == "none":
         raise cli.CommandError("--metric choice needs predicate groups: --groups parts (the modality benchmark's data)")
+    import torch  # once the flags and inputs are checked: --help and a user mistake do without it
+
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     with cli.output_folder(out, COMMAND) as folder:
         model, tokenizer, data_config = infer.load_model(args.checkpoint, args.bits, device, folder / "converted")

@@ -19,7 +19,7 @@ from typing import Literal
 
 import yaml
 
-from egoexor import cli, modalities
+from egoexor import atomic, cli, modalities
 from egoexor.metrics import Protocol
 from egoexor.prompt import PromptRoles
 
@@ -361,6 +361,10 @@ REFERENCE_ALIASES: dict[str, tuple[str, str]] = {
     "gradient_checkpointing": ("trainer", "activation_checkpointing"),  # renamed in transformers 5
 }
 
+#: The names every other egoexor command gives these inputs and outputs -> train's flags (the reference's names,
+#: which stay its contract): ``--hdf5``, ``--samples`` and ``--out`` work here too.
+COMMON_NAMES: dict[str, str] = {"hdf5": "hdf5_path", "samples": "data_path", "out": "output_dir"}
+
 #: Reference flags that change nothing here: (the only supported value or None for any, why).
 NO_EFFECT: dict[str, tuple[object, str]] = {
     "version": ("v1", "the vicuna_v1 prompt template is the only one"),
@@ -516,6 +520,8 @@ def train_parser():
             "A YAML config (--config; sections model, data, train, trainer) sets the defaults; flags override it.",
             "Reference flags with another name here: "
             + ", ".join(f"--{flag} -> --{name}" for flag, (_, name) in REFERENCE_ALIASES.items()),
+            "The names of the other egoexor commands: "
+            + ", ".join(f"--{flag} is --{name}" for flag, name in COMMON_NAMES.items()),
             "Reference flags accepted without effect (a warning says why): " + ", ".join(f"--{f}" for f in NO_EFFECT),
         ]
     )
@@ -535,7 +541,8 @@ def train_parser():
 
 
 def _prepass(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
-    """``--config``, the reference's flags mapped onto ours, and a warning for each flag without effect."""
+    """``--config``, the reference's flags and the common names (:data:`COMMON_NAMES`) mapped onto ours, and a
+    warning for each flag without effect."""
     config, kept, warnings = None, [], []
     for name, values in split_flags(argv):
         if name in ("config", *NO_EFFECT) and len(values) != 1:
@@ -550,7 +557,8 @@ def _prepass(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
                 raise ConfigError(f"--{name} {value}: not supported ({why}; only {supported})")
             warnings.append(f"--{name} has no effect here: {why}")
             continue
-        kept += [f"--{REFERENCE_ALIASES.get(name, (None, name))[1]}", *values]
+        name = COMMON_NAMES.get(name, REFERENCE_ALIASES.get(name, (None, name))[1])
+        kept += [f"--{name}", *values]
     return config, kept, warnings
 
 
@@ -689,8 +697,46 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 
 def train_help() -> str:
-    """``python -m egoexor.train --help``: every flag ``train`` accepts, with its default and meaning."""
-    return train_parser().format_help()
+    """``python -m egoexor.train --help``: every flag ``train`` accepts, with its default and meaning.
+
+    Building it imports transformers (every ``TrainingArguments`` field is a flag), which takes seconds; the
+    text is kept in the user's cache folder under a name that changes with everything it depends on (the
+    installed transformers, Python, egoexor's sources, the terminal's width), so that later calls print it
+    without importing transformers or torch. An unwritable cache folder only means building it each time."""
+    path = _help_cache()
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    text = train_parser().format_help()
+    try:
+        for stale in path.parent.glob("train-help-*.txt"):  # made by other versions: never read again
+            stale.unlink()
+        atomic.write_text(path, text)
+    except OSError:
+        pass
+    return text
+
+
+def _help_cache() -> Path:
+    """Where :func:`train_help` keeps its text (``$XDG_CACHE_HOME/egoexor``, else ``~/.cache/egoexor``)."""
+    import hashlib
+    import importlib.metadata
+    import shutil
+    import sys
+
+    key = hashlib.sha256()
+    for part in (importlib.metadata.version("transformers"), sys.version, shutil.get_terminal_size().columns):
+        key.update(f"{part}\n".encode())
+    for source in sorted(Path(__file__).parent.rglob("*.py")):  # the config fields, their docs and the parser
+        key.update(source.read_bytes())
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "egoexor"
+    return folder / f"train-help-{key.hexdigest()[:16]}.txt"
+
+
+def asks_for_help(argv: list[str]) -> bool:
+    """Whether train's flags ``argv`` ask for :func:`train_help` (``-h``, ``--help``)."""
+    return "--help" in argv or "-h" in argv
 
 
 # --------------------------------------------------------------------------------------------------
@@ -698,6 +744,8 @@ def train_help() -> str:
 
 #: The file of a checkpoint folder that holds its model and data configuration.
 CONFIG_FILE = "egoexor_config.json"
+#: The file of a checkpoint folder that holds every trained weight outside the LoRA adapter.
+NON_LORA_FILE = "non_lora_trainables.safetensors"
 
 
 def checkpoint_config(model: ModelConfig, data: DataConfig) -> dict:

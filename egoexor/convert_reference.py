@@ -25,13 +25,13 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from egoexor import atomic, cli
-from egoexor.config import CONFIG_FILE, DataConfig, ModelConfig, checkpoint_config, data_for_model
-from egoexor.model.build import NON_LORA_FILE, build_model
+from egoexor.config import CONFIG_FILE, NON_LORA_FILE, DataConfig, ModelConfig, checkpoint_config, data_for_model
+
+if TYPE_CHECKING:  # torch and the model code are imported where used: --help and the checks load neither
+    import torch
 
 COMMAND = "egoexor.convert_reference"
 REFERENCE_NON_LORA = "non_lora_trainables.bin"
@@ -108,6 +108,8 @@ def _with_adapter_name(key: str) -> str:
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, KeyError or UnpicklingError on a bad file
@@ -173,6 +175,10 @@ def convert(
     is then built (``model_overrides`` may shrink it, e.g. ``bits=16``) to check every mapped tensor's
     shape against the reference preset before anything is written; ``output`` appears complete or not at all.
     """
+    from safetensors.torch import save_file
+
+    from egoexor.model.build import build_model
+
     folder, output = Path(folder), Path(output)
     llava, adapter_config = check_reference_folder(folder)
     config = dataclasses.replace(model_config_from(llava, adapter_config, base, vision_tower), **model_overrides)
@@ -224,20 +230,33 @@ def convert(
 
 def _parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(prog=f"python -m {COMMAND}", description=__doc__.splitlines()[0])
-    parser.add_argument("input", type=Path, help="the released folder: " + ", ".join(REFERENCE_FILES))
-    parser.add_argument(
-        "output", type=Path, help="egoexor checkpoint folder to write (replaced as a whole when complete)"
-    )
+    released = "the released folder: " + ", ".join(REFERENCE_FILES)
+    written = "egoexor checkpoint folder to write (replaced as a whole when complete)"
+    parser.add_argument("input", type=Path, nargs="?", metavar="INPUT", help=f"{released} (or --checkpoint)")
+    parser.add_argument("output", type=Path, nargs="?", metavar="OUTPUT", help=f"{written} (or --out)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help=f"{released}, as INPUT")
+    parser.add_argument("--out", type=Path, default=None, help=f"{written}, as OUTPUT")
     parser.add_argument("--base", default=DEFAULT_BASE, help="base LLM the adapter belongs to (hub name or folder)")
     parser.add_argument("--vision_tower", default=None, help="CLIP tower (default: the one config.json names)")
     cli.add_overwrite_flag(parser)
     return parser
 
 
+def _given(positional: Path | None, flagged: Path | None, name: str, flag: str) -> Path:
+    """A path given as a positional argument or by the flag the other commands use, not both."""
+    if positional is not None and flagged is not None:
+        raise cli.CommandError(f"{name} {positional} and {flag} {flagged}: give one of them")
+    if positional is None and flagged is None:
+        raise cli.CommandError(f"{flag} (or {name}) is required (see --help)")
+    return positional if positional is not None else flagged
+
+
 def _run(args) -> int:
-    report = convert(args.input, args.output, args.base, args.vision_tower, overwrite=args.overwrite)
+    folder = _given(args.input, args.checkpoint, "INPUT", "--checkpoint")
+    output = _given(args.output, args.out, "OUTPUT", "--out")
+    report = convert(folder, output, args.base, args.vision_tower, overwrite=args.overwrite)
     print(
-        f"wrote {args.output}: {len(report['mapped'])} tensors mapped, {len(report['adapter'])} LoRA tensors, "
+        f"wrote {output}: {len(report['mapped'])} tensors mapped, {len(report['adapter'])} LoRA tensors, "
         f"{len(report['recomputed_buffers'])} recomputed buffers skipped"
     )
     return 0

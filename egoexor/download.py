@@ -161,28 +161,57 @@ def _parser() -> cli.ArgumentParser:
     return parser
 
 
-def _run(args) -> int:
-    out = Path(args.out)
+def download(
+    out: str | os.PathLike,
+    files: Sequence[str] | None = None,
+    *,
+    repo_id: str = REPO_ID,
+    revision: str | None = None,
+    token: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    merge: str | os.PathLike | None = None,
+) -> tuple[Path, list[str], bool]:
+    """The command as a function, but for the merge itself: :func:`fetch` ``files`` and place an entry for each in
+    ``out``; returns the snapshot folder, the names placed and whether their sizes were checked against the hub
+    (online). ``merge``: the file the caller will merge into, checked with the rest before anything is written.
+    User mistakes raise :class:`cli.CommandError`."""
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise cli.CommandError(f"--out {out}: is a file, expected a folder")
-    if args.merge:
-        cli.check_output(args.merge, overwrite=args.overwrite, flag="--merge")
-    snapshot, names = fetch(args.files, args.repo_id, args.revision, args.token, args.cache_dir)
+    if merge:
+        cli.check_output(merge, overwrite=overwrite, flag="--merge")
+    snapshot, names = fetch(files, repo_id, revision, token, cache_dir)
     for name in names:  # checked for all before any entry is written
         if not _is_placed(out / name, snapshot / name):
-            cli.check_output(out / name, overwrite=args.overwrite, flag="--out")
-    if args.merge:
-        cli.check_output(args.merge, inputs=[out / name for name in names], overwrite=args.overwrite, flag="--merge")
+            cli.check_output(out / name, overwrite=overwrite, flag="--out")
+    if merge:
+        cli.check_output(merge, inputs=[out / name for name in names], overwrite=overwrite, flag="--merge")
     for name in names:
         if not _is_placed(out / name, snapshot / name):
             place((snapshot / name).resolve(), out / name)
-    sizes = hub_sizes(snapshot, names, args.repo_id, args.token)
+    sizes = hub_sizes(snapshot, names, repo_id, token)
     if sizes is not None:
         check_sizes(out, sizes)
+    return snapshot, names, sizes is not None
+
+
+def _run(args) -> int:
+    out = Path(args.out)
+    snapshot, names, verified = download(
+        out,
+        args.files,
+        repo_id=args.repo_id,
+        revision=args.revision,
+        token=args.token,
+        cache_dir=args.cache_dir,
+        overwrite=args.overwrite,
+        merge=args.merge,
+    )
     for name in names:
         print(f"{out / name}: {(out / name).stat().st_size / 1e6:.1f} MB")
-    verified = "sizes match the hub" if sizes is not None else "offline: sizes not re-checked against the hub"
-    print(f"{len(names)} file(s) of {args.repo_id} at commit {snapshot.name[:12]} in {out} ({verified})")
+    checked = "sizes match the hub" if verified else "offline: sizes not re-checked against the hub"
+    print(f"{len(names)} file(s) of {args.repo_id} at commit {snapshot.name[:12]} in {out} ({checked})")
     if args.merge:
         procedures = [out / name for name in names if name != SPLITS_FILE]
         summary = merge_files(procedures, out / SPLITS_FILE, args.merge, overwrite=args.overwrite, progress=True)

@@ -61,19 +61,22 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
-import torch
-from accelerate import PartialState
-from accelerate.utils import broadcast_object_list
 from safetensors import SafetensorError, safe_open
-from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from egoexor import atomic, cli, cpus, evaluate, metrics, modalities, scene_graph
 from egoexor.atomic import write_json
-from egoexor.config import ConfigError, DataConfig, ModelConfig, read_checkpoint_config
+from egoexor.config import (
+    CONFIG_FILE,
+    NON_LORA_FILE,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    read_checkpoint_config,
+)
 from egoexor.convert_reference import (
     DEFAULT_BASE,
     REFERENCE_FILES,
@@ -83,16 +86,25 @@ from egoexor.convert_reference import (
     model_config_from,
 )
 from egoexor.data import layout
-from egoexor.data.audio import AudioCache
-from egoexor.data.dataset import EgoExorDataset
-from egoexor.data.processor import Collator, SampleInputError
 from egoexor.data.reader import ReadError
-from egoexor.data.samples import Sample, SampleError, check_in_hdf5, check_unique_ids, load_samples
+from egoexor.data.samples import (
+    Sample,
+    SampleError,
+    SampleInputError,
+    check_in_hdf5,
+    check_unique_ids,
+    load_samples,
+)
 from egoexor.memory import MEMORY_START, STYLES, MemoryStyle
 from egoexor.metrics import Protocol
-from egoexor.model.build import CONFIG_FILE, NON_LORA_FILE
 from egoexor.prompt import IGNORE_INDEX
 from egoexor.temporal_inference import TEMPORAL_MODES, TakeWalk, TemporalMode, take_groups
+
+if TYPE_CHECKING:  # torch, accelerate and the data and model code load where they run: --help loads none of them
+    import torch
+    from accelerate import PartialState
+
+    from egoexor.data.dataset import EgoExorDataset
 
 COMMAND = "egoexor.infer"
 RUN_FILE = "run.json"
@@ -145,6 +157,10 @@ def generate_shard(
     progress: bool = True,
 ) -> dict[str, str]:
     """Generate the dataset's samples not yet in ``log``, appending each batch to it; all texts."""
+    from torch.utils.data import DataLoader, Subset
+
+    from egoexor.data.processor import Collator
+
     tokenizer = dataset.tokenizer
     done = _read_log(log)
     todo = [i for i, sample in enumerate(dataset.samples) if sample.id not in done]
@@ -178,6 +194,8 @@ def generate_takes(
     """:func:`generate_shard` with scene-graph memory: takes walked in time order, ``batch_size`` side by
     side (:class:`egoexor.temporal_inference.TakeWalk`). Items are read in this process: a sample's prompt
     waits for the answers before it."""
+    from egoexor.data.processor import Collator
+
     tokenizer = dataset.tokenizer
     done = _read_log(log)
     walk = TakeWalk(dataset.samples, temporal, memory_style, batch_size, done)
@@ -200,6 +218,8 @@ def generate_takes(
 
 def _generate_batch(model, batch: dict, ids: list[str], tokenizer, max_new_tokens: int, device) -> list[str]:
     """Greedy answers of one collated batch whose samples are ``ids``."""
+    import torch
+
     batch = {k: v.to(device) for k, v in batch.items()}
     # PTv3 shuffles its serialisation orders even in eval mode (as the reference): a seed per batch
     # makes a rerun, a resumed run and a sharded run give the same answers for the same batches.
@@ -229,16 +249,21 @@ def _append(handle, done: dict[str, str], ids: list[str], texts: list[str], memo
     handle.flush()
 
 
-@torch.no_grad()
 def teacher_forced_accuracy(model, dataset: EgoExorDataset, batch_size: int = 8) -> float:
     """Share of supervised answer tokens (EOS included) that greedy next-token prediction gets right."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from egoexor.data.processor import Collator
+
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=Collator(dataset.tokenizer.pad_token_id))
     was_training = model.training
     model.eval()
     correct = total = 0
     for batch in loader:
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"})["logits"]
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"})["logits"]
         predicted, target = logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
         supervised = target != IGNORE_INDEX
         correct += int((predicted[supervised] == target[supervised]).sum())
@@ -310,6 +335,8 @@ def read_samples(path: Path) -> list[Sample]:
 
 def check_audio_cache(path: Path, samples: Sequence[Sample], audio_norm: str) -> None:
     """The cache is readable, made with ``audio_norm``, and has an embedding for every sample that uses audio."""
+    from egoexor.data.audio import AudioCache
+
     last_frame: dict[str, int] = {}
     for sample in samples:
         if "audio" in sample.modalities:
@@ -489,6 +516,9 @@ def infer(
     Under torchrun every process calls it for its share of the samples. User mistakes raise
     :class:`cli.CommandError` or one of :data:`ERRORS`, before the model is loaded. ``num_workers`` None:
     :func:`egoexor.cpus.default_workers`."""
+    import torch
+    from accelerate import PartialState
+
     num_workers = cpus.default_workers() if num_workers is None else num_workers
     _check_settings(protocol, batch_size, max_new_tokens, num_workers, overrides or {}, temporal, memory_style)
     checkpoint, hdf5, out = Path(checkpoint), Path(hdf5), Path(out)
@@ -541,6 +571,8 @@ def _generate_and_evaluate(
 ) -> Inference:
     """Generate (resuming the texts logged in ``folder``) and, on the main process, evaluate into ``folder``,
     which is ``out`` or the temporary folder that replaces it (messages name ``out``)."""
+    from egoexor.data.dataset import EgoExorDataset
+
     cli.checks_done()  # the model has loaded: library messages from here on go straight to stderr
     model, tokenizer, data_config = loaded
     start = time.perf_counter()
@@ -680,6 +712,8 @@ def _load_and_record(checkpoint: Path, bits: int, device: torch.device, folder: 
 def _replacement(state: PartialState, out: Path) -> Iterator[Path]:
     """The temporary folder that replaces ``out`` when the block succeeds (made by the main process, its
     path sent to the others)."""
+    from accelerate.utils import broadcast_object_list
+
     if not state.is_main_process:
         yield broadcast_object_list([None])[0]
         return

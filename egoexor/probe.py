@@ -29,21 +29,23 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
-from torch.utils.data import DataLoader
 
 from egoexor import cli, infer, modalities
 from egoexor.atomic import write_json
 from egoexor.convert_reference import is_reference_checkpoint
 from egoexor.data import layout
-from egoexor.data.dataset import EgoExorDataset
-from egoexor.data.processor import Collator
 from egoexor.data.samples import Sample, SampleError, check_in_hdf5
 from egoexor.data.synthetic import PARTS
 from egoexor.scene_graph import parse
+
+if TYPE_CHECKING:  # torch is imported where it runs: --help and a user mistake do without it
+    import torch
+    from torch import Tensor
+
+    from egoexor.data.dataset import EgoExorDataset
 
 COMMAND = "egoexor.probe"
 #: Batch keys that are not inputs of ``visual_features``.
@@ -70,12 +72,16 @@ def one_per_frame(samples: Sequence[Sample]) -> list[Sample]:
     return kept
 
 
-@torch.no_grad()
 def visual_tokens(
     model, dataset: EgoExorDataset, batch_size: int, device: torch.device, num_workers: int = 0
 ) -> Tensor:
     """[samples, Ne + Nx, H] float32: each sample's ego then exo block of LLM-input visual tokens (zeros for a
     branch the sample does not have); a block is the branch's ``tokens_per_branch`` plus its appended tokens."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from egoexor.data.processor import Collator
+
     config = dataset.config
     sizes = [config.tokens_per_branch + appended for appended in config.appended_tokens]
     loader = DataLoader(
@@ -86,7 +92,8 @@ def visual_tokens(
     out = []
     for batch in loader:
         inputs = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
-        visual = model.visual_features(**{key: value for key, value in inputs.items() if key not in _TEXT_KEYS})
+        with torch.no_grad():
+            visual = model.visual_features(**{key: value for key, value in inputs.items() if key not in _TEXT_KEYS})
         present = torch.stack([batch["ego_view_mask"].any(1), batch["exo_view_mask"].any(1)], 1)  # [B, 2]
         tokens = torch.zeros(len(present), sum(sizes), width)
         blocks = [(b, branch) for b, branches in enumerate(present.tolist()) for branch in (0, 1) if branches[branch]]
@@ -105,6 +112,8 @@ def _fit_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, classes: int,
     Fitted in the span of the (standardised) training rows, an exact change of basis here: the L2 penalty
     keeps the optimal weights in that span, and the rows have far fewer dimensions than the tokens.
     """
+    import torch
+
     mean, std = train_x.mean(0), train_x.std(0)
     std = torch.where(std > 1e-6 * std.max().clamp(min=1e-30), std, torch.ones_like(std))
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
@@ -130,6 +139,8 @@ def cross_validated(
     features: Tensor, levels: Tensor, folds: int = 5, seed: int = 0, l2: float = 1e-3, steps: int = 100
 ) -> dict:
     """k-fold accuracy of the probe: {accuracy, se (over folds), folds (each fold's), chance, n}."""
+    import torch
+
     n = len(levels)
     x = features.reshape(n, -1).double()
     classes = int(levels.max()) + 1
@@ -154,6 +165,8 @@ def cross_validated(
 def probe(tokens: Tensor, samples: Sequence[Sample], folds: int = 5, seed: int = 0, l2: float = 1e-3) -> list[dict]:
     """One row per input of :data:`PARTS` that at least ``2 * folds`` samples' answers hold: {input, accuracy, se,
     folds, chance, n}; ``tokens`` are the samples' :func:`visual_tokens`."""
+    import torch
+
     levels = [part_levels(sample) for sample in samples]
     rows = []
     for part in PARTS:
@@ -237,6 +250,10 @@ def run(argv: Sequence[str] | None = None) -> list[dict]:
             f"--samples {args.samples}: no input has {2 * args.folds} frames with its part "
             "(probe data of the synthetic parts profile: python -m egoexor.data.synthetic --profile parts)"
         )
+    import torch
+
+    from egoexor.data.dataset import EgoExorDataset
+
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     with tempfile.TemporaryDirectory() as scratch:  # a released checkpoint is converted there
         converted = Path(scratch) / "converted"

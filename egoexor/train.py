@@ -62,8 +62,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from egoexor import atomic, cli, signals
 from egoexor.config import (
+    COMMON_NAMES,
     ConfigError,
     TrainSetup,
+    asks_for_help,
     checkpoint_config,
     data_for_model,
     parse_train_args,
@@ -687,9 +689,9 @@ def check_inputs(setup: TrainSetup) -> tuple[list[Sample], list[Sample] | None]:
     """The training and validation samples, once they, the HDF5 file, the audio cache and the token-frequency
     file passed their checks (takes without RGB frames are named in a warning)."""
     train = setup.train
-    for flag in ("data_path", "hdf5_path"):
-        if getattr(train, flag) is None:
-            raise ConfigError(f"--{flag} is required")
+    for common in ("samples", "hdf5"):  # train's own names are the reference's
+        if getattr(train, COMMON_NAMES[common]) is None:
+            raise ConfigError(f"--{common} (--{COMMON_NAMES[common]}) is required")
     check_evaluation(setup)
     samples = _read_samples(train.data_path, "--data_path")
     eval_samples = None if train.eval_data_path is None else _read_samples(train.eval_data_path, "--eval_data_path")
@@ -746,7 +748,7 @@ def _tokenizer(setup: TrainSetup):
 
 
 def _run(argv: list[str]) -> int:
-    if "--help" in argv or "-h" in argv:
+    if asks_for_help(argv):
         print(train_help())
         return 0
     train(parse_train_args(argv))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Multi-node training on SLURM: one torchrun per node, each starting one process per GPU.
-#   sbatch scripts/slurm_train.sh --data_path data/llava_samples/train_4perm_....json --hdf5_path egoexor.h5 ...
+#   sbatch scripts/slurm_train.sh --samples data/llava_samples/train_4perm_....json --hdf5 egoexor.h5 ...
 # Extra arguments go to `python -m egoexor.train` unchanged. Adjust the resources to your cluster.
 #SBATCH --job-name=egoexor
 #SBATCH --nodes=2

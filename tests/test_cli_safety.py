@@ -615,7 +615,7 @@ def _interrupt_samples(monkeypatch, e: Env) -> list[str]:
 
 
 def _interrupt_audio(monkeypatch, e: Env) -> list[str]:
-    monkeypatch.setattr(precompute_audio.ClapAudioEmbedder, "__call__", _raise_on_call(1))
+    monkeypatch.setattr("egoexor.data.audio.ClapAudioEmbedder.__call__", _raise_on_call(1))
     return audio(e)
 
 
@@ -911,7 +911,7 @@ def test_a_hub_name_not_cached_offline_is_one_line_before_any_work(command, env,
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(make_samples, "make_samples", _raise_on_call(0))  # no sample may be made first
-    monkeypatch.setattr(precompute_audio, "ClapAudioEmbedder", _raise_on_call(0))
+    monkeypatch.setattr("egoexor.data.audio.ClapAudioEmbedder", _raise_on_call(0))  # imported where it runs
     if command == "samples":
         argv, flag = with_tokenizer(env, "--tokenizer", "nobody/no-such-tokenizer"), "--tokenizer"
     else:
@@ -985,10 +985,12 @@ def test_evaluate_counts_unparsable_predictions_and_unknown_names(env, capsys):
 
 
 def test_precompute_audio_writes_once_and_replaces_only_with_overwrite(env, capsys):
+    from egoexor.data.audio import AudioCache
+
     argv = audio(env, hdf5=str(env.inp / "dl" / "miss_2.h5"))
     assert precompute_audio.main(argv) == 0
     with h5py.File(env.out / "audio.h5", "r") as h5:
-        assert h5[f"data/MISS/2/take/1/audio/{precompute_audio.AudioCache.DATASET}"].shape[0] == 40
+        assert h5[f"data/MISS/2/take/1/audio/{AudioCache.DATASET}"].shape[0] == 40
     first = (env.out / "audio.h5").read_bytes()
     assert precompute_audio.main(argv) == 2
     assert (env.out / "audio.h5").read_bytes() == first
@@ -1045,3 +1047,42 @@ def test_the_reference_flags_of_train_answer_to_dashes_too():
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
     setup = parse_train_args(["--config", str(tiny), "--learning-rate", "0.001"])
     assert setup.trainer.learning_rate == 0.001
+
+
+# --- One name per concept: --hdf5, --samples, --out, --checkpoint (issue 24). ---------------------------------------
+
+
+def test_train_takes_the_common_names_beside_the_reference_ones():
+    from egoexor.config import parse_train_args
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    common = parse_train_args(["--config", str(tiny), "--samples", "s.json", "--hdf5", "f.h5", "--out", "runs/x"])
+    reference = parse_train_args(
+        ["--config", str(tiny), "--data_path", "s.json", "--hdf5-path", "f.h5", "--output_dir", "runs/x"]
+    )
+    for setup in (common, reference):
+        assert (setup.train.data_path, setup.train.hdf5_path, setup.trainer.output_dir) == ("s.json", "f.h5", "runs/x")
+
+
+def test_merge_takes_out_for_output_file(tiny_dataset, tmp_path):
+    folder = tiny_dataset.files[0].parent
+    argv = ["--data_dir", str(folder), "--input_files", tiny_dataset.files[0].name, "--quiet"]
+    assert merge_h5.main([*argv, "--out", str(tmp_path / "a.h5")]) == 0
+    assert merge_h5.main([*argv, "--output-file", str(tmp_path / "b.h5")]) == 0
+    with h5py.File(tmp_path / "a.h5") as first, h5py.File(tmp_path / "b.h5") as second:
+        assert sorted(first["data/MISS/1/take"]) == sorted(second["data/MISS/1/take"]) == ["1", "2"]
+
+
+def test_convert_takes_checkpoint_and_out_or_its_positionals_not_both(tmp_path, capsys):
+    from egoexor import convert_reference
+
+    assert convert_reference.main(["--out", str(tmp_path / "c")]) == cli.EXIT_ERROR
+    assert (
+        capsys.readouterr().err
+        == "egoexor.convert_reference: error: --checkpoint (or INPUT) is required (see --help)\n"
+    )
+    assert convert_reference.main([str(tmp_path), "--checkpoint", str(tmp_path), "--out", "c"]) == cli.EXIT_ERROR
+    assert "INPUT " in capsys.readouterr().err
+    assert convert_reference.main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "c")]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err  # both flags taken: the folder itself is what is wrong
+    assert err.startswith(f"egoexor.convert_reference: error: {tmp_path}: not the released checkpoint folder"), err

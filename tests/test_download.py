@@ -18,9 +18,10 @@ from egoexor.download import check_sizes
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-def _hub_cache(root: Path, files: list[Path]) -> Path:
-    """A hub cache holding ``files`` as ardamamur/EgoExOR at COMMIT, laid out as huggingface_hub writes it."""
-    repo = root / "datasets--ardamamur--EgoExOR"
+def _hub_cache(root: Path, files: list[Path], repo: str = "datasets--ardamamur--EgoExOR") -> Path:
+    """A hub cache holding ``files`` as ``repo`` (the dataset ardamamur/EgoExOR) at COMMIT, laid out as
+    huggingface_hub writes it."""
+    repo = root / repo
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(COMMIT)
     snapshot = repo / "snapshots" / COMMIT

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,32 @@ def test_egoexor_help_version_and_an_unknown_subcommand(capsys):
     assert egoexor_main.main(["trian"]) == 2
     err = capsys.readouterr().err
     assert err.splitlines() == [err.strip()] and err.startswith("egoexor: error: unknown subcommand 'trian'")
+
+
+#: What ``egoexor SUBCOMMAND --help`` must not import: each takes seconds (torch pulls in peft, bitsandbytes ...).
+HEAVY = {"torch", "transformers"}
+
+
+def help_imports(name: str, cache: Path) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """``egoexor NAME --help`` in a fresh interpreter, and which of :data:`HEAVY` it imported (``-X importtime``
+    lists every module a process imports on stderr, one ``import time: self | cumulative | name`` line each)."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "COLUMNS": "100"}
+    argv = [sys.executable, "-X", "importtime", "-m", "egoexor", name, "--help"]
+    process = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
+    names = {line.rsplit("|", 1)[-1].strip() for line in process.stderr.splitlines() if line.startswith("import time:")}
+    return process, names & HEAVY
+
+
+@pytest.mark.parametrize("name", list(egoexor_main.SUBCOMMANDS))
+def test_help_of_every_subcommand_imports_neither_torch_nor_transformers(name, tmp_path):
+    """--help prints at once: the heavy libraries load where a command runs, not when its parser is built.
+    train's help lists transformers' TrainingArguments, so its first call builds the text (importing them:
+    the check sees what it looks for) and keeps it in the cache folder for the next calls."""
+    if name == "train":
+        built, imported = help_imports(name, tmp_path)
+        assert built.returncode == 0 and imported == HEAVY, built.stderr[-2000:]
+    process, imported = help_imports(name, tmp_path)
+    assert process.returncode == 0 and process.stdout.startswith("usage: "), process.stderr[-2000:]
+    assert imported == set(), f"egoexor {name} --help imported {sorted(imported)}"
+    if name == "train":
+        assert process.stdout == built.stdout and "--learning_rate" in process.stdout

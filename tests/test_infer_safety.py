@@ -494,7 +494,7 @@ CASES = [
         lambda e: run_convert(e, "--vision_tower", str(e.inp / "no_clip")),
         "vision tower",
     ),
-    Case("missing output argument", "convert", lambda e: run_convert(e)[:1], "required: output"),
+    Case("missing output argument", "convert", lambda e: run_convert(e)[:1], "--out (or OUTPUT) is required"),
     Case("abbreviated flag", "convert", lambda e: run_convert(e, "--overw"), "unrecognized arguments: --overw"),
     # --- egoexor.demo ---------------------------------------------------------------------------------------------
     Case(

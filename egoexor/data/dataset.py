@@ -18,9 +18,9 @@ from torch.utils.data import Dataset
 from egoexor import modalities
 from egoexor.config import DataConfig
 from egoexor.data import views
-from egoexor.data.processor import EgoExorProcessor, SampleInputError
+from egoexor.data.processor import EgoExorProcessor
 from egoexor.data.reader import EgoExorReader, ReadError, Timepoint
-from egoexor.data.samples import Sample, load_samples
+from egoexor.data.samples import Sample, SampleInputError, load_samples
 from egoexor.modalities.base import InputContext
 
 Mode = Literal["train", "eval", "generate"]

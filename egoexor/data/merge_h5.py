@@ -250,7 +250,9 @@ def _parser() -> cli.ArgumentParser:
         default=None,
         help="splits.h5 whose splits/ group is copied in (without it splits/ stays empty)",
     )
-    parser.add_argument("--output_file", required=True, help="merged file to write")
+    parser.add_argument(
+        "--output_file", "--out", required=True, help="merged file to write (--out: the name other commands use)"
+    )
     cli.add_overwrite_flag(parser)
     parser.add_argument(
         "--strict",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -25,8 +26,10 @@ from egoexor import cli
 from egoexor.atomic import atomic_output
 from egoexor.config import DataConfig
 from egoexor.data import layout
-from egoexor.data.audio import AudioCache, ClapAudioEmbedder
 from egoexor.data.layout import TakeKey
+
+if TYPE_CHECKING:  # CLAP (torch, transformers) loads where it runs: --help does not
+    from egoexor.data.audio import ClapAudioEmbedder
 
 COMMAND = "egoexor.data.precompute_audio"
 
@@ -40,6 +43,8 @@ def precompute(
     hdf5: str | Path, output: str | Path, embedder: ClapAudioEmbedder, batch_size: int = 32, progress: bool = False
 ) -> int:
     """Embed every audio snippet of every take; returns the number of frames embedded."""
+    from egoexor.data.audio import AudioCache
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     with h5py.File(hdf5, "r") as source, atomic_output(output) as temporary, h5py.File(temporary, "w") as out:
@@ -81,6 +86,8 @@ def _parser() -> cli.ArgumentParser:
 
 
 def _run(args) -> int:
+    from egoexor.data.audio import ClapAudioEmbedder
+
     cli.check_pretrained(args.audio_encoder, "--audio_encoder")
     out = cli.check_output(
         args.out, inputs=[args.hdf5, cli.local_path(args.audio_encoder)], overwrite=args.overwrite, flag="--out"

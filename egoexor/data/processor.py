@@ -58,14 +58,10 @@ from egoexor import modalities, vocab
 from egoexor.config import DataConfig
 from egoexor.data import transforms
 from egoexor.data.reader import Timepoint
-from egoexor.data.samples import Sample
+from egoexor.data.samples import Sample, SampleInputError
 from egoexor.memory import MEMORY_START, fit_memory
 from egoexor.modalities.base import Batching, ViewStack
 from egoexor.prompt import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID, chat_prompt
-
-
-class SampleInputError(ValueError):
-    """A sample's data cannot become model input; the message names the sample and its frame."""
 
 
 def _view_modality(source: str, ego: bool) -> str:

@@ -30,6 +30,12 @@ class SampleError(ValueError):
     """A sample file or record is malformed; the message names the file and the record."""
 
 
+class SampleInputError(ValueError):
+    """A sample's data cannot become model input (raised by the processor and the dataset); the message names
+    the sample and its frame. Defined here, beside :class:`SampleError`, so that commands list it among their
+    user errors without importing torch."""
+
+
 @dataclass(frozen=True)
 class Sample:
     """One training/evaluation sample: where its frame is, what it may use, and its two turns."""

@@ -38,14 +38,12 @@ from transformers import (
 from transformers.utils import SAFE_WEIGHTS_NAME, cached_file
 
 from egoexor import atomic, cpus
-from egoexor.config import CONFIG_FILE, DataConfig, ModelConfig, read_checkpoint_config
+from egoexor.config import CONFIG_FILE, NON_LORA_FILE, DataConfig, ModelConfig, read_checkpoint_config
 from egoexor.model.egoexor_llava import EgoExorLlava, mlp2x_gelu
 from egoexor.model.fusion import BranchFusion
 from egoexor.model.vision import CLIPVisionTower
 
 logger = logging.getLogger(__name__)
-
-NON_LORA_FILE = "non_lora_trainables.safetensors"
 
 #: Projector keys in the two LLaVA layouts -> our ``mm_projector`` keys.
 _PROJECTOR_KEYS = {

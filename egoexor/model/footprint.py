@@ -23,12 +23,13 @@ The rule, as ``egoexor.model.build`` builds the model:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from egoexor.config import ModelConfig
 from egoexor.model.known_configs import KNOWN_LLMS, KNOWN_VISION_TOWERS
+
+if TYPE_CHECKING:  # torch loads with the model it measures: inspect_model --help does not load it
+    from torch import nn
 
 #: bitsandbytes' NF4 block sizes with double quantisation (``Params4bit`` defaults).
 NF4_BLOCK = 64
@@ -90,6 +91,8 @@ def build_on_meta(config: ModelConfig) -> nn.Module:
 
 def _quantisable(name: str, module: nn.Module) -> bool:
     """A weight bitsandbytes stores in 4 or 8 bits: an LLM ``nn.Linear`` other than ``lm_head`` or LoRA."""
+    from torch import nn
+
     in_llm = name.startswith("language_model.") and "lora_" not in name
     return in_llm and isinstance(module, nn.Linear) and not name.endswith("lm_head")
 
@@ -169,6 +172,8 @@ def footprint(model: nn.Module, config: ModelConfig) -> dict[str, PartFootprint]
 
 
 def _logical_numel(parameter: nn.Parameter) -> int:
+    import torch
+
     state = getattr(parameter, "quant_state", None)
     return int(torch.Size(state.shape).numel()) if state is not None else parameter.numel()
 
