@@ -247,11 +247,13 @@ def hand_made_item(ids: list[int], n_ego: int, n_exo: int, size: int = 8) -> dic
         "input_ids": torch.tensor(ids),
         "labels": torch.tensor([IGNORE_INDEX, *ids[1:]]),
         "ego_images": torch.ones(n_ego, 3, size, size),
+        "ego_view_kinds": torch.zeros(n_ego, dtype=torch.long),
         "gaze": torch.ones(n_ego, 3),
         "gaze_mask": torch.ones(n_ego, dtype=torch.bool),
         "hands": torch.ones(n_ego, 16),
         "hand_mask": hand_mask,
         "exo_images": torch.ones(n_exo, 3, size, size),
+        "exo_view_kinds": torch.ones(n_exo, dtype=torch.long),
         "audio": None,
         "point_cloud": None,
     }
@@ -259,7 +261,7 @@ def hand_made_item(ids: list[int], n_ego: int, n_exo: int, size: int = 8) -> dic
 
 def test_collator_gives_every_documented_key_with_its_dtype_and_shape():
     documented = re.findall(r"^``(\w+)``\s+(\w+) \[", processor.__doc__, flags=re.MULTILINE)
-    assert len(documented) == 16
+    assert len(documented) == 18
     items = [hand_made_item([1, 5, 6], n_ego=2, n_exo=1), hand_made_item([1, 7], n_ego=0, n_exo=0)]
     batch = Collator(pad_token_id=0, padding_side="left")(items)
     assert [(key, str(batch[key].dtype).removeprefix("torch.")) for key in batch] == documented
@@ -269,12 +271,14 @@ def test_collator_gives_every_documented_key_with_its_dtype_and_shape():
         "labels": (2, 3),
         "ego_images": (2, 2, 3, 8, 8),
         "ego_view_mask": (2, 2),
+        "ego_view_kinds": (2, 2),
         "gaze": (2, 2, 3),
         "gaze_mask": (2, 2),
         "hands": (2, 2, 16),
         "hand_mask": (2, 2),
         "exo_images": (2, 1, 3, 8, 8),
         "exo_view_mask": (2, 1),
+        "exo_view_kinds": (2, 1),
         "audio": (2, 0),
         "audio_mask": (2,),
         "point_cloud": (0, 6),
