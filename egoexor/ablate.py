@@ -44,9 +44,7 @@ import numpy as np
 from egoexor import cli, evaluate, infer, metrics, modalities, scene_graph
 from egoexor.atomic import write_json, write_text
 from egoexor.config import DataConfig
-from egoexor.convert_reference import is_reference_checkpoint
-from egoexor.data import layout
-from egoexor.data.samples import Sample, SampleError, check_in_hdf5
+from egoexor.data.samples import Sample
 from egoexor.data.synthetic import PARTS
 from egoexor.prompt import IGNORE_INDEX
 from egoexor.scene_graph import Triplet
@@ -328,34 +326,13 @@ def _parser() -> cli.ArgumentParser:
     return parser
 
 
-def _check_inputs(args) -> list[Sample]:
-    """What ``egoexor.infer`` checks before loading a model; the samples."""
-    samples = infer.read_samples(args.samples)
-    with layout.open_checked(args.hdf5, "--hdf5") as h5:
-        try:
-            check_in_hdf5(samples, h5)
-        except SampleError as error:
-            raise cli.CommandError(f"--hdf5 {error}") from None
-    model_config, data_config = infer.checkpoint_configs(args.checkpoint, args.bits)
-    if not is_reference_checkpoint(args.checkpoint):
-        infer.check_weights(args.checkpoint, model_config)
-    if args.audio_cache is not None:
-        infer.check_audio_cache(args.audio_cache, samples, data_config.audio_norm)
-    uses_audio = args.audio_cache is None and any("audio" in sample.modalities for sample in samples)
-    where = f"--checkpoint {args.checkpoint}"
-    cli.check_pretrained(model_config.model_name_or_path, f"{where}: its LLM")
-    cli.check_pretrained(model_config.vision_tower, f"{where}: its vision tower")
-    cli.check_pretrained(data_config.audio_encoder if uses_audio else None, f"{where}: its audio encoder")
-    return samples
-
-
 def run(argv: Sequence[str] | None = None) -> list[dict]:
     """The command as a function: the table's rows (see :func:`scores`); user mistakes raise
     :class:`cli.CommandError` or one of ``egoexor.infer.ERRORS``."""
     args = _parser().parse_args(argv)
     inputs = [args.checkpoint, args.hdf5, args.samples, args.audio_cache]
     out = cli.check_output(args.out, inputs=inputs, overwrite=args.overwrite, owner=COMMAND, flag="--out")
-    samples = _check_inputs(args)
+    samples = infer.check_model_inputs(args)
     args.groups = args.groups or groups_of(samples)
     if "choice" in args.metric and args.groups == "none":
         raise cli.CommandError("--metric choice needs predicate groups: --groups parts (the modality benchmark's data)")

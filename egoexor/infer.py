@@ -333,6 +333,28 @@ def read_samples(path: Path) -> list[Sample]:
     return samples
 
 
+def check_model_inputs(args) -> list[Sample]:
+    """What a command that evaluates a checkpoint on samples (``ablate``, ``probe``) checks before loading the model
+    (``args``: its ``--checkpoint``, ``--hdf5``, ``--samples``, ``--bits``, ``--audio_cache``); the samples."""
+    samples = read_samples(args.samples)
+    with layout.open_checked(args.hdf5, "--hdf5") as h5:
+        try:
+            check_in_hdf5(samples, h5)
+        except SampleError as error:
+            raise cli.CommandError(f"--hdf5 {error}") from None
+    model_config, data_config = checkpoint_configs(args.checkpoint, args.bits)
+    if not is_reference_checkpoint(args.checkpoint):
+        check_weights(args.checkpoint, model_config)
+    if args.audio_cache is not None:
+        check_audio_cache(args.audio_cache, samples, data_config.audio_norm)
+    uses_audio = args.audio_cache is None and any("audio" in sample.modalities for sample in samples)
+    where = f"--checkpoint {args.checkpoint}"
+    cli.check_pretrained(model_config.model_name_or_path, f"{where}: its LLM")
+    cli.check_pretrained(model_config.vision_tower, f"{where}: its vision tower")
+    cli.check_pretrained(data_config.audio_encoder if uses_audio else None, f"{where}: its audio encoder")
+    return samples
+
+
 def check_audio_cache(path: Path, samples: Sequence[Sample], audio_norm: str) -> None:
     """The cache is readable, made with ``audio_norm``, and has an embedding for every sample that uses audio."""
     from egoexor.data.audio import AudioCache

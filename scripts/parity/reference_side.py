@@ -134,23 +134,11 @@ def write_tiny_clip(folder: Path, layers: int) -> None:
     CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}).save_pretrained(folder)
 
 
-def build_reference_model(ref, job: dict, workdir: Path):
-    """``LlavaLlamaForCausalLM`` with vision modules, LoRA and unfrozen CLIP layers, as train() does."""
-    from llava.model import LlavaConfig, LlavaLlamaForCausalLM
+def _with_lora_and_vision(ref, model, job: dict, clip):
+    """The reference's training setup of a built model: LoRA on every linear layer, then its vision modules
+    (CLIP tower, pooler, projector) by ``initialize_vision_modules``; the model and those module arguments."""
     from peft import LoraConfig, get_peft_model
 
-    clip = workdir / "clip"
-    if not clip.exists():
-        write_tiny_clip(clip, job["clip_layers"])
-    config = LlavaConfig(
-        **job["llm_config"],
-        mm_vision_tower=str(clip),
-        mm_hidden_size=1024,
-        mm_projector_type="mlp2x_gelu",
-        mm_vision_select_layer=-2,
-    )
-    torch.manual_seed(1)
-    model = LlavaLlamaForCausalLM(config)
     model.config.use_cache = False
     model.config.mv_type = "learned"
     lora = LoraConfig(
@@ -173,6 +161,26 @@ def build_reference_model(ref, job: dict, workdir: Path):
         tune_mm_mlp_adapter=False,
     )
     model.get_model().initialize_vision_modules(model_args=model_args, fsdp=None)
+    return model, model_args
+
+
+def build_reference_model(ref, job: dict, workdir: Path):
+    """``LlavaLlamaForCausalLM`` with vision modules, LoRA and unfrozen CLIP layers, as train() does."""
+    from llava.model import LlavaConfig, LlavaLlamaForCausalLM
+
+    clip = workdir / "clip"
+    if not clip.exists():
+        write_tiny_clip(clip, job["clip_layers"])
+    config = LlavaConfig(
+        **job["llm_config"],
+        mm_vision_tower=str(clip),
+        mm_hidden_size=1024,
+        mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=-2,
+    )
+    torch.manual_seed(1)
+    model = LlavaLlamaForCausalLM(config)
+    model, model_args = _with_lora_and_vision(ref, model, job, clip)
     for layer in model.get_vision_tower().vision_tower.vision_model.encoder.layers[-job["unfreeze"] :]:
         for parameter in layer.parameters():
             parameter.requires_grad = True
@@ -208,7 +216,6 @@ def build_reference_from_pretrained(ref, job: dict, workdir: Path):
     ``low_cpu_mem_usage`` is what the 4-bit run's ``device_map`` implies; the quantisation itself, the
     dtype casts and ``prepare_model_for_kbit_training`` change no initial value but by rounding."""
     from llava.model import LlavaConfig, LlavaLlamaForCausalLM
-    from peft import LoraConfig, get_peft_model
 
     clip = workdir / "clip"
     if not clip.exists():
@@ -229,28 +236,7 @@ def build_reference_from_pretrained(ref, job: dict, workdir: Path):
     del written
     torch.manual_seed(2)
     model = LlavaLlamaForCausalLM.from_pretrained(str(base), low_cpu_mem_usage=job.get("low_cpu_mem_usage", True))
-    model.config.use_cache = False
-    model.config.mv_type = "learned"
-    lora = LoraConfig(
-        r=job["lora_r"],
-        lora_alpha=job["lora_alpha"],
-        target_modules=ref.find_all_linear_names(model),
-        lora_dropout=0.0,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
-    model_args = types.SimpleNamespace(
-        vision_tower=str(clip),
-        mm_vision_select_layer=-2,
-        mm_vision_select_feature="patch",
-        pretrain_mm_mlp_adapter=None,
-        mm_projector_type="mlp2x_gelu",
-        mm_use_im_start_end=False,
-        mm_use_im_patch_token=False,
-        tune_mm_mlp_adapter=False,
-    )
-    model.get_model().initialize_vision_modules(model_args=model_args, fsdp=None)
+    model, model_args = _with_lora_and_vision(ref, model, job, clip)
     pooler = model.get_model().image_pooler
     pooler.bert = pooler.bert.apply(pooler.bert._init_weights)  # train.py, "reinitialize image_pooler"
     scratch = workdir / "ptv3_cwd"
