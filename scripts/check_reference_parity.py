@@ -271,7 +271,7 @@ def item_differences(reference: list[dict], dataset, audio) -> tuple[int, list[s
         elif item.get("point_cloud") is not None:
             failures.append(f"{where}: egoexor has a point cloud, the reference none")
         if record.get("audio") is not None:
-            snippet = dataset.reader.read(sample.take, sample.frame, {"audio"}).audio
+            snippet = dataset.reader.read(sample.take, sample.frame, {"audio"}).arrays["audio"]
             checks["audio input"] = (torch.from_numpy(audio(snippet, "reference")), record["audio"][0])
         for name, (ours, theirs) in checks.items():
             steps = _bf16_steps(ours, theirs)

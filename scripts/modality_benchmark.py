@@ -86,17 +86,9 @@ def measured(run: Path, what: str, merged: Path, held_out: Path) -> dict:
     if what == "probe":
         result = folder / "probe.json"
         if not result.is_file():
-            egoexor(
-                "probe",
-                "--checkpoint",
-                str(run),
-                "--hdf5",
-                str(merged),
-                "--samples",
-                str(held_out),
-                "--out",
-                str(folder),
-            )
+            folder.mkdir(parents=True, exist_ok=True)
+            every = str(held_out.with_name("held_out_all.json"))
+            egoexor("probe", "--checkpoint", str(run), "--hdf5", str(merged), "--samples", every, "--json", str(result))
     else:
         result = folder / "ablation.json"
         if not result.is_file():
