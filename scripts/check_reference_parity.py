@@ -599,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from egoexor.data.dataset import EgoExorDataset
     from egoexor.data.tokenizer import load_tokenizer
-    from egoexor.data.transforms import audio_snippet
+    from egoexor.modalities.audio import audio_snippet
 
     src, python = args.reference_src.resolve(), args.reference_python
     with tempfile.TemporaryDirectory() as scratch:

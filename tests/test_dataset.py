@@ -19,6 +19,8 @@ from egoexor.data.layout import TakeKey
 from egoexor.data.precompute_audio import precompute
 from egoexor.data.processor import Collator, SampleInputError
 from egoexor.data.samples import load_samples
+from egoexor.modalities import gaze as gaze_input
+from egoexor.modalities import hands as hand_input
 from egoexor.prompt import IGNORE_INDEX, IMAGE_TOKEN_ID, SYSTEM
 
 TOKENS = 4
@@ -110,9 +112,9 @@ def test_ego_values_follow_the_transforms(validation, merged_file, tokenizer, co
         depth, hands = take[layout.GAZE_DEPTH][sample.frame], take[layout.HANDS][sample.frame]
     # view 0 is head_surgeon (camera 0), whose rows are row 1 of gaze and hands (ids in shuffled order)
     assert np.allclose(item["ego_images"][0].numpy(), transforms.image(rgb[0], 32, flip=True))
-    xy = transforms.gaze_rows(gaze, MISS_FULL, 336.0)[1]
-    assert np.allclose(item["gaze"][0].numpy(), [*xy, transforms.gaze_depth(depth, 1.0)[1]])
-    assert np.allclose(item["hands"][0].numpy(), transforms.hand_rows(hands, 336.0)[0][1])
+    xy = gaze_input.gaze_rows(gaze, MISS_FULL, 336.0)[1]
+    assert np.allclose(item["gaze"][0].numpy(), [*xy, gaze_input.gaze_depth(depth, 1.0)[1]])
+    assert np.allclose(item["hands"][0].numpy(), hand_input.hand_rows(hands, 336.0)[0][1])
 
 
 def test_black_ego_frame_is_skipped_and_invalid_gaze_is_zero(sample_files, merged_file, tokenizer, config):
@@ -143,8 +145,8 @@ def test_reference_row_matching_follows_the_mode(validation, merged_file, tokeni
     sample = pick(validation, MISS_FULL, 1)  # assistant (camera 1) black: views head_surgeon, circulator, anesthetist
     with h5py.File(merged_file, "r") as h5:
         take = h5[MISS_FULL.path]
-        depth = transforms.gaze_depth(take[layout.GAZE_DEPTH][1], 1.0)
-        hands, tracked = transforms.hand_rows(take[layout.HANDS][1], 336.0)
+        depth = gaze_input.gaze_depth(take[layout.GAZE_DEPTH][1], 1.0)
+        hands, tracked = hand_input.hand_rows(take[layout.HANDS][1], 336.0)
     assert not tracked[3]  # the synthetic file leaves the last hand row of frame 1 untracked
     # training rule (train and eval): the k-th view takes row k; inference rule: camera - 0 = rows 0, 2, 3
     for mode, rows in (("train", [0, 1, 2]), ("eval", [0, 1, 2]), ("generate", [0, 2, 3])):

@@ -24,7 +24,7 @@ import egoexor_side  # noqa: E402
 from egoexor.data.dataset import EgoExorDataset  # noqa: E402
 from egoexor.data.processor import Collator  # noqa: E402
 from egoexor.data.tokenizer import load_tokenizer  # noqa: E402
-from egoexor.data.transforms import audio_snippet  # noqa: E402
+from egoexor.modalities.audio import audio_snippet  # noqa: E402
 from egoexor.prompt import IMAGE_TOKEN_ID  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "data" / "reference"

@@ -1,7 +1,7 @@
 """Frozen CLAP audio embeddings, as the reference computes them inside its data pipeline.
 
 ``laion/larger_clap_general`` turns each frame's 1-s stereo snippet (normalised and mixed to mono
-by :func:`egoexor.data.transforms.audio_snippet`) into one L2-normalised 512-d vector. Computing it
+by :func:`egoexor.modalities.audio.audio_snippet`) into one L2-normalised 512-d vector. Computing it
 in every data worker is slow; ``python -m egoexor.data.precompute_audio`` caches it once, and
 :class:`AudioCache` reads the cached embeddings back.
 """
@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel
 
-from egoexor.data import transforms
 from egoexor.data.layout import AUDIO_SAMPLE_RATE, TakeKey
 from egoexor.data.reader import EgoExorReader, ReadError
 from egoexor.data.samples import Sample
@@ -41,7 +40,9 @@ class ClapAudioEmbedder:
 
     @torch.no_grad()
     def __call__(self, snippets: Sequence[np.ndarray]) -> np.ndarray:
-        mono = [transforms.audio_snippet(s, self.audio_norm) for s in snippets]
+        from egoexor.modalities.audio import audio_snippet
+
+        mono = [audio_snippet(s, self.audio_norm) for s in snippets]
         inputs = self.features(mono, sampling_rate=AUDIO_SAMPLE_RATE, return_tensors="pt")
         return self.model.get_audio_features(**inputs).pooler_output.float().numpy()
 

@@ -241,7 +241,7 @@ def _realistic() -> Profile:
 
 def _parts() -> Profile:
     """Three takes with six parts each; their gaze devices have no calibration offset
-    (``transforms.GAZE_FIXATION_TAKES``)."""
+    (``egoexor.modalities.gaze.GAZE_FIXATION_TAKES``)."""
     size = {"height": 32, "width": 32}
     return Profile(
         name="parts",

@@ -1,17 +1,14 @@
-"""Per-modality value transforms: from the file's units to what the encoders read (numpy only).
+"""Camera frames as CLIP reads them (numpy only), and the reference's NaN rule every input shares.
 
-Each function states the reference behaviour it reproduces; where the reference has a known bug,
-the switch that keeps it is named in ``egoexor.config.DataConfig``.
+Each extra input's own numbers (gaze, hands, audio, point cloud) are in its module under
+``egoexor.modalities``. Each function states the reference behaviour it reproduces; where the reference has a
+known bug, the switch that keeps it is named in ``egoexor.config.DataConfig``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-
-from egoexor import vocab
-from egoexor.config import DataConfig
-from egoexor.data.layout import TakeKey
 
 #: CLIP ViT-L/14-336 preprocessing constants (``CLIPImageProcessor``).
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
@@ -22,24 +19,6 @@ PAD_COLOUR = tuple(int(m * 255) for m in CLIP_MEAN)
 #: Exo-branch sources whose frames the reference's training code reverses (BGR<->RGB); it reversed
 #: every ego-branch view too (``train.py:1217``, ``1249-1250``). Its inference code reversed every view.
 FLIPPED_EXO_SOURCES: frozenset[str] = frozenset(("ultrasound", "simstation"))
-
-#: Gaze recordings with a calibration offset, and the offset in pixels (reference
-#: ``GAZE_FIXATION_TO_TAKE``): a row whose source id names a device listed for its take is moved.
-GAZE_FIXATION_OFFSET = np.array([-9.0, -4.0], np.float32)
-GAZE_FIXATION_TAKES: dict[str, frozenset[TakeKey]] = {
-    "assistant": frozenset([TakeKey("Ultrasound", 1, 1)] + [TakeKey("Ultrasound", 2, t) for t in range(1, 7)]),
-    "head_surgeon": frozenset(
-        [TakeKey("Ultrasound", 3, t) for t in range(1, 5)] + [TakeKey("Ultrasound", 4, t) for t in range(1, 7)]
-    ),
-    "anesthetist": frozenset(
-        [TakeKey("MISS", 1, t) for t in range(1, 4)]
-        + [TakeKey("MISS", 2, t) for t in range(1, 5)]
-        + [TakeKey("MISS", 3, t) for t in range(1, 4)]
-    ),
-    "circulator": frozenset(
-        [TakeKey("MISS", 1, 4)] + [TakeKey("MISS", 3, t) for t in range(4, 7)] + [TakeKey("MISS", 4, t) for t in (1, 2)]
-    ),
-}
 
 
 def is_flipped(source: str, ego: bool, flip_rule: str) -> bool:
@@ -92,72 +71,6 @@ _NORMALISED = ((np.arange(256, dtype=np.float32)[None, :] / 255.0 - CLIP_MEAN[:,
 )
 
 
-def _clean(values: np.ndarray) -> np.ndarray:
+def clean(values: np.ndarray) -> np.ndarray:
     """The reference's NaN/inf rule: NaN -> 0, +inf -> 1, -inf -> 0."""
     return np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-
-
-def gaze_rows(rows: np.ndarray, take: TakeKey, scale: float, fixation: bool = True) -> np.ndarray:
-    """[G, 3] (source id, x px, y px) -> [G, 2] in [0, 1]: fixation offset, NaN/inf rule, /scale, clamp.
-
-    Invalid gaze (-1, -1) ends at (0, 0), as in the reference (the offset applies to it too).
-    """
-    xy = rows[:, 1:3].astype(np.float32).copy()
-    if fixation:
-        for i, source_id in enumerate(rows[:, 0]):
-            name = vocab.SOURCE_NAMES.get(int(source_id)) if np.isfinite(source_id) else None
-            if take in GAZE_FIXATION_TAKES.get(name, ()):
-                xy[i] += GAZE_FIXATION_OFFSET
-    return np.clip(_clean(xy) / scale, 0.0, 1.0)
-
-
-def gaze_depth(values: np.ndarray, scale: float) -> np.ndarray:
-    """[G] metres -> [G] in [0, 1]: NaN/inf rule, /scale (reference 1 m), clamp."""
-    return np.clip(_clean(values) / scale, 0.0, 1.0)
-
-
-def hand_rows(rows: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """[G, 17] (source id + 8 points) -> ([G, 16] in [0, 1], [G] tracked).
-
-    Untracked points (NaN) become 0; ``tracked`` is False for a row with no tracked point at all
-    (the reference's own mask, "any point NaN", was computed and never used).
-    """
-    points = rows[:, 1:17].astype(np.float32)
-    tracked = ~np.isnan(points).all(axis=1)
-    return np.clip(_clean(points) / scale, 0.0, 1.0), tracked
-
-
-def audio_snippet(snippet: np.ndarray, norm: str) -> np.ndarray:
-    """[S, 2] stereo -> [S] mono float32, normalised as CLAP is fed.
-
-    ``reference``: bit for bit the reference's ``AudioTransform`` and ``AudioProcessor`` on a 2-D
-    snippet (``train.py:884-911``, ``1401-1404``; inference alike): each time sample divided in
-    float32 by its own max(|L|, |R|) + 1e-6 (dim 1 of a [S, 2] tensor is the channel axis: this
-    erases amplitude, but the released model was trained on it), rounded to bfloat16, averaged to
-    mono in bfloat16 (float32 sum, halved, rounded), then float32 again. ``per_snippet``: divided by
-    the snippet's peak, then mono in float32.
-    """
-    audio = np.asarray(snippet, np.float32)
-    if audio.ndim != 2 or audio.shape[1] != 2:
-        raise ValueError(f"expected a [samples, 2] stereo snippet, got {audio.shape}")
-    if norm == "reference":
-        peak = np.abs(audio).max(axis=1, keepdims=True)
-        audio = _round_to_bfloat16(audio / (peak + np.float32(1e-6)))
-        return _round_to_bfloat16((audio[:, 0] + audio[:, 1]) * np.float32(0.5))
-    if norm != "per_snippet":
-        raise ValueError(f"unknown audio_norm {norm!r}; choose one of {', '.join(DataConfig.choices('audio_norm'))}")
-    peak = float(np.abs(audio).max())
-    audio = audio / peak if peak > 0 else audio
-    return audio.mean(axis=1, dtype=np.float32)
-
-
-def _round_to_bfloat16(values: np.ndarray) -> np.ndarray:
-    """Round float32 to the nearest bfloat16 (ties to even), returned as float32."""
-    bits = values.astype(np.float32).view(np.uint32)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return rounded.astype(np.uint32).view(np.float32)
-
-
-def point_cloud(coordinates: np.ndarray, colors: np.ndarray) -> np.ndarray:
-    """[N, 3] + [N, 3] -> [N, 6] xyz (metres) + rgb (0-1), as stored: PTv3 voxelises it itself."""
-    return np.concatenate([coordinates, colors], axis=1).astype(np.float32)

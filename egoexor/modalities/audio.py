@@ -3,7 +3,7 @@
 Dataset ``audio/snippets`` [F, S, 2] (48 kHz stereo; ``audio/waveform`` [S, 2], the whole take, is checked
 but not read). The embedding comes from a precomputed sidecar (``audio_cache``,
 ``python -m egoexor.data.precompute_audio``) or from CLAP (``audio_encoder``, loaded once per DataLoader
-worker) on the snippet normalised by ``transforms.audio_snippet``. A sample lists ``audio`` only where its
+worker) on the snippet normalised by :func:`audio_snippet`. A sample lists ``audio`` only where its
 take has ego devices (the reference's sample generator), and the token needs an exo view. Encoder
 ``audio_projector``: a Linear ``audio_dim`` -> D.
 """
@@ -15,9 +15,41 @@ import math
 import numpy as np
 
 from egoexor import vocab
+from egoexor.config import DataConfig
 from egoexor.data import layout
 from egoexor.modalities import register_modality
 from egoexor.modalities.base import OptionalVector, TakeDataset, TokenInput
+
+
+def audio_snippet(snippet: np.ndarray, norm: str) -> np.ndarray:
+    """[S, 2] stereo -> [S] mono float32, normalised as CLAP is fed.
+
+    ``reference``: bit for bit the reference's ``AudioTransform`` and ``AudioProcessor`` on a 2-D
+    snippet (``train.py:884-911``, ``1401-1404``; inference alike): each time sample divided in
+    float32 by its own max(|L|, |R|) + 1e-6 (dim 1 of a [S, 2] tensor is the channel axis: this
+    erases amplitude, but the released model was trained on it), rounded to bfloat16, averaged to
+    mono in bfloat16 (float32 sum, halved, rounded), then float32 again. ``per_snippet``: divided by
+    the snippet's peak, then mono in float32.
+    """
+    audio = np.asarray(snippet, np.float32)
+    if audio.ndim != 2 or audio.shape[1] != 2:
+        raise ValueError(f"expected a [samples, 2] stereo snippet, got {audio.shape}")
+    if norm == "reference":
+        peak = np.abs(audio).max(axis=1, keepdims=True)
+        audio = _round_to_bfloat16(audio / (peak + np.float32(1e-6)))
+        return _round_to_bfloat16((audio[:, 0] + audio[:, 1]) * np.float32(0.5))
+    if norm != "per_snippet":
+        raise ValueError(f"unknown audio_norm {norm!r}; choose one of {', '.join(DataConfig.choices('audio_norm'))}")
+    peak = float(np.abs(audio).max())
+    audio = audio / peak if peak > 0 else audio
+    return audio.mean(axis=1, dtype=np.float32)
+
+
+def _round_to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """Round float32 to the nearest bfloat16 (ties to even), returned as float32."""
+    bits = values.astype(np.float32).view(np.uint32)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return rounded.astype(np.uint32).view(np.float32)
 
 
 class Audio(TokenInput):

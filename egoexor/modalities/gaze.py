@@ -3,8 +3,8 @@
 Datasets ``eye_gaze/coordinates`` [F, G, 3] (source id, x px, y px; invalid = (-1, -1)) and
 ``eye_gaze_depth/values`` [F, G] (metres). A view takes the gaze row with its device's id; the depth row
 is the gaze row's (``row_matching: source_id``) or, as the reference did, the view's position
-(``row_matching: reference``, ``egoexor.data.views``). Scaling: ``transforms.gaze_rows`` (the fixation
-offset, NaN -> 0, / ``gaze_scale``) and ``transforms.gaze_depth`` (/ ``depth_scale``). Modality dropout
+(``row_matching: reference``, ``egoexor.data.views``). Scaling: :func:`gaze_rows` (the fixation
+offset, NaN -> 0, / ``gaze_scale``) and :func:`gaze_depth` (/ ``depth_scale``). Modality dropout
 removes gaze and depth together; a sample needs both for the token. Encoder ``gaze_encoder``: an MLP
 3 -> ``encoder_hidden`` -> D, the reference's ``GazeEncoder``.
 """
@@ -15,8 +15,46 @@ import numpy as np
 
 from egoexor import vocab
 from egoexor.data import layout, transforms, views
+from egoexor.data.layout import TakeKey
 from egoexor.modalities import register_modality
 from egoexor.modalities.base import PerViewInput, TakeDataset, row_by_source
+
+#: Gaze recordings with a calibration offset, and the offset in pixels (reference
+#: ``GAZE_FIXATION_TO_TAKE``): a row whose source id names a device listed for its take is moved.
+GAZE_FIXATION_OFFSET = np.array([-9.0, -4.0], np.float32)
+GAZE_FIXATION_TAKES: dict[str, frozenset[TakeKey]] = {
+    "assistant": frozenset([TakeKey("Ultrasound", 1, 1)] + [TakeKey("Ultrasound", 2, t) for t in range(1, 7)]),
+    "head_surgeon": frozenset(
+        [TakeKey("Ultrasound", 3, t) for t in range(1, 5)] + [TakeKey("Ultrasound", 4, t) for t in range(1, 7)]
+    ),
+    "anesthetist": frozenset(
+        [TakeKey("MISS", 1, t) for t in range(1, 4)]
+        + [TakeKey("MISS", 2, t) for t in range(1, 5)]
+        + [TakeKey("MISS", 3, t) for t in range(1, 4)]
+    ),
+    "circulator": frozenset(
+        [TakeKey("MISS", 1, 4)] + [TakeKey("MISS", 3, t) for t in range(4, 7)] + [TakeKey("MISS", 4, t) for t in (1, 2)]
+    ),
+}
+
+
+def gaze_rows(rows: np.ndarray, take: TakeKey, scale: float, fixation: bool = True) -> np.ndarray:
+    """[G, 3] (source id, x px, y px) -> [G, 2] in [0, 1]: fixation offset, NaN/inf rule, /scale, clamp.
+
+    Invalid gaze (-1, -1) ends at (0, 0), as in the reference (the offset applies to it too).
+    """
+    xy = rows[:, 1:3].astype(np.float32).copy()
+    if fixation:
+        for i, source_id in enumerate(rows[:, 0]):
+            name = vocab.SOURCE_NAMES.get(int(source_id)) if np.isfinite(source_id) else None
+            if take in GAZE_FIXATION_TAKES.get(name, ()):
+                xy[i] += GAZE_FIXATION_OFFSET
+    return np.clip(transforms.clean(xy) / scale, 0.0, 1.0)
+
+
+def gaze_depth(values: np.ndarray, scale: float) -> np.ndarray:
+    """[G] metres -> [G] in [0, 1]: NaN/inf rule, /scale (reference 1 m), clamp."""
+    return np.clip(transforms.clean(values) / scale, 0.0, 1.0)
 
 
 class Gaze(PerViewInput):
@@ -34,8 +72,8 @@ class Gaze(PerViewInput):
         raw, depth = point.arrays.get("gaze"), point.arrays.get("gaze_depth")
         if raw is None or depth is None:
             return [None] * len(ego)
-        gaze = transforms.gaze_rows(raw, point.take, config.gaze_scale, config.gaze_fixation)
-        depth = transforms.gaze_depth(depth, config.depth_scale)
+        gaze = gaze_rows(raw, point.take, config.gaze_scale, config.gaze_fixation)
+        depth = gaze_depth(depth, config.depth_scale)
         out: list[np.ndarray | None] = []
         for view in ego:
             gaze_row = row_by_source(raw, view)
@@ -64,7 +102,7 @@ def gaze_point(point, source: str) -> np.ndarray | None:
     if not len(matches) or not np.isfinite(matches[0, 1:3]).all() or (matches[0, 1:3] == -1).all():
         return None
     xy = matches[0, 1:3].astype(np.float64)
-    return xy + transforms.GAZE_FIXATION_OFFSET if point.take in transforms.GAZE_FIXATION_TAKES.get(source, ()) else xy
+    return xy + GAZE_FIXATION_OFFSET if point.take in GAZE_FIXATION_TAKES.get(source, ()) else xy
 
 
 class GazeMark:

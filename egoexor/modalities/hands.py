@@ -2,7 +2,7 @@
 
 Dataset ``hand_tracking/positions`` [F, G, 17] (source id + 8 (x, y) points; missing = NaN). A view takes
 the row with its device's id (``row_matching: source_id``) or, as the reference did, the row at the view's
-position (``row_matching: reference``). Scaling: ``transforms.hand_rows`` (NaN -> 0, / ``hand_scale``); a
+position (``row_matching: reference``). Scaling: :func:`hand_rows` (NaN -> 0, / ``hand_scale``); a
 row with no tracked point counts as absent. Encoder ``hand_encoder``: an MLP 16 -> ``encoder_hidden`` -> D,
 the reference's ``HandEncoder``; its feature name is ``hand`` (the reference's).
 """
@@ -17,6 +17,17 @@ from egoexor.modalities import register_modality
 from egoexor.modalities.base import PerViewInput, TakeDataset, row_by_source
 
 
+def hand_rows(rows: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """[G, 17] (source id + 8 points) -> ([G, 16] in [0, 1], [G] tracked).
+
+    Untracked points (NaN) become 0; ``tracked`` is False for a row with no tracked point at all
+    (the reference's own mask, "any point NaN", was computed and never used).
+    """
+    points = rows[:, 1:17].astype(np.float32)
+    tracked = ~np.isnan(points).all(axis=1)
+    return np.clip(transforms.clean(points) / scale, 0.0, 1.0), tracked
+
+
 class Hands(PerViewInput):
     name, feature, parameter, builtin = "hands", "hand", "hand_encoder", True
     groups = ("hand_tracking",)
@@ -29,7 +40,7 @@ class Hands(PerViewInput):
         raw = point.arrays.get("hands")
         if raw is None:
             return [None] * len(ego)
-        hands, tracked = transforms.hand_rows(raw, config.hand_scale)
+        hands, tracked = hand_rows(raw, config.hand_scale)
         out = []
         for view in ego:
             if config.row_matching == "reference":

@@ -2,7 +2,7 @@
 
 Datasets ``point_cloud/coordinates`` and ``point_cloud/colors`` [F, N, 3] (metres, 0-1); a sample lists
 ``point_cloud`` only where its take has a numbered room camera (the reference's sample generator). Item:
-xyz + rgb [N, 6] (``transforms.point_cloud``), every sample's points concatenated in the batch. Encoder
+xyz + rgb [N, 6] (:func:`point_cloud`), every sample's points concatenated in the batch. Encoder
 ``point_transformer``: PTv3 (pure torch, frozen unless ``train_point_transformer``, run in fp32 as the
 reference), per-cloud mean, then ``project_pc`` (always trained). With ``mask_extras: false`` a batch
 without any cloud still gets a zero token: the reference's training Dataset gave every sample a cloud
@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from egoexor.data import layout, transforms
+from egoexor.data import layout
 from egoexor.modalities import register_modality
 from egoexor.modalities.base import PointSets, TakeDataset, TokenInput
 from egoexor.modalities.exo_frames import has_external_camera
+
+
+def point_cloud(coordinates: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """[N, 3] + [N, 3] -> [N, 6] xyz (metres) + rgb (0-1), as stored: PTv3 voxelises it itself."""
+    return np.concatenate([coordinates, colors], axis=1).astype(np.float32)
 
 
 class PointCloud(TokenInput):
@@ -43,7 +48,7 @@ class PointCloud(TokenInput):
         coordinates = point.arrays.get("point_coordinates")
         if not kept or coordinates is None:
             return {"point_cloud": None}
-        cloud = transforms.point_cloud(coordinates, point.arrays["point_colors"])
+        cloud = point_cloud(coordinates, point.arrays["point_colors"])
         if not np.isfinite(cloud).all():
             raise ValueError("point cloud has NaN or inf values")
         import torch

@@ -10,7 +10,7 @@ positions can be fixed (``entities``), so an entity keeps its place from frame t
 
 Frames are stored in the channel order the recording tools wrote (the reference's visualiser swaps
 every camera's channels before showing it, treating them as BGR); ``swap_channels`` does the same.
-Gaze gets the reference's calibration offset on the takes it lists (``transforms.GAZE_FIXATION_TAKES``),
+Gaze gets the reference's calibration offset on the takes it lists (``egoexor.modalities.gaze.GAZE_FIXATION_TAKES``),
 as the model sees it.
 
 :func:`render` returns the pixels and where each panel landed (:class:`Panel`), so tests and tools

@@ -107,7 +107,7 @@ class StandInEmbedder:
     dim = audio_stand_in.DIM
 
     def __call__(self, snippets) -> np.ndarray:
-        from egoexor.data.transforms import audio_snippet
+        from egoexor.modalities.audio import audio_snippet
 
         return np.stack([audio_stand_in.embed(audio_snippet(snippet, "reference")) for snippet in snippets])
 
