@@ -310,15 +310,24 @@ def checkpoint_configs(folder: Path, bits: int) -> tuple[ModelConfig, DataConfig
 
 
 def check_weights(folder: Path, model: ModelConfig) -> None:
-    """The weight files of an egoexor checkpoint are there and their safetensors headers read (a truncated
-    file fails here, in one line naming it, instead of after the model is built)."""
+    """The weight files of an egoexor checkpoint are there, their safetensors headers read (a truncated file fails
+    here, in one line naming it, instead of after the model is built), and the weights are of its
+    ``fusion_output``."""
     for name in (NON_LORA_FILE, ADAPTER_FILE) if model.lora_enable else (NON_LORA_FILE,):
         path = cli.input_file(folder / name, "--checkpoint")
         try:
-            with safe_open(path, framework="pt"):
-                pass
+            with safe_open(path, framework="pt") as weights:
+                keys = set(weights.keys())
         except SafetensorError as error:
             raise cli.CommandError(f"--checkpoint {path}: not a readable safetensors file ({error})") from None
+        if name == NON_LORA_FILE:
+            slots = any(key.startswith("image_pooler.output_") for key in keys)
+            if slots != (model.fusion_output != "first_view"):
+                has = "hold" if slots else "hold no"
+                raise cli.CommandError(
+                    f"--checkpoint {folder}: its configuration says fusion_output {model.fusion_output}, but its "
+                    f"weights {has} fusion output slots (image_pooler.output_*): config and weights do not match"
+                )
 
 
 def read_samples(path: Path) -> list[Sample]:

@@ -114,3 +114,20 @@ def test_the_reference_preset_keeps_the_first_view():
     reference = yaml.safe_load((ROOT / "configs" / "reference.yaml").read_text())["model"]
     assert ModelConfig(**reference).fusion_output == "first_view"
     assert model_config_from({}, {}, "base", None).fusion_output == "first_view"
+
+
+def test_infer_refuses_a_fusion_output_its_weights_were_not_trained_with(
+    tiny_model_config, tiny_data_config, tmp_path, capsys, merged_file, sample_files, tokenizer
+):
+    from egoexor import infer
+
+    config = replace(tiny_model_config, fusion_output="summary")
+    save_checkpoint(
+        build_model(tiny_model_config), tmp_path, checkpoint_config(config, fitted(config, tiny_data_config))
+    )
+    tokenizer.save_pretrained(tmp_path)
+    argv = ["--checkpoint", str(tmp_path), "--hdf5", str(merged_file), "--samples", str(sample_files["test"])]
+    assert infer.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "says fusion_output summary, but its weights hold no fusion output" in err
+    assert not (tmp_path / "out").exists()
