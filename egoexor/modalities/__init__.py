@@ -135,10 +135,6 @@ def features() -> tuple[str, ...]:
     return tuple(m.feature for m in token_inputs())
 
 
-def by_feature(feature: str) -> TokenInput:
-    return next(m for m in token_inputs() if m.feature == feature)
-
-
 def droppable() -> tuple[str, ...]:
     """What ``drop_modalities`` can remove: every input kind, then the two branches."""
     return (*(m.name for m in modalities()), "ego", "exo")
