@@ -134,6 +134,23 @@ def write_tiny_clip(folder: Path, layers: int) -> None:
     CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}).save_pretrained(folder)
 
 
+def _tiny_llava(job: dict, workdir: Path):
+    """The tiny CLIP folder (written once) and the ``LlavaConfig`` of the job's small LLM on it."""
+    from llava.model import LlavaConfig
+
+    clip = workdir / "clip"
+    if not clip.exists():
+        write_tiny_clip(clip, job["clip_layers"])
+    config = LlavaConfig(
+        **job["llm_config"],
+        mm_vision_tower=str(clip),
+        mm_hidden_size=1024,
+        mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=-2,
+    )
+    return clip, config
+
+
 def _with_lora_and_vision(ref, model, job: dict, clip):
     """The reference's training setup of a built model: LoRA on every linear layer, then its vision modules
     (CLIP tower, pooler, projector) by ``initialize_vision_modules``; the model and those module arguments."""
@@ -166,18 +183,9 @@ def _with_lora_and_vision(ref, model, job: dict, clip):
 
 def build_reference_model(ref, job: dict, workdir: Path):
     """``LlavaLlamaForCausalLM`` with vision modules, LoRA and unfrozen CLIP layers, as train() does."""
-    from llava.model import LlavaConfig, LlavaLlamaForCausalLM
+    from llava.model import LlavaLlamaForCausalLM
 
-    clip = workdir / "clip"
-    if not clip.exists():
-        write_tiny_clip(clip, job["clip_layers"])
-    config = LlavaConfig(
-        **job["llm_config"],
-        mm_vision_tower=str(clip),
-        mm_hidden_size=1024,
-        mm_projector_type="mlp2x_gelu",
-        mm_vision_select_layer=-2,
-    )
+    clip, config = _tiny_llava(job, workdir)
     torch.manual_seed(1)
     model = LlavaLlamaForCausalLM(config)
     model, model_args = _with_lora_and_vision(ref, model, job, clip)
@@ -215,19 +223,10 @@ def build_reference_from_pretrained(ref, job: dict, workdir: Path):
 
     ``low_cpu_mem_usage`` is what the 4-bit run's ``device_map`` implies; the quantisation itself, the
     dtype casts and ``prepare_model_for_kbit_training`` change no initial value but by rounding."""
-    from llava.model import LlavaConfig, LlavaLlamaForCausalLM
+    from llava.model import LlavaLlamaForCausalLM
 
-    clip = workdir / "clip"
-    if not clip.exists():
-        write_tiny_clip(clip, job["clip_layers"])
+    clip, config = _tiny_llava(job, workdir)
     base = workdir / "llava_base"
-    config = LlavaConfig(
-        **job["llm_config"],
-        mm_vision_tower=str(clip),
-        mm_hidden_size=1024,
-        mm_projector_type="mlp2x_gelu",
-        mm_vision_select_layer=-2,
-    )
     torch.manual_seed(1)
     skipped = ("model.image_pooler.", "model.mm_projector.", "model.vision_tower.")
     written = LlavaLlamaForCausalLM(config)
