@@ -129,21 +129,11 @@ def choice_candidates(sample: Sample, groups: dict[str, tuple[str, ...]]) -> lis
 def answer_losses(model, dataset, batch_size: int) -> list[float]:
     """The summed negative log-likelihood of each sample's answer + EOS under teacher forcing (``dataset``: an
     ``EgoExorDataset`` in ``eval`` mode)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from egoexor.data.processor import Collator
-
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=Collator(dataset.tokenizer.pad_token_id))
     losses = []
-    with torch.no_grad():
-        for batch in loader:
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"})["logits"][:, :-1].float()
-            target = batch["labels"][:, 1:]
-            supervised = target != IGNORE_INDEX
-            picked = logits.log_softmax(-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
-            losses += (-(picked * supervised).sum(1)).tolist()
+    for logits, target in infer.teacher_forced(model, dataset, batch_size):
+        supervised = target != IGNORE_INDEX
+        picked = logits.float().log_softmax(-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+        losses += (-(picked * supervised).sum(1)).tolist()
     return losses
 
 
@@ -156,8 +146,6 @@ def choice(model, tokenizer, data_config: DataConfig, samples: list[Sample], arg
     groups = GROUPS[args.groups]
     cases = [(sample, *case) for sample in samples for case in choice_candidates(sample, groups)]
     variants = [replace(sample, answer=text) for sample, _, _, texts in cases for text in texts]
-    was_training = model.training
-    model.eval()
     rows = []
     for removed in (NOTHING_REMOVED, *args.modalities):
         drop = data_config.drop_modalities + (() if removed == NOTHING_REMOVED else (removed,))
@@ -171,7 +159,6 @@ def choice(model, tokenizer, data_config: DataConfig, samples: list[Sample], arg
             scored = [next(losses) for _ in texts]
             hits[group].append(int(np.argmin(scored)) == truth)
         rows.append({"removed": removed, "choice": {g: _share(h) for g, h in hits.items()}})
-    model.train(was_training)
     return rows
 
 

@@ -249,8 +249,9 @@ def _append(handle, done: dict[str, str], ids: list[str], texts: list[str], memo
     handle.flush()
 
 
-def teacher_forced_accuracy(model, dataset: EgoExorDataset, batch_size: int = 8) -> float:
-    """Share of supervised answer tokens (EOS included) that greedy next-token prediction gets right."""
+def teacher_forced(model, dataset: EgoExorDataset, batch_size: int = 8) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch of an ``eval``-mode dataset, in order: the logits of each next token [B, L-1, V] and its
+    target [B, L-1] (``IGNORE_INDEX`` where not supervised), computed in eval mode without gradients."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -259,16 +260,23 @@ def teacher_forced_accuracy(model, dataset: EgoExorDataset, batch_size: int = 8)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=Collator(dataset.tokenizer.pad_token_id))
     was_training = model.training
     model.eval()
+    try:
+        for batch in loader:
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            with torch.no_grad():
+                logits = model(**{k: v for k, v in batch.items() if k != "labels"})["logits"]
+            yield logits[:, :-1], batch["labels"][:, 1:]
+    finally:
+        model.train(was_training)
+
+
+def teacher_forced_accuracy(model, dataset: EgoExorDataset, batch_size: int = 8) -> float:
+    """Share of supervised answer tokens (EOS included) that greedy next-token prediction gets right."""
     correct = total = 0
-    for batch in loader:
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        with torch.no_grad():
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"})["logits"]
-        predicted, target = logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
+    for logits, target in teacher_forced(model, dataset, batch_size):
         supervised = target != IGNORE_INDEX
-        correct += int((predicted[supervised] == target[supervised]).sum())
+        correct += int((logits.argmax(-1)[supervised] == target[supervised]).sum())
         total += int(supervised.sum())
-    model.train(was_training)
     return correct / max(total, 1)
 
 

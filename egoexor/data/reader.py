@@ -113,7 +113,8 @@ class EgoExorReader:
 
     def read(self, key: TakeKey, frame: int, fields: Collection[str] | None = None) -> Timepoint:
         """The inputs of one frame; only ``fields`` are read (default: all of :func:`readable_fields`)."""
-        known = readable_fields()
+        paths = _path_of_field()
+        known = ("rgb", *paths, "annotations")
         fields = known if fields is None else fields
         unknown = set(fields) - set(known)
         if unknown:
@@ -123,7 +124,6 @@ class EgoExorReader:
         if not 0 <= frame < n_frames:
             raise ReadError(f"{self.path}: {key.path}: frame {frame} out of range (take has {n_frames} frames)")
         try:
-            paths = _path_of_field()
             annotation = layout.annotation_path(frame) + "/" + layout.REL_ANNOTATIONS
             return Timepoint(
                 take=key,

@@ -204,11 +204,11 @@ class PerViewInput(TokenInput):
         return encoder(rows.to(views.dtype)).masked_fill(padding, 0), present
 
 
-def row_by_source(rows: np.ndarray | None, view: EgoView) -> int | None:
-    """The index of the row whose first value is the view's device id (None: no such row)."""
-    if rows is None or view.source_id is None:
+def row_by_source(rows: np.ndarray | None, source_id: int | None) -> int | None:
+    """The index of the first row whose first value is the device id ``source_id`` (None: no such row)."""
+    if rows is None or source_id is None:
         return None
-    matches = np.flatnonzero(rows[:, 0] == view.source_id)
+    matches = np.flatnonzero(rows[:, 0] == source_id)
     return int(matches[0]) if len(matches) else None
 
 

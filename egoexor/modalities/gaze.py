@@ -76,7 +76,7 @@ class Gaze(PerViewInput):
         depth = gaze_depth(depth, config.depth_scale)
         out: list[np.ndarray | None] = []
         for view in ego:
-            gaze_row = row_by_source(raw, view)
+            gaze_row = row_by_source(raw, view.source_id)
             if config.row_matching == "reference":
                 depth_row = views.row_at_position(view, len(depth))
             else:
@@ -96,12 +96,10 @@ GAZE_COLOUR = "#ff00ff"
 def gaze_point(point, source: str) -> np.ndarray | None:
     """The wearer's gaze (x, y) in image pixels, offset as the model sees it; ``None`` if invalid or absent."""
     rows = point.arrays.get("gaze")
-    if rows is None or source not in vocab.SOURCES:
+    row = row_by_source(rows, vocab.SOURCES.get(source))
+    if row is None or not np.isfinite(rows[row, 1:3]).all() or (rows[row, 1:3] == -1).all():
         return None
-    matches = rows[rows[:, 0] == vocab.SOURCES[source]]
-    if not len(matches) or not np.isfinite(matches[0, 1:3]).all() or (matches[0, 1:3] == -1).all():
-        return None
-    xy = matches[0, 1:3].astype(np.float64)
+    xy = rows[row, 1:3].astype(np.float64)
     return xy + GAZE_FIXATION_OFFSET if point.take in GAZE_FIXATION_TAKES.get(source, ()) else xy
 
 

@@ -46,7 +46,7 @@ class Hands(PerViewInput):
             if config.row_matching == "reference":
                 row = views.row_at_position(view, len(raw))
             else:
-                row = row_by_source(raw, view)
+                row = row_by_source(raw, view.source_id)
             out.append(hands[row] if row is not None and tracked[row] else None)
         return out
 
@@ -74,14 +74,14 @@ class HandMarks:
         ]
 
     def update(self, point, source: str) -> None:
-        rows, source_id = point.arrays.get("hands"), vocab.SOURCES.get(source)
-        matches = [] if rows is None or source_id is None else rows[rows[:, 0] == source_id]
+        rows = point.arrays.get("hands")
+        row = row_by_source(rows, vocab.SOURCES.get(source))
         for hand, (segments, bases) in enumerate(self.hands):
-            if not len(matches):
+            if row is None:
                 segments.set_data([], [])
                 bases.set_data([], [])
                 continue
-            points = matches[0][1:17].reshape(8, 2)  # LW, LP, RW, RP, then the tips of their normals
+            points = rows[row, 1:17].reshape(8, 2)  # LW, LP, RW, RP, then the tips of their normals
             base, tip = points[2 * hand : 2 * hand + 2], points[4 + 2 * hand : 6 + 2 * hand]
             gap = np.full(2, np.nan)  # breaks the line between the two segments
             segments.set_data(

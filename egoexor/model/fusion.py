@@ -97,11 +97,13 @@ class BranchFusion(nn.Module):
             self.exo_bert = fusion_encoder(*shape, with_pooler=False)
         self.fusion_output = config.fusion_output
         self.slots = {branch: config.branch_inputs(branch) for branch in ("ego", "exo")}
+        self.camera_kinds = {branch: modalities.camera_kinds(branch) for branch in ("ego", "exo")}
         if self.fusion_output != "first_view":
             # summary: a type embedding and an "absent" vector per slot; append: an "absent" vector per extra input
             if self.fusion_output == "append":
-                cameras = {m.name for m in modalities.cameras()}
-                self.slots = {b: tuple(n for n in names if n not in cameras) for b, names in self.slots.items()}
+                self.slots = {
+                    b: tuple(n for n in names if n not in self.camera_kinds[b]) for b, names in self.slots.items()
+                }
             shapes = {branch: (len(names), hidden) for branch, names in self.slots.items() if names}
             self.output_absent = nn.ParameterDict({b: _small_normal(shape) for b, shape in shapes.items()})
             if self.fusion_output == "summary":
@@ -140,7 +142,7 @@ class BranchFusion(nn.Module):
         for name, extra, present in extras:
             regions[name] = (output[:, start : start + extra.shape[1]], present)
             start += extra.shape[1]
-        for kind, name in enumerate(modalities.camera_kinds(branch)):
+        for kind, name in enumerate(self.camera_kinds[branch]):
             if view_kinds is None:
                 raise ValueError(f"fusion_output summary needs the batch's {branch}_view_kinds")
             of_kind = view_mask & (view_kinds == kind)

@@ -31,7 +31,7 @@ class IMU(PerViewInput):
         values = point.arrays.get("imu")
         if values is None:
             return [None] * len(ego)
-        rows = [row_by_source(values, view) for view in ego]
+        rows = [row_by_source(values, view.source_id) for view in ego]
         readings = np.nan_to_num(values[:, 1:] / SCALE, nan=0.0)
         return [None if row is None or np.isnan(values[row, 1:]).all() else readings[row] for row in rows]
 
