@@ -63,7 +63,8 @@ def _resend_if_swallowed(unraisable) -> None:
     to run inside one, would leave the command running to its end: the signal is sent again, from another
     thread, to be handled once the callback has returned."""
     if not isinstance(unraisable.exc_value, Stopped):
-        _State.previous_hook(unraisable)
+        if _State.received is None:  # once stopped, a finalizer's error is a consequence of the stop
+            _State.previous_hook(unraisable)
         return
     _State.received = None
     threading.Timer(0.01, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
@@ -99,6 +100,18 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _State.deferring = False
+
+
+@contextmanager
+def quiet_finalizers() -> Iterator[None]:
+    """Inside the block, what a finalizer raises is not shown: :func:`egoexor.cli.run` frees a stopped command's
+    frames in it, where a DataLoader whose workers the same signal ended reports them as lost (a traceback
+    after the command's one line would say nothing the line does not)."""
+    previous, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def outcome(error: KeyboardInterrupt) -> tuple[str, int]:
