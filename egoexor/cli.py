@@ -436,8 +436,8 @@ def run(command: str, body: Callable[[], int | None], errors: tuple[type[BaseExc
             held_messages.drop()
             _warn_stale(command)
             line, status = signals.outcome(error)
-            with signals.quiet_finalizers():
-                traceback.clear_frames(error.__traceback__)  # frees what the stopped body held, now
+            signals.quiet_from_now()
+            traceback.clear_frames(error.__traceback__)  # frees what the stopped body held, now
             print(f"{command}: {line}", file=sys.stderr)
             return status
     _warn_stale(command)

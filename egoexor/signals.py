@@ -53,6 +53,7 @@ def _handle(signum: int, frame) -> None:
     if _State.received is not None:
         return
     _State.received = signum
+    threading.excepthook = _quiet  # a worker thread losing its peer to the same signal (see quiet_from_now)
     if not _State.deferring:
         raise Stopped(signum)
 
@@ -102,16 +103,15 @@ def deferred() -> Iterator[None]:
         _State.deferring = False
 
 
-@contextmanager
-def quiet_finalizers() -> Iterator[None]:
-    """Inside the block, what a finalizer raises is not shown: :func:`egoexor.cli.run` frees a stopped command's
-    frames in it, where a DataLoader whose workers the same signal ended reports them as lost (a traceback
-    after the command's one line would say nothing the line does not)."""
-    previous, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
-    try:
-        yield
-    finally:
-        sys.unraisablehook = previous
+def quiet_from_now() -> None:
+    """A stopped command is ending: from now on, what a finalizer or a background thread raises is not shown.
+    Both are consequences of the stop (a DataLoader whose workers the same signal ended reports them as lost;
+    multiprocessing's resource-sharing thread loses its peer), and the command's one line says what happened."""
+    sys.unraisablehook = threading.excepthook = _quiet
+
+
+def _quiet(error) -> None:
+    """Drops an unraisable or a thread's exception (:func:`quiet_from_now`)."""
 
 
 def outcome(error: KeyboardInterrupt) -> tuple[str, int]:

@@ -85,26 +85,31 @@ def test_a_signal_handled_inside_a_finalizer_is_sent_again_not_lost(capsys):
 
 def test_what_a_stopped_commands_finalizers_raise_is_not_shown_and_other_errors_still_are(capsys):
     """A DataLoader whose workers the same signal ended raises from its ``__del__`` when the stopped command's
-    frames are freed; the command ends with its one line all the same. Outside a stopped command a finalizer's
-    error is shown as Python shows it."""
+    frames are freed; the command ends with its one line all the same. A command that is not stopped shows a
+    finalizer's error as Python shows it."""
     import sys
+    import threading
 
     class Finalizer:
         def __del__(self):
             raise RuntimeError("DataLoader worker (pid 1) exited unexpectedly with exit code 1")
 
-    def body():
+    def stopped():
         held = Finalizer()  # noqa: F841  (freed with the stopped frame, as a loader's iterator is)
         os.kill(os.getpid(), signal.SIGHUP)
         time.sleep(1)
 
-    hook, seen = sys.unraisablehook, []
-    sys.unraisablehook = seen.append  # what Python would print as "Exception ignored in ..."
-    try:
-        assert cli.run("cmd", body) == 128 + signal.SIGHUP
-        assert capsys.readouterr().err == "cmd: stopped by SIGHUP\n" and seen == []
-        assert sys.unraisablehook == seen.append  # put back after the stop
+    def finished():
         Finalizer()
+
+    hooks, seen = (sys.unraisablehook, threading.excepthook), []
+    try:
+        sys.unraisablehook = seen.append  # what Python would print as "Exception ignored in ..."
+        assert cli.run("cmd", finished) == 0
         assert [type(u.exc_value) for u in seen] == [RuntimeError]
+        seen.clear()
+        sys.unraisablehook = seen.append
+        assert cli.run("cmd", stopped) == 128 + signal.SIGHUP
+        assert capsys.readouterr().err == "cmd: stopped by SIGHUP\n" and seen == []
     finally:
-        sys.unraisablehook = hook
+        sys.unraisablehook, threading.excepthook = hooks
