@@ -2,6 +2,7 @@
 
     python scripts/modality_benchmark.py --out bench/ [--outputs first_view,append,summary] [--seeds 0,1,2]
                                          [--choice_outputs first_view,summary] [--epochs 10] [--frames 40]
+                                         [--learning_rate R]
 
 On the synthetic ``parts`` profile (seed 0; each input alone sets one triplet's predicate), it trains the tiny
 model (``configs/tiny.yaml``, gaze and hands read at scale 32, the tiny random CLAP for audio) once per fusion
@@ -67,8 +68,11 @@ def prepare(out: Path, frames: int) -> tuple[Path, Path, Path, Path]:
     return merged, train, held_out, data / "clap"
 
 
-def trained(out: Path, output: str, seed: int, epochs: int, merged: Path, train: Path, clap: Path) -> Path:
-    run = out / "runs" / f"{output}-seed{seed}"
+def trained(
+    out: Path, output: str, seed: int, epochs: int, rate: float | None, merged: Path, train: Path, clap: Path
+) -> Path:
+    """The run of one fusion output and seed (``rate``: the learning rate, None for the config's)."""
+    run = out / "runs" / (f"{output}-seed{seed}" + (f"-lr{rate:g}" if rate is not None else ""))
     if not (run / "egoexor_config.json").is_file():
         print(f"training {run.name}", flush=True)
         egoexor(
@@ -77,6 +81,7 @@ def trained(out: Path, output: str, seed: int, epochs: int, merged: Path, train:
             "--fusion_output", output, "--seed", str(seed), "--init_seed", str(seed),
             "--gaze_scale", "32", "--hand_scale", "32", "--audio_encoder", str(clap),
             "--num_train_epochs", str(epochs), "--logging_steps", "50",
+            *(["--learning_rate", str(rate)] if rate is not None else []),
         )  # fmt: skip
     return run
 
@@ -119,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--choice_outputs", default="first_view,summary")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--learning_rate", type=float, default=None, help="default: configs/tiny.yaml's")
     parser.add_argument("--frames", type=int, default=40)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     choices: dict[str, list[dict]] = {}
     for output in outputs:
         for seed in seeds:
-            run = trained(args.out, output, seed, args.epochs, merged, train, clap)
+            run = trained(args.out, output, seed, args.epochs, args.learning_rate, merged, train, clap)
             probes.setdefault(output, []).append(measured(run, "probe", merged, held_out))
             if output in args.choice_outputs.split(","):
                 choices.setdefault(output, []).append(measured(run, "choice", merged, held_out))
