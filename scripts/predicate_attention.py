@@ -21,17 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 
 
-def placeholder_names(pooler) -> dict[str, list[str]]:
-    """Per branch, what each of its LLM-input positions carries: ``view`` (a first-view position) or a slot's
-    input name, in order."""
-    names = {}
-    for branch in ("ego", "exo"):
-        slots = list(pooler.slots[branch]) if pooler.fusion_output != "first_view" else []
-        views = pooler.tokens_per_branch - (len(slots) if pooler.fusion_output == "summary" else 0)
-        names[branch] = ["view"] * views + slots
-    return names
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
@@ -53,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     language_model = model.language_model
     language_model.set_attn_implementation("eager")  # the attention weights themselves, not a fused kernel
-    names = placeholder_names(model.image_pooler)
     collate = Collator(tokenizer.pad_token_id)
     sums: dict[str, list[list[float]]] = {}  # part -> per triplet: [own, all visual, uniform] per layer
     for sample in infer.read_samples(args.samples)[: args.frames]:
@@ -73,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             positions = (ids[0] == IMAGE_TOKEN_ID).nonzero()[:, 0]
             present = [branch for branch in ("ego", "exo") if visual[f"{branch}_view_mask"].any()]
-            labels = [name for branch in present for name in names[branch]]
+            labels = [name for branch in present for name in model.image_pooler.output_names(branch)]
             own = [int(p) for p, name in zip(positions, labels, strict=True) if name == part]
             row = []
             for layer in output.attentions:

@@ -75,6 +75,21 @@ def test_summary_slots_are_the_inputs_and_absent_is_the_learned_vector(
     assert not torch.allclose(out[1, n - slots + 2], absent[2] + types[2])
 
 
+@pytest.mark.parametrize("output", ["first_view", "append", "summary"])
+def test_output_names_say_what_each_position_carries(output, tiny_model_config):
+    pooler = build_model(replace(tiny_model_config, fusion_output=output)).image_pooler
+    n, view = tiny_model_config.tokens_per_branch, ["view"]
+    expected = {
+        "first_view": (view * n, view * n),
+        "append": (view * n + ["gaze", "hands"], view * n + ["audio", "point_cloud"]),
+        "summary": (
+            view * (n - 3) + ["ego_frames", "gaze", "hands"],
+            view * (n - 4) + ["audio", "exo_frames", "ultrasound", "point_cloud"],
+        ),
+    }[output]
+    assert (pooler.output_names("ego"), pooler.output_names("exo")) == expected
+
+
 def test_summary_needs_room_for_its_slots(tiny_model_config):
     with pytest.raises(ConfigError, match="tokens_per_branch 4 must exceed the slots of a branch"):
         replace(tiny_model_config, fusion_output="summary", tokens_per_branch=4)

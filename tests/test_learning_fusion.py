@@ -24,6 +24,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_YAML
 
 #: Training settings on top of ``configs/tiny.yaml``: the learning rate matters. At the config's 5e-3 the
 #: tiny LLM never learns to read a single slot (gaze stays at chance after 2760 steps).
@@ -49,7 +50,6 @@ def choice(tmp_path_factory):
     from egoexor.data.make_samples import write_samples
     from egoexor.data.merge_h5 import merge_files
     from egoexor.data.synthetic import generate
-    from egoexor.demo import CONFIG
     from egoexor.train import train
 
     work = tmp_path_factory.mktemp("learning_fusion")
@@ -63,8 +63,9 @@ def choice(tmp_path_factory):
     held_out = [record for split in ("validation", "test") for record in json.loads(files[split].read_text())]
     (work / "held_out.json").write_text(json.dumps(held_out[:FRAMES]))
     save_tiny_clap(work / "clap")
-    options = {"--config": CONFIG, "--data_path": files["train"], "--hdf5_path": merged, "--output_dir": work / "run"}
-    options |= {"--gaze_scale": 32, "--hand_scale": 32, "--audio_encoder": work / "clap", "--logging_steps": 100}
+    options = {"--config": TINY_YAML, "--data_path": files["train"], "--hdf5_path": merged}
+    options |= {"--output_dir": work / "run", "--gaze_scale": 32, "--hand_scale": 32, "--audio_encoder": work / "clap"}
+    options["--logging_steps"] = 100
     argv = ["--checkpoint", work / "run", "--hdf5", merged, "--samples", work / "held_out.json", "--out", work / "ab"]
     argv += ["--metric", "choice", "--modalities", ",".join(STRICT), "--num_workers", "0"]
     threads = torch.get_num_threads()

@@ -109,6 +109,15 @@ class BranchFusion(nn.Module):
             if self.fusion_output == "summary":
                 self.output_types = nn.ParameterDict({b: _small_normal(shape) for b, shape in shapes.items()})
 
+    def output_names(self, branch: str) -> list[str]:
+        """What each of the branch's LLM-input positions carries, in order: ``view`` (a first-view position) or
+        the name of the input whose slot it is (``append``: after the N; ``summary``: the last S of the N)."""
+        if self.fusion_output == "first_view":
+            return ["view"] * self.tokens_per_branch
+        slots = list(self.slots[branch])
+        views = self.tokens_per_branch - (len(slots) if self.fusion_output == "summary" else 0)
+        return ["view"] * views + slots
+
     def encoder(self, branch: str) -> BertModel:
         return self.bert if self.preset == "reference" else getattr(self, f"{branch}_bert")
 
