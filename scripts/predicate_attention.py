@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--hdf5", type=Path, required=True)
@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         cells = " | ".join(f"{mean[3 * i]:.4f} | {mean[3 * i + 1]:.4f}" for i in range(layers))
         print(f"| {part} | {len(rows)} | {cells} | {mean[2]:.4f} |")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Bad input (a missing checkpoint, HDF5 or samples file) is one line and exit 2, as in egoexor's commands."""
+    from egoexor import cli, infer
+
+    return cli.run("predicate_attention", lambda: measure(argv), errors=infer.ERRORS)
 
 
 if __name__ == "__main__":
